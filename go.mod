@@ -3,18 +3,21 @@ module github.com/mlesd/mlesd
 go 1.26.8
 
 require (
-	github.com/dchest/siphash v1.2.3 // indirect
+	github.com/dchest/siphash v1.2.3
+	github.com/fxamacker/cbor/v2 v2.10.0
+	github.com/panjf2000/gnet/v2 v2.9.7
+	github.com/pkg/profile v1.7.0
+	github.com/valyala/bytebufferpool v1.0.0
+	golang.org/x/sys v0.30.0
+)
+
+require (
 	github.com/felixge/fgprof v0.9.3 // indirect
-	github.com/fxamacker/cbor/v2 v2.10.0 // indirect
 	github.com/google/pprof v0.0.0-20211214055906-6f57359322fd // indirect
 	github.com/panjf2000/ants/v2 v2.11.3 // indirect
-	github.com/panjf2000/gnet/v2 v2.9.7 // indirect
-	github.com/pkg/profile v1.7.0 // indirect
-	github.com/valyala/bytebufferpool v1.0.0 // indirect
 	github.com/x448/float16 v0.8.4 // indirect
 	go.uber.org/multierr v1.11.0 // indirect
 	go.uber.org/zap v1.27.0 // indirect
 	golang.org/x/sync v0.11.0 // indirect
-	golang.org/x/sys v0.30.0 // indirect
 	gopkg.in/natefinch/lumberjack.v2 v2.2.1 // indirect
 )

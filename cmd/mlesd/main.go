@@ -1,0 +1,269 @@
+// Command mlesd is a server for the Mles v1 publish/subscribe protocol.
+//
+// It is the only place that knows every package: it reads flags and the
+// environment into one Options value, wires codec, router and engine, and
+// handles signals and profiling.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	_ "net/http/pprof" // served only when --pprof is set
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pkg/profile"
+
+	"github.com/mlesd/mlesd/codec"
+	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/router"
+)
+
+// Options is every setting of mlesd. Flags and environment fill it; nothing
+// else reads flags.
+type Options struct {
+	Listen       []string
+	Key          string // shared key; flag --key or env MLES_KEY
+	AddrKey      string // env MLES_ADDR_KEY
+	HistoryLimit int
+	Loops        int
+	MaxFrame     int
+	MaxPending   int
+	MaxChannels  int
+	StallTimeout time.Duration
+	JoinTimeout  time.Duration
+	LogLevel     string
+	LogFormat    string
+	CPUProfile   string
+	MemProfile   string
+	PprofAddr    string
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+const usageHead = `mlesd: a server for the Mles v1 publish/subscribe protocol.
+
+Clients connect over TCP, join a channel with their first frame and from then
+on every frame they send is forwarded, byte for byte, to every other member of
+that channel. New members first receive the channel's recent history.
+
+Usage:
+  mlesd [flags]
+
+Environment:
+  MLES_KEY       shared key for first-level authentication: a join frame's key
+                 must be SipHash(MLES_KEY, uid, channel). --key overrides it.
+  MLES_ADDR_KEY  when no shared key is set, the key is SipHash(client address,
+                 MLES_ADDR_KEY, uid, channel); without it, SipHash(client
+                 address, uid, channel). Empty values count as not set.
+
+Flags:
+`
+
+func parseOptions(args []string, stderr io.Writer) (Options, error) {
+	o := Options{}
+	fs := flag.NewFlagSet("mlesd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var listen listFlag
+	fs.Var(&listen, "listen", "`host:port` to listen on; repeat or comma-separate for several.\n\"[::]:8077\" (the default) is dual stack: IPv4 and IPv6")
+	fs.StringVar(&o.Key, "key", os.Getenv("MLES_KEY"), "shared `key` (default: env MLES_KEY); empty = address-based keys")
+	fs.IntVar(&o.HistoryLimit, "history-limit", 100, "frames of history kept per channel and replayed to each joiner; 0 = none (empty channels are then forgotten)")
+	fs.IntVar(&o.Loops, "loops", 0, "event loops; 0 = one per CPU core")
+	fs.IntVar(&o.MaxFrame, "max-frame", engine.DefaultMaxFrame, "largest frame payload in `bytes` (1..16777215); a bigger frame closes its connection")
+	fs.IntVar(&o.MaxPending, "max-pending", engine.DefaultMaxPending, "per-receiver backlog bound in `bytes`; frames past it are dropped for that receiver alone and counted")
+	fs.IntVar(&o.MaxChannels, "max-channels", 0, "most channels at once; a join that would create one more is closed (0 = no limit)")
+	fs.DurationVar(&o.StallTimeout, "stall-timeout", engine.DefaultStallTimeout, "close a receiver that has been dropping frames and silent this long; 0 = never")
+	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not sent its join frame by then; 0 = never")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `file` until exit")
+	fs.StringVar(&o.MemProfile, "memprofile", "", "write a heap profile to `file` at exit")
+	fs.StringVar(&o.PprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060); off by default")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usageHead)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	o.Listen = listen
+	if len(o.Listen) == 0 {
+		o.Listen = []string{engine.DefaultListen}
+	}
+	o.AddrKey = os.Getenv("MLES_ADDR_KEY")
+	switch {
+	case o.HistoryLimit < 0:
+		return o, errors.New("--history-limit must be 0 or more")
+	case o.MaxFrame < 1 || o.MaxFrame > codec.MaxPayloadLen:
+		return o, fmt.Errorf("--max-frame must be 1..%d", codec.MaxPayloadLen)
+	case o.MaxPending < 1:
+		return o, errors.New("--max-pending must be positive")
+	case o.Loops < 0:
+		return o, errors.New("--loops must be 0 or more")
+	case o.StallTimeout < 0 || o.JoinTimeout < 0:
+		return o, errors.New("timeouts must be 0 or more")
+	}
+	for _, a := range o.Listen {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return o, fmt.Errorf("--listen %q: %v", a, err)
+		}
+	}
+	return o, nil
+}
+
+func newLogger(o Options, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.LogLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.LogLevel)
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	switch o.LogFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, hopts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, hopts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", o.LogFormat)
+}
+
+// never returns a negative timeout as "off" for the engine.
+func never(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	o, err := parseOptions(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "mlesd:", err)
+		return 2
+	}
+	log, err := newLogger(o, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "mlesd:", err)
+		return 2
+	}
+	slog.SetDefault(log)
+
+	var stopProfiles []func()
+	if o.CPUProfile != "" {
+		stopProfiles = append(stopProfiles, startProfile(profile.CPUProfile, o.CPUProfile, "cpu.pprof", log))
+	}
+	if o.MemProfile != "" {
+		stopProfiles = append(stopProfiles, startProfile(profile.MemProfile, o.MemProfile, "mem.pprof", log))
+	}
+	defer func() {
+		for _, stop := range stopProfiles {
+			stop()
+		}
+	}()
+	if o.PprofAddr != "" {
+		go func() {
+			log.Info("pprof listening", slog.String("addr", o.PprofAddr))
+			if err := http.ListenAndServe(o.PprofAddr, nil); err != nil {
+				log.Error("pprof server failed", slog.String("error", err.Error()))
+			}
+		}()
+	}
+
+	r := router.New(router.Config{HistoryLimit: o.HistoryLimit, MaxChannels: o.MaxChannels})
+	defer r.Close()
+	srv, err := engine.New(engine.Config{
+		Listen:       o.Listen,
+		Loops:        o.Loops,
+		Keys:         codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey},
+		MaxFrame:     o.MaxFrame,
+		MaxPending:   o.MaxPending,
+		StallTimeout: never(o.StallTimeout),
+		JoinTimeout:  never(o.JoinTimeout),
+		Logger:       log,
+	}, r)
+	if err != nil {
+		fmt.Fprintln(stderr, "mlesd:", err)
+		return 2
+	}
+	keyMode := "address"
+	if o.Key != "" {
+		keyMode = "shared"
+	}
+	log.Info("starting mlesd", slog.Any("listen", o.Listen), slog.String("key_mode", keyMode))
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve() }()
+
+	select {
+	case err := <-served:
+		if err != nil {
+			log.Error("server failed", slog.String("error", err.Error()))
+			return 1
+		}
+		return 0
+	case sig := <-sigs:
+		log.Info("shutting down", slog.String("signal", sig.String()))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Stop(ctx); err != nil {
+		log.Error("shutdown incomplete", slog.String("error", err.Error()))
+		return 1
+	}
+	<-served
+	st := srv.Stats()
+	log.Info("stopped", slog.Uint64("frames_in", st.FramesIn), slog.Uint64("frames_out", st.FramesOut),
+		slog.Uint64("dropped", st.Dropped))
+	return 0
+}
+
+// startProfile starts a pkg/profile profile writing to file; the returned
+// function stops it and moves pkg/profile's fixed file name to file.
+func startProfile(mode func(*profile.Profile), file, name string, log *slog.Logger) func() {
+	dir, err := os.MkdirTemp(filepath.Dir(file), ".mlesd-profile-")
+	if err != nil {
+		log.Error("cannot start profile", slog.String("file", file), slog.String("error", err.Error()))
+		return func() {}
+	}
+	p := profile.Start(mode, profile.ProfilePath(dir), profile.NoShutdownHook, profile.Quiet)
+	return func() {
+		p.Stop()
+		if err := os.Rename(filepath.Join(dir, name), file); err != nil {
+			log.Error("cannot write profile", slog.String("file", file), slog.String("error", err.Error()))
+		} else {
+			log.Info("profile written", slog.String("file", file))
+		}
+		_ = os.RemoveAll(dir)
+	}
+}

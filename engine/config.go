@@ -1,0 +1,90 @@
+package engine
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/mlesd/mlesd/codec"
+)
+
+// Defaults. Every limit of the engine lives here with the reason for its value.
+const (
+	// DefaultListen is dual stack: IPv4 clients arrive as IPv4-mapped IPv6.
+	DefaultListen = "[::]:8077"
+	// DefaultMaxFrame is the protocol maximum payload (24-bit length).
+	DefaultMaxFrame = codec.MaxPayloadLen
+	// DefaultMaxPending bounds what one receiver may have waiting (queued frame
+	// references plus bytes in its socket write buffer kept by the event loop).
+	// A frame that would pass it is dropped for that receiver alone; a frame is
+	// always accepted into an empty backlog, so any frame up to MaxFrame passes.
+	DefaultMaxPending = 8 << 20
+	// DefaultStallTimeout: a receiver that is dropping frames and has sent
+	// nothing for this long is closed. Send-only clients keep sending, so they
+	// are never closed by it.
+	DefaultStallTimeout = 2 * time.Minute
+	// DefaultJoinTimeout: a connection that has not sent a whole join frame by
+	// then is closed (stops idle sockets from holding a connection slot).
+	DefaultJoinTimeout = 10 * time.Second
+	// DefaultKeepAlive is the TCP keepalive period set on every connection.
+	DefaultKeepAlive = 60 * time.Second
+
+	// maxBatchFrames and maxBatchBytes cap one batch of frames read from one
+	// connection before it is fanned out, keeping latency and memory in check
+	// when a client sends a long burst.
+	maxBatchFrames = 256
+	maxBatchBytes  = 1 << 20
+	// minHandover/maxHandover bound how many bytes of a receiver's backlog are
+	// handed to the socket layer at once. The event loop copies what the
+	// socket cannot take, so a receiver that is not reading converges to
+	// minHandover of copied bytes while its backlog stays shared references.
+	minHandover = 16 << 10
+	maxHandover = 1 << 20
+	// backlogPoll is how often receivers with a backlog are offered more bytes
+	// (gnet has no "writable" callback).
+	backlogPoll = 500 * time.Microsecond
+	// sweepInterval is how often each loop checks timeouts.
+	sweepInterval = 250 * time.Millisecond
+)
+
+// Config is every setting of the engine. The zero value of a field means its
+// default, except where noted.
+type Config struct {
+	// Listen holds the addresses to listen on, host:port. "[::]:port" and
+	// ":port" are dual stack.
+	Listen []string
+	// Loops is the number of event loops; 0 = one per CPU.
+	Loops int
+	// Keys is the first-level authentication setting (MLES_KEY, MLES_ADDR_KEY).
+	Keys codec.KeyConfig
+	// MaxFrame is the largest payload accepted, 1..0xFFFFFF.
+	MaxFrame int
+	// MaxPending bounds each receiver's waiting bytes (see DefaultMaxPending).
+	MaxPending int
+	// StallTimeout closes receivers that are stalled and silent; negative = never.
+	StallTimeout time.Duration
+	// JoinTimeout closes connections that have not joined; negative = never.
+	JoinTimeout time.Duration
+	// Logger receives the server's log; nil = slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if len(c.Listen) == 0 {
+		c.Listen = []string{DefaultListen}
+	}
+	if c.MaxFrame <= 0 || c.MaxFrame > codec.MaxPayloadLen {
+		c.MaxFrame = DefaultMaxFrame
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = DefaultMaxPending
+	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = DefaultStallTimeout
+	}
+	if c.JoinTimeout == 0 {
+		c.JoinTimeout = DefaultJoinTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}

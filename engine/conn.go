@@ -1,0 +1,105 @@
+package engine
+
+import (
+	"net"
+	"net/netip"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/mlesd/mlesd/router"
+)
+
+type connState uint8
+
+const (
+	awaitingJoin connState = iota
+	joined
+	closed
+)
+
+// conn is one client connection (or uplink) owned by one event loop. Every
+// field is owned by that loop: only its goroutine reads or writes them, except
+// cid and loop.idx, which are set before the conn is published to the router
+// and never change.
+type conn struct {
+	gc     gnet.Conn
+	loop   *loop
+	remote netip.AddrPort
+	state  connState
+	cid    uint32
+	ch     *router.Channel
+	uid    string
+
+	// Backlog: references to shared frames not yet handed to the socket layer.
+	q        frameQueue
+	headOff  int // bytes of q's head already handed over
+	queued   int // bytes in q not yet handed over
+	handover int // how many bytes to hand over next (adapts to the receiver)
+	dirty    bool
+	backlog  bool
+	// lastOutbound is the loop's unsent byte count for c when last looked at;
+	// a drop in it means the receiver read something.
+	lastOutbound int
+
+	opened     int64 // coarse clock, ns
+	lastRead   int64 // coarse clock, ns
+	stallSince int64 // coarse clock, ns; 0 = not dropping
+	dropped    uint64
+	reason     string // why the server closed it; "" = the peer did
+}
+
+// CID implements router.Subscriber.
+func (c *conn) CID() uint32 { return c.cid }
+
+// Loop implements router.Subscriber.
+func (c *conn) Loop() int { return c.loop.idx }
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return netip.AddrPortFrom(ip, uint16(ta.Port))
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// pending is what the receiver has waiting: queued references plus the bytes
+// the event loop holds in its write buffer. Loop-owned.
+func (c *conn) pending() int { return c.queued + c.gc.OutboundBuffered() }
+
+// deliver queues f for the receiver, or drops it for this receiver alone when
+// its backlog is full. Must run on c's loop. Never blocks; allocates only when
+// the ring grows.
+func (c *conn) deliver(f *router.Frame, force bool) {
+	if c.state == closed {
+		return
+	}
+	if p := c.pending(); !force && p > 0 && p+f.Len() > c.loop.srv.cfg.MaxPending {
+		c.dropped++
+		c.loop.stats.dropped.Add(1)
+		if c.stallSince == 0 {
+			c.stallSince = c.loop.srv.now()
+			c.loop.srv.rlog.Log(levelWarn, "receiver-stalled", "receiver is not keeping up; dropping frames for it alone",
+				connAttrs(c)...)
+		}
+		return
+	}
+	f.Ref()
+	c.q.push(f)
+	c.queued += f.Len()
+	if !c.dirty {
+		c.dirty = true
+		c.loop.dirty = append(c.loop.dirty, c)
+	}
+}
+
+// observeOutbound returns the bytes the loop holds unsent for c and clears the
+// stall mark when that number went down (the receiver is reading). Loop-owned.
+func (c *conn) observeOutbound() int {
+	ob := c.gc.OutboundBuffered()
+	if ob < c.lastOutbound || (ob == 0 && c.q.len() == 0) {
+		c.stallSince = 0
+	}
+	c.lastOutbound = ob
+	return ob
+}

@@ -1,0 +1,30 @@
+package engine
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+)
+
+var errEOF = io.EOF
+
+// gnetLogger routes gnet's own log lines into slog.
+type gnetLogger struct{ log *slog.Logger }
+
+func (g gnetLogger) Debugf(format string, args ...any) {
+	g.log.Debug("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Infof(format string, args ...any) {
+	g.log.Debug("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Warnf(format string, args ...any) {
+	g.log.Warn("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Errorf(format string, args ...any) {
+	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Fatalf(format string, args ...any) {
+	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
+	os.Exit(1)
+}

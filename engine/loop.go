@@ -1,0 +1,293 @@
+package engine
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/mlesd/mlesd/router"
+)
+
+// loop is our state for one gnet event loop. Fields under "loop-owned" are
+// touched only on that loop's goroutine (in gnet callbacks or in tasks run by
+// EventLoop.Execute). The rest are safe from any goroutine.
+type loop struct {
+	idx int
+	srv *Server
+	el  gnet.EventLoop // set once when the loop is first seen, before any use elsewhere
+
+	// loop-owned
+	dirty   []*conn         // receivers with new frames to flush
+	backlog []*conn         // receivers with bytes left over, offered more on each poll
+	outbox  []*batch        // per target loop: frames for that loop's subscribers
+	frames  []*router.Frame // scratch: one batch read from one connection
+	iov     [][]byte        // scratch for vectored writes
+	conns   map[*conn]struct{}
+
+	// any goroutine
+	inbox         atomic.Pointer[batch] // LIFO of batches from other loops
+	inboxArmed    atomic.Bool           // a drain task is queued on this loop
+	pollArmed     atomic.Bool           // a backlog poll task is queued
+	backlogCount  atomic.Int32          // len(backlog), for the ticker
+	drainRunnable gnet.Runnable
+	pollRunnable  gnet.Runnable
+	sweepRunnable gnet.Runnable
+	stats         loopStats
+}
+
+// loopStats are counters summed at read time; each is written by one loop.
+type loopStats struct {
+	framesIn  atomic.Uint64
+	bytesIn   atomic.Uint64
+	framesOut atomic.Uint64
+	dropped   atomic.Uint64
+	joins     atomic.Uint64
+	_         [64]byte // keep the next loop's counters off this cache line
+}
+
+// item is one frame for the subscribers of one channel on one loop.
+type item struct {
+	f    *router.Frame
+	subs []router.Subscriber
+}
+
+// batch carries items from one loop to another in one task.
+type batch struct {
+	next  *batch
+	items []item
+}
+
+var batchPool = sync.Pool{New: func() any { return &batch{items: make([]item, 0, 64)} }}
+
+func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
+	l := &loop{idx: idx, srv: srv, el: el, outbox: make([]*batch, nloops), conns: make(map[*conn]struct{})}
+	l.drainRunnable = gnet.RunnableFunc(l.drainInbox)
+	l.pollRunnable = gnet.RunnableFunc(l.pollBacklog)
+	l.sweepRunnable = gnet.RunnableFunc(l.sweep)
+	return l
+}
+
+// fanout hands f to every subscriber of snap except sender: directly to those
+// on this loop, through the outbox to those on other loops. Loop-owned; no
+// lock, no allocation in steady state.
+func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
+	for gi := range snap.Groups {
+		g := &snap.Groups[gi]
+		if g.Loop == l.idx {
+			for _, s := range g.Subs {
+				if c := s.(*conn); c != sender {
+					c.deliver(f, false)
+				}
+			}
+			continue
+		}
+		b := l.outbox[g.Loop]
+		if b == nil {
+			b = batchPool.Get().(*batch)
+			l.outbox[g.Loop] = b
+		}
+		f.Ref()
+		b.items = append(b.items, item{f: f, subs: g.Subs})
+	}
+}
+
+// flush sends every outbox to its loop (one task per loop, and none when
+// that loop already has a drain queued) and writes to every dirty receiver.
+// Loop-owned.
+func (l *loop) flush() {
+	for i, b := range l.outbox {
+		if b == nil {
+			continue
+		}
+		l.outbox[i] = nil
+		l.srv.loops[i].post(b)
+	}
+	for i := 0; i < len(l.dirty); i++ {
+		c := l.dirty[i]
+		l.dirty[i] = nil
+		c.dirty = false
+		l.write(c)
+	}
+	l.dirty = l.dirty[:0]
+}
+
+// post queues b for this loop and makes sure a drain task will run. Safe from
+// any goroutine.
+func (l *loop) post(b *batch) {
+	for {
+		head := l.inbox.Load()
+		b.next = head
+		if l.inbox.CompareAndSwap(head, b) {
+			break
+		}
+	}
+	if l.inboxArmed.CompareAndSwap(false, true) {
+		if err := l.el.Execute(context.Background(), l.drainRunnable); err != nil {
+			// The engine is shutting down: nothing will drain; free the frames.
+			l.inboxArmed.Store(false)
+			l.discardInbox()
+		}
+	}
+}
+
+func (l *loop) discardInbox() {
+	for b := l.inbox.Swap(nil); b != nil; {
+		next := b.next
+		for _, it := range b.items {
+			it.f.Release()
+		}
+		recycle(b)
+		b = next
+	}
+}
+
+func recycle(b *batch) {
+	clear(b.items)
+	b.items = b.items[:0]
+	b.next = nil
+	batchPool.Put(b)
+}
+
+// drainInbox runs on this loop: delivers every posted batch, in the order
+// posted, then flushes. Per source loop, order is preserved.
+func (l *loop) drainInbox(context.Context) error {
+	l.inboxArmed.Store(false)
+	head := l.inbox.Swap(nil)
+	var prev *batch
+	for head != nil { // reverse the LIFO into posting order
+		next := head.next
+		head.next = prev
+		prev, head = head, next
+	}
+	for b := prev; b != nil; {
+		next := b.next
+		for _, it := range b.items {
+			for _, s := range it.subs {
+				s.(*conn).deliver(it.f, false)
+			}
+			it.f.Release()
+		}
+		recycle(b)
+		b = next
+	}
+	l.flush()
+	return nil
+}
+
+// write hands the head of c's backlog to the socket layer: as much as c's
+// handover allows, only when the loop holds nothing unsent for c. What the
+// socket does not take now, gnet copies (at most one handover); the rest stays
+// as shared references. Loop-owned.
+func (l *loop) write(c *conn) {
+	if c.state == closed || c.q.len() == 0 {
+		return
+	}
+	if c.observeOutbound() > 0 {
+		l.markBacklog(c)
+		return
+	}
+	if c.handover == 0 {
+		c.handover = maxHandover / 4
+	}
+	iov := l.iov[:0]
+	n := 0
+	for i := 0; i < c.q.len() && n < c.handover && len(iov) < 1024; i++ {
+		b := c.q.at(i).Bytes()
+		if i == 0 {
+			b = b[c.headOff:]
+		}
+		if n+len(b) > c.handover {
+			b = b[:c.handover-n]
+		}
+		iov = append(iov, b)
+		n += len(b)
+	}
+	l.iov = iov
+	_, _ = c.gc.Writev(iov)
+	clear(iov)
+	if c.state == closed { // the write failed and gnet closed c (OnClose ran)
+		return
+	}
+	// Consume the n bytes handed over.
+	handed := n
+	c.queued -= n
+	for n > 0 {
+		head := c.q.at(0)
+		rest := head.Len() - c.headOff
+		if n < rest {
+			c.headOff += n
+			break
+		}
+		n -= rest
+		c.headOff = 0
+		c.q.pop().Release()
+		l.stats.framesOut.Add(1)
+	}
+	ob := c.gc.OutboundBuffered()
+	if ob < handed { // the socket took bytes: the receiver is reading
+		c.stallSince = 0
+	}
+	c.lastOutbound = ob
+	if ob > 0 {
+		c.handover = max(c.handover/2, minHandover)
+	} else {
+		c.handover = min(c.handover*2, maxHandover)
+	}
+	if c.q.len() > 0 || ob > 0 {
+		l.markBacklog(c)
+	}
+}
+
+func (l *loop) markBacklog(c *conn) {
+	if c.backlog {
+		return
+	}
+	c.backlog = true
+	l.backlog = append(l.backlog, c)
+	l.backlogCount.Add(1)
+}
+
+// pollBacklog runs on this loop, queued by the ticker: offers every receiver
+// with a backlog more bytes.
+func (l *loop) pollBacklog(context.Context) error {
+	l.pollArmed.Store(false)
+	list := l.backlog
+	l.backlog = nil
+	l.backlogCount.Store(0)
+	for _, c := range list {
+		c.backlog = false
+		if c.state == closed {
+			continue
+		}
+		if c.q.len() == 0 {
+			if c.observeOutbound() > 0 {
+				l.markBacklog(c)
+			}
+			continue
+		}
+		l.write(c)
+	}
+	if cap(list) <= 1024 && l.backlog == nil {
+		l.backlog = list[:0]
+	}
+	return nil
+}
+
+// sweep runs on this loop, queued by the ticker: closes connections past the
+// join timeout and receivers that are stalled and silent.
+func (l *loop) sweep(context.Context) error {
+	now := l.srv.now()
+	cfg := &l.srv.cfg
+	for c := range l.conns {
+		switch {
+		case c.state == awaitingJoin && cfg.JoinTimeout > 0 && now-c.opened > int64(cfg.JoinTimeout):
+			l.srv.closeConn(c, "join-timeout")
+		case c.state == joined && cfg.StallTimeout > 0 && c.stallSince != 0 &&
+			now-c.stallSince > int64(cfg.StallTimeout) && now-c.lastRead > int64(cfg.StallTimeout):
+			l.srv.closeConn(c, "stalled-and-silent")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,529 @@
+// Package engine is the network side of mlesd: gnet v2 event loops that accept
+// connections, run each connection's state machine (awaiting join → joined →
+// closed), parse frames in place from the inbound buffer, and forward each
+// frame, copied once into a shared reference-counted buffer, to the other
+// members of its channel.
+//
+// Invariants:
+//   - Everything about a connection is touched only on the event loop that
+//     owns it. Frames for receivers on another loop travel as one task per
+//     batch per loop (EventLoop.Execute), never as direct writes.
+//   - The per-frame path takes no lock (with history off) and allocates
+//     nothing in steady state; with history on it takes the channel's lock
+//     once per batch.
+//   - Each receiver's waiting bytes are bounded by Config.MaxPending; past it,
+//     whole frames are dropped for that receiver alone and counted. Nothing
+//     a receiver does slows the sender or other receivers.
+//   - The server sends nothing of its own. Errors close the connection and are
+//     logged once, rate-limited, with the reason.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/mlesd/mlesd/codec"
+	"github.com/mlesd/mlesd/router"
+)
+
+const levelWarn = slog.LevelWarn
+
+// Server is a running (or ready to run) Mles server.
+type Server struct {
+	gnet.BuiltinEventEngine
+
+	cfg    Config
+	router *router.Router
+	log    *slog.Logger
+	rlog   *rateLog
+
+	protoAddrs []string
+	eng        gnet.Engine
+
+	loopsMu sync.Mutex
+	loops   []*loop                  // index = loop idx; filled as loops are first seen
+	byEL    map[gnet.EventLoop]*loop // Lock: loopsMu
+
+	clock     atomic.Int64 // coarse monotonic clock, ns since start
+	start     time.Time
+	lastSweep int64
+
+	ready     chan struct{}
+	boundMu   sync.Mutex
+	bound     []net.Addr
+	stopping  atomic.Bool
+	openConns atomic.Int64
+	accepted  atomic.Uint64
+	refused   sync.Map // reason → *atomic.Uint64
+}
+
+// New makes a server for r; Serve starts it.
+func New(cfg Config, r *router.Router) (*Server, error) {
+	cfg.setDefaults()
+	if cfg.Loops <= 0 {
+		cfg.Loops = runtime.NumCPU()
+	}
+	s := &Server{
+		cfg:    cfg,
+		router: r,
+		log:    cfg.Logger,
+		rlog:   newRateLog(cfg.Logger, 5),
+		byEL:   make(map[gnet.EventLoop]*loop),
+		loops:  make([]*loop, cfg.Loops),
+		ready:  make(chan struct{}),
+		start:  time.Now(),
+	}
+	for _, a := range cfg.Listen {
+		pa, err := protoAddr(a)
+		if err != nil {
+			return nil, err
+		}
+		s.protoAddrs = append(s.protoAddrs, pa)
+	}
+	return s, nil
+}
+
+// protoAddr turns host:port into gnet's form. An unspecified IPv6 host
+// ("[::]" or empty) becomes a dual-stack listener.
+func protoAddr(a string) (string, error) {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return "", fmt.Errorf("listen address %q: %w", a, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return "", fmt.Errorf("listen address %q: bad port", a)
+	}
+	if host == "::" || host == "" {
+		return "tcp://:" + port, nil // gnet opens AF_INET6 without V6ONLY: dual stack
+	}
+	return "tcp://" + net.JoinHostPort(host, port), nil
+}
+
+// Serve runs the server until Stop; it returns the error that stopped it.
+func (s *Server) Serve() error {
+	opts := []gnet.Option{
+		gnet.WithMulticore(true),
+		gnet.WithNumEventLoop(s.cfg.Loops),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithTCPKeepAlive(DefaultKeepAlive),
+		gnet.WithTicker(true),
+		gnet.WithReuseAddr(true),
+		gnet.WithLogger(gnetLogger{s.log}),
+	}
+	err := gnet.Rotate(s, s.protoAddrs, opts...)
+	select {
+	case <-s.ready:
+	default:
+		close(s.ready) // failed before boot: unblock waiters
+	}
+	return err
+}
+
+// Ready is closed once the server listens (or failed to start).
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addrs returns the bound listen addresses (after Ready).
+func (s *Server) Addrs() []net.Addr {
+	s.boundMu.Lock()
+	defer s.boundMu.Unlock()
+	return append([]net.Addr(nil), s.bound...)
+}
+
+// Stop closes the listeners and every connection, and returns when the
+// event loops have ended or ctx is done.
+func (s *Server) Stop(ctx context.Context) error {
+	s.stopping.Store(true)
+	return s.eng.Stop(ctx)
+}
+
+func (s *Server) now() int64 { return s.clock.Load() }
+
+// OnBoot records the engine and the bound addresses.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	var bound []net.Addr
+	for _, pa := range s.protoAddrs {
+		addr := pa[len("tcp://"):]
+		fd, err := eng.DupListener("tcp", addr)
+		if err != nil {
+			continue
+		}
+		if sa, err := unix.Getsockname(fd); err == nil {
+			switch sa := sa.(type) {
+			case *unix.SockaddrInet4:
+				bound = append(bound, &net.TCPAddr{IP: net.IP(sa.Addr[:]).To16(), Port: sa.Port})
+			case *unix.SockaddrInet6:
+				bound = append(bound, &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port})
+			}
+		}
+		_ = unix.Close(fd)
+	}
+	s.boundMu.Lock()
+	s.bound = bound
+	s.boundMu.Unlock()
+	s.clock.Store(int64(time.Since(s.start)))
+	s.log.Info("mlesd listening", slog.Any("addrs", bound), slog.Int("loops", s.cfg.Loops),
+		slog.Int("max_frame", s.cfg.MaxFrame), slog.Int("max_pending", s.cfg.MaxPending),
+		slog.Int("history_limit", s.router.HistoryLimit()))
+	close(s.ready)
+	return gnet.None
+}
+
+// loopOf returns our state for c's event loop, creating it the first time.
+func (s *Server) loopOf(gc gnet.Conn) *loop {
+	el := gc.EventLoop()
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	if l := s.byEL[el]; l != nil {
+		return l
+	}
+	idx := len(s.byEL)
+	if idx >= len(s.loops) { // gnet made more loops than asked: grow is unsafe, share the last
+		return s.loops[len(s.loops)-1]
+	}
+	l := newLoop(idx, s, el, len(s.loops))
+	s.loops[idx] = l
+	s.byEL[el] = l
+	return l
+}
+
+// OnOpen sets up a connection's state; it waits for its join frame.
+func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	l := s.loopOf(gc)
+	now := s.now()
+	c := &conn{gc: gc, loop: l, remote: addrPortOf(gc.RemoteAddr()), opened: now, lastRead: now}
+	gc.SetContext(c)
+	l.conns[c] = struct{}{}
+	s.openConns.Add(1)
+	s.accepted.Add(1)
+	s.debug("connection opened", c)
+	return nil, gnet.None
+}
+
+// OnClose leaves the channel and releases the connection's backlog.
+func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
+	c, _ := gc.Context().(*conn)
+	if c == nil || c.state == closed {
+		return gnet.None
+	}
+	wasJoined := c.state == joined
+	c.state = closed
+	delete(c.loop.conns, c)
+	s.openConns.Add(-1)
+	if c.ch != nil {
+		c.ch.Leave(c)
+	}
+	c.q.releaseAll()
+	c.queued = 0
+	switch {
+	case c.reason != "":
+		s.countRefused(c.reason)
+		s.rlog.Log(slog.LevelInfo, c.reason, "connection closed by server", connAttrs(c)...)
+	case err != nil && !errors.Is(err, errEOF):
+		s.debug("connection closed", c, slog.String("error", err.Error()))
+	default:
+		s.debug("connection closed", c, slog.Bool("was_joined", wasJoined))
+	}
+	return gnet.None
+}
+
+// closeConn closes c now with reason. Must run on c's loop.
+func (s *Server) closeConn(c *conn, reason string) {
+	if c.state == closed {
+		return
+	}
+	c.reason = reason
+	_ = c.loop.el.Close(c.gc)
+}
+
+func (s *Server) countRefused(reason string) {
+	v, ok := s.refused.Load(reason)
+	if !ok {
+		v, _ = s.refused.LoadOrStore(reason, new(atomic.Uint64))
+	}
+	v.(*atomic.Uint64).Add(1)
+}
+
+// debug logs a connection event at debug level; free when debug is off.
+func (s *Server) debug(msg string, c *conn, extra ...slog.Attr) {
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	s.log.LogAttrs(context.Background(), slog.LevelDebug, msg, append(connAttrs(c), extra...)...)
+}
+
+func connAttrs(c *conn) []slog.Attr {
+	attrs := make([]slog.Attr, 0, 6)
+	attrs = append(attrs, slog.String("remote", c.remote.String()))
+	if c.ch != nil {
+		attrs = append(attrs, slog.String("channel", c.ch.Name()), slog.String("uid", c.uid),
+			slog.String("cid", fmt.Sprintf("%08x", c.cid)))
+	}
+	if c.dropped > 0 {
+		attrs = append(attrs, slog.Uint64("dropped_frames", c.dropped))
+	}
+	return attrs
+}
+
+// OnTraffic parses every whole frame buffered for c: the first is the join,
+// the rest are forwarded without decoding, in batches.
+func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
+	c := gc.Context().(*conn)
+	l := c.loop
+	if c.state == closed {
+		return gnet.Close
+	}
+	c.lastRead = s.now()
+	batchBytes := 0
+	action := gnet.None
+	for {
+		avail := gc.InboundBuffered()
+		if avail < codec.HeaderLen {
+			break
+		}
+		hb, _ := gc.Peek(codec.HeaderLen)
+		h, err := codec.ParseHeader(hb)
+		if err != nil {
+			c.reason = headerReason(err)
+			action = gnet.Close
+			break
+		}
+		if h.Len > s.cfg.MaxFrame {
+			c.reason = "frame-too-large"
+			action = gnet.Close
+			break
+		}
+		total := codec.HeaderLen + h.Len
+		if avail < total {
+			break
+		}
+		data, _ := gc.Peek(total)
+		if c.state == awaitingJoin {
+			reason := s.join(c, h, data)
+			_, _ = gc.Discard(total)
+			if reason != "" {
+				c.reason = reason
+				action = gnet.Close
+				break
+			}
+			continue
+		}
+		f := router.NewFrame(data)
+		_, _ = gc.Discard(total)
+		l.frames = append(l.frames, f)
+		batchBytes += total
+		if len(l.frames) >= maxBatchFrames || batchBytes >= maxBatchBytes {
+			s.dispatch(c, l)
+			batchBytes = 0
+		}
+	}
+	if len(l.frames) > 0 {
+		s.dispatch(c, l)
+	}
+	l.flush()
+	return action
+}
+
+// dispatch stores and fans out the frames read from c. Loop-owned; no
+// allocation; one channel lock per batch when history is on.
+func (s *Server) dispatch(c *conn, l *loop) {
+	snap := c.ch.Append(l.frames...)
+	var n uint64
+	for i, f := range l.frames {
+		n += uint64(f.Len())
+		l.fanout(f, snap, c)
+		f.Release()
+		l.frames[i] = nil
+	}
+	l.stats.framesIn.Add(uint64(len(l.frames)))
+	l.stats.bytesIn.Add(n)
+	l.frames = l.frames[:0]
+}
+
+func headerReason(err error) string {
+	switch {
+	case errors.Is(err, codec.ErrBadMagic):
+		return "bad-magic"
+	case errors.Is(err, codec.ErrZeroLength):
+		return "zero-length"
+	default:
+		return "bad-header"
+	}
+}
+
+// join authenticates c's first frame and joins it to its channel. It returns
+// "" or the reason to close c.
+func (s *Server) join(c *conn, h codec.Header, data []byte) string {
+	payload := data[codec.HeaderLen:]
+	var (
+		t      codec.Triplet
+		key    uint64
+		inner  [][]byte
+		resync bool
+	)
+	if entries, err := codec.DecodeResync(payload); err == nil {
+		// A resync: the first inner frame is the joiner's own join frame.
+		resync = true
+		inner = entries
+		ih, err := codec.ParseHeader(entries[0])
+		if err != nil || len(entries[0]) != codec.HeaderLen+ih.Len {
+			return "bad-resync"
+		}
+		if t, err = codec.DecodeTriplet(entries[0][codec.HeaderLen:]); err != nil {
+			return "bad-resync"
+		}
+		for _, e := range entries[1:] {
+			eh, err := codec.ParseHeader(e)
+			if err != nil || len(e) != codec.HeaderLen+eh.Len || eh.Len > s.cfg.MaxFrame {
+				return "bad-resync"
+			}
+		}
+		key, c.cid = ih.Key, ih.CID
+	} else {
+		if t, err = codec.DecodeTriplet(payload); err != nil {
+			return "bad-join-frame"
+		}
+		key, c.cid = h.Key, h.CID
+	}
+	if !s.cfg.Keys.Accepts(key, c.remote, t.UID, t.Channel) {
+		return "wrong-key"
+	}
+	ch, hist, err := s.router.Join(t.Channel, c, nil)
+	switch {
+	case errors.Is(err, router.ErrDuplicateCID):
+		return "duplicate-cid"
+	case errors.Is(err, router.ErrTooManyChannels):
+		return "too-many-channels"
+	case err != nil:
+		return "join-failed"
+	}
+	c.ch, c.uid, c.state = ch, t.UID, joined
+	c.loop.stats.joins.Add(1)
+	// History first: the joiner gets it before any live frame.
+	for _, f := range hist {
+		c.deliver(f, true)
+		f.Release()
+	}
+	if !resync {
+		f := router.NewFrame(data)
+		var snap *router.Snapshot
+		if len(t.Message) > 0 {
+			snap = ch.Append(f)
+		} else {
+			snap = ch.Snapshot() // a plain join is forwarded but not kept
+		}
+		c.loop.fanout(f, snap, c)
+		f.Release()
+	} else {
+		s.mergeResync(c, t, inner)
+	}
+	s.debug("joined", c)
+	return ""
+}
+
+// mergeResync forwards the joiner's own join frame, then adds to history the
+// inner frames not already held and forwards only those.
+func (s *Server) mergeResync(c *conn, first codec.Triplet, inner [][]byte) {
+	ch := c.ch
+	jf := router.NewFrame(inner[0])
+	frames := make([]*router.Frame, 0, len(inner))
+	if len(first.Message) > 0 {
+		frames = append(frames, jf)
+	} else {
+		c.loop.fanout(jf, ch.Snapshot(), c)
+	}
+	for _, e := range inner[1:] {
+		frames = append(frames, router.NewFrame(e))
+	}
+	fresh, snap := ch.MergeResync(frames, nil)
+	for _, f := range fresh {
+		c.loop.fanout(f, snap, c)
+	}
+	for _, f := range frames {
+		f.Release()
+	}
+	if len(first.Message) == 0 {
+		jf.Release()
+	}
+}
+
+// OnTick advances the coarse clock, offers backlogs more bytes and, a few
+// times a second, checks timeouts. It runs on its own goroutine, so it only
+// queues tasks on the loops.
+func (s *Server) OnTick() (time.Duration, gnet.Action) {
+	now := int64(time.Since(s.start))
+	s.clock.Store(now)
+	sweep := now-s.lastSweep >= int64(sweepInterval)
+	if sweep {
+		s.lastSweep = now
+	}
+	busy := false
+	for _, l := range s.loops {
+		if l == nil {
+			continue
+		}
+		if l.backlogCount.Load() > 0 {
+			busy = true
+			if l.pollArmed.CompareAndSwap(false, true) {
+				if l.el.Execute(context.Background(), l.pollRunnable) != nil {
+					l.pollArmed.Store(false)
+				}
+			}
+		}
+		if sweep {
+			_ = l.el.Execute(context.Background(), l.sweepRunnable)
+		}
+	}
+	if busy {
+		return backlogPoll, gnet.None
+	}
+	return 10 * time.Millisecond, gnet.None
+}
+
+// Stats is a point-in-time sum of the server's counters.
+type Stats struct {
+	OpenConns    int64
+	Accepted     uint64
+	Joins        uint64
+	FramesIn     uint64
+	BytesIn      uint64
+	FramesOut    uint64
+	Dropped      uint64
+	Channels     int
+	ClosedByRule map[string]uint64 // connections the server closed, by reason
+}
+
+// Stats returns the current counters. Safe from any goroutine.
+func (s *Server) Stats() Stats {
+	st := Stats{OpenConns: s.openConns.Load(), Accepted: s.accepted.Load(), Channels: s.router.Channels(),
+		ClosedByRule: map[string]uint64{}}
+	s.loopsMu.Lock()
+	loops := append([]*loop(nil), s.loops...)
+	s.loopsMu.Unlock()
+	for _, l := range loops {
+		if l == nil {
+			continue
+		}
+		st.Joins += l.stats.joins.Load()
+		st.FramesIn += l.stats.framesIn.Load()
+		st.BytesIn += l.stats.bytesIn.Load()
+		st.FramesOut += l.stats.framesOut.Load()
+		st.Dropped += l.stats.dropped.Load()
+	}
+	s.refused.Range(func(k, v any) bool {
+		st.ClosedByRule[k.(string)] = v.(*atomic.Uint64).Load()
+		return true
+	})
+	return st
+}

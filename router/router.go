@@ -1,0 +1,305 @@
+// Package router owns the channels of one server: who is subscribed to each
+// channel, the duplicate-CID rule, and each channel's history.
+//
+// Invariants a caller relies on:
+//   - A channel's subscriber list is an immutable Snapshot behind an atomic
+//     pointer: the per-frame path reads it with one atomic load and never locks
+//     when history is off. Join and Leave copy it (copy-on-write) under the
+//     channel's mutex.
+//   - With history on, Append takes the channel's mutex once per batch of frames
+//     so that a joiner gets every frame exactly once: either in its history
+//     replay or live, never both, never neither.
+//   - The router never writes to a subscriber: it only tells the caller who
+//     the subscribers are, grouped by the event loop that owns them.
+package router
+
+import (
+	"errors"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+)
+
+// Subscriber is a member of a channel: a client connection or an uplink.
+type Subscriber interface {
+	// CID is the connection id from the subscriber's join frame.
+	CID() uint32
+	// Loop is the index of the event loop that owns the subscriber; a
+	// Snapshot groups subscribers by it so that a sender hands each loop
+	// one batch.
+	Loop() int
+}
+
+// ErrDuplicateCID is returned by Join when the channel already has a
+// subscriber with the joiner's CID (this is what stops peering loops).
+var ErrDuplicateCID = errors.New("router: a connection with this CID is already on the channel")
+
+// ErrTooManyChannels is returned by Join when creating the channel would pass
+// Config.MaxChannels.
+var ErrTooManyChannels = errors.New("router: channel limit reached")
+
+// Snapshot is an immutable view of a channel's subscribers. Never modify one.
+type Snapshot struct {
+	// Groups holds the subscribers grouped by owning loop, one group per
+	// loop that has any, in no particular order.
+	Groups []Group
+	// Len is the number of subscribers.
+	Len int
+}
+
+// Group is the subscribers of one channel owned by one event loop.
+type Group struct {
+	Loop int
+	Subs []Subscriber
+}
+
+var emptySnapshot = &Snapshot{}
+
+// Config sets the router's limits.
+type Config struct {
+	// HistoryLimit is how many frames each channel keeps for new joiners;
+	// 0 turns history off, and an empty channel is then forgotten at once.
+	HistoryLimit int
+	// MaxChannels caps the number of channels (0 = no cap).
+	MaxChannels int
+}
+
+const shardCount = 64
+
+// Router is the channel table, sharded by channel name. Safe for concurrent use.
+type Router struct {
+	cfg      Config
+	seed     maphash.Seed
+	shards   [shardCount]shard
+	channels atomic.Int64
+}
+
+type shard struct {
+	mu sync.Mutex
+	m  map[string]*Channel // Lock: mu
+}
+
+// New returns an empty router.
+func New(cfg Config) *Router {
+	if cfg.HistoryLimit < 0 {
+		cfg.HistoryLimit = 0
+	}
+	r := &Router{cfg: cfg, seed: maphash.MakeSeed()}
+	for i := range r.shards {
+		r.shards[i].m = make(map[string]*Channel)
+	}
+	return r
+}
+
+// HistoryLimit returns the configured history length.
+func (r *Router) HistoryLimit() int { return r.cfg.HistoryLimit }
+
+// Channels returns how many channels exist now.
+func (r *Router) Channels() int { return int(r.channels.Load()) }
+
+func (r *Router) shardOf(name string) *shard {
+	return &r.shards[maphash.String(r.seed, name)%shardCount]
+}
+
+// Channel is one Mles channel: its subscribers and its history.
+type Channel struct {
+	name   string
+	router *Router
+	snap   atomic.Pointer[Snapshot]
+
+	mu   sync.Mutex
+	hist history // Lock: mu
+	dead bool    // Lock: mu; removed from the table, joiners must retry
+}
+
+// Name returns the channel's name.
+func (c *Channel) Name() string { return c.name }
+
+// Snapshot returns the current subscribers. One atomic load; never blocks.
+func (c *Channel) Snapshot() *Snapshot { return c.snap.Load() }
+
+// Join adds sub to the channel called name, creating the channel if needed.
+// It returns the channel and its history, oldest first, each frame with a
+// reference owned by the caller: deliver them to sub before anything else,
+// then Release them. The history is returned appended to hist (pass a reused
+// slice to avoid allocating).
+func (r *Router) Join(name string, sub Subscriber, hist []*Frame) (*Channel, []*Frame, error) {
+	for {
+		sh := r.shardOf(name)
+		sh.mu.Lock()
+		ch := sh.m[name]
+		if ch == nil {
+			if r.cfg.MaxChannels > 0 && r.channels.Load() >= int64(r.cfg.MaxChannels) {
+				sh.mu.Unlock()
+				return nil, hist, ErrTooManyChannels
+			}
+			ch = &Channel{name: name, router: r}
+			ch.hist.ring = make([]*Frame, r.cfg.HistoryLimit)
+			ch.snap.Store(emptySnapshot)
+			sh.m[name] = ch
+			r.channels.Add(1)
+		}
+		sh.mu.Unlock()
+
+		ch.mu.Lock()
+		if ch.dead {
+			ch.mu.Unlock()
+			continue // lost a race with the last Leave; the table has no ch now
+		}
+		old := ch.snap.Load()
+		for _, g := range old.Groups {
+			for _, s := range g.Subs {
+				if s.CID() == sub.CID() {
+					ch.mu.Unlock()
+					ch.forgetIfEmpty()
+					return nil, hist, ErrDuplicateCID
+				}
+			}
+		}
+		ch.snap.Store(old.with(sub))
+		hist = ch.hist.appendTo(hist)
+		ch.mu.Unlock()
+		return ch, hist, nil
+	}
+}
+
+// Leave removes sub from the channel. An empty channel without history is
+// forgotten at once.
+func (c *Channel) Leave(sub Subscriber) {
+	c.mu.Lock()
+	c.snap.Store(c.snap.Load().without(sub))
+	c.mu.Unlock()
+	c.forgetIfEmpty()
+}
+
+// forgetIfEmpty removes the channel from the table when it has no subscribers
+// and keeps no history.
+func (c *Channel) forgetIfEmpty() {
+	if c.router.cfg.HistoryLimit > 0 {
+		return
+	}
+	c.mu.Lock()
+	if c.dead || c.snap.Load().Len > 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.dead = true
+	c.mu.Unlock()
+	sh := c.router.shardOf(c.name)
+	sh.mu.Lock()
+	if sh.m[c.name] == c {
+		delete(sh.m, c.name)
+		c.router.channels.Add(-1)
+	}
+	sh.mu.Unlock()
+}
+
+// Append stores frames in the channel's history (when history is on) and
+// returns the snapshot to fan them out to. The frames must not be join frames
+// with an empty message. With history off it is one atomic load; with history
+// on, one lock for the whole batch. Never allocates.
+func (c *Channel) Append(frames ...*Frame) *Snapshot {
+	if c.hist.limit() == 0 {
+		return c.snap.Load()
+	}
+	c.mu.Lock()
+	for _, f := range frames {
+		c.hist.add(f)
+	}
+	s := c.snap.Load()
+	c.mu.Unlock()
+	return s
+}
+
+// MergeResync adds to the history those frames it does not already hold
+// (compared byte for byte) and returns them, in order, appended to fresh,
+// with the snapshot to forward them to. Frames already held are not returned:
+// a reconnecting peer causes no duplicates. With history off every frame is
+// fresh.
+func (c *Channel) MergeResync(frames []*Frame, fresh []*Frame) ([]*Frame, *Snapshot) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range frames {
+		if c.hist.limit() > 0 && c.hist.contains(f.Bytes()) {
+			continue
+		}
+		dup := false
+		for _, g := range fresh { // the resync itself may repeat a frame
+			if string(g.Bytes()) == string(f.Bytes()) {
+				dup = true
+				break
+			}
+		}
+		if dup {
+			continue
+		}
+		c.hist.add(f)
+		fresh = append(fresh, f)
+	}
+	return fresh, c.snap.Load()
+}
+
+// HistoryLen returns the number of frames and bytes the history holds.
+func (c *Channel) HistoryLen() (frames, bytes int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hist.n, c.hist.bytes
+}
+
+// with returns a copy of s with sub added.
+func (s *Snapshot) with(sub Subscriber) *Snapshot {
+	n := &Snapshot{Len: s.Len + 1, Groups: make([]Group, 0, len(s.Groups)+1)}
+	added := false
+	for _, g := range s.Groups {
+		if g.Loop == sub.Loop() {
+			subs := make([]Subscriber, len(g.Subs), len(g.Subs)+1)
+			copy(subs, g.Subs)
+			g = Group{Loop: g.Loop, Subs: append(subs, sub)}
+			added = true
+		}
+		n.Groups = append(n.Groups, g)
+	}
+	if !added {
+		n.Groups = append(n.Groups, Group{Loop: sub.Loop(), Subs: []Subscriber{sub}})
+	}
+	return n
+}
+
+// without returns a copy of s with sub removed (s itself if sub is absent).
+func (s *Snapshot) without(sub Subscriber) *Snapshot {
+	for gi, g := range s.Groups {
+		for i, x := range g.Subs {
+			if x != sub {
+				continue
+			}
+			n := &Snapshot{Len: s.Len - 1, Groups: make([]Group, 0, len(s.Groups))}
+			n.Groups = append(n.Groups, s.Groups[:gi]...)
+			if len(g.Subs) > 1 {
+				subs := make([]Subscriber, 0, len(g.Subs)-1)
+				subs = append(subs, g.Subs[:i]...)
+				subs = append(subs, g.Subs[i+1:]...)
+				n.Groups = append(n.Groups, Group{Loop: g.Loop, Subs: subs})
+			}
+			n.Groups = append(n.Groups, s.Groups[gi+1:]...)
+			return n
+		}
+	}
+	return s
+}
+
+// Close releases every channel's history. The router must not be used after.
+func (r *Router) Close() {
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		for name, ch := range sh.m {
+			ch.mu.Lock()
+			ch.hist.clear()
+			ch.dead = true
+			ch.mu.Unlock()
+			delete(sh.m, name)
+			r.channels.Add(-1)
+		}
+		sh.mu.Unlock()
+	}
+}
