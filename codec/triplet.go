@@ -43,7 +43,8 @@ var errNotByteString = errors.New("cbor: expected a byte string")
 
 // wireBytes is a CBOR byte string (major type 2). fxamacker would also
 // decode an array of small integers into a []byte; serde_bytes accepts
-// sequences and text too, but this project accepts only byte strings.
+// sequences and text too, but this project accepts only byte strings
+// (definite or indefinite length; a tagged byte string is rejected).
 type wireBytes []byte
 
 func (w *wireBytes) UnmarshalCBOR(data []byte) error {
