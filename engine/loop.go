@@ -102,7 +102,7 @@ func (l *loop) flush() {
 			continue
 		}
 		l.outbox[i] = nil
-		l.srv.loops[i].post(b)
+		l.srv.loops[i].Load().post(b)
 	}
 	for i := 0; i < len(l.dirty); i++ {
 		c := l.dirty[i]

@@ -52,7 +52,7 @@ type Server struct {
 	eng        gnet.Engine
 
 	loopsMu sync.Mutex
-	loops   []*loop                  // index = loop idx; filled as loops are first seen
+	loops   []atomic.Pointer[loop]   // index = loop idx; set once when the loop is first seen
 	byEL    map[gnet.EventLoop]*loop // Lock: loopsMu
 
 	clock     atomic.Int64 // coarse monotonic clock, ns since start
@@ -80,7 +80,7 @@ func New(cfg Config, r *router.Router) (*Server, error) {
 		log:    cfg.Logger,
 		rlog:   newRateLog(cfg.Logger, 5),
 		byEL:   make(map[gnet.EventLoop]*loop),
-		loops:  make([]*loop, cfg.Loops),
+		loops:  make([]atomic.Pointer[loop], cfg.Loops),
 		ready:  make(chan struct{}),
 		start:  time.Now(),
 	}
@@ -189,11 +189,11 @@ func (s *Server) loopOf(gc gnet.Conn) *loop {
 		return l
 	}
 	idx := len(s.byEL)
-	if idx >= len(s.loops) { // gnet made more loops than asked: grow is unsafe, share the last
-		return s.loops[len(s.loops)-1]
+	if idx >= len(s.loops) { // cannot happen: gnet makes exactly cfg.Loops loops
+		panic("engine: more event loops than configured")
 	}
 	l := newLoop(idx, s, el, len(s.loops))
-	s.loops[idx] = l
+	s.loops[idx].Store(l)
 	s.byEL[el] = l
 	return l
 }
@@ -469,7 +469,8 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 		s.lastSweep = now
 	}
 	busy := false
-	for _, l := range s.loops {
+	for i := range s.loops {
+		l := s.loops[i].Load()
 		if l == nil {
 			continue
 		}
@@ -508,10 +509,8 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	st := Stats{OpenConns: s.openConns.Load(), Accepted: s.accepted.Load(), Channels: s.router.Channels(),
 		ClosedByRule: map[string]uint64{}}
-	s.loopsMu.Lock()
-	loops := append([]*loop(nil), s.loops...)
-	s.loopsMu.Unlock()
-	for _, l := range loops {
+	for i := range s.loops {
+		l := s.loops[i].Load()
 		if l == nil {
 			continue
 		}
