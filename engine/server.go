@@ -288,26 +288,17 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	batchBytes := 0
 	action := gnet.None
 	for {
-		avail := gc.InboundBuffered()
-		if avail < codec.HeaderLen {
+		total, reason := nextFrame(gc, s.cfg.MaxFrame)
+		if reason != "" {
+			c.reason = reason
+			action = gnet.Close
+			break
+		}
+		if total == 0 {
 			break
 		}
 		hb, _ := gc.Peek(codec.HeaderLen)
-		h, err := codec.ParseHeader(hb)
-		if err != nil {
-			c.reason = headerReason(err)
-			action = gnet.Close
-			break
-		}
-		if h.Len > s.cfg.MaxFrame {
-			c.reason = "frame-too-large"
-			action = gnet.Close
-			break
-		}
-		total := codec.HeaderLen + h.Len
-		if avail < total {
-			break
-		}
+		h, _ := codec.ParseHeader(hb)
 		data, _ := gc.Peek(total)
 		if c.state == awaitingJoin {
 			reason := s.join(c, h, data)
