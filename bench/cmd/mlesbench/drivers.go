@@ -1,0 +1,4 @@
+package main
+
+// The Mles driver registers itself; NATS and Redis live in harness.
+import _ "github.com/mlesd/mlesd/bench/mlesdrv"

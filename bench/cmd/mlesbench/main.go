@@ -1,0 +1,164 @@
+// Command mlesbench load-tests mlesd side by side with NATS and Redis pub/sub.
+//
+//	cd bench && go run ./cmd/mlesbench --servers mlesd,nats,redis --duration 5s
+//
+// Every server is started on 127.0.0.1 on a free port, once per scenario, and
+// ended by PID at the end (also on Ctrl-C). Tables go to stdout (to stderr
+// with --json, which puts a JSON document on stdout); progress lines go to
+// stderr. Exit status: 0 ok, 1 a scenario failed, 3 delivery went wrong
+// (loss, duplicates, reordering); --keep-going runs on after failures and
+// exits 0.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mlesd/mlesd/bench/harness"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// binOr returns path if it exists, else name found on PATH, else path.
+func binOr(path, name string) string {
+	if _, err := os.Stat(path); err == nil {
+		return path
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return path
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg := harness.DefaultConfig()
+	fs := flag.NewFlagSet("mlesbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	servers := fs.String("servers", "mlesd,nats,redis", "servers to run, comma-separated: mlesd, nats, redis")
+	scenarios := fs.String("scenarios", strings.Join(harness.ScenarioOrder, ","), "scenarios to run, comma-separated")
+	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "publishing time per throughput/latency scenario")
+	fs.IntVar(&cfg.Payload, "payload", cfg.Payload, "message size in bytes (>= 24, the trailer)")
+	fs.IntVar(&cfg.FanoutSubs, "fanout-subs", cfg.FanoutSubs, "fanout: subscribers")
+	fs.IntVar(&cfg.FaninPubs, "fanin-pubs", cfg.FaninPubs, "fanin: publisher connections")
+	fs.IntVar(&cfg.Pairs, "pairs", cfg.Pairs, "pairs: channels with one publisher and one subscriber each")
+	fs.IntVar(&cfg.BigfanSize, "bigfan-size", cfg.BigfanSize, "bigfan: message size in bytes")
+	fs.IntVar(&cfg.BigfanSubs, "bigfan-subs", cfg.BigfanSubs, "bigfan: subscribers")
+	fs.IntVar(&cfg.BigfanReps, "bigfan-reps", cfg.BigfanReps, "bigfan: repetitions")
+	fs.IntVar(&cfg.LatencyRate, "latency-rate", cfg.LatencyRate, "latency: fixed publish rate, msgs/s")
+	fs.IntVar(&cfg.LatencySubs, "latency-subs", cfg.LatencySubs, "latency: subscribers")
+	fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "conns: idle joined connections")
+	fs.IntVar(&cfg.ConnsConcurrency, "conns-concurrency", cfg.ConnsConcurrency, "conns: connections opened at once")
+	fs.IntVar(&cfg.Window, "window", cfg.Window, "flow control: most messages in flight to one receiver")
+	fs.IntVar(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "flow control: most bytes in flight to one receiver")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "longest wait for the last deliveries")
+	fs.DurationVar(&cfg.SetupTimeout, "setup-timeout", cfg.SetupTimeout, "longest wait to connect and join a scenario's connections")
+	jsonOut := fs.Bool("json", false, "print results as JSON on stdout (tables go to stderr)")
+	mlesdBin := fs.String("mlesd-bin", "../bin/mlesd", "mlesd binary")
+	mlesdArgs := fs.String("mlesd-args", "", "extra mlesd flags, space-separated (e.g. \"--pprof 127.0.0.1:6060\")")
+	natsBin := fs.String("nats-bin", ".bin/nats-server", "nats-server binary (falls back to PATH)")
+	redisBin := fs.String("redis-bin", "redis-server", "redis-server binary")
+	keepGoing := fs.Bool("keep-going", false, "run on after a failed scenario, and exit 0 even after loss")
+	workDir := fs.String("workdir", "", "directory for server logs and configs (default: a new temporary directory)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if cfg.Payload < harness.TrailerLen || cfg.BigfanSize < harness.TrailerLen {
+		fmt.Fprintf(stderr, "--payload and --bigfan-size must be at least %d\n", harness.TrailerLen)
+		return 2
+	}
+
+	if lim, err := harness.RaiseFDLimit(); err != nil {
+		fmt.Fprintf(stderr, "raise fd limit: %v\n", err)
+	} else if need := uint64(cfg.Conns + 1000); lim < need {
+		fmt.Fprintf(stderr, "warning: fd limit %d is below the %d that --conns %d needs\n", lim, need, cfg.Conns)
+	}
+	wd := *workDir
+	if wd == "" {
+		d, err := os.MkdirTemp("", "mlesbench-")
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		wd = d
+	}
+	sc := harness.ServerConfig{
+		MlesdBin:  *mlesdBin,
+		NATSBin:   binOr(*natsBin, "nats-server"),
+		RedisBin:  *redisBin,
+		MlesKey:   "bench",
+		MlesdArgs: strings.Fields(*mlesdArgs),
+		WorkDir:   wd,
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		fmt.Fprintln(stderr, "interrupted: stopping (again to force)")
+		cancel()
+		<-sigs
+		harness.StopAll()
+		os.Exit(130)
+	}()
+	defer harness.StopAll()
+
+	tables := stdout
+	if *jsonOut {
+		tables = stderr
+	}
+	env := harness.Environment(sc)
+	fmt.Fprintf(stderr, "mlesbench: %s, %s cores, kernel %s, %s; logs in %s\n", env["cpu"], env["nproc"], env["kernel"], env["go"], wd)
+	t0 := time.Now()
+	results, err := harness.Run(ctx, harness.RunConfig{
+		Servers:   splitList(*servers),
+		Scenarios: splitList(*scenarios),
+		Cfg:       cfg,
+		ServerCfg: sc,
+		KeepGoing: *keepGoing,
+		Log:       stderr,
+		Out:       tables,
+	})
+	fmt.Fprintf(stderr, "mlesbench: done in %.1fs\n", time.Since(t0).Seconds())
+	if *jsonOut {
+		if jerr := harness.WriteJSON(stdout, env, results); jerr != nil {
+			fmt.Fprintln(stderr, jerr)
+		}
+	}
+	bad := false
+	for _, r := range results {
+		if r.Delivery.Bad() {
+			bad = true
+			fmt.Fprintln(stderr, harness.LossLine(r))
+		}
+	}
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "mlesbench: %v\n", err)
+		if !*keepGoing {
+			return 1
+		}
+	case bad && !*keepGoing:
+		return 3
+	}
+	return 0
+}

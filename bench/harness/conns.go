@@ -1,0 +1,141 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// settledRSS waits until the server's RSS stops moving (two readings 200 ms
+// apart within 0.5%), at most 5 s, and returns it.
+func settledRSS(ctx context.Context, s *Server) (int64, error) {
+	prev, err := s.RSS()
+	if err != nil {
+		return 0, err
+	}
+	limit := time.Now().Add(5 * time.Second)
+	for time.Now().Before(limit) && ctx.Err() == nil {
+		time.Sleep(200 * time.Millisecond)
+		cur, err := s.RSS()
+		if err != nil {
+			return 0, err
+		}
+		d := cur - prev
+		if d < 0 {
+			d = -d
+		}
+		if float64(d) <= 0.005*float64(prev) {
+			return cur, nil
+		}
+		prev = cur
+	}
+	return prev, nil
+}
+
+// Conns: Conns idle connections, each joined to its own channel; the server's
+// RSS growth per connection, and the time to connect and join.
+func Conns(ctx context.Context, env *Env) (*Result, error) {
+	cfg := env.Cfg
+	res := newResult("conns", env)
+	res.Params["conns"] = strconv.Itoa(cfg.Conns)
+	rss0, err := settledRSS(ctx, env.Server)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, cfg.SetupTimeout)
+	defer cancel()
+
+	conns := make([]IdleConn, cfg.Conns)
+	lat := make([]float64, cfg.Conns)
+	var next, opened atomic.Int64
+	var errs errList
+	var failed atomic.Int64
+	stopProgress := progress(env, "conns", func(time.Duration) string {
+		return fmt.Sprintf("%d of %d joined", opened.Load(), cfg.Conns)
+	})
+	defer stopProgress()
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range max(cfg.ConnsConcurrency, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for sctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= cfg.Conns {
+					return
+				}
+				t0 := time.Now()
+				c, err := env.Driver.Idle(sctx, env.Server.Addr, "idle-"+strconv.Itoa(i))
+				if err != nil {
+					errs.add(fmt.Sprintf("conn %d: %v", i, err))
+					if failed.Add(1) > 10 {
+						cancel()
+					}
+					continue
+				}
+				lat[i] = time.Since(t0).Seconds()
+				conns[i] = c
+				opened.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	connectTime := time.Since(start).Seconds()
+	stopProgress()
+	n := opened.Load()
+	if n == 0 {
+		return nil, fmt.Errorf("conns: no connection opened: %v", errs.list())
+	}
+
+	// Prove a sample is joined (for protocols without an acknowledgement).
+	var checked, bad int
+	for i := 0; i < cfg.Conns && checked < 20; i += max(cfg.Conns/20, 1) {
+		if conns[i] == nil {
+			continue
+		}
+		checked++
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := conns[i].Check(cctx, env.Server.Addr); err != nil {
+			bad++
+			errs.add(fmt.Sprintf("conn %d not joined: %v", i, err))
+		}
+		ccancel()
+	}
+	rss1, err := settledRSS(ctx, env.Server)
+	if err != nil {
+		return nil, err
+	}
+	var ls []float64
+	for i, c := range conns {
+		if c != nil {
+			ls = append(ls, lat[i])
+		}
+	}
+	sort.Float64s(ls)
+	res.SetPrimary("RSS/conn", "KB", float64(rss1-rss0)/float64(n)/1024, false)
+	res.Add("RSS before", "MB", float64(rss0)/1e6, false)
+	res.Add("RSS after", "MB", float64(rss1)/1e6, false)
+	res.Add("connect+join all", "s", connectTime, false)
+	res.Add("conns/s", "conn/s", float64(n)/connectTime, true)
+	res.Add("connect p50", "s", percentile(ls, 50), false)
+	res.Add("connect p99", "s", percentile(ls, 99), false)
+	res.Add("joined", "", float64(n), true)
+	res.Errors = errs.list()
+	res.Notes = append(res.Notes, fmt.Sprintf("%d connections opened %d at a time; %d sampled and checked joined, %d not", n, cfg.ConnsConcurrency, checked, bad))
+	if int(n) < cfg.Conns {
+		res.Errors = append(res.Errors, fmt.Sprintf("only %d of %d connections opened", n, cfg.Conns))
+	}
+	return res, nil
+}

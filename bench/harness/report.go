@@ -1,0 +1,234 @@
+package harness
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"text/tabwriter"
+)
+
+// Metric is one measured figure.
+type Metric struct {
+	Name         string  `json:"name"`
+	Unit         string  `json:"unit"`
+	Value        float64 `json:"value"`
+	HigherBetter bool    `json:"higher_better"`
+}
+
+// Result is one scenario run against one server.
+type Result struct {
+	Scenario string            `json:"scenario"`
+	Server   string            `json:"server"`
+	Params   map[string]string `json:"params"`
+	Primary  Metric            `json:"primary"`
+	Metrics  []Metric          `json:"metrics"`
+	Delivery Delivery          `json:"delivery"`
+	Errors   []string          `json:"errors,omitempty"`
+	Notes    []string          `json:"notes,omitempty"`
+	// VsNATS is how many times better than NATS the primary metric is (> 1:
+	// better), 0 when there is no NATS row to compare with.
+	VsNATS float64 `json:"vs_nats,omitempty"`
+	Failed string  `json:"failed,omitempty"` // the scenario could not run
+}
+
+// Add appends a metric.
+func (r *Result) Add(name, unit string, v float64, higherBetter bool) {
+	r.Metrics = append(r.Metrics, Metric{Name: name, Unit: unit, Value: v, HigherBetter: higherBetter})
+}
+
+// SetPrimary appends a metric and makes it the one compared across servers.
+func (r *Result) SetPrimary(name, unit string, v float64, higherBetter bool) {
+	r.Primary = Metric{Name: name, Unit: unit, Value: v, HigherBetter: higherBetter}
+	r.Add(name, unit, v, higherBetter)
+}
+
+// Ratio is how many times better a is than b on a metric (> 1: a is better).
+func Ratio(a, b Metric) float64 {
+	if a.Value <= 0 || b.Value <= 0 || math.IsNaN(a.Value) || math.IsNaN(b.Value) {
+		return 0
+	}
+	if a.HigherBetter {
+		return a.Value / b.Value
+	}
+	return b.Value / a.Value
+}
+
+// FillRatios sets VsNATS on every result that has a NATS row of its scenario.
+func FillRatios(rs []*Result) {
+	nats := map[string]*Result{}
+	for _, r := range rs {
+		if r.Server == "nats" && r.Failed == "" {
+			nats[r.Scenario] = r
+		}
+	}
+	for _, r := range rs {
+		if n, ok := nats[r.Scenario]; ok && r.Failed == "" {
+			r.VsNATS = Ratio(r.Primary, n.Primary)
+		}
+	}
+}
+
+// FormatValue prints v in a unit-appropriate way.
+func FormatValue(v float64, unit string) string {
+	switch {
+	case math.IsNaN(v):
+		return "-"
+	case unit == "s":
+		switch {
+		case v < 1e-3:
+			return fmt.Sprintf("%.1fµs", v*1e6)
+		case v < 1:
+			return fmt.Sprintf("%.2fms", v*1e3)
+		default:
+			return fmt.Sprintf("%.3fs", v)
+		}
+	case v >= 1e9:
+		return fmt.Sprintf("%.2fG", v/1e9)
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fM", v/1e6)
+	case v >= 1e4:
+		return fmt.Sprintf("%.1fk", v/1e3)
+	case v == math.Trunc(v):
+		return fmt.Sprintf("%.0f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+// WriteTable prints one table for scenario: one row per server, the scenario's
+// metrics as columns, then delivery counters and the ratio against NATS.
+func WriteTable(w io.Writer, scenario string, rs []*Result) {
+	var rows []*Result
+	var cols []Metric
+	var params map[string]string
+	for _, r := range rs {
+		if r.Scenario != scenario {
+			continue
+		}
+		rows = append(rows, r)
+		if cols == nil && r.Failed == "" {
+			cols = r.Metrics
+			params = r.Params
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n== %s", scenario)
+	if len(params) > 0 {
+		fmt.Fprintf(w, " (%s)", formatParams(params))
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	hdr := []string{"server"}
+	for _, c := range cols {
+		h := c.Name
+		if c.Unit != "" && c.Unit != "s" {
+			h += " (" + c.Unit + ")"
+		}
+		hdr = append(hdr, h)
+	}
+	hdr = append(hdr, "lost", "dup", "reord", "errors", "×NATS")
+	fmt.Fprintln(tw, strings.Join(hdr, "\t")+"\t")
+	for _, r := range rows {
+		cells := []string{r.Server}
+		if r.Failed != "" {
+			for range cols {
+				cells = append(cells, "-")
+			}
+			cells = append(cells, "-", "-", "-", "FAILED", "-")
+			fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
+			continue
+		}
+		for _, c := range cols {
+			v := math.NaN()
+			for _, m := range r.Metrics {
+				if m.Name == c.Name {
+					v = m.Value
+				}
+			}
+			cells = append(cells, FormatValue(v, c.Unit))
+		}
+		d := r.Delivery
+		ratio := "-"
+		if r.VsNATS > 0 {
+			ratio = fmt.Sprintf("%.2f", r.VsNATS)
+		}
+		cells = append(cells, fmt.Sprint(d.Lost), fmt.Sprint(d.Dup), fmt.Sprint(d.Reordered+d.TooLate),
+			fmt.Sprint(len(r.Errors)), ratio)
+		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
+	}
+	tw.Flush()
+	for _, r := range rows {
+		if r.Failed != "" {
+			fmt.Fprintf(w, "  %s FAILED: %s\n", r.Server, firstLine(r.Failed))
+		}
+		for _, e := range r.Errors {
+			fmt.Fprintf(w, "  %s error: %s\n", r.Server, e)
+		}
+		for _, n := range r.Notes {
+			fmt.Fprintf(w, "  %s note: %s\n", r.Server, n)
+		}
+		if r.Delivery.Bad() {
+			fmt.Fprintf(w, "  %s\n", LossLine(r))
+		}
+	}
+	if len(cols) > 0 {
+		fmt.Fprintf(w, "  ×NATS compares %s (%s); > 1 means better than NATS.\n", cols0(rows).Name, direction(cols0(rows)))
+	}
+}
+
+func cols0(rows []*Result) Metric {
+	for _, r := range rows {
+		if r.Failed == "" {
+			return r.Primary
+		}
+	}
+	return Metric{}
+}
+
+func direction(m Metric) string {
+	if m.HigherBetter {
+		return "higher is better"
+	}
+	return "lower is better"
+}
+
+// LossLine is the loud line printed for a run whose delivery went wrong.
+func LossLine(r *Result) string {
+	d := r.Delivery
+	return fmt.Sprintf("!!! LOSS !!! %s/%s: lost %d, duplicated %d, reordered %d, too late %d of %d expected",
+		r.Server, r.Scenario, d.Lost, d.Dup, d.Reordered, d.TooLate, d.Expected)
+}
+
+func formatParams(p map[string]string) string {
+	var keys []string
+	for k := range p {
+		keys = append(keys, k)
+	}
+	sortStrings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, k+"="+p[k])
+	}
+	return strings.Join(parts, " ")
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// WriteJSON writes the results as one JSON document.
+func WriteJSON(w io.Writer, env map[string]string, rs []*Result) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(struct {
+		Environment map[string]string `json:"environment"`
+		Results     []*Result         `json:"results"`
+	}{env, rs})
+}

@@ -1,0 +1,537 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config holds every knob of every scenario. Defaults: DefaultConfig.
+type Config struct {
+	Duration time.Duration // publishing time of a throughput or latency scenario
+	Payload  int           // message size in bytes (trailer included)
+
+	FanoutSubs int // fanout: subscribers of the one publisher
+	FaninPubs  int // fanin: publisher connections feeding one collector
+	Pairs      int // pairs: channels, one publisher and one subscriber each
+
+	BigfanSize int // bigfan: message size
+	BigfanSubs int // bigfan: subscribers
+	BigfanReps int // bigfan: repetitions
+
+	LatencyRate int // latency: messages per second, fixed
+	LatencySubs int // latency: subscribers
+
+	Conns            int // conns: idle joined connections
+	ConnsConcurrency int // conns: connections being opened at once
+
+	// Flow control of the throughput scenarios: a publisher never has more
+	// than this many messages (and bytes) in flight to one receiver connection,
+	// shared among the publishers feeding that receiver. This measures the
+	// rate a server sustains without dropping, instead of its drop policy.
+	Window      int
+	WindowBytes int
+	MinWindow   int // per (publisher, receiver), however many publishers share a receiver
+
+	MaxMsgs      uint64        // bound on messages per publisher
+	SetupTimeout time.Duration // connecting and joining everything
+	DrainTimeout time.Duration // waiting for the last deliveries
+}
+
+// DefaultConfig is the standard suite.
+func DefaultConfig() Config {
+	return Config{
+		Duration:         5 * time.Second,
+		Payload:          128,
+		FanoutSubs:       100,
+		FaninPubs:        1000,
+		Pairs:            500,
+		BigfanSize:       1_600_000,
+		BigfanSubs:       100,
+		BigfanReps:       20,
+		LatencyRate:      10_000,
+		LatencySubs:      10,
+		Conns:            10_000,
+		ConnsConcurrency: 32,
+		Window:           4096,
+		WindowBytes:      1 << 20,
+		MinWindow:        4,
+		MaxMsgs:          200_000_000,
+		SetupTimeout:     60 * time.Second,
+		DrainTimeout:     10 * time.Second,
+	}
+}
+
+// Env is what a scenario runs against.
+type Env struct {
+	Server *Server
+	Driver Driver
+	Cfg    Config
+	Log    io.Writer // progress lines
+}
+
+func (e *Env) label(scn string) string { return fmt.Sprintf("[%s %s]", e.Driver.Name(), scn) }
+
+// Scenario runs one scenario and returns its result.
+type Scenario func(ctx context.Context, env *Env) (*Result, error)
+
+// ScenarioOrder is the order of the standard suite.
+var ScenarioOrder = []string{"fanout", "fanin", "pairs", "bigfan", "latency", "conns"}
+
+// Scenarios by name.
+var Scenarios = map[string]Scenario{
+	"fanout":  Fanout,
+	"fanin":   Fanin,
+	"pairs":   Pairs,
+	"bigfan":  Bigfan,
+	"latency": Latency,
+	"conns":   Conns,
+}
+
+func newResult(scn string, env *Env) *Result {
+	return &Result{Scenario: scn, Server: env.Driver.Name(), Params: map[string]string{}}
+}
+
+// progress prints a line per second until the returned stop is called.
+func progress(env *Env, scn string, status func(elapsed time.Duration) string) (stop func()) {
+	start := time.Now()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				fmt.Fprintf(env.Log, "%s %4.0fs %s\n", env.label(scn), time.Since(start).Seconds(), status(time.Since(start)))
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// openGroups opens the groups of specs, a few at a time.
+func openGroups(ctx context.Context, env *Env, specs []GroupSpec) ([]*Group, error) {
+	ctx, cancel := context.WithTimeout(ctx, env.Cfg.SetupTimeout)
+	defer cancel()
+	groups := make([]*Group, len(specs))
+	var firstErr error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range specs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			g, err := env.Driver.Open(ctx, env.Server.Addr, specs[i])
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && firstErr == nil {
+				firstErr = fmt.Errorf("open channel %s: %w", specs[i].Channel, err)
+				cancel()
+			}
+			groups[i] = g
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		closeGroups(groups)
+		return nil, firstErr
+	}
+	return groups, nil
+}
+
+func closeGroups(gs []*Group) {
+	for _, g := range gs {
+		if g != nil {
+			g.Close()
+		}
+	}
+}
+
+func groupErrors(gs []*Group) []string {
+	var out []string
+	for _, g := range gs {
+		if g != nil {
+			out = append(out, g.Errors()...)
+		}
+	}
+	return out
+}
+
+func streamsOf(pub uint32, subs []*Receiver) []*Stream {
+	var ss []*Stream
+	for _, r := range subs {
+		if s := r.Stream(pub); s != nil {
+			ss = append(ss, s)
+		}
+	}
+	return ss
+}
+
+func sumUnique(rcvs []*Receiver) uint64 {
+	var n uint64
+	for _, r := range rcvs {
+		n += r.Unique()
+	}
+	return n
+}
+
+// flowPub is one publisher of a throughput scenario.
+type flowPub struct {
+	p       Publisher
+	id      uint32
+	streams []*Stream
+	window  uint64
+	sent    atomic.Uint64
+	waits   atomic.Uint64 // times it waited for the window to open
+}
+
+func (f *flowPub) minUnique() uint64 {
+	m := ^uint64(0)
+	for _, s := range f.streams {
+		if u := s.Unique(); u < m {
+			m = u
+		}
+	}
+	return m
+}
+
+// run publishes until deadline, stop, or MaxMsgs, never with more than window
+// messages in flight to any of its receivers.
+func (f *flowPub) run(deadline time.Time, max uint64, stop <-chan struct{}) error {
+	var seq, low uint64
+	if len(f.streams) == 0 {
+		return nil
+	}
+	for seq < max {
+		if seq&63 == 0 {
+			if time.Now().After(deadline) {
+				break
+			}
+			select {
+			case <-stop:
+				return f.p.Flush()
+			default:
+			}
+		}
+		if seq-low >= f.window {
+			low = f.minUnique()
+			for seq-low >= f.window {
+				if err := f.p.Flush(); err != nil {
+					return err
+				}
+				f.waits.Add(1)
+				time.Sleep(50 * time.Microsecond)
+				low = f.minUnique()
+				if time.Now().After(deadline) {
+					return nil
+				}
+			}
+		}
+		if err := f.p.Send(Trailer{Pub: f.id, Seq: seq}); err != nil {
+			return err
+		}
+		seq++
+		f.sent.Store(seq)
+	}
+	return f.p.Flush()
+}
+
+// windowFor is the per-(publisher, receiver) window when pubsPerReceiver
+// publishers share each receiver.
+func (c Config) windowFor(payload, pubsPerReceiver int) uint64 {
+	w := c.Window
+	if b := c.WindowBytes / max(payload, 1); b < w {
+		w = b
+	}
+	w /= max(pubsPerReceiver, 1)
+	return uint64(max(w, c.MinWindow, 1))
+}
+
+// runFlow drives a throughput scenario: specs are opened, every publisher
+// sends as fast as the window lets it for cfg.Duration, then deliveries are
+// awaited and checked.
+func runFlow(ctx context.Context, env *Env, scn string, specs []GroupSpec, pubsPerReceiver int) (*Result, error) {
+	cfg := env.Cfg
+	res := newResult(scn, env)
+	res.Params["payload"] = strconv.Itoa(cfg.Payload)
+	res.Params["duration"] = cfg.Duration.String()
+	win := cfg.windowFor(cfg.Payload, pubsPerReceiver)
+	res.Params["window"] = strconv.FormatUint(win, 10)
+
+	fmt.Fprintf(env.Log, "%s opening %d channel(s)\n", env.label(scn), len(specs))
+	groups, err := openGroups(ctx, env, specs)
+	if err != nil {
+		return nil, err
+	}
+	defer closeGroups(groups)
+
+	var pubs []*flowPub
+	var rcvs []*Receiver
+	maxPub := uint32(0)
+	for i, s := range specs {
+		for j, id := range s.Pubs {
+			pubs = append(pubs, &flowPub{p: groups[i].Pubs[j], id: id, streams: streamsOf(id, s.Subs), window: win})
+			maxPub = max(maxPub, id)
+		}
+		rcvs = append(rcvs, s.Subs...)
+	}
+	sentOf := func() []uint64 {
+		sent := make([]uint64, maxPub+1)
+		for _, p := range pubs {
+			sent[p.id] = p.sent.Load()
+		}
+		return sent
+	}
+	expected := func() uint64 {
+		var n uint64
+		for _, p := range pubs {
+			n += p.sent.Load() * uint64(len(p.streams))
+		}
+		return n
+	}
+
+	var lastN uint64
+	stopProgress := progress(env, scn, func(time.Duration) string {
+		n := sumUnique(rcvs)
+		s := fmt.Sprintf("delivered %d (%s/s), in flight %d", n, FormatValue(float64(n-lastN), ""), int64(expected())-int64(n))
+		lastN = n
+		return s
+	})
+	defer stopProgress()
+
+	start := time.Now()
+	deadline := start.Add(cfg.Duration)
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			close(stop)
+		case <-time.After(cfg.Duration + time.Second):
+		}
+	}()
+	var wg sync.WaitGroup
+	var errs errList
+	for _, p := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.run(deadline, cfg.MaxMsgs, stop); err != nil {
+				errs.add(fmt.Sprintf("pub-%d: %v", p.id, err))
+			}
+		}()
+	}
+	wg.Wait()
+	pubEnd := time.Now()
+
+	// Drain: every publisher's data is on the server, then every receiver has it.
+	dctx, cancel := context.WithTimeout(ctx, cfg.DrainTimeout)
+	defer cancel()
+	for _, p := range pubs {
+		if err := p.p.Drain(dctx); err != nil {
+			errs.add(fmt.Sprintf("pub-%d drain: %v", p.id, err))
+			break
+		}
+	}
+	want := expected()
+	for sumUnique(rcvs) < want && dctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	end := time.Now()
+	stopProgress()
+	time.Sleep(50 * time.Millisecond) // let late duplicates show up before the verdict
+	closeGroups(groups)
+
+	d := Tally(rcvs, sentOf())
+	res.Delivery = d
+	res.Errors = append(errs.list(), groupErrors(groups)...)
+	elapsed := end.Sub(start).Seconds()
+	var sent, waits uint64
+	for _, p := range pubs {
+		sent += p.sent.Load()
+		waits += p.waits.Load()
+	}
+	res.SetPrimary("delivered msgs/s", "msg/s", float64(d.Received)/elapsed, true)
+	res.Add("delivered MB/s", "MB/s", float64(d.Received)*float64(cfg.Payload)/elapsed/1e6, true)
+	res.Add("published msgs/s", "msg/s", float64(sent)/pubEnd.Sub(start).Seconds(), true)
+	res.Add("delivered", "msg", float64(d.Received), true)
+	res.Add("elapsed", "s", elapsed, false)
+	res.Add("drain", "s", end.Sub(pubEnd).Seconds(), false)
+	res.Notes = append(res.Notes, fmt.Sprintf("publishers waited for the window %d times", waits))
+	if dctx.Err() != nil && d.Received < want {
+		res.Errors = append(res.Errors, fmt.Sprintf("drain timed out after %v: %d of %d delivered", cfg.DrainTimeout, d.Received, want))
+	}
+	return res, nil
+}
+
+// Fanout: one publisher, FanoutSubs subscribers on one channel.
+func Fanout(ctx context.Context, env *Env) (*Result, error) {
+	cfg := env.Cfg
+	spec := GroupSpec{Channel: "fanout", Pubs: []uint32{0}, Payload: cfg.Payload}
+	for i := range cfg.FanoutSubs {
+		spec.Subs = append(spec.Subs, NewReceiver(i, 0))
+	}
+	res, err := runFlow(ctx, env, "fanout", []GroupSpec{spec}, 1)
+	if res != nil {
+		res.Params["subs"] = strconv.Itoa(cfg.FanoutSubs)
+	}
+	return res, err
+}
+
+// Fanin: FaninPubs publisher connections, one collector, one channel.
+func Fanin(ctx context.Context, env *Env) (*Result, error) {
+	cfg := env.Cfg
+	spec := GroupSpec{Channel: "fanin", Payload: cfg.Payload, SendOnly: true}
+	col := NewReceiver(0)
+	for i := range cfg.FaninPubs {
+		spec.Pubs = append(spec.Pubs, uint32(i))
+		col.Expect(uint32(i))
+	}
+	spec.Subs = []*Receiver{col}
+	res, err := runFlow(ctx, env, "fanin", []GroupSpec{spec}, cfg.FaninPubs)
+	if res != nil {
+		res.Params["pubs"] = strconv.Itoa(cfg.FaninPubs)
+	}
+	return res, err
+}
+
+// Pairs: Pairs channels, each with one publisher and one subscriber.
+func Pairs(ctx context.Context, env *Env) (*Result, error) {
+	cfg := env.Cfg
+	var specs []GroupSpec
+	for i := range cfg.Pairs {
+		specs = append(specs, GroupSpec{
+			Channel: fmt.Sprintf("pair-%d", i),
+			Pubs:    []uint32{uint32(i)},
+			Subs:    []*Receiver{NewReceiver(i, uint32(i))},
+			Payload: cfg.Payload,
+		})
+	}
+	res, err := runFlow(ctx, env, "pairs", specs, 1)
+	if res != nil {
+		res.Params["pairs"] = strconv.Itoa(cfg.Pairs)
+	}
+	return res, err
+}
+
+// percentile of sorted values, nearest rank.
+func percentile(sorted []float64, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p/100*float64(len(sorted))+0.999999) - 1
+	i = min(max(i, 0), len(sorted)-1)
+	return sorted[i]
+}
+
+// Bigfan: one BigfanSize-byte message to BigfanSubs subscribers, BigfanReps
+// times, one at a time; each time from the send to the last subscriber
+// having the whole message.
+func Bigfan(ctx context.Context, env *Env) (*Result, error) {
+	cfg := env.Cfg
+	res := newResult("bigfan", env)
+	res.Params["size"] = strconv.Itoa(cfg.BigfanSize)
+	res.Params["subs"] = strconv.Itoa(cfg.BigfanSubs)
+	res.Params["reps"] = strconv.Itoa(cfg.BigfanReps)
+	reps := cfg.BigfanReps
+	arrived := make([]atomic.Int32, reps)
+	last := make([]atomic.Int64, reps)
+	done := make([]chan struct{}, reps)
+	for i := range done {
+		done[i] = make(chan struct{})
+	}
+	n := int32(cfg.BigfanSubs)
+	spec := GroupSpec{Channel: "bigfan", Pubs: []uint32{0}, Payload: cfg.BigfanSize}
+	for i := range cfg.BigfanSubs {
+		r := NewReceiver(i, 0)
+		r.OnMessage = func(t Trailer, now int64) {
+			if t.Seq >= uint64(reps) {
+				return
+			}
+			for { // last[rep] = max(last[rep], now)
+				old := last[t.Seq].Load()
+				if now <= old || last[t.Seq].CompareAndSwap(old, now) {
+					break
+				}
+			}
+			if arrived[t.Seq].Add(1) == n {
+				close(done[t.Seq])
+			}
+		}
+		spec.Subs = append(spec.Subs, r)
+	}
+	fmt.Fprintf(env.Log, "%s opening %d subscribers\n", env.label("bigfan"), cfg.BigfanSubs)
+	groups, err := openGroups(ctx, env, []GroupSpec{spec})
+	if err != nil {
+		return nil, err
+	}
+	defer closeGroups(groups)
+	pub := groups[0].Pubs[0]
+
+	var durs []float64
+	var sent atomic.Uint64
+	stopProgress := progress(env, "bigfan", func(time.Duration) string {
+		return fmt.Sprintf("%d of %d sent", sent.Load(), reps)
+	})
+	defer stopProgress()
+	limit := time.Now().Add(max(2*cfg.Duration, 10*time.Second))
+	var errs []string
+	for rep := range reps {
+		if ctx.Err() != nil || time.Now().After(limit) {
+			break
+		}
+		t0 := Now()
+		if err := pub.Send(Trailer{Pub: 0, Seq: uint64(rep), TS: t0}); err != nil {
+			errs = append(errs, err.Error())
+			break
+		}
+		if err := pub.Flush(); err != nil {
+			errs = append(errs, err.Error())
+			break
+		}
+		sent.Add(1)
+		select {
+		case <-done[rep]:
+			durs = append(durs, float64(last[rep].Load()-t0)/1e9)
+		case <-time.After(10 * time.Second):
+			errs = append(errs, fmt.Sprintf("rep %d: %d of %d subscribers got it within 10 s", rep, arrived[rep].Load(), n))
+		case <-ctx.Done():
+		}
+		if len(errs) > 0 {
+			break
+		}
+	}
+	stopProgress()
+	time.Sleep(50 * time.Millisecond)
+	closeGroups(groups)
+	s := sent.Load()
+	res.Delivery = Tally(spec.Subs, []uint64{s})
+	res.Errors = append(errs, groupErrors(groups)...)
+	sort.Float64s(durs)
+	if len(durs) == 0 {
+		return res, fmt.Errorf("bigfan: no repetition completed: %v", res.Errors)
+	}
+	var sum float64
+	for _, d := range durs {
+		sum += d
+	}
+	res.SetPrimary("median", "s", percentile(durs, 50), false)
+	res.Add("p90", "s", percentile(durs, 90), false)
+	res.Add("min", "s", durs[0], false)
+	res.Add("max", "s", durs[len(durs)-1], false)
+	res.Add("mean", "s", sum/float64(len(durs)), false)
+	res.Add("reps", "", float64(len(durs)), true)
+	return res, nil
+}

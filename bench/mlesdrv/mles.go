@@ -1,0 +1,347 @@
+// Package mlesdrv is the harness's Mles v1 driver: it speaks the protocol
+// through github.com/mlesd/mlesd/codec only, over plain TCP with TCP_NODELAY
+// and buffered, pipelined I/O on both sides.
+//
+// A Mles server acknowledges nothing, so readiness is proved with the frames
+// the protocol forwards anyway: a join frame goes to every other connection
+// already on the channel. One connection of each channel is the anchor; every
+// other connection X is known joined once the anchor has received X's join,
+// or X has received the anchor's join (whichever of the two the server
+// processed second was forwarded to the first).
+package mlesdrv
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/mlesd/mlesd/bench/harness"
+	"github.com/mlesd/mlesd/codec"
+)
+
+// Key is the shared key the harness starts mlesd with (env MLES_KEY).
+const Key = "bench"
+
+const ioBufSize = 256 << 10
+
+// Driver is the Mles driver.
+type Driver struct {
+	Keys codec.KeyConfig
+}
+
+// New returns the Mles driver with the harness's shared key.
+func New() harness.Driver { return &Driver{Keys: codec.KeyConfig{SharedKey: Key}} }
+
+func init() { harness.RegisterDriver("mlesd", New) }
+
+// Name is "mlesd".
+func (*Driver) Name() string { return "mlesd" }
+
+// conn is one Mles client connection.
+type conn struct {
+	c       *net.TCPConn
+	uid     string
+	channel string
+	key     uint64
+	w       *bufio.Writer
+}
+
+// dial connects, sets TCP_NODELAY and sends the join frame (empty message).
+func (d *Driver) dial(ctx context.Context, addr, uid, channel string) (*conn, error) {
+	var nd net.Dialer
+	nc, err := nd.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := nc.(*net.TCPConn)
+	tc.SetNoDelay(true)
+	local := tc.LocalAddr().(*net.TCPAddr).AddrPort()
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	c := &conn{c: tc, uid: uid, channel: channel, key: d.Keys.ClientKey(local, uid, channel)}
+	join, err := codec.AppendFrame(nil, c.key, codec.Triplet{UID: uid, Channel: channel})
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	if _, err := tc.Write(join); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	return c, nil
+}
+
+// barrier tracks which connections of a group are known joined.
+type barrier struct {
+	anchor string
+	mu     sync.Mutex
+	known  map[string]bool
+	want   int
+	done   chan struct{}
+}
+
+func newBarrier(anchor string, others int) *barrier {
+	b := &barrier{anchor: anchor, known: map[string]bool{}, want: others, done: make(chan struct{})}
+	if others == 0 {
+		close(b.done)
+	}
+	return b
+}
+
+// sawJoin records that connection `reader` received the join frame of `joiner`.
+func (b *barrier) sawJoin(reader, joiner string) {
+	var other string
+	switch {
+	case reader == b.anchor:
+		other = joiner
+	case joiner == b.anchor:
+		other = reader
+	default:
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.known[other] || len(b.known) >= b.want {
+		return
+	}
+	b.known[other] = true
+	if len(b.known) == b.want {
+		close(b.done)
+	}
+}
+
+func (b *barrier) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.known)
+}
+
+// readLoop reads frames from c until it fails or stop is closed. Frames whose
+// message carries a harness trailer go to rcv (if any); every join frame
+// (empty message) goes to the barrier while it is still open.
+func readLoop(g *harness.Group, c *conn, br *bufio.Reader, rcv *harness.Receiver, b *barrier, stop <-chan struct{}) {
+	var big []byte
+	fail := func(err error) {
+		select {
+		case <-stop: // the read side was shut down on purpose
+		default:
+			g.ReportErr(c.uid, err)
+		}
+	}
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		hb, err := br.Peek(codec.HeaderLen)
+		if err != nil {
+			fail(err)
+			return
+		}
+		h, err := codec.ParseHeader(hb)
+		if err != nil {
+			fail(err)
+			return
+		}
+		n := codec.HeaderLen + h.Len
+		var frame []byte
+		inBuf := n <= br.Size()
+		if inBuf {
+			if frame, err = br.Peek(n); err != nil {
+				fail(err)
+				return
+			}
+		} else {
+			if cap(big) < n {
+				big = make([]byte, n)
+			}
+			frame = big[:n]
+			if _, err := io.ReadFull(br, frame); err != nil {
+				fail(err)
+				return
+			}
+		}
+		payload := frame[codec.HeaderLen:]
+		// The message is the triplet's last item, so the trailer is at the
+		// very end of the payload: no decoding on the data path.
+		if t, ok := harness.ReadTrailer(payload); ok {
+			if rcv != nil {
+				rcv.Observe(t)
+			}
+		} else if tr, err := codec.DecodeTriplet(payload); err == nil && len(tr.Message) == 0 {
+			b.sawJoin(c.uid, tr.UID)
+		} else if rcv != nil {
+			rcv.ObserveMessage(payload) // counted as foreign
+		}
+		if inBuf {
+			br.Discard(n)
+		}
+	}
+}
+
+// Open joins the publishers and receivers of spec and waits until the join
+// barrier proves every one of them joined.
+func (d *Driver) Open(ctx context.Context, addr string, spec harness.GroupSpec) (*harness.Group, error) {
+	g := harness.NewGroup()
+	fail := func(err error) (*harness.Group, error) { g.Close(); return nil, err }
+	if spec.Payload < harness.TrailerLen {
+		return fail(fmt.Errorf("payload %d < trailer %d", spec.Payload, harness.TrailerLen))
+	}
+	type member struct {
+		uid string
+		rcv *harness.Receiver
+		pub bool
+	}
+	var members []member
+	// The anchor is a publisher when there is one per channel (fanout, pairs,
+	// latency, bigfan), else the receiver (fanin's collector).
+	pubFirst := len(spec.Pubs) <= len(spec.Subs) || len(spec.Subs) == 0
+	subs := func() {
+		for _, r := range spec.Subs {
+			members = append(members, member{uid: fmt.Sprintf("sub-%d", r.ID), rcv: r})
+		}
+	}
+	pubs := func() {
+		for _, id := range spec.Pubs {
+			members = append(members, member{uid: fmt.Sprintf("pub-%d", id), pub: true})
+		}
+	}
+	if pubFirst {
+		pubs()
+		subs()
+	} else {
+		subs()
+		pubs()
+	}
+	b := newBarrier(members[0].uid, len(members)-1)
+	stopSetupReaders := make(chan struct{}) // send-only publishers read only until the barrier is done
+	var sendOnly []*conn
+	for i, m := range members {
+		c, err := d.dial(ctx, addr, m.uid, spec.Channel)
+		if err != nil {
+			return fail(fmt.Errorf("%s: %w", m.uid, err))
+		}
+		g.AddCloser(c.c)
+		br := bufio.NewReaderSize(c.c, ioBufSize)
+		if m.pub && spec.SendOnly && i != 0 {
+			sendOnly = append(sendOnly, c)
+			go readLoop(g, c, br, nil, b, stopSetupReaders)
+		} else {
+			go readLoop(g, c, br, m.rcv, b, nil)
+		}
+		if m.pub {
+			p := &pub{conn: c, w: bufio.NewWriterSize(c.c, ioBufSize)}
+			frame, err := codec.AppendFrame(nil, c.key, codec.Triplet{UID: c.uid, Channel: c.channel, Message: make([]byte, spec.Payload)})
+			if err != nil {
+				return fail(err)
+			}
+			p.frame = frame
+			g.Pubs = append(g.Pubs, p)
+		}
+	}
+	// Publishers must come out in spec.Pubs order.
+	{
+		order := map[string]int{}
+		for i, id := range spec.Pubs {
+			order[fmt.Sprintf("pub-%d", id)] = i
+		}
+		sorted := make([]harness.Publisher, len(g.Pubs))
+		for _, p := range g.Pubs {
+			sorted[order[p.(*pub).uid]] = p
+		}
+		g.Pubs = sorted
+	}
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		return fail(fmt.Errorf("join barrier on %s: %d of %d connections known joined: %w", spec.Channel, b.count(), b.want, ctx.Err()))
+	}
+	// Send-only publishers stop reading: shutting down the receive side is the
+	// protocol's way to be send-only. Their setup readers end on the EOF.
+	close(stopSetupReaders)
+	for _, c := range sendOnly {
+		if err := c.c.CloseRead(); err != nil {
+			return fail(err)
+		}
+	}
+	return g, nil
+}
+
+// pub is a publishing connection: one pre-encoded frame whose trailer is
+// rewritten for each message (later frames are not checked by the server, so
+// the join key is reused).
+type pub struct {
+	*conn
+	w     *bufio.Writer
+	frame []byte
+}
+
+// Send buffers one frame. Hot path: must not allocate.
+func (p *pub) Send(t harness.Trailer) error {
+	harness.PutTrailer(p.frame, t)
+	_, err := p.w.Write(p.frame)
+	return err
+}
+
+func (p *pub) Flush() error { return p.w.Flush() }
+
+// Drain flushes; Mles has no acknowledgement to wait for.
+func (p *pub) Drain(context.Context) error { return p.w.Flush() }
+
+// Idle joins channel and leaves the connection idle.
+func (d *Driver) Idle(ctx context.Context, addr, channel string) (harness.IdleConn, error) {
+	c, err := d.dial(ctx, addr, "idle", channel)
+	if err != nil {
+		return nil, err
+	}
+	return &idle{d: d, conn: c}, nil
+}
+
+type idle struct {
+	d *Driver
+	*conn
+}
+
+func (i *idle) Close() error { return i.c.Close() }
+
+// Check proves the idle connection joined: a probe joins the same channel, and
+// the idle connection must receive the probe's join frame.
+func (i *idle) Check(ctx context.Context, addr string) error {
+	p, err := i.d.dial(ctx, addr, "probe", i.channel)
+	if err != nil {
+		return err
+	}
+	defer p.c.Close()
+	dl := time.Now().Add(5 * time.Second)
+	if d, ok := ctx.Deadline(); ok {
+		dl = d
+	}
+	i.c.SetReadDeadline(dl)
+	defer i.c.SetReadDeadline(time.Time{})
+	var hb [codec.HeaderLen]byte
+	if _, err := io.ReadFull(i.c, hb[:]); err != nil {
+		return fmt.Errorf("no frame from the probe's join: %w", err)
+	}
+	h, err := codec.ParseHeader(hb[:])
+	if err != nil {
+		return err
+	}
+	payload := make([]byte, h.Len)
+	if _, err := io.ReadFull(i.c, payload); err != nil {
+		return err
+	}
+	t, err := codec.DecodeTriplet(payload)
+	if err != nil {
+		return err
+	}
+	if t.UID != "probe" {
+		return errors.New("unexpected frame from " + t.UID)
+	}
+	return nil
+}
