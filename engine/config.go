@@ -20,8 +20,10 @@ const (
 	DefaultMaxPending = 8 << 20
 	// DefaultStallTimeout: a receiver that is dropping frames and has sent
 	// nothing for this long is closed. Send-only clients keep sending, so they
-	// are never closed by it.
-	DefaultStallTimeout = 2 * time.Minute
+	// are not closed by it; it is long so that devices reporting every few
+	// minutes are not either. A stalled receiver costs at most MaxPending of
+	// shared frames plus maxHandover copied bytes meanwhile.
+	DefaultStallTimeout = 10 * time.Minute
 	// DefaultJoinTimeout: a connection that has not sent a whole join frame by
 	// then is closed (stops idle sockets from holding a connection slot).
 	DefaultJoinTimeout = 10 * time.Second
