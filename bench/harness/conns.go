@@ -134,6 +134,16 @@ func Conns(ctx context.Context, env *Env) (*Result, error) {
 	res.Add("joined", "", float64(n), true)
 	res.Errors = errs.list()
 	res.Notes = append(res.Notes, fmt.Sprintf("%d connections opened %d at a time; %d sampled and checked joined, %d not", n, cfg.ConnsConcurrency, checked, bad))
+	acked := true
+	for _, c := range conns {
+		if c != nil {
+			_, acked = c.(ackedIdle)
+			break
+		}
+	}
+	if !acked {
+		res.Notes = append(res.Notes, "no join acknowledgement in this protocol: a connection's time ends when its join is written")
+	}
 	if int(n) < cfg.Conns {
 		res.Errors = append(res.Errors, fmt.Sprintf("only %d of %d connections opened", n, cfg.Conns))
 	}

@@ -116,7 +116,8 @@ func progress(env *Env, scn string, status func(elapsed time.Duration) string) (
 			}
 		}
 	}()
-	return func() { close(done); wg.Wait() }
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }
 }
 
 // openGroups opens the groups of specs, a few at a time.
