@@ -65,6 +65,7 @@ func Conns(ctx context.Context, env *Env) (*Result, error) {
 			}
 		}
 	}()
+	env.measuring()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range max(cfg.ConnsConcurrency, 1) {

@@ -56,6 +56,7 @@ func Latency(ctx context.Context, env *Env) (*Result, error) {
 	})
 	defer stopProgress()
 	var errs []string
+	env.measuring()
 	start := time.Now()
 	var seq uint64
 	for seq < total && ctx.Err() == nil {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -20,6 +22,13 @@ type RunConfig struct {
 	KeepGoing bool      // go on after a scenario fails
 	Log       io.Writer // progress lines
 	Out       io.Writer // tables, one per scenario as soon as it is done
+
+	// ProfileOut, when set, is where a CPU profile of mlesd goes: mlesd gets
+	// --pprof on a free loopback port and the profile is fetched from
+	// /debug/pprof/profile while the scenario measures (ProfileSeconds long;
+	// 0: the scenario's duration).
+	ProfileOut     string
+	ProfileSeconds int
 }
 
 // Run runs every scenario against every server, each on a freshly started
@@ -64,14 +73,43 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 	if err != nil {
 		return nil, err
 	}
-	srv, err := StartServer(ctx, name, rc.ServerCfg)
+	sc := rc.ServerCfg
+	var pprofAddr string
+	if rc.ProfileOut != "" && name == "mlesd" {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		pprofAddr = fmt.Sprintf("127.0.0.1:%d", port)
+		sc.MlesdArgs = append(append([]string(nil), sc.MlesdArgs...), "--pprof", pprofAddr)
+	}
+	srv, err := StartServer(ctx, name, sc)
 	if err != nil {
 		return nil, err
 	}
 	defer srv.Stop()
 	fmt.Fprintf(rc.Log, "[%s %s] server pid %d on %s\n", name, scn, srv.PID(), srv.Addr)
 	env := &Env{Server: srv, Driver: drv, Cfg: rc.Cfg, Log: rc.Log}
+	var profDone chan error
+	if pprofAddr != "" {
+		secs := rc.ProfileSeconds
+		if secs <= 0 {
+			secs = max(int(rc.Cfg.Duration.Seconds()), 1)
+		}
+		profDone = make(chan error, 1)
+		env.onMeasure = func() {
+			fmt.Fprintf(rc.Log, "[%s %s] taking a %d s CPU profile from http://%s/debug/pprof/profile\n", name, scn, secs, pprofAddr)
+			go func() { profDone <- fetchProfile(ctx, pprofAddr, secs, rc.ProfileOut) }()
+		}
+	}
 	res, err := fn(ctx, env)
+	if profDone != nil && env.onMeasure == nil { // the profile was started
+		if perr := <-profDone; perr != nil {
+			fmt.Fprintf(rc.Log, "[%s %s] profile: %v\n", name, scn, perr)
+		} else {
+			fmt.Fprintf(rc.Log, "[%s %s] CPU profile written to %s\n", name, scn, rc.ProfileOut)
+		}
+	}
 	if exited, werr := srv.Exited(); exited {
 		return nil, fmt.Errorf("%s died during %s (%v); log tail:\n%s", name, scn, werr, srv.LogTail(30))
 	}
@@ -79,6 +117,37 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 		return nil, err
 	}
 	return res, nil
+}
+
+// fetchProfile saves a CPU profile of secs seconds from a net/http/pprof server.
+func fetchProfile(ctx context.Context, addr string, secs int, out string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs+30)*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // Environment describes the machine and the servers' versions.

@@ -73,6 +73,16 @@ type Env struct {
 	Driver Driver
 	Cfg    Config
 	Log    io.Writer // progress lines
+
+	onMeasure func() // called once when the measured part begins
+}
+
+// measuring marks the start of the measured part of a scenario.
+func (e *Env) measuring() {
+	if f := e.onMeasure; f != nil {
+		e.onMeasure = nil
+		f()
+	}
 }
 
 func (e *Env) label(scn string) string { return fmt.Sprintf("[%s %s]", e.Driver.Name(), scn) }
@@ -313,6 +323,7 @@ func runFlow(ctx context.Context, env *Env, scn string, specs []GroupSpec, pubsP
 	})
 	defer stopProgress()
 
+	env.measuring()
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
 	stop := make(chan struct{})
@@ -487,6 +498,7 @@ func Bigfan(ctx context.Context, env *Env) (*Result, error) {
 		return fmt.Sprintf("%d of %d sent", sent.Load(), reps)
 	})
 	defer stopProgress()
+	env.measuring()
 	limit := time.Now().Add(max(2*cfg.Duration, 10*time.Second))
 	var errs []string
 	for rep := range reps {

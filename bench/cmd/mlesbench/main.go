@@ -76,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	natsBin := fs.String("nats-bin", ".bin/nats-server", "nats-server binary (falls back to PATH)")
 	redisBin := fs.String("redis-bin", "redis-server", "redis-server binary")
 	keepGoing := fs.Bool("keep-going", false, "run on after a failed scenario, and exit 0 even after loss")
+	pprofOut := fs.String("pprof-out", "", "write a CPU profile of mlesd, taken while each scenario measures, to this `file` (mlesd gets --pprof on a free port)")
+	pprofSecs := fs.Int("pprof-seconds", 0, "length of that profile in seconds (default: --duration)")
 	workDir := fs.String("workdir", "", "directory for server logs and configs (default: a new temporary directory)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -137,6 +139,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		KeepGoing: *keepGoing,
 		Log:       stderr,
 		Out:       tables,
+
+		ProfileOut:     *pprofOut,
+		ProfileSeconds: *pprofSecs,
 	})
 	fmt.Fprintf(stderr, "mlesbench: done in %.1fs\n", time.Since(t0).Seconds())
 	if *jsonOut {
