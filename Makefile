@@ -25,6 +25,7 @@ vet:
 
 test: vet ## vet, then every test with the race detector (and the bench module's unit tests)
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -run 'Alloc' ./codec ./router ./engine  # allocation counts need a build without -race
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...; fi
 
 test-short: ## quick tests without the race detector

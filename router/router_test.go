@@ -1,0 +1,196 @@
+package router
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+)
+
+type fakeSub struct {
+	cid  uint32
+	loop int
+	got  int
+}
+
+func (s *fakeSub) CID() uint32 { return s.cid }
+func (s *fakeSub) Loop() int   { return s.loop }
+
+func frameOf(s string) *Frame { return NewFrame([]byte(s)) }
+
+func TestJoinGroupsSubscribersByLoop(t *testing.T) {
+	r := New(Config{})
+	subs := []*fakeSub{{cid: 1, loop: 0}, {cid: 2, loop: 1}, {cid: 3, loop: 0}}
+	var ch *Channel
+	for _, s := range subs {
+		c, _, err := r.Join("ch", s, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch = c
+	}
+	snap := ch.Snapshot()
+	if snap.Len != 3 || len(snap.Groups) != 2 {
+		t.Fatalf("snapshot %+v", snap)
+	}
+	for _, g := range snap.Groups {
+		for _, s := range g.Subs {
+			if s.Loop() != g.Loop {
+				t.Fatalf("sub on loop %d in group %d", s.Loop(), g.Loop)
+			}
+		}
+	}
+	ch.Leave(subs[0])
+	if ch.Snapshot().Len != 2 || snap.Len != 3 {
+		t.Fatal("Leave must copy, not modify, the old snapshot")
+	}
+}
+
+func TestDuplicateCIDIsRefused(t *testing.T) {
+	r := New(Config{})
+	if _, _, err := r.Join("ch", &fakeSub{cid: 7}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.Join("ch", &fakeSub{cid: 7, loop: 1}, nil); !errors.Is(err, ErrDuplicateCID) {
+		t.Fatalf("err = %v, want ErrDuplicateCID", err)
+	}
+	if _, _, err := r.Join("other", &fakeSub{cid: 7}, nil); err != nil {
+		t.Fatalf("same CID on another channel: %v", err)
+	}
+}
+
+func TestEmptyChannelWithoutHistoryIsForgotten(t *testing.T) {
+	r := New(Config{HistoryLimit: 0})
+	s := &fakeSub{cid: 1}
+	ch, _, _ := r.Join("ch", s, nil)
+	if r.Channels() != 1 {
+		t.Fatal("channel not counted")
+	}
+	ch.Leave(s)
+	if r.Channels() != 0 {
+		t.Fatal("empty channel without history kept")
+	}
+	r2 := New(Config{HistoryLimit: 5})
+	ch2, _, _ := r2.Join("ch", s, nil)
+	ch2.Leave(s)
+	if r2.Channels() != 1 {
+		t.Fatal("channel with history forgotten")
+	}
+}
+
+func TestHistoryKeepsTheLastNInOrder(t *testing.T) {
+	r := New(Config{HistoryLimit: 3})
+	ch, _, _ := r.Join("ch", &fakeSub{cid: 1}, nil)
+	for i := 1; i <= 5; i++ {
+		f := frameOf(fmt.Sprintf("m%d", i))
+		ch.Append(f)
+		f.Release()
+	}
+	_, hist, _ := r.Join("ch", &fakeSub{cid: 2}, nil)
+	var got []string
+	for _, f := range hist {
+		got = append(got, string(f.Bytes()))
+		f.Release()
+	}
+	if fmt.Sprint(got) != "[m3 m4 m5]" {
+		t.Fatalf("history %v", got)
+	}
+}
+
+func TestMergeResyncAddsOnlyNewFrames(t *testing.T) {
+	r := New(Config{HistoryLimit: 10})
+	ch, _, _ := r.Join("ch", &fakeSub{cid: 1}, nil)
+	held := frameOf("m1")
+	ch.Append(held)
+	held.Release()
+	in := []*Frame{frameOf("m1"), frameOf("m2"), frameOf("m2")}
+	fresh, _ := ch.MergeResync(in, nil)
+	if len(fresh) != 1 || !bytes.Equal(fresh[0].Bytes(), []byte("m2")) {
+		t.Fatalf("fresh = %d frames", len(fresh))
+	}
+	for _, f := range in {
+		f.Release()
+	}
+	if n, _ := ch.HistoryLen(); n != 2 {
+		t.Fatalf("history holds %d, want 2", n)
+	}
+}
+
+func TestFrameIsRecycledAfterLastRelease(t *testing.T) {
+	f := frameOf("x")
+	f.Ref()
+	f.Release()
+	if f.Len() != 1 {
+		t.Fatal("frame released early")
+	}
+	f.Release()
+	defer func() {
+		if recover() == nil {
+			t.Fatal("over-release did not panic")
+		}
+	}()
+	g := frameOf("y")
+	g.Release()
+	g.Release()
+}
+
+func TestConcurrentJoinLeaveAndAppend(t *testing.T) {
+	r := New(Config{HistoryLimit: 4})
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 500; i++ {
+				s := &fakeSub{cid: uint32(w<<16 | i), loop: w % 2}
+				ch, hist, err := r.Join(fmt.Sprintf("ch%d", i%3), s, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for _, f := range hist {
+					f.Release()
+				}
+				f := frameOf("data")
+				ch.Append(f)
+				f.Release()
+				ch.Leave(s)
+			}
+		}()
+	}
+	wg.Wait()
+	r.Close()
+}
+
+// BenchmarkFanout100: store a frame and walk the snapshot of 100 subscribers
+// on two loops, as the engine does per frame. Must report 0 allocs/op.
+func BenchmarkFanout100(b *testing.B) {
+	for _, limit := range []int{0, 100} {
+		b.Run(fmt.Sprintf("history=%d", limit), func(b *testing.B) {
+			r := New(Config{HistoryLimit: limit})
+			var ch *Channel
+			subs := make([]*fakeSub, 100)
+			for i := range subs {
+				subs[i] = &fakeSub{cid: uint32(i), loop: i % 2}
+				ch, _, _ = r.Join("bench", subs[i], nil)
+			}
+			data := bytes.Repeat([]byte{'M'}, 128)
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				f := NewFrame(data)
+				snap := ch.Append(f)
+				for gi := range snap.Groups {
+					for _, s := range snap.Groups[gi].Subs {
+						f.Ref()
+						s.(*fakeSub).got++
+						f.Release()
+					}
+				}
+				f.Release()
+			}
+		})
+	}
+}
