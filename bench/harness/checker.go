@@ -15,6 +15,12 @@ const reorderWindow = 1024
 type Stream struct {
 	unique atomic.Uint64 // distinct sequence numbers received
 
+	// Flow control: a blocked publisher sets wake once (before observing
+	// starts) and waitAt to the count it waits for; Observe signals wake when
+	// unique reaches waitAt.
+	waitAt atomic.Uint64
+	wake   chan struct{}
+
 	next uint64                     // one past the highest sequence number seen
 	bits [reorderWindow / 64]uint64 // seen-bitmap of [next-reorderWindow, next)
 
@@ -32,7 +38,7 @@ func (s *Stream) Observe(seq uint64) {
 	case seq == s.next: // the only case in a healthy run
 		s.next++
 		s.set(seq)
-		s.unique.Add(1)
+		s.added(s.unique.Add(1))
 	case seq > s.next: // a gap: clear the bits that leave the window
 		if seq-s.next >= reorderWindow {
 			s.bits = [reorderWindow / 64]uint64{}
@@ -43,7 +49,7 @@ func (s *Stream) Observe(seq uint64) {
 		}
 		s.next = seq + 1
 		s.set(seq)
-		s.unique.Add(1)
+		s.added(s.unique.Add(1))
 	case s.next-seq > reorderWindow:
 		s.tooLate++
 	case s.isSet(seq):
@@ -51,8 +57,35 @@ func (s *Stream) Observe(seq uint64) {
 	default:
 		s.set(seq)
 		s.reordered++
-		s.unique.Add(1)
+		s.added(s.unique.Add(1))
 	}
+}
+
+// added wakes a publisher waiting for n messages. Hot path: must not allocate
+// or block.
+func (s *Stream) added(n uint64) {
+	if w := s.waitAt.Load(); w != 0 && n >= w {
+		s.waitAt.Store(0)
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// SetWake gives the stream the channel its publisher waits on. Call it before
+// observing starts.
+func (s *Stream) SetWake(c chan struct{}) { s.wake = c }
+
+// WaitFor asks for a signal on the wake channel once Unique reaches n, and
+// reports whether it already has (then no signal comes).
+func (s *Stream) WaitFor(n uint64) bool {
+	s.waitAt.Store(n)
+	if s.unique.Load() >= n {
+		s.waitAt.Store(0)
+		return true
+	}
+	return false
 }
 
 func (s *Stream) set(q uint64)        { s.bits[(q%reorderWindow)/64] |= 1 << (q % 64) }

@@ -166,6 +166,9 @@ func Environment(sc ServerConfig) map[string]string {
 			}
 		}
 	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		env["loadavg-at-start"] = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		env["kernel"] = strings.TrimSpace(string(b))
 	}

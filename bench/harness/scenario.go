@@ -60,7 +60,7 @@ func DefaultConfig() Config {
 		ConnsConcurrency: 32,
 		Window:           4096,
 		WindowBytes:      1 << 20,
-		MinWindow:        4,
+		MinWindow:        16,
 		MaxMsgs:          200_000_000,
 		SetupTimeout:     60 * time.Second,
 		DrainTimeout:     10 * time.Second,
@@ -205,27 +205,41 @@ type flowPub struct {
 	id      uint32
 	streams []*Stream
 	window  uint64
+	wake    chan struct{}
 	sent    atomic.Uint64
 	waits   atomic.Uint64 // times it waited for the window to open
 }
 
-func (f *flowPub) minUnique() uint64 {
+func newFlowPub(p Publisher, id uint32, streams []*Stream, window uint64) *flowPub {
+	f := &flowPub{p: p, id: id, streams: streams, window: window, wake: make(chan struct{}, 1)}
+	for _, s := range streams {
+		s.SetWake(f.wake)
+	}
+	return f
+}
+
+// slowest returns the stream with the fewest deliveries.
+func (f *flowPub) slowest() (*Stream, uint64) {
+	var slow *Stream
 	m := ^uint64(0)
 	for _, s := range f.streams {
 		if u := s.Unique(); u < m {
-			m = u
+			slow, m = s, u
 		}
 	}
-	return m
+	return slow, m
 }
 
 // run publishes until deadline, stop, or MaxMsgs, never with more than window
-// messages in flight to any of its receivers.
+// messages in flight to any of its receivers. When the window is full it
+// flushes and sleeps until the slowest receiver has taken half of it.
 func (f *flowPub) run(deadline time.Time, max uint64, stop <-chan struct{}) error {
 	var seq, low uint64
 	if len(f.streams) == 0 {
 		return nil
 	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for seq < max {
 		if seq&63 == 0 {
 			if time.Now().After(deadline) {
@@ -237,18 +251,27 @@ func (f *flowPub) run(deadline time.Time, max uint64, stop <-chan struct{}) erro
 			default:
 			}
 		}
-		if seq-low >= f.window {
-			low = f.minUnique()
-			for seq-low >= f.window {
-				if err := f.p.Flush(); err != nil {
-					return err
-				}
-				f.waits.Add(1)
-				time.Sleep(50 * time.Microsecond)
-				low = f.minUnique()
-				if time.Now().After(deadline) {
+		for seq-low >= f.window {
+			var slow *Stream
+			if slow, low = f.slowest(); seq-low < f.window {
+				break
+			}
+			if err := f.p.Flush(); err != nil {
+				return err
+			}
+			f.waits.Add(1)
+			if !slow.WaitFor(seq - f.window/2) {
+				timer.Reset(min(time.Until(deadline), 100*time.Millisecond))
+				select {
+				case <-f.wake:
+				case <-timer.C:
+				case <-stop:
 					return nil
 				}
+				timer.Stop()
+			}
+			if time.Now().After(deadline) {
+				return nil
 			}
 		}
 		if err := f.p.Send(Trailer{Pub: f.id, Seq: seq}); err != nil {
@@ -294,7 +317,7 @@ func runFlow(ctx context.Context, env *Env, scn string, specs []GroupSpec, pubsP
 	maxPub := uint32(0)
 	for i, s := range specs {
 		for j, id := range s.Pubs {
-			pubs = append(pubs, &flowPub{p: groups[i].Pubs[j], id: id, streams: streamsOf(id, s.Subs), window: win})
+			pubs = append(pubs, newFlowPub(groups[i].Pubs[j], id, streamsOf(id, s.Subs), win))
 			maxPub = max(maxPub, id)
 		}
 		rcvs = append(rcvs, s.Subs...)

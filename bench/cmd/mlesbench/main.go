@@ -93,7 +93,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "warning: fd limit %d is below the %d that --conns %d needs\n", lim, need, cfg.Conns)
 	}
 	wd := *workDir
-	if wd == "" {
+	if wd != "" {
+		if err := os.MkdirAll(wd, 0o755); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+	} else {
 		d, err := os.MkdirTemp("", "mlesbench-")
 		if err != nil {
 			fmt.Fprintln(stderr, err)
@@ -129,7 +134,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		tables = stderr
 	}
 	env := harness.Environment(sc)
-	fmt.Fprintf(stderr, "mlesbench: %s, %s cores, kernel %s, %s; logs in %s\n", env["cpu"], env["nproc"], env["kernel"], env["go"], wd)
+	fmt.Fprintf(stderr, "mlesbench: %s, %s cores, kernel %s, %s, load %s; logs in %s\n", env["cpu"], env["nproc"], env["kernel"], env["go"], env["loadavg-at-start"], wd)
 	t0 := time.Now()
 	results, err := harness.Run(ctx, harness.RunConfig{
 		Servers:   splitList(*servers),
