@@ -18,6 +18,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -182,7 +184,9 @@ func run(args []string, stderr io.Writer) int {
 		stopProfiles = append(stopProfiles, startProfile(profile.CPUProfile, o.CPUProfile, "cpu.pprof", log))
 	}
 	if o.MemProfile != "" {
-		stopProfiles = append(stopProfiles, startProfile(profile.MemProfile, o.MemProfile, "mem.pprof", log))
+		// pkg/profile runs one profile at a time, so the heap profile, which is a
+		// snapshot at exit anyway, is written directly.
+		stopProfiles = append(stopProfiles, func() { writeHeapProfile(o.MemProfile, log) })
 	}
 	defer func() {
 		for _, stop := range stopProfiles {
@@ -246,6 +250,23 @@ func run(args []string, stderr io.Writer) int {
 	log.Info("stopped", slog.Uint64("frames_in", st.FramesIn), slog.Uint64("frames_out", st.FramesOut),
 		slog.Uint64("dropped", st.Dropped))
 	return 0
+}
+
+// writeHeapProfile writes the live heap to file.
+func writeHeapProfile(file string, log *slog.Logger) {
+	runtime.GC() // up-to-date statistics
+	f, err := os.Create(file)
+	if err == nil {
+		err = pprof.Lookup("heap").WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		log.Error("cannot write heap profile", slog.String("file", file), slog.String("error", err.Error()))
+		return
+	}
+	log.Info("profile written", slog.String("file", file))
 }
 
 // startProfile starts a pkg/profile profile writing to file; the returned

@@ -298,3 +298,45 @@ func TestSendOnlyPublishersAreServedWithBoundedMemory(t *testing.T) {
 		t.Fatalf("a publisher was closed although it keeps sending:\n%s", p.logText())
 	}
 }
+
+func TestProfilingSwitchesWriteProfilesAndServePprof(t *testing.T) {
+	dir := t.TempDir()
+	cpu, mem := filepath.Join(dir, "cpu.out"), filepath.Join(dir, "mem.out")
+	pprofAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	p := startMlesd(t, "--cpuprofile", cpu, "--memprofile", mem, "--pprof", pprofAddr)
+	a := dialJoin(t, p.addr, "a", "ch")
+	b := dialJoin(t, p.addr, "b", "ch")
+	time.Sleep(50 * time.Millisecond)
+	a.send(t, []byte("profile me"))
+	if _, err := b.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var resp []byte
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if out, err := exec.Command("curl", "-sf", "http://"+pprofAddr+"/debug/pprof/").Output(); err == nil {
+			resp = out
+			break
+		}
+		if nc, err := net.Dial("tcp", pprofAddr); err == nil {
+			fmt.Fprintf(nc, "GET /debug/pprof/ HTTP/1.0\r\n\r\n")
+			resp, _ = io.ReadAll(nc)
+			nc.Close()
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(string(resp), "goroutine") {
+		t.Fatalf("--pprof did not serve the pprof index: %q", resp)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, p.logText())
+	}
+	for _, f := range []string{cpu, mem} {
+		st, err := os.Stat(f)
+		if err != nil || st.Size() == 0 {
+			t.Fatalf("profile %s not written: %v\n%s", f, err, p.logText())
+		}
+	}
+}
