@@ -104,8 +104,8 @@ func Latency(ctx context.Context, env *Env) (*Result, error) {
 	res.Add("p50", "s", q(50), false)
 	res.Add("p99.9", "s", q(99.9), false)
 	res.Add("max", "s", float64(all.Max())/1e9, false)
-	res.Add("mean", "s", all.Mean()/1e9, false)
-	res.Add("samples", "", float64(all.TotalCount()), true)
+	res.AddDetail("mean", "s", all.Mean()/1e9, false)
+	res.AddDetail("samples", "", float64(all.TotalCount()), true)
 	res.Add("sent msgs/s", "msg/s", actual, true)
 	if n := over.Load(); n > 0 {
 		res.Notes = append(res.Notes, fmt.Sprintf("%d samples above %v were clamped", n, time.Duration(maxNs)))

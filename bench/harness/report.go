@@ -15,6 +15,7 @@ type Metric struct {
 	Unit         string  `json:"unit"`
 	Value        float64 `json:"value"`
 	HigherBetter bool    `json:"higher_better"`
+	Detail       bool    `json:"detail,omitempty"` // in JSON only, not in the table
 }
 
 // Result is one scenario run against one server.
@@ -36,6 +37,11 @@ type Result struct {
 // Add appends a metric.
 func (r *Result) Add(name, unit string, v float64, higherBetter bool) {
 	r.Metrics = append(r.Metrics, Metric{Name: name, Unit: unit, Value: v, HigherBetter: higherBetter})
+}
+
+// AddDetail appends a metric that only the JSON output shows.
+func (r *Result) AddDetail(name, unit string, v float64, higherBetter bool) {
+	r.Metrics = append(r.Metrics, Metric{Name: name, Unit: unit, Value: v, HigherBetter: higherBetter, Detail: true})
 }
 
 // SetPrimary appends a metric and makes it the one compared across servers.
@@ -109,7 +115,11 @@ func WriteTable(w io.Writer, scenario string, rs []*Result) {
 		}
 		rows = append(rows, r)
 		if cols == nil && r.Failed == "" {
-			cols = r.Metrics
+			for _, m := range r.Metrics {
+				if !m.Detail {
+					cols = append(cols, m)
+				}
+			}
 			params = r.Params
 		}
 	}

@@ -102,7 +102,39 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 			go func() { profDone <- fetchProfile(ctx, pprofAddr, secs, rc.ProfileOut) }()
 		}
 	}
+	// Sample the server's RSS while the scenario runs; note its CPU time.
+	cpu0, _ := srv.CPUTime()
+	var peak int64
+	sampleDone := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if r, err := srv.RSS(); err == nil && r > peak {
+				peak = r
+			}
+			select {
+			case <-sampleDone:
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	res, err := fn(ctx, env)
+	close(sampleDone)
+	<-sampled
+	cpu1, _ := srv.CPUTime()
+	if res != nil {
+		res.Add("server peak RSS", "MB", float64(peak)/1e6, false)
+		res.Add("server CPU", "s", (cpu1 - cpu0).Seconds(), false)
+		if res.Primary.Unit == "msg/s" && cpu1 > cpu0 {
+			if d := res.Delivery.Received; d > 0 {
+				res.Add("msgs per server CPU-s", "msg", float64(d)/(cpu1-cpu0).Seconds(), true)
+			}
+		}
+	}
 	if profDone != nil && env.onMeasure == nil { // the profile was started
 		if perr := <-profDone; perr != nil {
 			fmt.Fprintf(rc.Log, "[%s %s] profile: %v\n", name, scn, perr)
@@ -112,6 +144,9 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 	}
 	if exited, werr := srv.Exited(); exited {
 		return nil, fmt.Errorf("%s died during %s (%v); log tail:\n%s", name, scn, werr, srv.LogTail(30))
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 	}
 	if err != nil {
 		return nil, err

@@ -401,9 +401,9 @@ func runFlow(ctx context.Context, env *Env, scn string, specs []GroupSpec, pubsP
 	res.SetPrimary("delivered msgs/s", "msg/s", float64(d.Received)/elapsed, true)
 	res.Add("delivered MB/s", "MB/s", float64(d.Received)*float64(cfg.Payload)/elapsed/1e6, true)
 	res.Add("published msgs/s", "msg/s", float64(sent)/pubEnd.Sub(start).Seconds(), true)
-	res.Add("delivered", "msg", float64(d.Received), true)
-	res.Add("elapsed", "s", elapsed, false)
-	res.Add("drain", "s", end.Sub(pubEnd).Seconds(), false)
+	res.AddDetail("delivered", "msg", float64(d.Received), true)
+	res.AddDetail("elapsed", "s", elapsed, false)
+	res.AddDetail("drain", "s", end.Sub(pubEnd).Seconds(), false)
 	res.Notes = append(res.Notes, fmt.Sprintf("publishers waited for the window %d times", waits))
 	if dctx.Err() != nil && d.Received < want {
 		res.Errors = append(res.Errors, fmt.Sprintf("drain timed out after %v: %d of %d delivered", cfg.DrainTimeout, d.Received, want))
@@ -565,9 +565,9 @@ func Bigfan(ctx context.Context, env *Env) (*Result, error) {
 	}
 	res.SetPrimary("median", "s", percentile(durs, 50), false)
 	res.Add("p90", "s", percentile(durs, 90), false)
-	res.Add("min", "s", durs[0], false)
+	res.AddDetail("min", "s", durs[0], false)
 	res.Add("max", "s", durs[len(durs)-1], false)
-	res.Add("mean", "s", sum/float64(len(durs)), false)
+	res.AddDetail("mean", "s", sum/float64(len(durs)), false)
 	res.Add("reps", "", float64(len(durs)), true)
 	return res, nil
 }

@@ -207,6 +207,33 @@ func ProcRSS(pid int) (int64, error) {
 	return 0, errors.New("no VmRSS")
 }
 
+// CPUTime is the CPU time (user + system) the server has used so far, from
+// /proc/PID/stat.
+func (s *Server) CPUTime() (time.Duration, error) { return ProcCPU(s.PID()) }
+
+// ProcCPU reads utime+stime of a process.
+func ProcCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, errors.New("bad /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("bad /proc stat times")
+	}
+	const hz = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / hz, nil
+}
+
 // Stop ends the server: SIGTERM, then SIGKILL after 3 s. Idempotent.
 func (s *Server) Stop() error {
 	liveMu.Lock()
