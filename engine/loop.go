@@ -270,6 +270,7 @@ func (l *loop) pollBacklog(context.Context) error {
 		l.write(c)
 	}
 	if cap(list) <= 1024 && l.backlog == nil {
+		clear(list) // do not keep closed conns reachable
 		l.backlog = list[:0]
 	}
 	return nil
