@@ -34,7 +34,7 @@ bench-deps: $(NATS_SERVER) ## install nats-server (bench/.bin) and redis-server 
 	$(MAKE) build
 
 bench: bench-deps ## standard suite: every scenario against mlesd, NATS and Redis (BENCH_DURATION each)
-	$(MLESBENCH) --servers mlesd,nats,redis --duration $(BENCH_DURATION) $(BENCH_ARGS)
+	$(MLESBENCH) --servers mlesd,nats,nats-raw,redis --duration $(BENCH_DURATION) $(BENCH_ARGS)
 
 bench-test: ## the harness's own tests (integration part needs bench-deps)
 	cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...

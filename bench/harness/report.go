@@ -31,6 +31,9 @@ type Result struct {
 	// VsNATS is how many times better than NATS the primary metric is (> 1:
 	// better), 0 when there is no NATS row to compare with.
 	VsNATS float64 `json:"vs_nats,omitempty"`
+	// VsNATSRaw is the same against the nats-raw row (the NATS server driven
+	// by a hand-written client, so that nats.go's own costs are not counted).
+	VsNATSRaw float64 `json:"vs_nats_raw,omitempty"`
 	Failed string  `json:"failed,omitempty"` // the scenario could not run
 }
 
@@ -61,17 +64,30 @@ func Ratio(a, b Metric) float64 {
 	return b.Value / a.Value
 }
 
-// FillRatios sets VsNATS on every result that has a NATS row of its scenario.
+// FillRatios sets VsNATS (and VsNATSRaw) on every result that has a nats
+// (nats-raw) row in its scenario.
 func FillRatios(rs []*Result) {
-	nats := map[string]*Result{}
+	nats, raw := map[string]*Result{}, map[string]*Result{}
 	for _, r := range rs {
-		if r.Server == "nats" && r.Failed == "" {
+		if r.Failed != "" {
+			continue
+		}
+		switch r.Server {
+		case "nats":
 			nats[r.Scenario] = r
+		case "nats-raw":
+			raw[r.Scenario] = r
 		}
 	}
 	for _, r := range rs {
-		if n, ok := nats[r.Scenario]; ok && r.Failed == "" {
+		if r.Failed != "" {
+			continue
+		}
+		if n, ok := nats[r.Scenario]; ok {
 			r.VsNATS = Ratio(r.Primary, n.Primary)
+		}
+		if n, ok := raw[r.Scenario]; ok {
+			r.VsNATSRaw = Ratio(r.Primary, n.Primary)
 		}
 	}
 }
@@ -147,7 +163,14 @@ func WriteTable(w io.Writer, scenario string, rs []*Result) {
 	if checked {
 		hdr = append(hdr, "lost", "dup", "reord")
 	}
+	hasRaw := false
+	for _, r := range rows {
+		hasRaw = hasRaw || r.Server == "nats-raw"
+	}
 	hdr = append(hdr, "errors", "×NATS")
+	if hasRaw {
+		hdr = append(hdr, "×NATS-raw")
+	}
 	fmt.Fprintln(tw, strings.Join(hdr, "\t")+"\t")
 	for _, r := range rows {
 		cells := []string{r.Server}
@@ -159,6 +182,9 @@ func WriteTable(w io.Writer, scenario string, rs []*Result) {
 				cells = append(cells, "-", "-", "-")
 			}
 			cells = append(cells, "FAILED", "-")
+			if hasRaw {
+				cells = append(cells, "-")
+			}
 			fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
 			continue
 		}
@@ -180,6 +206,13 @@ func WriteTable(w io.Writer, scenario string, rs []*Result) {
 			cells = append(cells, fmt.Sprint(d.Lost), fmt.Sprint(d.Dup), fmt.Sprint(d.Reordered+d.TooLate))
 		}
 		cells = append(cells, fmt.Sprint(len(r.Errors)), ratio)
+		if hasRaw {
+			rr := "-"
+			if r.VsNATSRaw > 0 {
+				rr = fmt.Sprintf("%.2f", r.VsNATSRaw)
+			}
+			cells = append(cells, rr)
+		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
 	}
 	tw.Flush()
@@ -199,6 +232,9 @@ func WriteTable(w io.Writer, scenario string, rs []*Result) {
 	}
 	if len(cols) > 0 {
 		fmt.Fprintf(w, "  ×NATS compares %s (%s); > 1 means better than NATS.\n", cols0(rows).Name, direction(cols0(rows)))
+		if hasRaw {
+			fmt.Fprintln(w, "  ×NATS-raw: the same against nats-server driven by a hand-written client (no nats.go costs).")
+		}
 	}
 }
 

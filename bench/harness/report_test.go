@@ -110,3 +110,19 @@ func TestFormatValue(t *testing.T) {
 		}
 	}
 }
+
+func TestRawNATSRowGetsItsOwnRatioColumn(t *testing.T) {
+	rs := sampleResults()[:3]
+	raw := &Result{Scenario: "fanout", Server: "nats-raw"}
+	raw.SetPrimary("delivered msgs/s", "msg/s", 1500, true)
+	rs = append(rs, raw)
+	FillRatios(rs)
+	if rs[0].VsNATSRaw != 2 || rs[0].VsNATS != 3 {
+		t.Fatalf("mlesd ratios %v %v", rs[0].VsNATS, rs[0].VsNATSRaw)
+	}
+	var b bytes.Buffer
+	WriteTable(&b, "fanout", rs)
+	if !strings.Contains(b.String(), "×NATS-raw") {
+		t.Errorf("no raw column:\n%s", b.String())
+	}
+}

@@ -83,7 +83,11 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 		pprofAddr = fmt.Sprintf("127.0.0.1:%d", port)
 		sc.MlesdArgs = append(append([]string(nil), sc.MlesdArgs...), "--pprof", pprofAddr)
 	}
-	srv, err := StartServer(ctx, name, sc)
+	kind := name
+	if name == "nats-raw" {
+		kind = "nats"
+	}
+	srv, err := StartServer(ctx, kind, sc)
 	if err != nil {
 		return nil, err
 	}

@@ -52,7 +52,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg := harness.DefaultConfig()
 	fs := flag.NewFlagSet("mlesbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	servers := fs.String("servers", "mlesd,nats,redis", "servers to run, comma-separated: mlesd, nats, redis")
+	servers := fs.String("servers", "mlesd,nats,nats-raw,redis", "servers to run, comma-separated: mlesd, nats (nats.go client), nats-raw (same server, hand-written client), redis")
 	scenarios := fs.String("scenarios", strings.Join(harness.ScenarioOrder, ","), "scenarios to run, comma-separated")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "publishing time per throughput/latency scenario")
 	fs.IntVar(&cfg.Payload, "payload", cfg.Payload, "message size in bytes (>= 24, the trailer)")
