@@ -86,9 +86,7 @@ func Latency(ctx context.Context, env *Env) (*Result, error) {
 		errs = append(errs, err.Error())
 	}
 	want := seq * uint64(cfg.LatencySubs)
-	for sumUnique(spec.Subs) < want && dctx.Err() == nil {
-		time.Sleep(time.Millisecond)
-	}
+	waitDeliveries(dctx, spec.Subs, want)
 	stopProgress()
 	time.Sleep(50 * time.Millisecond)
 	closeGroups(groups)
