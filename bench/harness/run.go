@@ -219,6 +219,11 @@ func Environment(sc ServerConfig) map[string]string {
 		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	}
 	env["nats-server"] = ver(sc.NATSBin, "--version")
+	if dir := filepath.Dir(sc.MlesdBin); dir != "" {
+		// The last commit of the server's own code (bench/ excluded).
+		env["mlesd-commit"] = ver("git", "-C", dir, "log", "-1", "--format=%h %cI %s", "--",
+			":(top)cmd", ":(top)engine", ":(top)router", ":(top)codec", ":(top)peering", ":(top)go.mod")
+	}
 	env["redis-server"] = ver(sc.RedisBin, "--version")
 	return env
 }
