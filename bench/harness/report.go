@@ -121,7 +121,12 @@ func FormatValue(v float64, unit string) string {
 
 // WriteTable prints one table for scenario: one row per server, the scenario's
 // metrics as columns, then delivery counters and the ratio against NATS.
-func WriteTable(w io.Writer, scenario string, rs []*Result) {
+func WriteTable(w io.Writer, scenario string, rs []*Result) { writeTable(w, scenario, rs, false) }
+
+// WriteMarkdown prints the same table as WriteTable in Markdown.
+func WriteMarkdown(w io.Writer, scenario string, rs []*Result) { writeTable(w, scenario, rs, true) }
+
+func writeTable(w io.Writer, scenario string, rs []*Result, md bool) {
 	var rows []*Result
 	var cols []Metric
 	var params map[string]string
@@ -142,12 +147,10 @@ func WriteTable(w io.Writer, scenario string, rs []*Result) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\n== %s", scenario)
+	title := scenario
 	if len(params) > 0 {
-		fmt.Fprintf(w, " (%s)", formatParams(params))
+		title += " (" + formatParams(params) + ")"
 	}
-	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	hdr := []string{"server"}
 	for _, c := range cols {
 		h := c.Name
@@ -157,21 +160,19 @@ func WriteTable(w io.Writer, scenario string, rs []*Result) {
 		hdr = append(hdr, h)
 	}
 	checked := false // does any row carry deliveries to check?
+	hasRaw := false
 	for _, r := range rows {
 		checked = checked || r.Delivery.Expected > 0 || r.Delivery.Bad()
+		hasRaw = hasRaw || r.Server == "nats-raw"
 	}
 	if checked {
 		hdr = append(hdr, "lost", "dup", "reord")
-	}
-	hasRaw := false
-	for _, r := range rows {
-		hasRaw = hasRaw || r.Server == "nats-raw"
 	}
 	hdr = append(hdr, "errors", "×NATS")
 	if hasRaw {
 		hdr = append(hdr, "×NATS-raw")
 	}
-	fmt.Fprintln(tw, strings.Join(hdr, "\t")+"\t")
+	var lines [][]string
 	for _, r := range rows {
 		cells := []string{r.Server}
 		if r.Failed != "" {
@@ -185,7 +186,7 @@ func WriteTable(w io.Writer, scenario string, rs []*Result) {
 			if hasRaw {
 				cells = append(cells, "-")
 			}
-			fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
+			lines = append(lines, cells)
 			continue
 		}
 		for _, c := range cols {
@@ -197,45 +198,66 @@ func WriteTable(w io.Writer, scenario string, rs []*Result) {
 			}
 			cells = append(cells, FormatValue(v, c.Unit))
 		}
-		d := r.Delivery
-		ratio := "-"
-		if r.VsNATS > 0 {
-			ratio = fmt.Sprintf("%.2f", r.VsNATS)
-		}
 		if checked {
+			d := r.Delivery
 			cells = append(cells, fmt.Sprint(d.Lost), fmt.Sprint(d.Dup), fmt.Sprint(d.Reordered+d.TooLate))
 		}
-		cells = append(cells, fmt.Sprint(len(r.Errors)), ratio)
+		cells = append(cells, fmt.Sprint(len(r.Errors)), ratioCell(r.VsNATS))
 		if hasRaw {
-			rr := "-"
-			if r.VsNATSRaw > 0 {
-				rr = fmt.Sprintf("%.2f", r.VsNATSRaw)
-			}
-			cells = append(cells, rr)
+			cells = append(cells, ratioCell(r.VsNATSRaw))
 		}
-		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
+		lines = append(lines, cells)
 	}
-	tw.Flush()
+	var notes []string
 	for _, r := range rows {
 		if r.Failed != "" {
-			fmt.Fprintf(w, "  %s FAILED: %s\n", r.Server, firstLine(r.Failed))
+			notes = append(notes, fmt.Sprintf("%s FAILED: %s", r.Server, firstLine(r.Failed)))
 		}
 		for _, e := range r.Errors {
-			fmt.Fprintf(w, "  %s error: %s\n", r.Server, e)
+			notes = append(notes, fmt.Sprintf("%s error: %s", r.Server, e))
 		}
 		for _, n := range r.Notes {
-			fmt.Fprintf(w, "  %s note: %s\n", r.Server, n)
+			notes = append(notes, fmt.Sprintf("%s note: %s", r.Server, n))
 		}
 		if r.Delivery.Bad() {
-			fmt.Fprintf(w, "  %s\n", LossLine(r))
+			notes = append(notes, LossLine(r))
 		}
 	}
 	if len(cols) > 0 {
-		fmt.Fprintf(w, "  ×NATS compares %s (%s); > 1 means better than NATS.\n", cols0(rows).Name, direction(cols0(rows)))
+		notes = append(notes, fmt.Sprintf("×NATS compares %s (%s); > 1 means better than NATS.", cols0(rows).Name, direction(cols0(rows))))
 		if hasRaw {
-			fmt.Fprintln(w, "  ×NATS-raw: the same against nats-server driven by a hand-written client (no nats.go costs).")
+			notes = append(notes, "×NATS-raw: the same against nats-server driven by a hand-written client (no nats.go costs).")
 		}
 	}
+	if md {
+		fmt.Fprintf(w, "\n### %s\n\n", title)
+		fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(hdr, " | "), strings.Repeat(" ---: |", len(hdr)))
+		for _, l := range lines {
+			fmt.Fprintf(w, "| %s |\n", strings.Join(l, " | "))
+		}
+		fmt.Fprintln(w)
+		for _, n := range notes {
+			fmt.Fprintf(w, "- %s\n", n)
+		}
+		return
+	}
+	fmt.Fprintf(w, "\n== %s\n", title)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, strings.Join(hdr, "\t")+"\t")
+	for _, l := range lines {
+		fmt.Fprintln(tw, strings.Join(l, "\t")+"\t")
+	}
+	tw.Flush()
+	for _, n := range notes {
+		fmt.Fprintf(w, "  %s\n", n)
+	}
+}
+
+func ratioCell(v float64) string {
+	if v > 0 {
+		return fmt.Sprintf("%.2f", v)
+	}
+	return "-"
 }
 
 func cols0(rows []*Result) Metric {

@@ -126,3 +126,15 @@ func TestRawNATSRowGetsItsOwnRatioColumn(t *testing.T) {
 		t.Errorf("no raw column:\n%s", b.String())
 	}
 }
+
+func TestMarkdownTableHasAHeaderRowPerServer(t *testing.T) {
+	rs := sampleResults()
+	FillRatios(rs)
+	var b bytes.Buffer
+	WriteMarkdown(&b, "fanout", rs)
+	out := b.String()
+	if !strings.Contains(out, "### fanout (subs=100)") || !strings.Contains(out, "| server | delivered msgs/s (msg/s) |") ||
+		!strings.Contains(out, "| mlesd | 3000 |") || strings.Count(out, "\n| ") != 5 {
+		t.Errorf("markdown:\n%s", out)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -70,6 +71,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "flow control: most bytes in flight to one receiver")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "longest wait for the last deliveries")
 	fs.DurationVar(&cfg.SetupTimeout, "setup-timeout", cfg.SetupTimeout, "longest wait to connect and join a scenario's connections")
+	mdOut := fs.String("markdown", "", "also write the environment and every table in Markdown to this `file`")
 	jsonOut := fs.Bool("json", false, "print results as JSON on stdout (tables go to stderr)")
 	mlesdBin := fs.String("mlesd-bin", "../bin/mlesd", "mlesd binary")
 	mlesdArgs := fs.String("mlesd-args", "", "extra mlesd flags, space-separated (e.g. \"--pprof 127.0.0.1:6060\")")
@@ -154,6 +156,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, jerr)
 		}
 	}
+	if *mdOut != "" {
+		if err := writeMarkdown(*mdOut, env, results, args); err != nil {
+			fmt.Fprintln(stderr, err)
+		}
+	}
 	bad := false
 	for _, r := range results {
 		if r.Delivery.Bad() {
@@ -171,4 +178,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 3
 	}
 	return 0
+}
+
+// writeMarkdown writes the environment, the command and every table.
+func writeMarkdown(path string, env map[string]string, rs []*harness.Result, args []string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Command: `go run ./cmd/mlesbench %s` (from bench/)\n\n", strings.Join(args, " "))
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "- %s: %s\n", k, env[k])
+	}
+	seen := map[string]bool{}
+	for _, r := range rs {
+		if !seen[r.Scenario] {
+			seen[r.Scenario] = true
+			harness.WriteMarkdown(&b, r.Scenario, rs)
+		}
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
