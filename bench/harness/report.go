@@ -34,7 +34,7 @@ type Result struct {
 	// VsNATSRaw is the same against the nats-raw row (the NATS server driven
 	// by a hand-written client, so that nats.go's own costs are not counted).
 	VsNATSRaw float64 `json:"vs_nats_raw,omitempty"`
-	Failed string  `json:"failed,omitempty"` // the scenario could not run
+	Failed    string  `json:"failed,omitempty"` // the scenario could not run
 }
 
 // Add appends a metric.
