@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"time"
 )
@@ -20,6 +21,7 @@ type RunConfig struct {
 	Cfg       Config
 	ServerCfg ServerConfig
 	KeepGoing bool      // go on after a scenario fails
+	Repeat    int       // runs per (scenario, server); the median run is reported
 	Log       io.Writer // progress lines
 	Out       io.Writer // tables, one per scenario as soon as it is done
 
@@ -41,31 +43,72 @@ func Run(ctx context.Context, rc RunConfig) ([]*Result, error) {
 		if !ok {
 			return all, fmt.Errorf("unknown scenario %q (have %v)", scn, ScenarioOrder)
 		}
-		var rows []*Result
+		// Repeats are interleaved across servers, so that a slow spell of a
+		// shared machine does not fall on one server only.
+		runs := map[string][]*Result{}
+		var failed error
+		for rep := 0; rep < max(rc.Repeat, 1) && failed == nil; rep++ {
+			for _, name := range rc.Servers {
+				if ctx.Err() != nil {
+					return all, ctx.Err()
+				}
+				res, err := runOne(ctx, rc, scn, name, fn)
+				if err != nil {
+					res = &Result{Scenario: scn, Server: name, Failed: err.Error()}
+					fmt.Fprintf(rc.Log, "[%s %s] FAILED: %v\n", name, scn, err)
+				}
+				if res.Delivery.Bad() {
+					fmt.Fprintln(rc.Log, LossLine(res))
+				}
+				runs[name] = append(runs[name], res)
+				if err != nil && !rc.KeepGoing {
+					failed = fmt.Errorf("%s/%s: %w", name, scn, err)
+					break
+				}
+			}
+		}
 		for _, name := range rc.Servers {
-			if ctx.Err() != nil {
-				return all, ctx.Err()
+			if rs := runs[name]; len(rs) > 0 {
+				all = append(all, medianRun(rs))
 			}
-			res, err := runOne(ctx, rc, scn, name, fn)
-			if err != nil {
-				res = &Result{Scenario: scn, Server: name, Failed: err.Error()}
-				fmt.Fprintf(rc.Log, "[%s %s] FAILED: %v\n", name, scn, err)
-			}
-			if res.Delivery.Bad() {
-				fmt.Fprintln(rc.Log, LossLine(res))
-			}
-			rows = append(rows, res)
-			all = append(all, res)
-			if err != nil && !rc.KeepGoing {
-				FillRatios(all)
-				WriteTable(rc.Out, scn, all)
-				return all, fmt.Errorf("%s/%s: %w", name, scn, err)
-			}
+		}
+		if failed != nil {
+			FillRatios(all)
+			WriteTable(rc.Out, scn, all)
+			return all, failed
 		}
 		FillRatios(all)
 		WriteTable(rc.Out, scn, all)
 	}
 	return all, nil
+}
+
+// medianRun returns the run with the median primary figure, with every run's
+// figure in a note; a failed or lossy run wins over a good one, so that no
+// problem is hidden by repetition.
+func medianRun(rs []*Result) *Result {
+	if len(rs) == 1 {
+		return rs[0]
+	}
+	var ok []*Result
+	for _, r := range rs {
+		if r.Failed != "" || r.Delivery.Bad() {
+			r.Notes = append(r.Notes, fmt.Sprintf("1 of %d runs shown: this one failed or lost messages", len(rs)))
+			return r
+		}
+		ok = append(ok, r)
+	}
+	sort.Slice(ok, func(i, j int) bool { return ok[i].Primary.Value < ok[j].Primary.Value })
+	m := ok[(len(ok)-1)/2]
+	if m.Primary.HigherBetter { // of an even count, take the lower-better middle
+		m = ok[len(ok)/2]
+	}
+	var vals []string
+	for _, r := range rs {
+		vals = append(vals, FormatValue(r.Primary.Value, r.Primary.Unit))
+	}
+	m.Notes = append(m.Notes, fmt.Sprintf("median of %d runs by %s: %s", len(rs), m.Primary.Name, strings.Join(vals, ", ")))
+	return m
 }
 
 func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*Result, error) {

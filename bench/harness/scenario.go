@@ -402,7 +402,7 @@ func runFlow(ctx context.Context, env *Env, scn string, specs []GroupSpec, pubsP
 	res.AddDetail("delivered", "msg", float64(d.Received), true)
 	res.AddDetail("elapsed", "s", elapsed, false)
 	res.AddDetail("drain", "s", end.Sub(pubEnd).Seconds(), false)
-	res.Notes = append(res.Notes, fmt.Sprintf("publishers waited for the window %d times", waits))
+	res.AddDetail("window waits", "", float64(waits), false)
 	if d.Received < want {
 		res.Errors = append(res.Errors, fmt.Sprintf("drain ended (stalled 2 s or timed out after %v): %d of %d delivered", cfg.DrainTimeout, d.Received, want))
 	}

@@ -77,6 +77,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	mlesdArgs := fs.String("mlesd-args", "", "extra mlesd flags, space-separated (e.g. \"--pprof 127.0.0.1:6060\")")
 	natsBin := fs.String("nats-bin", ".bin/nats-server", "nats-server binary (falls back to PATH)")
 	redisBin := fs.String("redis-bin", "redis-server", "redis-server binary")
+	repeat := fs.Int("repeat", 1, "runs per scenario and server, interleaved; the median run is shown (a failed or lossy run is shown instead)")
 	keepGoing := fs.Bool("keep-going", false, "run on after a failed scenario, and exit 0 even after loss")
 	pprofOut := fs.String("pprof-out", "", "write a CPU profile of mlesd, taken while each scenario measures, to this `file` (mlesd gets --pprof on a free port)")
 	pprofSecs := fs.Int("pprof-seconds", 0, "length of that profile in seconds (default: --duration)")
@@ -144,6 +145,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Cfg:       cfg,
 		ServerCfg: sc,
 		KeepGoing: *keepGoing,
+		Repeat:    *repeat,
 		Log:       stderr,
 		Out:       tables,
 
