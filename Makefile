@@ -7,7 +7,10 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDecodeResync \
                 ./engine:FuzzStreamParser
 
-.PHONY: all build run test test-short vet fuzz bench clean help
+STATICCHECK_VERSION ?= v0.8.2
+STATICCHECK := $(CURDIR)/bin/tools/staticcheck
+
+.PHONY: all build run test test-short vet lint fuzz bench clean help
 
 all: build
 
@@ -23,7 +26,13 @@ run: build ## build and start mlesd on [::]:8077 (dual stack) with default setti
 vet:
 	$(GO) vet ./...
 
-test: vet ## vet, then every test with the race detector (and the bench module's unit tests)
+$(STATICCHECK):
+	GOBIN=$(CURDIR)/bin/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: vet $(STATICCHECK) ## go vet and staticcheck (installed into bin/tools)
+	$(STATICCHECK) ./...
+
+test: lint ## vet, staticcheck, then every test with the race detector (and the bench module's unit tests)
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -run 'Alloc' ./codec ./router ./engine  # allocation counts need a build without -race
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...; fi

@@ -32,7 +32,7 @@ type refResync struct {
 
 func fxamackerTriplet(t testing.TB, tr Triplet) []byte {
 	t.Helper()
-	b, err := refEncMode.Marshal(refMsg{UID: tr.UID, Channel: tr.Channel, Message: tr.Message})
+	b, err := refEncMode.Marshal(refMsg(tr))
 	if err != nil {
 		t.Fatal(err)
 	}
