@@ -1,34 +1,62 @@
 package router
 
-import "bytes"
+import (
+	"bytes"
+	"sync/atomic"
+)
 
-// history is a ring of the last limit frames of a channel, oldest first.
+// history is a ring of the last limit frames of a channel, oldest first,
+// bounded also in bytes: per channel (maxBytes) and across all channels
+// (budget, shared).
 // Lock: the owning Channel's mu must be held for every method.
 type history struct {
-	ring  []*Frame
-	start int // index of the oldest frame
-	n     int // frames held
-	bytes int // total bytes held, for metrics
+	ring     []*Frame
+	start    int // index of the oldest frame
+	n        int // frames held
+	bytes    int // total bytes held
+	maxBytes int // per-channel cap; 0 = none
+	budget   *budget
+}
+
+// budget is the byte budget for the history of all channels. Safe for
+// concurrent use.
+type budget struct {
+	max  int64 // 0 = none
+	used atomic.Int64
 }
 
 func (h *history) limit() int { return len(h.ring) }
 
-// add stores f (taking a reference) and evicts the oldest frame when full.
+// add stores f (taking a reference), evicting the oldest frames while the
+// ring is full or a byte cap is passed. A frame larger than the channel's cap,
+// or one that does not fit the global budget even after this channel gave up
+// all its older frames, is not kept.
 func (h *history) add(f *Frame) {
-	if len(h.ring) == 0 {
+	if len(h.ring) == 0 || (h.maxBytes > 0 && f.Len() > h.maxBytes) {
 		return
+	}
+	if h.n == len(h.ring) {
+		h.evictOldest()
 	}
 	f.Ref()
+	h.ring[(h.start+h.n)%len(h.ring)] = f
+	h.n++
 	h.bytes += f.Len()
-	if h.n < len(h.ring) {
-		h.ring[(h.start+h.n)%len(h.ring)] = f
-		h.n++
-		return
+	used := h.budget.used.Add(int64(f.Len()))
+	for h.n > 0 && ((h.maxBytes > 0 && h.bytes > h.maxBytes) || (h.budget.max > 0 && used > h.budget.max)) {
+		h.evictOldest()
+		used = h.budget.used.Load()
 	}
+}
+
+// evictOldest drops the oldest frame.
+func (h *history) evictOldest() {
 	old := h.ring[h.start]
-	h.ring[h.start] = f
+	h.ring[h.start] = nil
 	h.start = (h.start + 1) % len(h.ring)
+	h.n--
 	h.bytes -= old.Len()
+	h.budget.used.Add(-int64(old.Len()))
 	old.Release()
 }
 
@@ -54,10 +82,8 @@ func (h *history) appendTo(dst []*Frame) []*Frame {
 
 // clear releases every held frame.
 func (h *history) clear() {
-	for i := 0; i < h.n; i++ {
-		idx := (h.start + i) % len(h.ring)
-		h.ring[idx].Release()
-		h.ring[idx] = nil
+	for h.n > 0 {
+		h.evictOldest()
 	}
-	h.start, h.n, h.bytes = 0, 0, 0
+	h.start = 0
 }

@@ -62,6 +62,12 @@ type Config struct {
 	HistoryLimit int
 	// MaxChannels caps the number of channels (0 = no cap).
 	MaxChannels int
+	// HistoryBytes caps one channel's history in bytes (0 = no cap); older
+	// frames are evicted first, and a frame larger than the cap is not kept.
+	HistoryBytes int
+	// MaxHistoryBytes caps the history of all channels together (0 = no
+	// cap). A channel that would pass it evicts its own oldest frames.
+	MaxHistoryBytes int64
 }
 
 const shardCount = 64
@@ -69,6 +75,7 @@ const shardCount = 64
 // Router is the channel table, sharded by channel name. Safe for concurrent use.
 type Router struct {
 	cfg      Config
+	budget   budget
 	seed     maphash.Seed
 	shards   [shardCount]shard
 	channels atomic.Int64
@@ -85,11 +92,15 @@ func New(cfg Config) *Router {
 		cfg.HistoryLimit = 0
 	}
 	r := &Router{cfg: cfg, seed: maphash.MakeSeed()}
+	r.budget.max = cfg.MaxHistoryBytes
 	for i := range r.shards {
 		r.shards[i].m = make(map[string]*Channel)
 	}
 	return r
 }
+
+// HistoryBytes returns the bytes held in the history of all channels.
+func (r *Router) HistoryBytes() int64 { return r.budget.used.Load() }
 
 // HistoryLimit returns the configured history length.
 func (r *Router) HistoryLimit() int { return r.cfg.HistoryLimit }
@@ -134,7 +145,7 @@ func (r *Router) Join(name string, sub Subscriber, hist []*Frame) (*Channel, []*
 				return nil, hist, ErrTooManyChannels
 			}
 			ch = &Channel{name: name, router: r}
-			ch.hist.ring = make([]*Frame, r.cfg.HistoryLimit)
+			ch.hist = history{ring: make([]*Frame, r.cfg.HistoryLimit), maxBytes: r.cfg.HistoryBytes, budget: &r.budget}
 			ch.snap.Store(emptySnapshot)
 			sh.m[name] = ch
 			r.channels.Add(1)

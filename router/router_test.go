@@ -194,3 +194,38 @@ func BenchmarkFanout100(b *testing.B) {
 		})
 	}
 }
+
+func TestHistoryByteCaps(t *testing.T) {
+	t.Run("per channel", func(t *testing.T) {
+		r := New(Config{HistoryLimit: 100, HistoryBytes: 10})
+		ch, _, _ := r.Join("ch", &fakeSub{cid: 1}, nil)
+		for _, m := range []string{"aaaa", "bbbb", "cccc", "this one is over the cap"} {
+			f := frameOf(m)
+			ch.Append(f)
+			f.Release()
+		}
+		if n, b := ch.HistoryLen(); n != 2 || b != 8 {
+			t.Fatalf("held %d frames, %d bytes; want 2, 8 (bbbb cccc)", n, b)
+		}
+	})
+	t.Run("all channels", func(t *testing.T) {
+		r := New(Config{HistoryLimit: 100, MaxHistoryBytes: 12})
+		a, _, _ := r.Join("a", &fakeSub{cid: 1}, nil)
+		b, _, _ := r.Join("b", &fakeSub{cid: 2}, nil)
+		for _, ch := range []*Channel{a, a, b, b} {
+			f := frameOf("xxxx")
+			ch.Append(f)
+			f.Release()
+		}
+		if got := r.HistoryBytes(); got > 12 {
+			t.Fatalf("history holds %d bytes, over the 12-byte budget", got)
+		}
+		if n, _ := b.HistoryLen(); n != 1 {
+			t.Fatalf("b holds %d frames; want 1 (its own oldest evicted to fit)", n)
+		}
+		r.Close()
+		if got := r.HistoryBytes(); got != 0 {
+			t.Fatalf("after Close, %d history bytes counted", got)
+		}
+	})
+}

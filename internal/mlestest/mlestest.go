@@ -1,0 +1,323 @@
+// Package mlestest is test support shared by the black-box suites: it builds
+// and runs the mlesd binary as a separate process on loopback, reads its
+// resource use from /proc and pprof, and speaks Mles as a plain TCP client.
+// It is imported only by tests.
+package mlestest
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mlesd/mlesd/codec"
+)
+
+// Build compiles cmd/mlesd into dir and returns the binary's path.
+func Build(dir string) (string, error) {
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		return "", fmt.Errorf("finding the module root: %w", err)
+	}
+	bin := filepath.Join(dir, "mlesd")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/mlesd")
+	cmd.Dir = strings.TrimSpace(string(root))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building mlesd: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// FreePort returns a TCP port free on 127.0.0.1 right now.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Proc is a running mlesd.
+type Proc struct {
+	Cmd       *exec.Cmd
+	Addr      string // Mles listener, 127.0.0.1:port
+	PprofAddr string // net/http/pprof, 127.0.0.1:port
+	mu        sync.Mutex
+	log       bytes.Buffer
+	waited    chan error
+}
+
+type lockedWriter struct{ p *Proc }
+
+func (w lockedWriter) Write(b []byte) (int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.log.Write(b)
+}
+
+// Start runs bin on free loopback ports (Mles and pprof) with env added to
+// the environment; the test's cleanup sends SIGTERM and requires exit 0
+// within 15 s unless the test already stopped it.
+func Start(t testing.TB, bin string, env []string, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{
+		Addr:      net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t))),
+		PprofAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t))),
+		waited:    make(chan error, 1),
+	}
+	p.Cmd = exec.Command(bin, append([]string{"--listen", p.Addr, "--pprof", p.PprofAddr}, args...)...)
+	p.Cmd.Env = append(os.Environ(), env...)
+	p.Cmd.Stderr = lockedWriter{p}
+	if err := p.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.waited <- p.Cmd.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		nc, err := net.Dial("tcp", p.Addr)
+		if err == nil {
+			nc.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			p.Cmd.Process.Kill()
+			t.Fatalf("mlesd did not listen:\n%s", p.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		if p.Cmd.ProcessState != nil {
+			return
+		}
+		if err := p.Stop(15 * time.Second); err != nil {
+			t.Errorf("%v\n%s", err, p.Log())
+		}
+	})
+	return p
+}
+
+// Stop sends SIGTERM and waits up to timeout for exit code 0.
+func (p *Proc) Stop(timeout time.Duration) error {
+	p.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.waited:
+		if err != nil {
+			return fmt.Errorf("mlesd exit after SIGTERM: %w", err)
+		}
+		return nil
+	case <-time.After(timeout):
+		p.Cmd.Process.Kill()
+		<-p.waited
+		return fmt.Errorf("mlesd did not exit within %v of SIGTERM", timeout)
+	}
+}
+
+// Alive reports whether the process has not exited.
+func (p *Proc) Alive() bool { return p.Cmd.ProcessState == nil && p.Cmd.Process.Signal(syscall.Signal(0)) == nil }
+
+// Log returns everything the server logged so far.
+func (p *Proc) Log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// WaitLog waits up to 10 s for substr in the log.
+func (p *Proc) WaitLog(t testing.TB, substr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if strings.Contains(p.Log(), substr) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("log never said %q:\n%s", substr, p.Log())
+}
+
+// Status reads a field of /proc/PID/status in KiB (VmRSS, VmHWM).
+func (p *Proc) Status(t testing.TB, field string) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, field+":") {
+			n, _ := strconv.Atoi(strings.Fields(line)[1])
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/PID/status", field)
+	return 0
+}
+
+// FDs counts the process's open file descriptors.
+func (p *Proc) FDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.Cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+var goroutineTotal = regexp.MustCompile(`goroutine profile: total (\d+)`)
+
+// Goroutines reads the server's goroutine count from its pprof endpoint.
+func (p *Proc) Goroutines(t testing.TB) int {
+	t.Helper()
+	resp, err := http.Get("http://" + p.PprofAddr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	m := goroutineTotal.FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("no goroutine total in pprof output")
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// Settle waits until f() is at most limit, or fails after 10 s: resource
+// counts take a moment to fall after clients leave.
+func Settle(t testing.TB, what string, limit int, f func() int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var n int
+	for time.Now().Before(deadline) {
+		if n = f(); n <= limit {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s is %d, want at most %d", what, n, limit)
+}
+
+// Client is a plain Mles client with a shared key.
+type Client struct {
+	NC      net.Conn
+	R       *bufio.Reader
+	UID, Ch string
+	Key     uint64
+	buf     []byte
+}
+
+// Dial connects without sending anything; the test's cleanup closes it.
+func Dial(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return nc
+}
+
+// Join connects and sends a plain join (empty message) under shared key k.
+func Join(t testing.TB, addr, k, uid, ch string) *Client {
+	t.Helper()
+	nc := Dial(t, addr)
+	c := &Client{NC: nc, R: bufio.NewReaderSize(nc, 256<<10), UID: uid, Ch: ch, Key: codec.Key(k, uid, ch)}
+	if err := c.Send(nil); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// Frame encodes msg as this client's frame (valid until the next call).
+func (c *Client) Frame(msg []byte) []byte {
+	f, _ := codec.AppendFrame(c.buf[:0], c.Key, codec.Triplet{UID: c.UID, Channel: c.Ch, Message: msg})
+	c.buf = f
+	return f
+}
+
+// Send writes one frame with msg.
+func (c *Client) Send(msg []byte) error {
+	_ = c.NC.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err := c.NC.Write(c.Frame(msg))
+	return err
+}
+
+// Read reads and decodes one frame.
+func (c *Client) Read(timeout time.Duration) (codec.Triplet, error) {
+	_ = c.NC.SetReadDeadline(time.Now().Add(timeout))
+	var hdr [codec.HeaderLen]byte
+	if _, err := io.ReadFull(c.R, hdr[:]); err != nil {
+		return codec.Triplet{}, err
+	}
+	h, err := codec.ParseHeader(hdr[:])
+	if err != nil {
+		return codec.Triplet{}, err
+	}
+	payload := make([]byte, h.Len)
+	if _, err := io.ReadFull(c.R, payload); err != nil {
+		return codec.Triplet{}, err
+	}
+	return codec.DecodeTriplet(payload)
+}
+
+// Seq makes a message of size bytes starting with a big-endian sequence number.
+func Seq(seq uint32, size int) []byte {
+	m := make([]byte, max(size, 4))
+	binary.BigEndian.PutUint32(m, seq)
+	return m
+}
+
+// SeqOf reads the sequence number of a Seq message.
+func SeqOf(msg []byte) uint32 { return binary.BigEndian.Uint32(msg) }
+
+// ExpectClosed requires the server to close nc within 10 s.
+func ExpectClosed(t testing.TB, nc net.Conn) {
+	t.Helper()
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := nc.Read(buf); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("connection still open after 10 s; want closed by the server")
+			}
+			return
+		}
+	}
+}
+
+// Exchange proves the server still serves: two fresh clients on a fresh
+// channel exchange a frame each way.
+func Exchange(t testing.TB, addr, k string) {
+	t.Helper()
+	ch := fmt.Sprintf("probe-%d", time.Now().UnixNano())
+	a := Join(t, addr, k, "probe-a", ch)
+	time.Sleep(20 * time.Millisecond)
+	b := Join(t, addr, k, "probe-b", ch)
+	if tr, err := a.Read(5 * time.Second); err != nil || tr.UID != "probe-b" {
+		t.Fatalf("probe: a did not see b's join: %v", err)
+	}
+	if err := a.Send([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if tr, err := b.Read(5 * time.Second); err != nil || string(tr.Message) != "ping" {
+		t.Fatalf("probe: b did not get a's frame: %v", err)
+	}
+	a.NC.Close()
+	b.NC.Close()
+}
