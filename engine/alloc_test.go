@@ -19,4 +19,3 @@ func TestFanoutPathDoesNotAllocate(t *testing.T) {
 		check(200 + 1001)
 	}
 }
-

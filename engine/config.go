@@ -27,6 +27,21 @@ const (
 	// DefaultJoinTimeout: a connection that has not sent a whole join frame by
 	// then is closed (stops idle sockets from holding a connection slot).
 	DefaultJoinTimeout = 10 * time.Second
+	// DefaultMaxConns bounds open connections (each costs an fd and a few KiB).
+	DefaultMaxConns = 100_000
+	// DefaultMaxConnsPerIP bounds connections from one address; high enough
+	// for many devices behind one NAT, low enough that one host cannot take
+	// every slot.
+	DefaultMaxConnsPerIP = 10_000
+	// DefaultMaxNameLen bounds uid and channel names in bytes.
+	DefaultMaxNameLen = 4096
+	// DefaultMaxPartialBytes bounds the bytes of frames still arriving, summed
+	// over all connections (a frame costs only what has arrived, never its
+	// declared length).
+	DefaultMaxPartialBytes = 256 << 20
+	// DefaultDrainTimeout is how long a shutdown waits for receivers that can
+	// take their backlog.
+	DefaultDrainTimeout = 5 * time.Second
 	// DefaultKeepAlive is the TCP keepalive period set on every connection.
 	DefaultKeepAlive = 60 * time.Second
 
@@ -66,6 +81,21 @@ type Config struct {
 	StallTimeout time.Duration
 	// JoinTimeout closes connections that have not joined; negative = never.
 	JoinTimeout time.Duration
+	// IdleTimeout closes joined connections that have sent nothing for this
+	// long; 0 = never (the default: receivers may be silent forever).
+	IdleTimeout time.Duration
+	// MaxConns bounds open connections; negative = no bound.
+	MaxConns int
+	// MaxConnsPerIP bounds open connections per client IP; negative = no bound.
+	MaxConnsPerIP int
+	// MaxUIDLen and MaxChannelLen bound the names in a join, in bytes.
+	MaxUIDLen     int
+	MaxChannelLen int
+	// MaxPartialBytes bounds bytes of incomplete frames over all connections;
+	// the connection whose bytes pass it is closed.
+	MaxPartialBytes int
+	// DrainTimeout bounds how long Stop flushes backlogs before closing.
+	DrainTimeout time.Duration
 	// Logger receives the server's log; nil = slog.Default().
 	Logger *slog.Logger
 }
@@ -85,6 +115,24 @@ func (c *Config) setDefaults() {
 	}
 	if c.JoinTimeout == 0 {
 		c.JoinTimeout = DefaultJoinTimeout
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.MaxConnsPerIP == 0 {
+		c.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
+	if c.MaxUIDLen <= 0 {
+		c.MaxUIDLen = DefaultMaxNameLen
+	}
+	if c.MaxChannelLen <= 0 {
+		c.MaxChannelLen = DefaultMaxNameLen
+	}
+	if c.MaxPartialBytes <= 0 {
+		c.MaxPartialBytes = DefaultMaxPartialBytes
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

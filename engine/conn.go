@@ -46,6 +46,8 @@ type conn struct {
 	stallSince int64 // coarse clock, ns; 0 = not dropping
 	dropped    uint64
 	reason     string // why the server closed it; "" = the peer did
+	partial    int    // bytes of incomplete frames buffered, counted in Server.partialBytes
+	perIP      bool   // counted in Server.perIP
 }
 
 // CID implements router.Subscriber.

@@ -148,6 +148,18 @@ func (ts *testServer) joinAt(t testing.TB, addr string, keys codec.KeyConfig, ui
 	return nil
 }
 
+// waitJoins waits until the server has counted n joins.
+func (ts *testServer) waitJoins(t testing.TB, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for ts.srv.Stats().Joins < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("server counted %d joins, want %d", ts.srv.Stats().Joins, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func sum(m map[string]uint64) (n uint64) {
 	for _, v := range m {
 		n += v

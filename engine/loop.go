@@ -240,6 +240,33 @@ func (l *loop) write(c *conn) {
 	}
 }
 
+// flushAll hands every receiver's whole backlog to the socket layer, which
+// copies what the socket does not take. Only for shutdown: it ignores the
+// handover bound. Loop-owned.
+func (l *loop) flushAll() {
+	l.flush()
+	for c := range l.conns {
+		for c.state != closed && c.q.len() > 0 {
+			c.handover = maxHandover
+			c.lastOutbound = 0
+			before := c.q.len()
+			if c.gc.OutboundBuffered() > 0 {
+				// write() only hands over into an empty buffer; at shutdown
+				// the rest goes after what is already buffered.
+				c.gc.Writev([][]byte{c.q.at(0).Bytes()[c.headOff:]})
+				c.queued -= c.q.at(0).Len() - c.headOff
+				c.headOff = 0
+				c.q.pop().Release()
+				continue
+			}
+			l.write(c)
+			if c.q.len() == before && c.headOff == 0 {
+				break
+			}
+		}
+	}
+}
+
 func (l *loop) markBacklog(c *conn) {
 	if c.backlog {
 		return
@@ -277,7 +304,7 @@ func (l *loop) pollBacklog(context.Context) error {
 }
 
 // sweep runs on this loop, queued by the ticker: closes connections past the
-// join timeout and receivers that are stalled and silent.
+// join or idle timeout and receivers that are stalled and silent.
 func (l *loop) sweep(context.Context) error {
 	now := l.srv.now()
 	cfg := &l.srv.cfg
@@ -285,6 +312,8 @@ func (l *loop) sweep(context.Context) error {
 		switch {
 		case c.state == awaitingJoin && cfg.JoinTimeout > 0 && now-c.opened > int64(cfg.JoinTimeout):
 			l.srv.closeConn(c, "join-timeout")
+		case c.state == joined && cfg.IdleTimeout > 0 && now-c.lastRead > int64(cfg.IdleTimeout):
+			l.srv.closeConn(c, "idle-timeout")
 		case c.state == joined && cfg.StallTimeout > 0 && c.stallSince != 0 &&
 			now-c.stallSince > int64(cfg.StallTimeout) && now-c.lastRead > int64(cfg.StallTimeout):
 			l.srv.closeConn(c, "stalled-and-silent")

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"sync"
@@ -59,13 +60,17 @@ type Server struct {
 	start     time.Time
 	lastSweep int64
 
-	ready     chan struct{}
-	boundMu   sync.Mutex
-	bound     []net.Addr
-	stopping  atomic.Bool
-	openConns atomic.Int64
-	accepted  atomic.Uint64
-	refused   sync.Map // reason → *atomic.Uint64
+	ready        chan struct{}
+	boundMu      sync.Mutex
+	bound        []net.Addr
+	stopping     atomic.Bool
+	openConns    atomic.Int64
+	accepted     atomic.Uint64
+	partialBytes atomic.Int64 // bytes of incomplete frames, all connections
+
+	ipMu    sync.Mutex
+	perIP   map[netip.Addr]int // Lock: ipMu; open connections per client IP
+	refused sync.Map           // reason → *atomic.Uint64
 }
 
 // New makes a server for r; Serve starts it.
@@ -80,6 +85,7 @@ func New(cfg Config, r *router.Router) (*Server, error) {
 		log:    cfg.Logger,
 		rlog:   newRateLog(cfg.Logger, 5),
 		byEL:   make(map[gnet.EventLoop]*loop),
+		perIP:  make(map[netip.Addr]int),
 		loops:  make([]atomic.Pointer[loop], cfg.Loops),
 		ready:  make(chan struct{}),
 		start:  time.Now(),
@@ -140,11 +146,49 @@ func (s *Server) Addrs() []net.Addr {
 	return append([]net.Addr(nil), s.bound...)
 }
 
-// Stop closes the listeners and every connection, and returns when the
-// event loops have ended or ctx is done.
+// Stop shuts the server down: new connections are refused at once; for up
+// to DrainTimeout (or half of ctx's time, if less) receivers that can take
+// their backlog are given it; then every connection is closed and Stop
+// returns when the event loops have ended or ctx is done. What a receiver
+// gets is always a prefix of what it was sent: whole frames, in order.
 func (s *Server) Stop(ctx context.Context) error {
 	s.stopping.Store(true)
+	drain := s.cfg.DrainTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl)/2 < drain {
+		drain = time.Until(dl) / 2
+	}
+	deadline := time.Now().Add(drain)
+	for time.Now().Before(deadline) && s.backlogged() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Hand each receiver's remaining backlog to the socket layer, so the
+	// close writes what the socket still takes.
+	var wg sync.WaitGroup
+	for i := range s.loops {
+		if l := s.loops[i].Load(); l != nil {
+			wg.Add(1)
+			err := l.el.Execute(ctx, gnet.RunnableFunc(func(context.Context) error {
+				defer wg.Done()
+				l.flushAll()
+				return nil
+			}))
+			if err != nil {
+				wg.Done()
+			}
+		}
+	}
+	wg.Wait()
 	return s.eng.Stop(ctx)
+}
+
+// backlogged reports whether any receiver still has bytes waiting.
+func (s *Server) backlogged() bool {
+	for i := range s.loops {
+		if l := s.loops[i].Load(); l != nil && l.backlogCount.Load() > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) now() int64 { return s.clock.Load() }
@@ -205,8 +249,28 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	c := &conn{gc: gc, loop: l, remote: addrPortOf(gc.RemoteAddr()), opened: now, lastRead: now}
 	gc.SetContext(c)
 	l.conns[c] = struct{}{}
-	s.openConns.Add(1)
 	s.accepted.Add(1)
+	if n := s.openConns.Add(1); s.stopping.Load() {
+		c.reason = "shutting-down"
+		return nil, gnet.Close
+	} else if s.cfg.MaxConns > 0 && n > int64(s.cfg.MaxConns) {
+		c.reason = "max-conns"
+		return nil, gnet.Close
+	}
+	if s.cfg.MaxConnsPerIP > 0 {
+		ip := c.remote.Addr().Unmap()
+		s.ipMu.Lock()
+		n := s.perIP[ip]
+		if n < s.cfg.MaxConnsPerIP {
+			s.perIP[ip] = n + 1
+			c.perIP = true
+		}
+		s.ipMu.Unlock()
+		if !c.perIP {
+			c.reason = "max-conns-per-ip"
+			return nil, gnet.Close
+		}
+	}
 	s.debug("connection opened", c)
 	return nil, gnet.None
 }
@@ -226,6 +290,18 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	}
 	c.q.releaseAll()
 	c.queued = 0
+	if c.partial != 0 {
+		s.partialBytes.Add(-int64(c.partial))
+		c.partial = 0
+	}
+	if c.perIP {
+		ip := c.remote.Addr().Unmap()
+		s.ipMu.Lock()
+		if s.perIP[ip]--; s.perIP[ip] <= 0 {
+			delete(s.perIP, ip)
+		}
+		s.ipMu.Unlock()
+	}
 	switch {
 	case c.reason != "":
 		s.countRefused(c.reason)
@@ -323,6 +399,17 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		s.dispatch(c, l)
 	}
 	l.flush()
+	if action == gnet.None {
+		// Bytes of a frame still arriving count against a global budget.
+		if partial := gc.InboundBuffered(); partial != c.partial {
+			total := s.partialBytes.Add(int64(partial - c.partial))
+			c.partial = partial
+			if partial > 0 && total > int64(s.cfg.MaxPartialBytes) {
+				c.reason = "partial-budget"
+				action = gnet.Close
+			}
+		}
+	}
 	return action
 }
 
@@ -386,6 +473,12 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 			return "bad-join-frame"
 		}
 		key, c.cid = h.Key, h.CID
+	}
+	if len(t.UID) > s.cfg.MaxUIDLen {
+		return "uid-too-long"
+	}
+	if len(t.Channel) > s.cfg.MaxChannelLen {
+		return "channel-too-long"
 	}
 	if !s.cfg.Keys.Accepts(key, c.remote, t.UID, t.Channel) {
 		return "wrong-key"

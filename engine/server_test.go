@@ -144,6 +144,7 @@ func TestIPv4MappedAddressKeyAcceptedInBothForms(t *testing.T) {
 	if _, err := nc.Write(f); err != nil {
 		t.Fatal(err)
 	}
+	ts.waitJoins(t, 1)
 	b := ts.joinAt(t, addr, codec.KeyConfig{}, "v", "ch", nil)
 	c := &client{t: t, nc: nc, r: newReader(nc), uid: "u", channel: "ch", key: key}
 	c.expect(b.frame(nil)) // u is joined: it receives v's join

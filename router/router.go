@@ -55,6 +55,20 @@ type Group struct {
 
 var emptySnapshot = &Snapshot{}
 
+// Defaults for the router's limits (used by cmd/mlesd's flags).
+const (
+	// DefaultHistoryLimit is the original server's history length.
+	DefaultHistoryLimit = 100
+	// DefaultMaxChannels bounds channels: with history on, a channel outlives
+	// its members, so their number must be bounded.
+	DefaultMaxChannels = 100_000
+	// DefaultHistoryBytes caps one channel's history (room for a few
+	// maximum-size frames).
+	DefaultHistoryBytes = 64 << 20
+	// DefaultMaxHistoryBytes caps the history of all channels together.
+	DefaultMaxHistoryBytes = 1 << 30
+)
+
 // Config sets the router's limits.
 type Config struct {
 	// HistoryLimit is how many frames each channel keeps for new joiners;

@@ -44,6 +44,15 @@ type Options struct {
 	MaxChannels  int
 	StallTimeout time.Duration
 	JoinTimeout  time.Duration
+	IdleTimeout  time.Duration
+	DrainTimeout time.Duration
+	MaxConns     int
+	MaxConnsIP   int
+	MaxUIDLen    int
+	MaxChanLen   int
+	MaxPartial   int
+	HistoryBytes int
+	MaxHistBytes int64
 	LogLevel     string
 	LogFormat    string
 	CPUProfile   string
@@ -89,13 +98,22 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	var listen listFlag
 	fs.Var(&listen, "listen", "`host:port` to listen on; repeat or comma-separate for several.\n\"[::]:8077\" (the default) is dual stack: IPv4 and IPv6")
 	fs.StringVar(&o.Key, "key", os.Getenv("MLES_KEY"), "shared `key` (default: env MLES_KEY); empty = address-based keys")
-	fs.IntVar(&o.HistoryLimit, "history-limit", 100, "frames of history kept per channel and replayed to each joiner; 0 = none (empty channels are then forgotten)")
+	fs.IntVar(&o.HistoryLimit, "history-limit", router.DefaultHistoryLimit, "frames of history kept per channel and replayed to each joiner; 0 = none (empty channels are then forgotten)")
 	fs.IntVar(&o.Loops, "loops", 0, "event loops; 0 = one per CPU core")
 	fs.IntVar(&o.MaxFrame, "max-frame", engine.DefaultMaxFrame, "largest frame payload in `bytes` (1..16777215); a bigger frame closes its connection")
 	fs.IntVar(&o.MaxPending, "max-pending", engine.DefaultMaxPending, "per-receiver backlog bound in `bytes`; frames past it are dropped for that receiver alone and counted")
-	fs.IntVar(&o.MaxChannels, "max-channels", 0, "most channels at once; a join that would create one more is closed (0 = no limit)")
+	fs.IntVar(&o.MaxChannels, "max-channels", router.DefaultMaxChannels, "most channels at once; a join that would create one more is closed (0 = no limit)")
+	fs.IntVar(&o.HistoryBytes, "history-bytes", router.DefaultHistoryBytes, "history cap per channel in `bytes`; oldest frames go first, a larger frame is not kept (0 = no cap)")
+	fs.Int64Var(&o.MaxHistBytes, "max-history-bytes", router.DefaultMaxHistoryBytes, "history cap over all channels in `bytes`; a channel past it evicts its own oldest frames (0 = no cap)")
+	fs.IntVar(&o.MaxConns, "max-conns", engine.DefaultMaxConns, "most open connections; one more is closed at once (0 = no limit; the process fd limit also applies)")
+	fs.IntVar(&o.MaxConnsIP, "max-conns-per-ip", engine.DefaultMaxConnsPerIP, "most open connections from one IP address (0 = no limit)")
+	fs.IntVar(&o.MaxUIDLen, "max-uid-len", engine.DefaultMaxNameLen, "longest uid in a join, in `bytes`; a longer one closes the connection")
+	fs.IntVar(&o.MaxChanLen, "max-channel-len", engine.DefaultMaxNameLen, "longest channel name in a join, in `bytes`; a longer one closes the connection")
+	fs.IntVar(&o.MaxPartial, "max-partial-bytes", engine.DefaultMaxPartialBytes, "bytes of frames still arriving, over all connections; the connection that passes it is closed")
 	fs.DurationVar(&o.StallTimeout, "stall-timeout", engine.DefaultStallTimeout, "close a receiver that has been dropping frames and silent this long; 0 = never")
 	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not sent its join frame by then; 0 = never")
+	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close a joined connection that has sent nothing this long; 0 = never (receivers may be silent)")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `file` until exit")
@@ -125,8 +143,12 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 		return o, errors.New("--max-pending must be positive")
 	case o.Loops < 0:
 		return o, errors.New("--loops must be 0 or more")
-	case o.StallTimeout < 0 || o.JoinTimeout < 0:
+	case o.StallTimeout < 0 || o.JoinTimeout < 0 || o.IdleTimeout < 0 || o.DrainTimeout < 0:
 		return o, errors.New("timeouts must be 0 or more")
+	case o.MaxConns < 0 || o.MaxConnsIP < 0 || o.MaxChannels < 0 || o.HistoryBytes < 0 || o.MaxHistBytes < 0:
+		return o, errors.New("limits must be 0 (none) or more")
+	case o.MaxUIDLen < 1 || o.MaxChanLen < 1 || o.MaxPartial < 1:
+		return o, errors.New("--max-uid-len, --max-channel-len and --max-partial-bytes must be positive")
 	}
 	for _, a := range o.Listen {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -157,6 +179,14 @@ func never(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// unlimited maps the flags' 0 = no limit to the engine's negative.
+func unlimited(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 func main() {
@@ -202,17 +232,25 @@ func run(args []string, stderr io.Writer) int {
 		}()
 	}
 
-	r := router.New(router.Config{HistoryLimit: o.HistoryLimit, MaxChannels: o.MaxChannels})
+	r := router.New(router.Config{HistoryLimit: o.HistoryLimit, MaxChannels: o.MaxChannels,
+		HistoryBytes: o.HistoryBytes, MaxHistoryBytes: o.MaxHistBytes})
 	defer r.Close()
 	srv, err := engine.New(engine.Config{
-		Listen:       o.Listen,
-		Loops:        o.Loops,
-		Keys:         codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey},
-		MaxFrame:     o.MaxFrame,
-		MaxPending:   o.MaxPending,
-		StallTimeout: never(o.StallTimeout),
-		JoinTimeout:  never(o.JoinTimeout),
-		Logger:       log,
+		Listen:          o.Listen,
+		Loops:           o.Loops,
+		Keys:            codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey},
+		MaxFrame:        o.MaxFrame,
+		MaxPending:      o.MaxPending,
+		StallTimeout:    never(o.StallTimeout),
+		JoinTimeout:     never(o.JoinTimeout),
+		IdleTimeout:     o.IdleTimeout,
+		DrainTimeout:    o.DrainTimeout,
+		MaxConns:        unlimited(o.MaxConns),
+		MaxConnsPerIP:   unlimited(o.MaxConnsIP),
+		MaxUIDLen:       o.MaxUIDLen,
+		MaxChannelLen:   o.MaxChanLen,
+		MaxPartialBytes: o.MaxPartial,
+		Logger:          log,
 	}, r)
 	if err != nil {
 		fmt.Fprintln(stderr, "mlesd:", err)
@@ -239,7 +277,7 @@ func run(args []string, stderr io.Writer) int {
 	case sig := <-sigs:
 		log.Info("shutting down", slog.String("signal", sig.String()))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*o.DrainTimeout+10*time.Second)
 	defer cancel()
 	if err := srv.Stop(ctx); err != nil {
 		log.Error("shutdown incomplete", slog.String("error", err.Error()))
