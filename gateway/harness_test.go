@@ -256,14 +256,21 @@ func sendWS(t *testing.T, c *websocket.Conn, payload []byte) {
 	}
 }
 
-// readWS reads one message; it fails the test on timeout or error.
+// readWS reads the next message, skipping empty-message join frames of
+// other clients (a TCP client's join may reach the server after the
+// WebSocket's); it fails the test on timeout or error.
 func readWS(t *testing.T, c *websocket.Conn) []byte {
 	t.Helper()
-	b, err := readWSErr(c, 20*time.Second)
-	if err != nil {
-		t.Fatalf("websocket read: %v", err)
+	for {
+		b, err := readWSErr(c, 20*time.Second)
+		if err != nil {
+			t.Fatalf("websocket read: %v", err)
+		}
+		if tr, err := codec.DecodeTriplet(b); err == nil && len(tr.Message) == 0 {
+			continue
+		}
+		return b
 	}
-	return b
 }
 
 func readWSErr(c *websocket.Conn, timeout time.Duration) ([]byte, error) {
