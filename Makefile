@@ -3,7 +3,7 @@ GO       ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN      := bin/mlesd
 FUZZTIME ?= 30s
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-# Every fuzz target as package:Target.
+# Every fuzz target as package:Target (the stream parser is the engine's).
 FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDecodeResync \
                 ./engine:FuzzStreamParser
 

@@ -20,6 +20,18 @@ func checkOthersWork(t *testing.T, ts *testServer) {
 	b.expect(a.send([]byte("still served")))
 }
 
+// waitAccepted waits until the server has accepted n connections.
+func (ts *testServer) waitAccepted(t *testing.T, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for ts.srv.Stats().Accepted < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("server accepted %d connections, want %d", ts.srv.Stats().Accepted, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestMaxConnsRefusesTheConnectionOverTheLimit(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys, MaxConns: 3}, router.Config{})
 	a := ts.join(t, sharedKeys, "a", "ch", nil)
@@ -39,6 +51,7 @@ func TestMaxConnsPerIP(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys, MaxConnsPerIP: 2}, router.Config{})
 	dialRaw(t, ts.addr)
 	dialRaw(t, ts.addr)
+	ts.waitAccepted(t, 2) // the server saw both before the third arrives
 	over := dialRaw(t, ts.addr)
 	expectClosed(t, over)
 	ts.log.waitFor(t, "reason=max-conns-per-ip")

@@ -240,33 +240,6 @@ func (l *loop) write(c *conn) {
 	}
 }
 
-// flushAll hands every receiver's whole backlog to the socket layer, which
-// copies what the socket does not take. Only for shutdown: it ignores the
-// handover bound. Loop-owned.
-func (l *loop) flushAll() {
-	l.flush()
-	for c := range l.conns {
-		for c.state != closed && c.q.len() > 0 {
-			c.handover = maxHandover
-			c.lastOutbound = 0
-			before := c.q.len()
-			if c.gc.OutboundBuffered() > 0 {
-				// write() only hands over into an empty buffer; at shutdown
-				// the rest goes after what is already buffered.
-				c.gc.Writev([][]byte{c.q.at(0).Bytes()[c.headOff:]})
-				c.queued -= c.q.at(0).Len() - c.headOff
-				c.headOff = 0
-				c.q.pop().Release()
-				continue
-			}
-			l.write(c)
-			if c.q.len() == before && c.headOff == 0 {
-				break
-			}
-		}
-	}
-}
-
 func (l *loop) markBacklog(c *conn) {
 	if c.backlog {
 		return

@@ -147,10 +147,12 @@ func (s *Server) Addrs() []net.Addr {
 }
 
 // Stop shuts the server down: new connections are refused at once; for up
-// to DrainTimeout (or half of ctx's time, if less) receivers that can take
-// their backlog are given it; then every connection is closed and Stop
-// returns when the event loops have ended or ctx is done. What a receiver
-// gets is always a prefix of what it was sent: whole frames, in order.
+// to DrainTimeout (or half of ctx's time, if less) receivers keep being given
+// their backlog as fast as their sockets take it (never by copying it: a
+// receiver that does not read keeps its frames as shared references until
+// the end); then every connection is closed and Stop returns when the event
+// loops have ended or ctx is done. What a receiver gets is always a prefix
+// of what it was sent: whole frames, in order.
 func (s *Server) Stop(ctx context.Context) error {
 	s.stopping.Store(true)
 	drain := s.cfg.DrainTimeout
@@ -161,23 +163,6 @@ func (s *Server) Stop(ctx context.Context) error {
 	for time.Now().Before(deadline) && s.backlogged() {
 		time.Sleep(5 * time.Millisecond)
 	}
-	// Hand each receiver's remaining backlog to the socket layer, so the
-	// close writes what the socket still takes.
-	var wg sync.WaitGroup
-	for i := range s.loops {
-		if l := s.loops[i].Load(); l != nil {
-			wg.Add(1)
-			err := l.el.Execute(ctx, gnet.RunnableFunc(func(context.Context) error {
-				defer wg.Done()
-				l.flushAll()
-				return nil
-			}))
-			if err != nil {
-				wg.Done()
-			}
-		}
-	}
-	wg.Wait()
 	return s.eng.Stop(ctx)
 }
 

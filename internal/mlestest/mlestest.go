@@ -122,14 +122,22 @@ func (p *Proc) Stop(timeout time.Duration) error {
 		}
 		return nil
 	case <-time.After(timeout):
-		p.Cmd.Process.Kill()
-		<-p.waited
-		return fmt.Errorf("mlesd did not exit within %v of SIGTERM", timeout)
+		// SIGQUIT makes the Go runtime dump every goroutine into the log.
+		p.Cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.waited:
+		case <-time.After(3 * time.Second):
+			p.Cmd.Process.Kill()
+			<-p.waited
+		}
+		return fmt.Errorf("mlesd did not exit within %v of SIGTERM (goroutine dump in its log)", timeout)
 	}
 }
 
 // Alive reports whether the process has not exited.
-func (p *Proc) Alive() bool { return p.Cmd.ProcessState == nil && p.Cmd.Process.Signal(syscall.Signal(0)) == nil }
+func (p *Proc) Alive() bool {
+	return p.Cmd.ProcessState == nil && p.Cmd.Process.Signal(syscall.Signal(0)) == nil
+}
 
 // Log returns everything the server logged so far.
 func (p *Proc) Log() string {
@@ -300,6 +308,33 @@ func ExpectClosed(t testing.TB, nc net.Conn) {
 		}
 	}
 }
+
+// Sync makes sure receiver is on its channel before a test publishes: sender
+// (on the same channel) sends "sync" frames until receiver gets one. Joins are
+// processed on several event loops, so the order of two clients' joins is not
+// the order they were sent in.
+func Sync(t testing.TB, sender, receiver *Client) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := sender.Send([]byte("sync")); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			tr, err := receiver.Read(100 * time.Millisecond)
+			if err != nil {
+				break // nothing yet: send another
+			}
+			if string(tr.Message) == "sync" && tr.UID == sender.UID {
+				return
+			}
+		}
+	}
+	t.Fatalf("%s never received %s's frames", receiver.UID, sender.UID)
+}
+
+// IsSync reports whether msg is one of Sync's frames.
+func IsSync(msg []byte) bool { return string(msg) == "sync" }
 
 // Exchange proves the server still serves: two fresh clients on a fresh
 // channel exchange a frame each way.
