@@ -10,7 +10,7 @@ FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDe
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(CURDIR)/bin/tools/staticcheck
 
-.PHONY: all build run test test-short vet lint fuzz bench clean help
+.PHONY: all build run test test-short vet lint fuzz soak microbench clean help
 
 all: build
 
@@ -46,6 +46,10 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	  echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
 	  $(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	done
+
+SOAK_DURATION ?= 30m
+soak: ## the hostile soak against the real binary for SOAK_DURATION (default 30m); not in CI
+	SOAK_DURATION=$(SOAK_DURATION) $(GO) test -tags soak -count=1 -run TestSoak -v -timeout 2h ./internal/hostile
 
 microbench: ## go test benchmarks of codec, router and engine with allocations
 	$(GO) test -run='^$$' -bench=. -benchmem ./codec ./router ./engine
