@@ -96,7 +96,13 @@ func StartServer(ctx context.Context, kind string, cfg ServerConfig) (*Server, e
 	var cmd *exec.Cmd
 	switch kind {
 	case "mlesd":
-		args := append([]string{"--listen", addr, "--history-limit", "0", "--log-level", "warn"}, cfg.MlesdArgs...)
+		args := []string{"--listen", addr, "--history-limit", "0", "--log-level", "warn"}
+		// Every benchmark connection comes from 127.0.0.1: lift mlesd's
+		// per-address cap (default 10,000, which conns alone reaches).
+		if mlesdHasFlag(cfg.MlesdBin, "max-conns-per-ip") {
+			args = append(args, "--max-conns-per-ip", "0")
+		}
+		args = append(args, cfg.MlesdArgs...)
 		cmd = exec.Command(cfg.MlesdBin, args...)
 		cmd.Env = append(os.Environ(), "MLES_KEY="+cfg.MlesKey)
 	case "nats":
@@ -168,6 +174,12 @@ func (s *Server) exitErr() error {
 	s.waitMu.Lock()
 	defer s.waitMu.Unlock()
 	return s.err
+}
+
+// mlesdHasFlag reports whether mlesd's --help lists flag.
+func mlesdHasFlag(bin, flag string) bool {
+	out, _ := exec.Command(bin, "--help").CombinedOutput()
+	return strings.Contains(string(out), "-"+flag+" ")
 }
 
 // PID is the server's process id.

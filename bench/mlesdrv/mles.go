@@ -311,7 +311,8 @@ type idle struct {
 func (i *idle) Close() error { return i.c.Close() }
 
 // Check proves the idle connection joined: a probe joins the same channel, and
-// the idle connection must receive the probe's join frame.
+// the idle connection must receive the probe's join frame. If the server
+// closes the probe instead (a connection limit), Check says so at once.
 func (i *idle) Check(ctx context.Context, addr string) error {
 	p, err := i.d.dial(ctx, addr, "probe", i.channel)
 	if err != nil {
@@ -322,25 +323,49 @@ func (i *idle) Check(ctx context.Context, addr string) error {
 	if d, ok := ctx.Deadline(); ok {
 		dl = d
 	}
-	i.c.SetReadDeadline(dl)
-	defer i.c.SetReadDeadline(time.Time{})
+	probeClosed := make(chan error, 1)
+	go func() {
+		var b [1]byte
+		p.c.SetReadDeadline(dl)
+		_, err := p.c.Read(b[:]) // nothing is due to the probe: any return is a close or the deadline
+		probeClosed <- err
+	}()
+	got := make(chan error, 1)
+	go func() { got <- readJoinFrom(i.c, dl, "probe") }()
+	select {
+	case err := <-got:
+		return err
+	case err := <-probeClosed:
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			return <-got
+		}
+		i.c.SetReadDeadline(time.Now()) // end the other read
+		<-got
+		return fmt.Errorf("the server closed the probe connection (a connection limit?): %v", err)
+	}
+}
+
+// readJoinFrom reads one frame from c (until dl) and checks it is the join of uid.
+func readJoinFrom(c *net.TCPConn, dl time.Time, uid string) error {
+	c.SetReadDeadline(dl)
+	defer c.SetReadDeadline(time.Time{})
 	var hb [codec.HeaderLen]byte
-	if _, err := io.ReadFull(i.c, hb[:]); err != nil {
-		return fmt.Errorf("no frame from the probe's join: %w", err)
+	if _, err := io.ReadFull(c, hb[:]); err != nil {
+		return fmt.Errorf("no frame from the %s's join: %w", uid, err)
 	}
 	h, err := codec.ParseHeader(hb[:])
 	if err != nil {
 		return err
 	}
 	payload := make([]byte, h.Len)
-	if _, err := io.ReadFull(i.c, payload); err != nil {
+	if _, err := io.ReadFull(c, payload); err != nil {
 		return err
 	}
 	t, err := codec.DecodeTriplet(payload)
 	if err != nil {
 		return err
 	}
-	if t.UID != "probe" {
+	if t.UID != uid {
 		return errors.New("unexpected frame from " + t.UID)
 	}
 	return nil
