@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/panjf2000/gnet/v2"
 
@@ -42,10 +43,15 @@ type loopStats struct {
 	framesIn  atomic.Uint64
 	bytesIn   atomic.Uint64
 	framesOut atomic.Uint64
+	bytesOut  atomic.Uint64
 	dropped   atomic.Uint64
+	busyNanos atomic.Uint64
 	joins     atomic.Uint64
 	_         [64]byte // keep the next loop's counters off this cache line
 }
+
+// addBusy adds the time since began to the loop's busy time.
+func (s *loopStats) addBusy(began time.Time) { s.busyNanos.Add(uint64(time.Since(began))) }
 
 // item is one frame for the subscribers of one channel on one loop.
 type item struct {
@@ -153,6 +159,7 @@ func recycle(b *batch) {
 // drainInbox runs on this loop: delivers every posted batch, in the order
 // posted, then flushes. Per source loop, order is preserved.
 func (l *loop) drainInbox(context.Context) error {
+	defer l.stats.addBusy(time.Now())
 	l.inboxArmed.Store(false)
 	head := l.inbox.Swap(nil)
 	var prev *batch
@@ -212,6 +219,7 @@ func (l *loop) write(c *conn) {
 	}
 	// Consume the n bytes handed over.
 	handed := n
+	l.stats.bytesOut.Add(uint64(n))
 	c.queued -= n
 	for n > 0 {
 		head := c.q.at(0)

@@ -227,11 +227,36 @@ func (s *Server) loopOf(gc gnet.Conn) *loop {
 	return l
 }
 
+// adopted carries the client address of a connection handed over by Adopt.
+type adopted struct{ remote netip.AddrPort }
+
+// Adopt hands an established connection to the engine as if it had been
+// accepted from remote (the address used for address keys, limits and logs).
+// It is how transports the engine does not speak itself (TLS terminated in
+// Go, say) join the same event loops, router and limits: nc must be a
+// *net.TCPConn or *net.UnixConn (for example one end of a socketpair whose
+// other end a TLS goroutine feeds). The engine takes a duplicate of nc's
+// descriptor and closes nc itself.
+// Safe from any goroutine once the server is Ready.
+func (s *Server) Adopt(nc net.Conn, remote netip.AddrPort) error {
+	ctx := gnet.NewContext(context.Background(), &adopted{remote: remote})
+	ch, err := s.eng.Register(gnet.NewNetConnContext(ctx, nc))
+	if err != nil {
+		return err
+	}
+	res := <-ch
+	return res.Err
+}
+
 // OnOpen sets up a connection's state; it waits for its join frame.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := s.loopOf(gc)
 	now := s.now()
-	c := &conn{gc: gc, loop: l, remote: addrPortOf(gc.RemoteAddr()), opened: now, lastRead: now}
+	remote := addrPortOf(gc.RemoteAddr())
+	if a, ok := gc.Context().(*adopted); ok {
+		remote = a.remote
+	}
+	c := &conn{gc: gc, loop: l, remote: remote, opened: now, lastRead: now}
 	gc.SetContext(c)
 	l.conns[c] = struct{}{}
 	s.accepted.Add(1)
@@ -345,6 +370,8 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if c.state == closed {
 		return gnet.Close
 	}
+	began := time.Now()
+	defer l.stats.addBusy(began)
 	c.lastRead = s.now()
 	batchBytes := 0
 	action := gnet.None
@@ -569,7 +596,10 @@ type Stats struct {
 	FramesIn     uint64
 	BytesIn      uint64
 	FramesOut    uint64
+	BytesOut     uint64
 	Dropped      uint64
+	BusyNanos    uint64 // time the event loops spent handling traffic
+	HistoryBytes int64
 	Channels     int
 	ClosedByRule map[string]uint64 // connections the server closed, by reason
 }
@@ -577,6 +607,7 @@ type Stats struct {
 // Stats returns the current counters. Safe from any goroutine.
 func (s *Server) Stats() Stats {
 	st := Stats{OpenConns: s.openConns.Load(), Accepted: s.accepted.Load(), Channels: s.router.Channels(),
+		HistoryBytes: s.router.HistoryBytes(),
 		ClosedByRule: map[string]uint64{}}
 	for i := range s.loops {
 		l := s.loops[i].Load()
@@ -587,6 +618,8 @@ func (s *Server) Stats() Stats {
 		st.FramesIn += l.stats.framesIn.Load()
 		st.BytesIn += l.stats.bytesIn.Load()
 		st.FramesOut += l.stats.framesOut.Load()
+		st.BytesOut += l.stats.bytesOut.Load()
+		st.BusyNanos += l.stats.busyNanos.Load()
 		st.Dropped += l.stats.dropped.Load()
 	}
 	s.refused.Range(func(k, v any) bool {
