@@ -10,29 +10,28 @@ type inbound interface {
 }
 
 // nextFrame looks at the buffered bytes without consuming them. It returns the
-// length of the whole frame at the head (header included) when all of it is
-// buffered, 0 when more bytes are needed, or a reason to close the connection.
+// header and length of the whole frame at the head (header included) when all
+// of it is buffered, total 0 when more bytes are needed, or a reason to close
+// the connection.
 // It never reserves memory from a declared length: a frame costs only the
 // bytes that have arrived. Hot path: no allocation.
-func nextFrame(in inbound, maxFrame int) (total int, reason string) {
+func nextFrame(in inbound, maxFrame int) (h codec.Header, total int, reason string) {
 	avail := in.InboundBuffered()
 	if avail < codec.HeaderLen {
-		return 0, ""
+		return h, 0, ""
 	}
 	hb, err := in.Peek(codec.HeaderLen)
 	if err != nil {
-		return 0, ""
+		return h, 0, ""
 	}
-	h, err := codec.ParseHeader(hb)
-	if err != nil {
-		return 0, headerReason(err)
+	if h, err = codec.ParseHeader(hb); err != nil {
+		return h, 0, headerReason(err)
 	}
 	if h.Len > maxFrame {
-		return 0, "frame-too-large"
+		return h, 0, "frame-too-large"
 	}
-	total = codec.HeaderLen + h.Len
-	if avail < total {
-		return 0, ""
+	if total = codec.HeaderLen + h.Len; avail < total {
+		return h, 0, ""
 	}
-	return total, ""
+	return h, total, ""
 }

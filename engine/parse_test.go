@@ -34,7 +34,7 @@ func parseChunked(stream, sizes []byte, maxFrame int) (frames [][]byte, reason s
 		in.buf = append(in.buf, stream[pos:pos+n]...)
 		pos += n
 		for {
-			total, r := nextFrame(in, maxFrame)
+			_, total, r := nextFrame(in, maxFrame)
 			if r != "" {
 				return frames, r
 			}

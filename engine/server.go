@@ -376,7 +376,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	batchBytes := 0
 	action := gnet.None
 	for {
-		total, reason := nextFrame(gc, s.cfg.MaxFrame)
+		h, total, reason := nextFrame(gc, s.cfg.MaxFrame)
 		if reason != "" {
 			c.reason = reason
 			action = gnet.Close
@@ -385,8 +385,6 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		if total == 0 {
 			break
 		}
-		hb, _ := gc.Peek(codec.HeaderLen)
-		h, _ := codec.ParseHeader(hb)
 		data, _ := gc.Peek(total)
 		if c.state == awaitingJoin {
 			reason := s.join(c, h, data)
