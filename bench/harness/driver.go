@@ -6,6 +6,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"time"
 )
 
 // GroupSpec is one channel of a scenario: who publishes on it, who receives.
@@ -26,6 +27,20 @@ type Publisher interface {
 	// Drain waits, at most until ctx ends, for the server to have taken all
 	// that was sent (a round trip where the protocol has one).
 	Drain(ctx context.Context) error
+}
+
+// writeDeadliner is implemented by publishers that can bound their writes in
+// time (all but nats.go, whose flusher has its own timeout).
+type writeDeadliner interface{ SetWriteDeadline(t time.Time) error }
+
+// boundWrites makes every write of the publishers fail after t instead of
+// blocking on a server that stopped reading.
+func boundWrites(pubs []Publisher, t time.Time) {
+	for _, p := range pubs {
+		if d, ok := p.(writeDeadliner); ok {
+			d.SetWriteDeadline(t)
+		}
+	}
 }
 
 // Group is an opened GroupSpec: every connection is joined/subscribed and the

@@ -58,6 +58,7 @@ func Latency(ctx context.Context, env *Env) (*Result, error) {
 	var errs []string
 	env.measuring()
 	start := time.Now()
+	boundWrites(groups[0].Pubs, start.Add(cfg.Duration+5*time.Second+cfg.DrainTimeout))
 	var seq uint64
 	for seq < total && ctx.Err() == nil {
 		due := min(uint64(time.Since(start).Seconds()*rate)+1, total)

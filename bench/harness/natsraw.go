@@ -198,6 +198,8 @@ func (p *natsRawPub) Flush() error {
 	return p.nc.w.Flush()
 }
 
+func (p *natsRawPub) SetWriteDeadline(t time.Time) error { return p.nc.c.SetWriteDeadline(t) }
+
 // Drain is a PING/PONG round trip: the server has then processed every PUB.
 func (p *natsRawPub) Drain(ctx context.Context) error {
 	n, err := p.nc.ping()

@@ -236,6 +236,8 @@ func (p *redisPub) Send(t Trailer) error {
 
 func (p *redisPub) Flush() error { return p.w.Flush() }
 
+func (p *redisPub) SetWriteDeadline(t time.Time) error { return p.c.SetWriteDeadline(t) }
+
 // Drain waits for one reply per PUBLISH sent: Redis has then delivered each
 // message to its subscribers' output buffers.
 func (p *redisPub) Drain(ctx context.Context) error {

@@ -349,6 +349,9 @@ func runFlow(ctx context.Context, env *Env, scn string, specs []GroupSpec, pubsP
 	env.measuring()
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
+	for _, g := range groups {
+		boundWrites(g.Pubs, deadline.Add(cfg.DrainTimeout))
+	}
 	stop := make(chan struct{})
 	go func() {
 		select {
@@ -533,6 +536,7 @@ func Bigfan(ctx context.Context, env *Env) (*Result, error) {
 	defer stopProgress()
 	env.measuring()
 	limit := time.Now().Add(max(2*cfg.Duration, 10*time.Second))
+	boundWrites(groups[0].Pubs, limit.Add(cfg.DrainTimeout))
 	var errs []string
 	for rep := range reps {
 		if ctx.Err() != nil || time.Now().After(limit) {

@@ -291,6 +291,9 @@ func (p *pub) Send(t harness.Trailer) error {
 
 func (p *pub) Flush() error { return p.w.Flush() }
 
+// SetWriteDeadline bounds every later write in time.
+func (p *pub) SetWriteDeadline(t time.Time) error { return p.c.SetWriteDeadline(t) }
+
 // Drain flushes; Mles has no acknowledgement to wait for.
 func (p *pub) Drain(context.Context) error { return p.w.Flush() }
 
