@@ -19,6 +19,7 @@ import (
 // ServerConfig says how to start each kind of server.
 type ServerConfig struct {
 	MlesdBin  string
+	NaiveBin  string // the naive goroutine-per-connection Mles forwarder (bench/cmd/naivemles)
 	NATSBin   string
 	RedisBin  string
 	MlesKey   string   // MLES_KEY given to mlesd
@@ -104,6 +105,9 @@ func StartServer(ctx context.Context, kind string, cfg ServerConfig) (*Server, e
 		}
 		args = append(args, cfg.MlesdArgs...)
 		cmd = exec.Command(cfg.MlesdBin, args...)
+		cmd.Env = append(os.Environ(), "MLES_KEY="+cfg.MlesKey)
+	case "naive":
+		cmd = exec.Command(cfg.NaiveBin, "--listen", addr)
 		cmd.Env = append(os.Environ(), "MLES_KEY="+cfg.MlesKey)
 	case "nats":
 		// max_payload is raised for bigfan's 1.6 MB message (the default is 1 MB).

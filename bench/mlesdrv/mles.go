@@ -33,15 +33,22 @@ const ioBufSize = 256 << 10
 // Driver is the Mles driver.
 type Driver struct {
 	Keys codec.KeyConfig
+	name string
 }
 
-// New returns the Mles driver with the harness's shared key.
-func New() harness.Driver { return &Driver{Keys: codec.KeyConfig{SharedKey: Key}} }
+// New returns the Mles driver with the harness's shared key, for mlesd.
+func New() harness.Driver { return &Driver{Keys: codec.KeyConfig{SharedKey: Key}, name: "mlesd"} }
 
-func init() { harness.RegisterDriver("mlesd", New) }
+// NewNaive returns the same driver for the naive forwarder (bench/cmd/naivemles).
+func NewNaive() harness.Driver { return &Driver{Keys: codec.KeyConfig{SharedKey: Key}, name: "naive"} }
 
-// Name is "mlesd".
-func (*Driver) Name() string { return "mlesd" }
+func init() {
+	harness.RegisterDriver("mlesd", New)
+	harness.RegisterDriver("naive", NewNaive)
+}
+
+// Name is the server's name: "mlesd" or "naive".
+func (d *Driver) Name() string { return d.name }
 
 // conn is one Mles client connection.
 type conn struct {

@@ -53,7 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg := harness.DefaultConfig()
 	fs := flag.NewFlagSet("mlesbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	servers := fs.String("servers", "mlesd,nats,nats-raw,redis", "servers to run, comma-separated: mlesd, nats (nats.go client), nats-raw (same server, hand-written client), redis")
+	servers := fs.String("servers", "mlesd,nats,nats-raw,redis", "servers to run, comma-separated: mlesd, nats (nats.go client), nats-raw (same server, hand-written client), redis, naive (the naive goroutine-per-connection Mles forwarder of cmd/naivemles)")
 	scenarios := fs.String("scenarios", strings.Join(harness.ScenarioOrder, ","), "scenarios to run, comma-separated")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "publishing time per throughput/latency scenario")
 	fs.IntVar(&cfg.Payload, "payload", cfg.Payload, "message size in bytes (>= 24, the trailer)")
@@ -75,6 +75,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	jsonOut := fs.Bool("json", false, "print results as JSON on stdout (tables go to stderr)")
 	mlesdBin := fs.String("mlesd-bin", "../bin/mlesd", "mlesd binary")
 	mlesdArgs := fs.String("mlesd-args", "", "extra mlesd flags, space-separated (e.g. \"--pprof 127.0.0.1:6060\")")
+	naiveBin := fs.String("naive-bin", ".bin/naivemles", "the naive Mles forwarder (go build -o .bin/naivemles ./cmd/naivemles)")
 	natsBin := fs.String("nats-bin", ".bin/nats-server", "nats-server binary (falls back to PATH)")
 	redisBin := fs.String("redis-bin", "redis-server", "redis-server binary")
 	repeat := fs.Int("repeat", 1, "runs per scenario and server, interleaved; the median run is shown (a failed or lossy run is shown instead)")
@@ -111,6 +112,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	sc := harness.ServerConfig{
 		MlesdBin:  *mlesdBin,
+		NaiveBin:  *naiveBin,
 		NATSBin:   binOr(*natsBin, "nats-server"),
 		RedisBin:  *redisBin,
 		MlesKey:   "bench",
