@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -53,7 +54,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg := harness.DefaultConfig()
 	fs := flag.NewFlagSet("mlesbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	servers := fs.String("servers", "mlesd,nats,nats-raw,redis", "servers to run, comma-separated: mlesd, nats (nats.go client), nats-raw (same server, hand-written client), redis, naive (the naive goroutine-per-connection Mles forwarder of cmd/naivemles)")
+	servers := fs.String("servers", "mlesd,naive,nats,nats-raw,redis", "servers to run, comma-separated: mlesd, nats (nats.go client), nats-raw (same server, hand-written client), redis, naive (the naive goroutine-per-connection Mles forwarder of cmd/naivemles)")
 	scenarios := fs.String("scenarios", strings.Join(harness.ScenarioOrder, ","), "scenarios to run, comma-separated")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "publishing time per throughput/latency scenario")
 	fs.IntVar(&cfg.Payload, "payload", cfg.Payload, "message size in bytes (>= 24, the trailer)")
@@ -109,6 +110,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		wd = d
+	}
+	if slices.Contains(splitList(*servers), "naive") {
+		if _, err := os.Stat(*naiveBin); err != nil { // build it (needs to run from bench/)
+			fmt.Fprintf(stderr, "building %s from ./cmd/naivemles\n", *naiveBin)
+			if out, err := exec.Command("go", "build", "-o", *naiveBin, "./cmd/naivemles").CombinedOutput(); err != nil {
+				fmt.Fprintf(stderr, "cannot build the naive forwarder: %v\n%s", err, out)
+			}
+		}
 	}
 	sc := harness.ServerConfig{
 		MlesdBin:  *mlesdBin,
