@@ -126,6 +126,10 @@ func (s *Server) Serve() error {
 		gnet.WithTicker(true),
 		gnet.WithReuseAddr(true),
 		gnet.WithLogger(gnetLogger{s.log}),
+		// Adopt calls Engine.Register from other goroutines while the
+		// acceptor also picks loops: round robin is not safe for that,
+		// least-connections only reads atomic counts.
+		gnet.WithLoadBalancing(gnet.LeastConnections),
 	}
 	err := gnet.Rotate(s, s.protoAddrs, opts...)
 	select {
