@@ -357,3 +357,30 @@ func cborText(s string) []byte  { return append([]byte{0x60 | byte(len(s))}, s..
 func cborBytes(b []byte) []byte { return append([]byte{0x40 | byte(len(b))}, b...) }
 
 var _ sync.Mutex
+
+func TestAddressKeysWorkThroughADualStackListener(t *testing.T) {
+	// mlesd on [::] sees the gateway's IPv4 loopback connection as
+	// ::ffff:127.0.0.1 and accepts the plain IPv4 key a client computes
+	// (the spec's Decisions); this is how mlesd --ws-listen reaches the
+	// default [::]:8077 listener.
+	l, err := net.Listen("tcp", "[::]:0")
+	if err != nil {
+		t.Skipf("no dual-stack listener here: %v", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	listen := fmt.Sprintf("[::]:%d", port)
+	server := fmt.Sprintf("127.0.0.1:%d", port)
+	startProcess(t, keyEnv(""), server, mlesdBin, "--listen", listen, "--history-limit", "10")
+	h := harness{mles: server}
+	forEachFront(t, func(t *testing.T, s setup) {
+		h.ws, h.log = s.front(t, server, "")
+		ch := "dual-" + s.name // own channel: no history from the other setup
+		tcp := dialTCP(t, h, "tcp", ch)
+		ws := dialWS(t, h.ws)
+		sendWS(t, ws, triplet("ws", ch, []byte("over IPv4 to [::]")))
+		if _, p := readTCP(t, tcp); !bytes.Equal(p, triplet("ws", ch, []byte("over IPv4 to [::]"))) {
+			t.Fatalf("TCP client got %q", p)
+		}
+	})
+}
