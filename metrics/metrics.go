@@ -1,0 +1,135 @@
+// Package metrics serves mlesd's Prometheus metrics and health checks.
+//
+// Every mlesd metric is read at scrape time from engine.Stats (and the TLS
+// listener's stats), which sums per-event-loop atomic counters: nothing is
+// added to the per-frame path, no lock and no allocation. A scrape costs one
+// Stats call per source.
+//
+// Endpoints of Handler:
+//
+//	/metrics  Prometheus text format (mlesd_* plus the Go runtime and process collectors)
+//	/healthz  200 "ok" while the process runs
+//	/readyz   200 "ready" once the engine listens and until shutdown begins, else 503
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/mlesd/mlesd/engine"
+)
+
+// Sources is where the collector reads from. Engine is required; the others
+// may be nil.
+type Sources struct {
+	Engine func() engine.Stats
+	// TLS returns successful handshakes and failed ones by reason (nil: no TLS listener).
+	TLS func() (ok uint64, failed map[string]uint64)
+	// Ready reports whether the server takes connections (for /readyz).
+	Ready func() bool
+	// Version and Commit label mlesd_build_info.
+	Version, Commit string
+}
+
+// TODO(peering): "uplinks by state" (issue 7) once peering/ has uplinks:
+// a gauge mlesd_uplinks{state="connecting|up|backoff"} read from the peering
+// package's stats at scrape time like the rest. Not exported until then.
+
+var (
+	descOpen     = desc("connections_open", "Connections open now (TCP and TLS).")
+	descAccepted = desc("connections_accepted_total", "Connections accepted (TCP, and TLS after a successful handshake).")
+	descClosed   = desc("connections_closed_by_server_total", "Connections the server closed, by reason (refusals, limits, bad input, wrong key, stalls, shutdown).", "reason")
+	descAuthFail = desc("auth_failures_total", "Joins refused for a wrong key (also counted in connections_closed_by_server_total{reason=\"wrong-key\"}).")
+	descJoins    = desc("joins_total", "Successful joins.")
+	descChannels = desc("channels", "Channels now.")
+	descFramesIn = desc("frames_in_total", "Frames received after the join and forwarded (join frames not counted).")
+	descBytesIn  = desc("bytes_in_total", "Bytes of the frames counted in frames_in_total, headers included.")
+	descFramesOu = desc("frames_out_total", "Frames handed to receivers' sockets whole (forwarded joins and history included).")
+	descBytesOut = desc("bytes_out_total", "Bytes handed to receivers' sockets.")
+	descDropped  = desc("frames_dropped_total", "Frames dropped for receivers that were not keeping up (each receiver counted once per frame).")
+	descHistory  = desc("history_bytes", "Bytes of frames held in channel history.")
+	descBusy     = desc("event_loop_busy_seconds_total", "Time the event loops spent handling traffic, summed over loops.")
+	descTLS      = desc("tls_handshakes_total", "TLS handshakes that succeeded.")
+	descTLSFail  = desc("tls_handshake_failures_total", "TLS handshakes that failed, by reason.", "reason")
+	descBuild    = desc("build_info", "Always 1; labels name the build.", "version", "commit")
+)
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("mlesd_"+name, help, labels, nil)
+}
+
+// Collector is a prometheus.Collector that reads Sources at each scrape.
+type Collector struct{ src Sources }
+
+// NewCollector returns a collector over src.
+func NewCollector(src Sources) *Collector { return &Collector{src: src} }
+
+// Describe sends every metric's description.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descOpen, descAccepted, descClosed, descAuthFail, descJoins,
+		descChannels, descFramesIn, descBytesIn, descFramesOu, descBytesOut, descDropped, descHistory,
+		descBusy, descTLS, descTLSFail, descBuild} {
+		ch <- d
+	}
+}
+
+// Collect reads the sources once and sends every metric.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.src.Engine()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	gauge(descOpen, float64(st.OpenConns))
+	counter(descAccepted, float64(st.Accepted))
+	for reason, n := range st.ClosedByRule {
+		counter(descClosed, float64(n), reason)
+	}
+	counter(descAuthFail, float64(st.ClosedByRule["wrong-key"]))
+	counter(descJoins, float64(st.Joins))
+	gauge(descChannels, float64(st.Channels))
+	counter(descFramesIn, float64(st.FramesIn))
+	counter(descBytesIn, float64(st.BytesIn))
+	counter(descFramesOu, float64(st.FramesOut))
+	counter(descBytesOut, float64(st.BytesOut))
+	counter(descDropped, float64(st.Dropped))
+	gauge(descHistory, float64(st.HistoryBytes))
+	counter(descBusy, float64(st.BusyNanos)/1e9)
+	if c.src.TLS != nil {
+		ok, failed := c.src.TLS()
+		counter(descTLS, float64(ok))
+		for reason, n := range failed {
+			counter(descTLSFail, float64(n), reason)
+		}
+	}
+	gauge(descBuild, 1, c.src.Version, c.src.Commit)
+}
+
+// Handler serves /metrics, /healthz and /readyz for src.
+func Handler(src Sources) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(src),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if src.Ready == nil || !src.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}

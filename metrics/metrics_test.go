@@ -1,0 +1,100 @@
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/mlesd/mlesd/engine"
+)
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	body, _ := io.ReadAll(rec.Result().Body)
+	return rec.Code, string(body)
+}
+
+// Every engine counter appears under its documented name with its value,
+// closes by reason as labels, TLS failures by reason.
+func TestMetricsShowTheEngineStatsAtScrapeTime(t *testing.T) {
+	var frames atomic.Uint64
+	h := Handler(Sources{
+		Engine: func() engine.Stats {
+			return engine.Stats{OpenConns: 3, Accepted: 7, Joins: 5, FramesIn: frames.Load(), BytesIn: 1600,
+				FramesOut: 200, BytesOut: 3200, Dropped: 9, BusyNanos: 1_500_000_000, HistoryBytes: 4096,
+				Channels: 2, ClosedByRule: map[string]uint64{"wrong-key": 2, "max-conns": 1}}
+		},
+		TLS:     func() (uint64, map[string]uint64) { return 4, map[string]uint64{"bad-client-cert": 1} },
+		Version: "v1.2.3", Commit: "abc",
+	})
+	frames.Store(100)
+	code, body := get(t, h, "/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	}
+	for _, want := range []string{
+		"mlesd_connections_open 3", "mlesd_connections_accepted_total 7", "mlesd_joins_total 5",
+		"mlesd_frames_in_total 100", "mlesd_bytes_in_total 1600", "mlesd_frames_out_total 200",
+		"mlesd_bytes_out_total 3200", "mlesd_frames_dropped_total 9", "mlesd_event_loop_busy_seconds_total 1.5",
+		"mlesd_history_bytes 4096", "mlesd_channels 2", "mlesd_auth_failures_total 2",
+		`mlesd_connections_closed_by_server_total{reason="wrong-key"} 2`,
+		`mlesd_connections_closed_by_server_total{reason="max-conns"} 1`,
+		"mlesd_tls_handshakes_total 4", `mlesd_tls_handshake_failures_total{reason="bad-client-cert"} 1`,
+		`mlesd_build_info{commit="abc",version="v1.2.3"} 1`, "go_goroutines", "process_open_fds",
+	} {
+		if !strings.Contains(body, want+"\n") && !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	frames.Store(150)
+	if _, body = get(t, h, "/metrics"); !strings.Contains(body, "mlesd_frames_in_total 150\n") {
+		t.Error("a second scrape does not read the counters again")
+	}
+}
+
+// Without a TLS listener there are no TLS metrics.
+func TestNoTLSMetricsWithoutATLSListener(t *testing.T) {
+	h := Handler(Sources{Engine: func() engine.Stats { return engine.Stats{} }})
+	if _, body := get(t, h, "/metrics"); strings.Contains(body, "mlesd_tls_") {
+		t.Error("TLS metrics without a TLS listener")
+	}
+}
+
+// /healthz is 200 always; /readyz follows Ready.
+func TestHealthAndReadiness(t *testing.T) {
+	var ready atomic.Bool
+	h := Handler(Sources{Engine: func() engine.Stats { return engine.Stats{} }, Ready: ready.Load})
+	if code, body := get(t, h, "/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	if code, _ := get(t, h, "/readyz"); code != 503 {
+		t.Errorf("/readyz before ready: %d, want 503", code)
+	}
+	ready.Store(true)
+	if code, body := get(t, h, "/readyz"); code != 200 || body != "ready\n" {
+		t.Errorf("/readyz when ready: %d %q", code, body)
+	}
+	ready.Store(false)
+	if code, _ := get(t, h, "/readyz"); code != 503 {
+		t.Errorf("/readyz while stopping: %d, want 503", code)
+	}
+}
+
+// BenchmarkScrape is the cost of one /metrics scrape (engine part plus the
+// Go and process collectors); nothing of it is on the per-frame path.
+func BenchmarkScrape(b *testing.B) {
+	h := Handler(Sources{Engine: func() engine.Stats {
+		return engine.Stats{ClosedByRule: map[string]uint64{"wrong-key": 2, "max-conns": 1}}
+	}})
+	req := httptest.NewRequest("GET", "/metrics", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+	}
+}
