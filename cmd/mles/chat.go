@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"time"
 	"unicode/utf8"
 )
 
@@ -13,7 +14,8 @@ Interactive chat on one channel. Joins (uid, channel), prints the channel's
 history and then every message received as "uid: text" (a join of another
 client as "* uid joined"), and sends each line typed on stdin as one
 message (empty lines are skipped). End of input (Ctrl-D) exits 0; the server
-closing the connection exits 1.`
+closing the connection (also within 250 ms after end of input, as it does at
+once for a wrong key) exits 1.`
 
 func runChat(e env, args []string) error {
 	var cf connFlags
@@ -85,7 +87,17 @@ func runChat(e env, args []string) error {
 
 	select {
 	case err := <-inputDone:
-		return err
+		if err != nil {
+			return err
+		}
+		// End of input. A refused join (wrong key) closes at once: give
+		// the server rejectWindow to show it, as pub does.
+		select {
+		case err := <-readErr:
+			return closedErr(err)
+		case <-time.After(rejectWindow):
+			return nil
+		}
 	case err := <-readErr:
 		if e.ctx.Err() != nil {
 			return nil

@@ -256,9 +256,12 @@ func TestChatDrivenThroughPipes(t *testing.T) {
 
 func TestWrongKeyIsAConnectionErrorWithExitCode1(t *testing.T) {
 	srv := startMlesd(t, keyEnv("right"))
-	_, stderr, code := mles(t, keyEnv("wrong"), "", "sub", "--server", srv, "--uid", "u", "--channel", "c")
-	if code != 1 || !strings.Contains(stderr, "closed the connection") {
-		t.Fatalf("exit %d, stderr %q; want 1 and an explanation", code, stderr)
+	for _, args := range [][]string{{"sub"}, {"pub"}, {"chat"}} {
+		args = append(args, "--server", srv, "--uid", "u", "--channel", "c")
+		_, stderr, code := mles(t, keyEnv("wrong"), "just one line\n", args...)
+		if code != 1 || !strings.Contains(stderr, "closed the connection") {
+			t.Errorf("%s: exit %d, stderr %q; want 1 and an explanation", args[0], code, stderr)
+		}
 	}
 }
 

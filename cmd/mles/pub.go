@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -24,11 +25,17 @@ side and waits (at most 5 s) for the server to close, so that every message
 has been handled before it exits 0.
 
 The protocol has no acknowledgements or error messages: a wrong key makes
-the server close the connection, which pub reports (exit 1) when it notices
-it while sending.`
+the server close the connection at once. pub watches for that for 250 ms
+after its last message (before closing its own side) and reports it with
+exit 1.`
 
-// drainTimeout bounds waiting for the server to close after our half-close.
-const drainTimeout = 5 * time.Second
+const (
+	// drainTimeout bounds waiting for the server to close after our half-close.
+	drainTimeout = 5 * time.Second
+	// rejectWindow is how long pub watches for the server closing on its
+	// own (a refused join) after the last message.
+	rejectWindow = 250 * time.Millisecond
+)
 
 func runPub(e env, args []string) error {
 	var cf connFlags
@@ -115,15 +122,38 @@ func runPub(e env, args []string) error {
 	if e.ctx.Err() != nil {
 		return nil
 	}
+	if sent == 0 {
+		return nil
+	}
+	// A server that refuses the join (wrong key) closes at once: watch for
+	// that for rejectWindow before our own half-close makes the two cases
+	// look alike. Frames it sends meanwhile (history) are discarded.
+	conn.NetConn().SetReadDeadline(time.Now().Add(rejectWindow))
+	for {
+		_, _, err := conn.ReadFrame()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			break
+		}
+		if err != nil {
+			return closedErr(err)
+		}
+	}
 	// Half-close, then wait for the server to close: everything sent has
-	// then been handled. Frames it sends us meanwhile are discarded.
+	// then been handled.
 	if err := conn.CloseWrite(); err != nil {
 		return closedErr(err)
 	}
 	conn.NetConn().SetReadDeadline(time.Now().Add(drainTimeout))
 	for {
-		if _, _, err := conn.ReadFrame(); err != nil {
+		_, _, err := conn.ReadFrame()
+		var ne net.Error
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF), errors.As(err, &ne) && ne.Timeout():
 			return nil
+		default: // a reset: the server had closed before reading everything
+			return closedErr(err)
 		}
 	}
 }
