@@ -3,6 +3,7 @@ module github.com/mlesd/mlesd
 go 1.26.8
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/chromedp/chromedp v0.23.0
 	github.com/coder/websocket v1.8.15
 	github.com/dchest/siphash v1.2.3

@@ -21,6 +21,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/engine"
 	"github.com/mlesd/mlesd/router"
+	"github.com/mlesd/mlesd/tlsserve"
 )
 
 // Options is every setting of mlesd. Flags and environment fill it; nothing
@@ -58,11 +60,23 @@ type Options struct {
 	CPUProfile   string
 	MemProfile   string
 	PprofAddr    string
+
+	TLSListen           string // --tls-listen: TLS next to the plain listeners
+	TLSCert, TLSKey     string
+	TLSClientCA         string // when set, clients must present a certificate it signed
+	TLSHandshakeTimeout time.Duration
+	MetricsAddr         string // --metrics: /metrics, /healthz, /readyz
+
+	ConfigFile  string            // --config or env MLESD_CONFIG
+	PrintConfig bool              // --print-config: print the effective settings and exit
+	Version     bool              // --version: print version and commit and exit
+	Sources     map[string]string // where each setting came from (flag, env, file, default)
 }
 
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Get() any       { return []string(*l) }
 func (l *listFlag) Set(v string) error {
 	for _, p := range strings.Split(v, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -81,9 +95,17 @@ that channel. New members first receive the channel's recent history.
 Usage:
   mlesd [flags]
 
+Configuration:
+  Every flag can also be set in a TOML file (--config FILE, or env
+  MLESD_CONFIG) under its flag name, e.g. max-conns = 1000, stall-timeout =
+  "5m", listen = ["[::]:8077"], and in the environment as MLESD_<FLAG_NAME>,
+  e.g. MLESD_MAX_CONNS=1000. Precedence: flag > environment > file > default.
+  --print-config shows the effective settings and where each came from.
+
 Environment:
   MLES_KEY       shared key for first-level authentication: a join frame's key
-                 must be SipHash(MLES_KEY, uid, channel). --key overrides it.
+                 must be SipHash(MLES_KEY, uid, channel). --key and MLESD_KEY
+                 override it.
   MLES_ADDR_KEY  when no shared key is set, the key is SipHash(client address,
                  MLES_ADDR_KEY, uid, channel); without it, SipHash(client
                  address, uid, channel). Empty values count as not set.
@@ -91,13 +113,16 @@ Environment:
 Flags:
 `
 
-func parseOptions(args []string, stderr io.Writer) (Options, error) {
+// parseOptions reads the command line, the environment and the config file
+// into Options; with --print-config it also prints them to stdout (after
+// checking them).
+func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	o := Options{}
 	fs := flag.NewFlagSet("mlesd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var listen listFlag
 	fs.Var(&listen, "listen", "`host:port` to listen on; repeat or comma-separate for several.\n\"[::]:8077\" (the default) is dual stack: IPv4 and IPv6")
-	fs.StringVar(&o.Key, "key", os.Getenv("MLES_KEY"), "shared `key` (default: env MLES_KEY); empty = address-based keys")
+	fs.StringVar(&o.Key, "key", "", "shared `key` (default: env MLESD_KEY or MLES_KEY); empty = address-based keys")
 	fs.IntVar(&o.HistoryLimit, "history-limit", router.DefaultHistoryLimit, "frames of history kept per channel and replayed to each joiner; 0 = none (empty channels are then forgotten)")
 	fs.IntVar(&o.Loops, "loops", 0, "event loops; 0 = one per CPU core")
 	fs.IntVar(&o.MaxFrame, "max-frame", engine.DefaultMaxFrame, "largest frame payload in `bytes` (1..16777215); a bigger frame closes its connection")
@@ -119,6 +144,15 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `file` until exit")
 	fs.StringVar(&o.MemProfile, "memprofile", "", "write a heap profile to `file` at exit")
 	fs.StringVar(&o.PprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060); off by default")
+	fs.StringVar(&o.TLSListen, "tls-listen", "", "`host:port` for Mles over TLS, next to the plain listeners (e.g. \"[::]:8078\"); needs --tls-cert and --tls-key")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM server certificate (chain) `file` for --tls-listen")
+	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key `file` for --tls-cert")
+	fs.StringVar(&o.TLSClientCA, "tls-client-ca", "", "PEM CA `file`: TLS clients must present a certificate it signed (off: no client certificates)")
+	fs.DurationVar(&o.TLSHandshakeTimeout, "tls-handshake-timeout", tlsserve.DefaultHandshakeTimeout, "close a TLS connection whose handshake has not finished by then")
+	fs.StringVar(&o.MetricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on `addr` (e.g. 127.0.0.1:9477); off by default")
+	fs.StringVar(&o.ConfigFile, "config", "", "TOML config `file` (default: env MLESD_CONFIG); keys are flag names")
+	fs.BoolVar(&o.PrintConfig, "print-config", false, "print the effective configuration (TOML, with each setting's source) and exit")
+	fs.BoolVar(&o.Version, "version", false, "print the version and commit and exit")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageHead)
 		fs.PrintDefaults()
@@ -129,10 +163,17 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
-	o.Listen = listen
-	if len(o.Listen) == 0 {
-		o.Listen = []string{engine.DefaultListen}
+	if o.Version {
+		return o, nil
 	}
+	if err := applyLayers(fs, &o); err != nil {
+		return o, err
+	}
+	if len(listen) == 0 {
+		listen = listFlag{engine.DefaultListen}
+	}
+	o.Listen = listen
+
 	o.AddrKey = os.Getenv("MLES_ADDR_KEY")
 	switch {
 	case o.HistoryLimit < 0:
@@ -143,17 +184,27 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 		return o, errors.New("--max-pending must be positive")
 	case o.Loops < 0:
 		return o, errors.New("--loops must be 0 or more")
-	case o.StallTimeout < 0 || o.JoinTimeout < 0 || o.IdleTimeout < 0 || o.DrainTimeout < 0:
+	case o.StallTimeout < 0 || o.JoinTimeout < 0 || o.IdleTimeout < 0 || o.DrainTimeout < 0 || o.TLSHandshakeTimeout < 0:
 		return o, errors.New("timeouts must be 0 or more")
 	case o.MaxConns < 0 || o.MaxConnsIP < 0 || o.MaxChannels < 0 || o.HistoryBytes < 0 || o.MaxHistBytes < 0:
 		return o, errors.New("limits must be 0 (none) or more")
 	case o.MaxUIDLen < 1 || o.MaxChanLen < 1 || o.MaxPartial < 1:
 		return o, errors.New("--max-uid-len, --max-channel-len and --max-partial-bytes must be positive")
+	case o.TLSListen != "" && (o.TLSCert == "" || o.TLSKey == ""):
+		return o, errors.New("--tls-listen needs --tls-cert and --tls-key")
+	case o.TLSListen == "" && (o.TLSCert != "" || o.TLSKey != "" || o.TLSClientCA != ""):
+		return o, errors.New("--tls-cert, --tls-key and --tls-client-ca need --tls-listen")
 	}
-	for _, a := range o.Listen {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return o, fmt.Errorf("--listen %q: %v", a, err)
+	for _, a := range append(append([]string(nil), o.Listen...), o.TLSListen, o.MetricsAddr) {
+		if a == "" {
+			continue
 		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return o, fmt.Errorf("address %q: %v", a, err)
+		}
+	}
+	if o.PrintConfig {
+		printConfig(stdout, fs, o)
 	}
 	return o, nil
 }
@@ -190,17 +241,24 @@ func unlimited(n int) int {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stderr io.Writer) int {
-	o, err := parseOptions(args, stderr)
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseOptions(args, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "mlesd:", err)
 		return 2
+	}
+	if o.Version {
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	}
+	if o.PrintConfig {
+		return 0
 	}
 	log, err := newLogger(o, stderr)
 	if err != nil {
@@ -262,10 +320,42 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log.Info("starting mlesd", slog.Any("listen", o.Listen), slog.String("key_mode", keyMode))
 
+	var (
+		stopping atomic.Bool // readyz says no from the first signal on
+		tlsSrv   atomic.Pointer[tlsserve.Server]
+	)
+	if o.MetricsAddr != "" {
+		ready := func() bool {
+			select {
+			case <-srv.Ready():
+				return len(srv.Addrs()) > 0 && !stopping.Load()
+			default:
+				return false
+			}
+		}
+		stopMetrics, err := startMetrics(o.MetricsAddr, srv, &tlsSrv, ready, log)
+		if err != nil {
+			fmt.Fprintln(stderr, "mlesd:", err)
+			return 2
+		}
+		defer stopMetrics()
+	}
+
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
+	if o.TLSListen != "" {
+		if <-srv.Ready(); len(srv.Addrs()) > 0 { // else Serve failed: reported below
+			ts, err := startTLS(o, srv, log)
+			if err != nil {
+				log.Error("tls listener failed", slog.String("error", err.Error()))
+				_ = srv.Stop(context.Background())
+				return 1
+			}
+			tlsSrv.Store(ts)
+		}
+	}
 
 	select {
 	case err := <-served:
@@ -276,6 +366,7 @@ func run(args []string, stderr io.Writer) int {
 		return 0
 	case sig := <-sigs:
 		log.Info("shutting down", slog.String("signal", sig.String()))
+		stopping.Store(true)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*o.DrainTimeout+10*time.Second)
 	defer cancel()
@@ -284,6 +375,13 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	<-served
+	if ts := tlsSrv.Load(); ts != nil {
+		// The engine has closed its side of every TLS connection; give the
+		// bridges a moment to pass on what it sent, then close them.
+		tctx, tcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ts.Close(tctx)
+		tcancel()
+	}
 	st := srv.Stats()
 	log.Info("stopped", slog.Uint64("frames_in", st.FramesIn), slog.Uint64("frames_out", st.FramesOut),
 		slog.Uint64("dropped", st.Dropped))

@@ -1,0 +1,80 @@
+package main
+
+// The TLS listener (package tlsserve) and the metrics endpoint (package
+// metrics) inside mlesd.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/metrics"
+	"github.com/mlesd/mlesd/tlsserve"
+)
+
+// startTLS serves Mles over TLS on o.TLSListen, bridging every connection to
+// srv (which must be Ready and listening).
+func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server, error) {
+	ts, err := tlsserve.New(tlsserve.Config{
+		CertFile: o.TLSCert, KeyFile: o.TLSKey, ClientCAFile: o.TLSClientCA,
+		HandshakeTimeout: o.TLSHandshakeTimeout,
+		Logger:           log.With(slog.String("component", "tls")),
+	}, srv)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := loopbackAddr(srv.Addrs())
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tlsserve.AwaitLoops(ctx, plain, func() uint64 { return srv.Stats().Accepted }); err != nil {
+		return nil, err
+	}
+	addr, err := ts.Listen(o.TLSListen)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-listen %s: %w", o.TLSListen, err)
+	}
+	log.Info("tls listening", slog.String("addr", addr.String()),
+		slog.Bool("client_certs_required", o.TLSClientCA != ""))
+	return ts, nil
+}
+
+// startMetrics serves /metrics, /healthz and /readyz on addr. The TLS
+// listener, once started, is stored in tls. stop closes the server.
+func startMetrics(addr string, srv *engine.Server, tls *atomic.Pointer[tlsserve.Server],
+	ready func() bool, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics %s: %w", addr, err)
+	}
+	h := metrics.Handler(metrics.Sources{
+		Engine: srv.Stats,
+		TLS: func() (uint64, map[string]uint64) {
+			ts := tls.Load()
+			if ts == nil {
+				return 0, nil
+			}
+			st := ts.Stats()
+			return st.HandshakesOK, st.HandshakesFailed
+		},
+		Ready:   ready,
+		Version: version,
+		Commit:  commit,
+	})
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server failed", slog.String("error", err.Error()))
+		}
+	}()
+	log.Info("metrics listening", slog.String("addr", ln.Addr().String()))
+	return func() { _ = hs.Close() }, nil
+}
