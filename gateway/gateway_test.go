@@ -384,3 +384,20 @@ func TestAddressKeysWorkThroughADualStackListener(t *testing.T) {
 		}
 	})
 }
+
+func TestPingsAreAnswered(t *testing.T) {
+	forEachFront(t, func(t *testing.T, s setup) {
+		server, _ := fakeServer(t)
+		wsURL, _ := s.front(t, server, "k")
+		ws := dialWS(t, wsURL)
+		ctx := ws.CloseRead(context.Background()) // the client must read to see the pong
+		for range 3 {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := ws.Ping(pctx)
+			cancel()
+			if err != nil {
+				t.Fatalf("ping: %v", err)
+			}
+		}
+	})
+}

@@ -55,6 +55,15 @@ import (
 // bridging to the Mles server at mlesAddr with keys. stop closes the
 // listener and every WebSocket connection (at most 5 s).
 func startGateway(wsListen, mlesAddr string, keys codec.KeyConfig, log *slog.Logger) (stop func(), err error) {
+	stop, _, err = startGatewayWithStats(wsListen, mlesAddr, keys, log)
+	return stop, err
+}
+
+// startGatewayWithStats is startGateway that also returns the gateway's
+// counters (WebSocket sessions, TCP uplinks, messages in and out, frames
+// dropped for slow WebSocket clients, refused handshakes), for the metrics
+// collector to read at scrape time.
+func startGatewayWithStats(wsListen, mlesAddr string, keys codec.KeyConfig, log *slog.Logger) (stop func(), stats func() gateway.Stats, err error) {
 	gw, err := gateway.Listen(wsListen, gateway.Config{
 		Server: mlesAddr,
 		Keys:   keys,
@@ -62,7 +71,7 @@ func startGateway(wsListen, mlesAddr string, keys codec.KeyConfig, log *slog.Log
 		Logger: log.With(slog.String("component", "gateway")),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("--ws-listen %s: %w", wsListen, err)
+		return nil, nil, fmt.Errorf("--ws-listen %s: %w", wsListen, err)
 	}
 	log.Info("websocket gateway listening", slog.String("addr", gw.Addr().String()),
 		slog.String("subprotocol", gateway.Subprotocol), slog.String("mles", mlesAddr))
@@ -73,7 +82,7 @@ func startGateway(wsListen, mlesAddr string, keys codec.KeyConfig, log *slog.Log
 		st := gw.Stats()
 		log.Info("websocket gateway stopped", slog.Uint64("messages_in", st.MessagesIn),
 			slog.Uint64("messages_out", st.MessagesOut), slog.Uint64("dropped", st.Dropped))
-	}, nil
+	}, gw.Stats, nil
 }
 
 // loopbackAddr maps the engine's first bound listen address to one the
