@@ -24,7 +24,7 @@ With --json each message is one JSON object on its own line:
 standard base64 and the object has "encoding":"base64".
 
 Frames with an empty message are other clients' join frames; they are not
-printed unless --show-joins.
+printed unless --show-joins (as "* uid joined" in text, "message":"" in JSON).
 
 Runs until --count messages were printed (exit 0), SIGINT/SIGTERM (exit 0)
 or the server closes the connection (exit 1).`
@@ -108,9 +108,12 @@ func runSub(e env, args []string) error {
 	return nil
 }
 
-// printText prints "uid: text", or "uid: <binary> BASE64".
+// printText prints "uid: text", "uid: <binary> BASE64", or "* uid joined"
+// for an empty message.
 func printText(w *bufio.Writer, t codec.Triplet) {
-	if utf8.Valid(t.Message) {
+	if len(t.Message) == 0 {
+		fmt.Fprintf(w, "* %s joined\n", t.UID)
+	} else if utf8.Valid(t.Message) {
 		fmt.Fprintf(w, "%s: %s\n", t.UID, t.Message)
 	} else {
 		fmt.Fprintf(w, "%s: <binary> %s\n", t.UID, base64.StdEncoding.EncodeToString(t.Message))
