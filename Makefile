@@ -2,7 +2,16 @@
 GO       ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN      := bin/mlesd
 FUZZTIME ?= 30s
-VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT   ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+# mlesd --version prints these.
+LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+# make install: PREFIX/bin/mlesd, the systemd unit and an example config.
+# DESTDIR for staged installs (packaging); the unit is not enabled.
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+SYSTEMD_DIR ?= /etc/systemd/system
+CONF_DIR ?= /etc/mlesd
 # Every fuzz target as package:Target (the stream parser is the engine's).
 FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDecodeResync \
                 ./engine:FuzzStreamParser
@@ -10,15 +19,29 @@ FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDe
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(CURDIR)/bin/tools/staticcheck
 
-.PHONY: all build run test test-short vet lint fuzz soak microbench clean help
+.PHONY: all build run test test-short vet lint fuzz soak microbench install uninstall docker clean help
 
 all: build
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-build: ## build bin/mlesd
-	$(GO) build -trimpath -o $(BIN) ./cmd/mlesd
+build: ## build bin/mlesd (static, version and commit stamped)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mlesd
+
+install: build ## install bin/mlesd to PREFIX/bin, the systemd unit and /etc/mlesd/mlesd.toml (kept if present); then see deploy/README-section.md
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mlesd
+	install -D -m 0644 deploy/mlesd.service $(DESTDIR)$(SYSTEMD_DIR)/mlesd.service
+	sed -i 's|/usr/local/bin/mlesd|$(PREFIX)/bin/mlesd|' $(DESTDIR)$(SYSTEMD_DIR)/mlesd.service
+	@if [ -e $(DESTDIR)$(CONF_DIR)/mlesd.toml ]; then echo "keeping $(DESTDIR)$(CONF_DIR)/mlesd.toml"; \
+	else install -D -m 0640 deploy/mlesd.toml $(DESTDIR)$(CONF_DIR)/mlesd.toml; fi
+	@echo "installed; as root: systemctl daemon-reload && systemctl enable --now mlesd"
+
+uninstall: ## remove what install put in place (the config file stays)
+	rm -f $(DESTDIR)$(PREFIX)/bin/mlesd $(DESTDIR)$(SYSTEMD_DIR)/mlesd.service
+
+docker: ## build the container image mlesd:$(VERSION) from deploy/Dockerfile
+	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t mlesd:$(VERSION) .
 
 run: build ## build and start mlesd on [::]:8077 (dual stack) with default settings
 	./$(BIN) $(ARGS)
