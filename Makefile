@@ -34,7 +34,7 @@ install: build ## install bin/mlesd to PREFIX/bin, the systemd unit and /etc/mle
 	install -D -m 0644 deploy/mlesd.service $(DESTDIR)$(SYSTEMD_DIR)/mlesd.service
 	sed -i 's|/usr/local/bin/mlesd|$(PREFIX)/bin/mlesd|' $(DESTDIR)$(SYSTEMD_DIR)/mlesd.service
 	@if [ -e $(DESTDIR)$(CONF_DIR)/mlesd.toml ]; then echo "keeping $(DESTDIR)$(CONF_DIR)/mlesd.toml"; \
-	else install -D -m 0640 deploy/mlesd.toml $(DESTDIR)$(CONF_DIR)/mlesd.toml; fi
+	else install -D -m 0644 deploy/mlesd.toml $(DESTDIR)$(CONF_DIR)/mlesd.toml; fi
 	@echo "installed; as root: systemctl daemon-reload && systemctl enable --now mlesd"
 
 uninstall: ## remove what install put in place (the config file stays)
