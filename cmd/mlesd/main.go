@@ -66,6 +66,7 @@ type Options struct {
 	TLSClientCA         string // when set, clients must present a certificate it signed
 	TLSHandshakeTimeout time.Duration
 	MetricsAddr         string // --metrics: /metrics, /healthz, /readyz
+	WSListen            string // --ws-listen: WebSocket gateway and demo page
 
 	ConfigFile  string            // --config or env MLESD_CONFIG
 	PrintConfig bool              // --print-config: print the effective settings and exit
@@ -144,6 +145,7 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `file` until exit")
 	fs.StringVar(&o.MemProfile, "memprofile", "", "write a heap profile to `file` at exit")
 	fs.StringVar(&o.PprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060); off by default")
+	fs.StringVar(&o.WSListen, "ws-listen", "", "`host:port` for the WebSocket gateway (subprotocol mles-websocket)\nand the demo page at /; off when empty (the original used :8076)")
 	fs.StringVar(&o.TLSListen, "tls-listen", "", "`host:port` for Mles over TLS, next to the plain listeners (e.g. \"[::]:8078\"); needs --tls-cert and --tls-key")
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM server certificate (chain) `file` for --tls-listen")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key `file` for --tls-cert")
@@ -195,7 +197,7 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	case o.TLSListen == "" && (o.TLSCert != "" || o.TLSKey != "" || o.TLSClientCA != ""):
 		return o, errors.New("--tls-cert, --tls-key and --tls-client-ca need --tls-listen")
 	}
-	for _, a := range append(append([]string(nil), o.Listen...), o.TLSListen, o.MetricsAddr) {
+	for _, a := range append(append([]string(nil), o.Listen...), o.TLSListen, o.MetricsAddr, o.WSListen) {
 		if a == "" {
 			continue
 		}
@@ -354,6 +356,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return 1
 			}
 			tlsSrv.Store(ts)
+		}
+	}
+	if o.WSListen != "" {
+		if <-srv.Ready(); len(srv.Addrs()) > 0 { // else Serve failed: reported below
+			mlesAddr, err := loopbackAddr(srv.Addrs())
+			if err == nil {
+				var stopGateway func()
+				if stopGateway, err = startGateway(o.WSListen, mlesAddr, codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}, log); err == nil {
+					defer stopGateway()
+				}
+			}
+			if err != nil {
+				log.Error("websocket gateway failed", slog.String("error", err.Error()))
+				_ = srv.Stop(context.Background())
+				return 1
+			}
 		}
 	}
 

@@ -50,7 +50,7 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 		"-max-frame", "-max-pending", "-stall-timeout", "-join-timeout", "-idle-timeout", "-max-conns",
 		"-max-conns-per-ip", "-max-uid-len", "-max-channel-len", "-max-partial-bytes", "-history-bytes",
 		"-max-history-bytes", "-max-channels", "-drain-timeout", "-log-level", "-log-format",
-		"-cpuprofile", "-memprofile", "-pprof", "[::]:8077"} {
+		"-cpuprofile", "-memprofile", "-pprof", "-ws-listen", "[::]:8077"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("--help does not mention %s", want)
 		}
