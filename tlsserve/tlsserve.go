@@ -49,8 +49,9 @@ const (
 	// DefaultMaxHandshakes bounds the handshakes in progress at once; a
 	// connection over it is closed at once and counted as failed ("busy").
 	DefaultMaxHandshakes = 1024
-	// BufSize is each copy direction's buffer per connection.
-	BufSize = 32 << 10
+	// BufSize is each copy direction's buffer per connection: one TLS
+	// record's plaintext at most, so one read or write is one record.
+	BufSize = 16 << 10
 	// logBurst is how many handshake failures per reason are logged per second.
 	logBurst = 5
 )
