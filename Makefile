@@ -14,7 +14,7 @@ SYSTEMD_DIR ?= /etc/systemd/system
 CONF_DIR ?= /etc/mlesd
 # Every fuzz target as package:Target (the stream parser is the engine's).
 FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDecodeResync \
-                ./engine:FuzzStreamParser
+                ./engine:FuzzStreamParser ./gateway:FuzzWebSocketMessage
 
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(CURDIR)/bin/tools/staticcheck
@@ -26,8 +26,9 @@ all: build
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-build: ## build bin/mlesd (static, version and commit stamped)
+build: ## build bin/mlesd (static, version and commit stamped) and the bin/mles client
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mlesd
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/mles ./cmd/mles
 
 install: build ## install bin/mlesd to PREFIX/bin, the systemd unit and /etc/mlesd/mlesd.toml (kept if present); then see deploy/README-section.md
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mlesd
