@@ -87,7 +87,7 @@ func Latency(ctx context.Context, env *Env) (*Result, error) {
 		errs = append(errs, err.Error())
 	}
 	want := seq * uint64(cfg.LatencySubs)
-	waitDeliveries(dctx, spec.Subs, want)
+	waitDeliveries(dctx, spec.Subs, want, cfg.DrainStall)
 	stopProgress()
 	time.Sleep(50 * time.Millisecond)
 	closeGroups(groups)

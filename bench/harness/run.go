@@ -130,6 +130,15 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 	if name == "nats-raw" {
 		kind = "nats"
 	}
+	var metricsAddr string
+	if kind == "mlesd" && mlesdHasFlag(sc.MlesdBin, "metrics") {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		metricsAddr = fmt.Sprintf("127.0.0.1:%d", port)
+		sc.MlesdArgs = append(append([]string(nil), sc.MlesdArgs...), "--metrics", metricsAddr)
+	}
 	srv, err := StartServer(ctx, kind, sc)
 	if err != nil {
 		return nil, err
@@ -173,6 +182,9 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 	close(sampleDone)
 	<-sampled
 	cpu1, _ := srv.CPUTime()
+	if res != nil && metricsAddr != "" {
+		addServerCounters(res, metricsAddr)
+	}
 	if res != nil {
 		res.Add("server peak RSS", "MB", float64(peak)/1e6, false)
 		res.Add("server CPU", "s", (cpu1 - cpu0).Seconds(), false)
@@ -199,6 +211,42 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 		return nil, err
 	}
 	return res, nil
+}
+
+// addServerCounters reads mlesd's Prometheus counters of frames in, out and
+// dropped into res, with a note when it dropped any.
+func addServerCounters(res *Result, addr string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("mlesd /metrics: %v", err))
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	vals := map[string]float64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 2 && strings.HasPrefix(f[0], "mlesd_") && !strings.Contains(f[0], "{") {
+			var v float64
+			if _, err := fmt.Sscan(f[1], &v); err == nil {
+				vals[f[0]] = v
+			}
+		}
+	}
+	var keys []string
+	for k := range vals {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys { // every unlabelled mlesd_ series, in the JSON
+		res.AddDetail("server "+strings.TrimPrefix(k, "mlesd_"), "", vals[k], false)
+	}
+	if d := vals["mlesd_frames_dropped_total"]; d > 0 {
+		res.Notes = append(res.Notes, fmt.Sprintf("mlesd's /metrics: %.0f frames dropped for receivers not keeping up (of %.0f out)", d, vals["mlesd_frames_out_total"]))
+	}
 }
 
 // fetchProfile saves a CPU profile of secs seconds from a net/http/pprof server.

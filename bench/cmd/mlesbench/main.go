@@ -71,6 +71,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Window, "window", cfg.Window, "flow control: most messages in flight to one receiver")
 	fs.IntVar(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "flow control: most bytes in flight to one receiver")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "longest wait for the last deliveries")
+	fs.DurationVar(&cfg.DrainStall, "drain-stall", cfg.DrainStall, "stop waiting for the last deliveries after this long without one (the rest counts as lost)")
 	fs.DurationVar(&cfg.SetupTimeout, "setup-timeout", cfg.SetupTimeout, "longest wait to connect and join a scenario's connections")
 	mdOut := fs.String("markdown", "", "also write the environment and every table in Markdown to this `file`")
 	jsonOut := fs.Bool("json", false, "print results as JSON on stdout (tables go to stderr)")
