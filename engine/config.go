@@ -18,6 +18,12 @@ const (
 	// A frame that would pass it is dropped for that receiver alone; a frame is
 	// always accepted into an empty backlog, so any frame up to MaxFrame passes.
 	DefaultMaxPending = 8 << 20
+	// DefaultMaxPendingFrames bounds the frames waiting per receiver, next to
+	// the byte bound: the backlog holds one 8-byte reference per frame, so
+	// with small frames the references, not the shared frames, would be what
+	// a thousand stalled receivers cost (8 MiB of 144-byte frames is 58k
+	// references, 464 KiB per receiver).
+	DefaultMaxPendingFrames = 4096
 	// DefaultStallTimeout: a receiver that is dropping frames and has sent
 	// nothing for this long is closed. Send-only clients keep sending, so they
 	// are not closed by it; it is long so that devices reporting every few
@@ -77,6 +83,8 @@ type Config struct {
 	MaxFrame int
 	// MaxPending bounds each receiver's waiting bytes (see DefaultMaxPending).
 	MaxPending int
+	// MaxPendingFrames bounds each receiver's waiting frames.
+	MaxPendingFrames int
 	// StallTimeout closes receivers that are stalled and silent; negative = never.
 	StallTimeout time.Duration
 	// JoinTimeout closes connections that have not joined; negative = never.
@@ -109,6 +117,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = DefaultMaxPending
+	}
+	if c.MaxPendingFrames <= 0 {
+		c.MaxPendingFrames = DefaultMaxPendingFrames
 	}
 	if c.StallTimeout == 0 {
 		c.StallTimeout = DefaultStallTimeout

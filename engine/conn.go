@@ -76,7 +76,8 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 	if c.state == closed {
 		return
 	}
-	if p := c.pending(); !force && p > 0 && p+f.Len() > c.loop.srv.cfg.MaxPending {
+	cfg := &c.loop.srv.cfg
+	if p := c.pending(); !force && p > 0 && (p+f.Len() > cfg.MaxPending || c.q.len() >= cfg.MaxPendingFrames) {
 		c.dropped++
 		c.loop.stats.dropped.Add(1)
 		if c.stallSince == 0 {

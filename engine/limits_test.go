@@ -120,3 +120,31 @@ func TestPartialFrameBudgetClosesTheConnectionThatPassesIt(t *testing.T) {
 	}
 	checkOthersWork(t, ts)
 }
+
+// The frame-count bound holds even when the byte bound is far away: a
+// receiver that does not read costs at most MaxPendingFrames references.
+func TestPendingFrameCountBoundsAStalledReceiver(t *testing.T) {
+	ts := startServer(t, Config{Keys: sharedKeys, MaxPendingFrames: 64, MaxPending: 64 << 20}, router.Config{})
+	staller := ts.join(t, sharedKeys, "staller", "ch", nil)
+	_ = staller.nc.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4096)
+	pub := ts.join(t, sharedKeys, "pub", "ch", nil)
+	msg := make([]byte, 64)
+	// Far more than the socket buffers hold: 64-byte frames, 60,000 of them.
+	var burst []byte
+	for i := 0; i < 60_000; i++ {
+		burst = append(burst, pub.frame(msg)...)
+		if len(burst) > 256<<10 {
+			pub.write(burst)
+			burst = burst[:0]
+		}
+	}
+	pub.write(burst)
+	ts.log.waitFor(t, "receiver is not keeping up")
+	deadline := time.Now().Add(5 * time.Second)
+	for ts.srv.Stats().Dropped == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ts.srv.Stats().Dropped == 0 {
+		t.Fatal("no frames dropped although the staller's backlog passed 64 frames")
+	}
+}

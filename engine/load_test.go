@@ -87,7 +87,7 @@ func TestThousandSubscribersEachReceiveEveryFrameInOrder(t *testing.T) {
 }
 
 func TestStalledSilentReceiverIsClosedAndLogged(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, MaxPending: 256 << 10, StallTimeout: 300 * time.Millisecond},
+	ts := startServer(t, Config{Keys: sharedKeys, MaxPending: 2 << 20, StallTimeout: 300 * time.Millisecond},
 		router.Config{HistoryLimit: 0})
 	// The staller joins and then never reads or sends.
 	staller := ts.join(t, sharedKeys, "staller", "ch", nil)

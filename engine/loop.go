@@ -245,6 +245,8 @@ func (l *loop) write(c *conn) {
 	}
 	if c.q.len() > 0 || ob > 0 {
 		l.markBacklog(c)
+	} else {
+		c.q.shrinkIfIdle()
 	}
 }
 

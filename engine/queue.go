@@ -44,6 +44,15 @@ func (q *frameQueue) grow() {
 	q.buf, q.head = nb, 0
 }
 
+// shrinkIfIdle frees a ring that a past backlog grew large, once it is empty,
+// so a receiver that caught up does not keep its peak. Small rings stay: a
+// receiver in steady state never reallocates.
+func (q *frameQueue) shrinkIfIdle() {
+	if q.n == 0 && len(q.buf) > 1024 {
+		q.buf, q.head = nil, 0
+	}
+}
+
 // releaseAll drops every reference the queue holds.
 func (q *frameQueue) releaseAll() {
 	for q.n > 0 {
