@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/gateway"
 )
 
 // Sources is where the collector reads from. Engine is required; the others
@@ -28,6 +29,8 @@ type Sources struct {
 	Engine func() engine.Stats
 	// TLS returns successful handshakes and failed ones by reason (nil: no TLS listener).
 	TLS func() (ok uint64, failed map[string]uint64)
+	// Gateway returns the WebSocket gateway's counters (nil: no gateway).
+	Gateway func() gateway.Stats
 	// Ready reports whether the server takes connections (for /readyz).
 	Ready func() bool
 	// Version and Commit label mlesd_build_info.
@@ -54,6 +57,12 @@ var (
 	descBusy     = desc("event_loop_busy_seconds_total", "Time the event loops spent handling traffic, summed over loops.")
 	descTLS      = desc("tls_handshakes_total", "TLS handshakes that succeeded.")
 	descTLSFail  = desc("tls_handshake_failures_total", "TLS handshakes that failed, by reason.", "reason")
+	descWSOpen   = desc("ws_sessions_open", "WebSocket gateway sessions open now (each is also an engine connection from loopback).")
+	descWSUp     = desc("ws_uplinks_open", "The gateway's TCP connections to the engine open now.")
+	descWSIn     = desc("ws_messages_in_total", "WebSocket messages forwarded to the engine.")
+	descWSOut    = desc("ws_messages_out_total", "Frames written to WebSocket clients.")
+	descWSDrop   = desc("ws_frames_dropped_total", "Frames dropped for WebSocket clients that did not keep up.")
+	descWSRef    = desc("ws_handshakes_refused_total", "WebSocket handshakes refused (no mles-websocket subprotocol).")
 	descBuild    = desc("build_info", "Always 1; labels name the build.", "version", "commit")
 )
 
@@ -71,7 +80,8 @@ func NewCollector(src Sources) *Collector { return &Collector{src: src} }
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descOpen, descAccepted, descClosed, descAuthFail, descJoins,
 		descChannels, descFramesIn, descBytesIn, descFramesOu, descBytesOut, descDropped, descHistory,
-		descBusy, descTLS, descTLSFail, descBuild} {
+		descBusy, descTLS, descTLSFail, descWSOpen, descWSUp, descWSIn, descWSOut, descWSDrop, descWSRef,
+		descBuild} {
 		ch <- d
 	}
 }
@@ -106,6 +116,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for reason, n := range failed {
 			counter(descTLSFail, float64(n), reason)
 		}
+	}
+	if c.src.Gateway != nil {
+		gs := c.src.Gateway()
+		gauge(descWSOpen, float64(gs.Sessions))
+		gauge(descWSUp, float64(gs.Uplinks))
+		counter(descWSIn, float64(gs.MessagesIn))
+		counter(descWSOut, float64(gs.MessagesOut))
+		counter(descWSDrop, float64(gs.Dropped))
+		counter(descWSRef, float64(gs.Refused))
 	}
 	gauge(descBuild, 1, c.src.Version, c.src.Commit)
 }

@@ -8,7 +8,11 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/gateway"
 )
 
 func get(t *testing.T, h http.Handler, path string) (int, string) {
@@ -29,7 +33,10 @@ func TestMetricsShowTheEngineStatsAtScrapeTime(t *testing.T) {
 				FramesOut: 200, BytesOut: 3200, Dropped: 9, BusyNanos: 1_500_000_000, HistoryBytes: 4096,
 				Channels: 2, ClosedByRule: map[string]uint64{"wrong-key": 2, "max-conns": 1}}
 		},
-		TLS:     func() (uint64, map[string]uint64) { return 4, map[string]uint64{"bad-client-cert": 1} },
+		TLS: func() (uint64, map[string]uint64) { return 4, map[string]uint64{"bad-client-cert": 1} },
+		Gateway: func() gateway.Stats {
+			return gateway.Stats{Sessions: 2, Uplinks: 2, MessagesIn: 10, MessagesOut: 20, Dropped: 1, Refused: 3}
+		},
 		Version: "v1.2.3", Commit: "abc",
 	})
 	frames.Store(100)
@@ -45,7 +52,9 @@ func TestMetricsShowTheEngineStatsAtScrapeTime(t *testing.T) {
 		`mlesd_connections_closed_by_server_total{reason="wrong-key"} 2`,
 		`mlesd_connections_closed_by_server_total{reason="max-conns"} 1`,
 		"mlesd_tls_handshakes_total 4", `mlesd_tls_handshake_failures_total{reason="bad-client-cert"} 1`,
-		`mlesd_build_info{commit="abc",version="v1.2.3"} 1`, "go_goroutines", "process_open_fds",
+		`mlesd_build_info{commit="abc",version="v1.2.3"} 1`,
+		"mlesd_ws_sessions_open 2", "mlesd_ws_uplinks_open 2", "mlesd_ws_messages_in_total 10",
+		"mlesd_ws_messages_out_total 20", "mlesd_ws_frames_dropped_total 1", "mlesd_ws_handshakes_refused_total 3", "go_goroutines", "process_open_fds",
 	} {
 		if !strings.Contains(body, want+"\n") && !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
@@ -57,11 +66,11 @@ func TestMetricsShowTheEngineStatsAtScrapeTime(t *testing.T) {
 	}
 }
 
-// Without a TLS listener there are no TLS metrics.
-func TestNoTLSMetricsWithoutATLSListener(t *testing.T) {
+// Without a TLS listener or a gateway there are no TLS or WebSocket metrics.
+func TestNoTLSOrWebSocketMetricsWithoutThem(t *testing.T) {
 	h := Handler(Sources{Engine: func() engine.Stats { return engine.Stats{} }})
-	if _, body := get(t, h, "/metrics"); strings.Contains(body, "mlesd_tls_") {
-		t.Error("TLS metrics without a TLS listener")
+	if _, body := get(t, h, "/metrics"); strings.Contains(body, "mlesd_tls_") || strings.Contains(body, "mlesd_ws_") {
+		t.Error("TLS or WebSocket metrics without a TLS listener or gateway")
 	}
 }
 
@@ -85,16 +94,25 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 }
 
-// BenchmarkScrape is the cost of one /metrics scrape (engine part plus the
-// Go and process collectors); nothing of it is on the per-frame path.
+// BenchmarkScrape is the cost of one /metrics scrape: all of it (mlesd's
+// collector plus the Go runtime and process collectors), and mlesd's
+// collector alone. Nothing of it is on the per-frame path.
 func BenchmarkScrape(b *testing.B) {
-	h := Handler(Sources{Engine: func() engine.Stats {
+	src := Sources{Engine: func() engine.Stats {
 		return engine.Stats{ClosedByRule: map[string]uint64{"wrong-key": 2, "max-conns": 1}}
-	}})
-	req := httptest.NewRequest("GET", "/metrics", nil)
-	b.ReportAllocs()
-	for b.Loop() {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
+	}}
+	only := prometheus.NewRegistry()
+	only.MustRegister(NewCollector(src))
+	for _, bc := range []struct {
+		name string
+		h    http.Handler
+	}{{"all", Handler(src)}, {"mlesd-only", promhttp.HandlerFor(only, promhttp.HandlerOpts{})}} {
+		b.Run(bc.name, func(b *testing.B) {
+			req := httptest.NewRequest("GET", "/metrics", nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				bc.h.ServeHTTP(httptest.NewRecorder(), req)
+			}
+		})
 	}
 }

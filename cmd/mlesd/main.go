@@ -29,6 +29,7 @@ import (
 
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/gateway"
 	"github.com/mlesd/mlesd/router"
 	"github.com/mlesd/mlesd/tlsserve"
 )
@@ -325,6 +326,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var (
 		stopping atomic.Bool // readyz says no from the first signal on
 		tlsSrv   atomic.Pointer[tlsserve.Server]
+		gwStats  atomic.Pointer[func() gateway.Stats]
 	)
 	if o.MetricsAddr != "" {
 		ready := func() bool {
@@ -335,7 +337,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return false
 			}
 		}
-		stopMetrics, err := startMetrics(o.MetricsAddr, srv, &tlsSrv, ready, log)
+		// No TLS or gateway metrics without a TLS listener or a gateway.
+		var ts *atomic.Pointer[tlsserve.Server]
+		var gw *atomic.Pointer[func() gateway.Stats]
+		if o.TLSListen != "" {
+			ts = &tlsSrv
+		}
+		if o.WSListen != "" {
+			gw = &gwStats
+		}
+		stopMetrics, err := startMetrics(o.MetricsAddr, srv, ts, gw, ready, log)
 		if err != nil {
 			fmt.Fprintln(stderr, "mlesd:", err)
 			return 2
@@ -363,7 +374,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			mlesAddr, err := loopbackAddr(srv.Addrs())
 			if err == nil {
 				var stopGateway func()
-				if stopGateway, err = startGateway(o.WSListen, mlesAddr, codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}, log); err == nil {
+				var stats func() gateway.Stats
+				if stopGateway, stats, err = startGatewayWithStats(o.WSListen, mlesAddr, codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}, log); err == nil {
+					gwStats.Store(&stats)
 					defer stopGateway()
 				}
 			}

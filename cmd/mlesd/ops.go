@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/gateway"
 	"github.com/mlesd/mlesd/metrics"
 	"github.com/mlesd/mlesd/tlsserve"
 )
@@ -48,27 +49,40 @@ func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server
 }
 
 // startMetrics serves /metrics, /healthz and /readyz on addr. The TLS
-// listener, once started, is stored in tls. stop closes the server.
+// listener and the gateway's stats, once started, are stored in tls and gw
+// (nil: no TLS listener, no gateway: no such metrics).
+// stop closes the server.
 func startMetrics(addr string, srv *engine.Server, tls *atomic.Pointer[tlsserve.Server],
-	ready func() bool, log *slog.Logger) (stop func(), err error) {
+	gw *atomic.Pointer[func() gateway.Stats], ready func() bool, log *slog.Logger) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics %s: %w", addr, err)
 	}
-	h := metrics.Handler(metrics.Sources{
-		Engine: srv.Stats,
-		TLS: func() (uint64, map[string]uint64) {
+	src := metrics.Sources{
+		Engine:  srv.Stats,
+		Ready:   ready,
+		Version: version,
+		Commit:  commit,
+	}
+	if tls != nil {
+		src.TLS = func() (uint64, map[string]uint64) {
 			ts := tls.Load()
 			if ts == nil {
 				return 0, nil
 			}
 			st := ts.Stats()
 			return st.HandshakesOK, st.HandshakesFailed
-		},
-		Ready:   ready,
-		Version: version,
-		Commit:  commit,
-	})
+		}
+	}
+	if gw != nil {
+		src.Gateway = func() gateway.Stats {
+			if f := gw.Load(); f != nil {
+				return (*f)()
+			}
+			return gateway.Stats{}
+		}
+	}
+	h := metrics.Handler(src)
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

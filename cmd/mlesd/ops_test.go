@@ -448,3 +448,21 @@ func TestVersionPrintsVersionAndCommit(t *testing.T) {
 		t.Errorf("--version: %q", out)
 	}
 }
+
+// With --ws-listen the gateway's counters are exported too; without a TLS
+// listener there are no TLS metrics.
+func TestGatewayMetricsAppearWithTheGateway(t *testing.T) {
+	maddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))
+	waddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))
+	p := startMlesd(t, "--metrics", maddr, "--ws-listen", waddr)
+	p.WaitLog(t, "websocket gateway listening")
+	m := scrape(t, maddr)
+	for _, series := range []string{"mlesd_ws_sessions_open", "mlesd_ws_messages_in_total", "mlesd_ws_frames_dropped_total"} {
+		if _, ok := m[series]; !ok {
+			t.Errorf("no %s with --ws-listen", series)
+		}
+	}
+	if _, ok := m["mlesd_tls_handshakes_total"]; ok {
+		t.Error("TLS metrics without --tls-listen")
+	}
+}
