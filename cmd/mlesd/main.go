@@ -151,7 +151,7 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM server certificate (chain) `file` for --tls-listen")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key `file` for --tls-cert")
 	fs.StringVar(&o.TLSClientCA, "tls-client-ca", "", "PEM CA `file`: TLS clients must present a certificate it signed (off: no client certificates)")
-	fs.DurationVar(&o.TLSHandshakeTimeout, "tls-handshake-timeout", tlsserve.DefaultHandshakeTimeout, "close a TLS connection whose handshake has not finished by then")
+	fs.DurationVar(&o.TLSHandshakeTimeout, "tls-handshake-timeout", tlsserve.DefaultHandshakeTimeout, "close a TLS connection whose handshake has not finished by then (0 = the default)")
 	fs.StringVar(&o.MetricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on `addr` (e.g. 127.0.0.1:9477); off by default")
 	fs.StringVar(&o.ConfigFile, "config", "", "TOML config `file` (default: env MLESD_CONFIG); keys are flag names")
 	fs.BoolVar(&o.PrintConfig, "print-config", false, "print the effective configuration (TOML, with each setting's source) and exit")
