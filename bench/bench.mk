@@ -32,7 +32,7 @@ $(NAIVE_MLES): bench/cmd/naivemles/main.go
 	mkdir -p $(BENCH_BIN)
 	cd bench && $(GO) build -o .bin/naivemles ./cmd/naivemles
 
-bench-deps: $(NATS_SERVER) $(NAIVE_MLES) ## install nats-server (bench/.bin) and redis-server (apt), build bin/mlesd
+bench-deps: $(NATS_SERVER) $(NAIVE_MLES) ## install nats-server and naivemles (bench/.bin) and redis-server (apt), build bin/mlesd
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server with apt-get"; \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
