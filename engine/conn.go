@@ -14,6 +14,7 @@ type connState uint8
 const (
 	awaitingJoin connState = iota
 	joined
+	closing // a write failed; gnet closes it soon
 	closed
 )
 
@@ -31,15 +32,12 @@ type conn struct {
 	uid    string
 
 	// Backlog: references to shared frames not yet handed to the socket layer.
-	q        frameQueue
-	headOff  int // bytes of q's head already handed over
-	queued   int // bytes in q not yet handed over
-	handover int // how many bytes to hand over next (adapts to the receiver)
-	dirty    bool
-	backlog  bool
-	// lastOutbound is the loop's unsent byte count for c when last looked at;
-	// a drop in it means the receiver read something.
-	lastOutbound int
+	q       frameQueue
+	headOff int // bytes of q's head already handed over
+	queued  int // bytes in q not yet handed over
+	dirty   bool
+	backlog bool
+	sent    uint64 // bytes written to the socket
 
 	opened     int64 // coarse clock, ns
 	lastRead   int64 // coarse clock, ns
@@ -65,15 +63,15 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 	return ap
 }
 
-// pending is what the receiver has waiting: queued references plus the bytes
-// the event loop holds in its write buffer. Loop-owned.
-func (c *conn) pending() int { return c.queued + c.gc.OutboundBuffered() }
+// pending is the bytes the receiver has waiting. They are all queued
+// references: the engine never hands gnet more than the socket takes.
+func (c *conn) pending() int { return c.queued }
 
 // deliver queues f for the receiver, or drops it for this receiver alone when
 // its backlog is full. Must run on c's loop. Never blocks; allocates only when
 // the ring grows.
 func (c *conn) deliver(f *router.Frame, force bool) {
-	if c.state == closed {
+	if c.state != joined {
 		return
 	}
 	cfg := &c.loop.srv.cfg
@@ -94,15 +92,4 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 		c.dirty = true
 		c.loop.dirty = append(c.loop.dirty, c)
 	}
-}
-
-// observeOutbound returns the bytes the loop holds unsent for c and clears the
-// stall mark when that number went down (the receiver is reading). Loop-owned.
-func (c *conn) observeOutbound() int {
-	ob := c.gc.OutboundBuffered()
-	if ob < c.lastOutbound || (ob == 0 && c.q.len() == 0) {
-		c.stallSince = 0
-	}
-	c.lastOutbound = ob
-	return ob
 }

@@ -5,6 +5,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/panjf2000/gnet/v2"
 
@@ -24,7 +27,7 @@ type loop struct {
 	backlog []*conn         // receivers with bytes left over, offered more on each poll
 	outbox  []*batch        // per target loop: frames for that loop's subscribers
 	frames  []*router.Frame // scratch: one batch read from one connection
-	iov     [][]byte        // scratch for vectored writes
+	iov     []unix.Iovec    // scratch for vectored writes
 	conns   map[*conn]struct{}
 
 	// any goroutine
@@ -183,71 +186,71 @@ func (l *loop) drainInbox(context.Context) error {
 	return nil
 }
 
-// write hands the head of c's backlog to the socket layer: as much as c's
-// handover allows, only when the loop holds nothing unsent for c. What the
-// socket does not take now, gnet copies (at most one handover); the rest stays
-// as shared references. Loop-owned.
+// write writes as much of c's backlog as its socket takes now, with one
+// writev straight from the shared frames. What the socket does not take stays
+// queued as references, never copied (gnet's own write would copy the rest
+// into a per-connection buffer); the ticker's poll offers it again. A write
+// error (the receiver reset or went away) closes c. Loop-owned; no allocation.
 func (l *loop) write(c *conn) {
-	if c.state == closed || c.q.len() == 0 {
+	if c.state != joined || c.q.len() == 0 {
 		return
-	}
-	if c.observeOutbound() > 0 {
-		l.markBacklog(c)
-		return
-	}
-	if c.handover == 0 {
-		c.handover = maxHandover / 4
 	}
 	iov := l.iov[:0]
-	n := 0
-	for i := 0; i < c.q.len() && n < c.handover && len(iov) < 1024; i++ {
+	for i := 0; i < c.q.len() && len(iov) < iovMax; i++ {
 		b := c.q.at(i).Bytes()
 		if i == 0 {
 			b = b[c.headOff:]
 		}
-		if n+len(b) > c.handover {
-			b = b[:c.handover-n]
+		iov = append(iov, unix.Iovec{Base: &b[0]})
+		iov[len(iov)-1].SetLen(len(b))
+	}
+	n, err := writev(c.gc.Fd(), iov)
+	clear(iov) // keep no pointers into frames
+	l.iov = iov[:0]
+	if err != nil {
+		if err != unix.EAGAIN && err != unix.EINTR {
+			l.srv.failWrite(c, err)
+			return
 		}
-		iov = append(iov, b)
-		n += len(b)
+		n = 0
 	}
-	l.iov = iov
-	_, _ = c.gc.Writev(iov)
-	clear(iov)
-	if c.state == closed { // the write failed and gnet closed c (OnClose ran)
-		return
-	}
-	// Consume the n bytes handed over.
-	handed := n
-	l.stats.bytesOut.Add(uint64(n))
-	c.queued -= n
-	for n > 0 {
-		head := c.q.at(0)
-		rest := head.Len() - c.headOff
-		if n < rest {
-			c.headOff += n
-			break
+	if n > 0 {
+		c.stallSince = 0 // the receiver is reading
+		l.stats.bytesOut.Add(uint64(n))
+		c.sent += uint64(n)
+		c.queued -= n
+		for n > 0 {
+			rest := c.q.at(0).Len() - c.headOff
+			if n < rest {
+				c.headOff += n
+				break
+			}
+			n -= rest
+			c.headOff = 0
+			c.q.pop().Release()
+			l.stats.framesOut.Add(1)
 		}
-		n -= rest
-		c.headOff = 0
-		c.q.pop().Release()
-		l.stats.framesOut.Add(1)
 	}
-	ob := c.gc.OutboundBuffered()
-	if ob < handed { // the socket took bytes: the receiver is reading
-		c.stallSince = 0
-	}
-	c.lastOutbound = ob
-	if ob > 0 {
-		c.handover = max(c.handover/2, minHandover)
-	} else {
-		c.handover = min(c.handover*2, maxHandover)
-	}
-	if c.q.len() > 0 || ob > 0 {
+	if c.q.len() > 0 {
 		l.markBacklog(c)
 	} else {
 		c.q.shrinkIfIdle()
 	}
+}
+
+// iovMax is the most buffers one writev takes (UIO_MAXIOV on Linux).
+const iovMax = 1024
+
+// writev is writev(2) on a non-blocking socket without allocating.
+func writev(fd int, iov []unix.Iovec) (int, error) {
+	if len(iov) == 0 {
+		return 0, nil
+	}
+	n, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
 
 func (l *loop) markBacklog(c *conn) {
@@ -268,15 +271,6 @@ func (l *loop) pollBacklog(context.Context) error {
 	l.backlogCount.Store(0)
 	for _, c := range list {
 		c.backlog = false
-		if c.state == closed {
-			continue
-		}
-		if c.q.len() == 0 {
-			if c.observeOutbound() > 0 {
-				l.markBacklog(c)
-			}
-			continue
-		}
 		l.write(c)
 	}
 	if cap(list) <= 1024 && l.backlog == nil {

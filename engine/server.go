@@ -319,13 +319,24 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	switch {
 	case c.reason != "":
 		s.countRefused(c.reason)
-		s.rlog.Log(slog.LevelInfo, c.reason, "connection closed by server", connAttrs(c)...)
+		s.rlog.Log(reasonLevel(c.reason), c.reason, "connection closed by server", connAttrs(c)...)
 	case err != nil && !errors.Is(err, errEOF):
 		s.debug("connection closed", c, slog.String("error", err.Error()))
 	default:
 		s.debug("connection closed", c, slog.Bool("was_joined", wasJoined))
 	}
 	return gnet.None
+}
+
+// failWrite handles a receiver whose socket failed (reset, broken pipe): it
+// gets nothing more and is closed as soon as its loop is free. The close is
+// asynchronous because write may run inside a gnet callback for c itself.
+func (s *Server) failWrite(c *conn, err error) {
+	c.state = closing
+	c.q.releaseAll()
+	c.queued, c.headOff = 0, 0
+	s.debug("write failed", c, slog.String("error", err.Error()))
+	_ = c.gc.Close()
 }
 
 // closeConn closes c now with reason. Must run on c's loop.
@@ -335,6 +346,17 @@ func (s *Server) closeConn(c *conn, reason string) {
 	}
 	c.reason = reason
 	_ = c.loop.el.Close(c.gc)
+}
+
+// reasonLevel is the log level of a close: warn when a server limit was hit
+// (the operator may need to raise it), info for clients that broke the
+// protocol or timed out.
+func reasonLevel(reason string) slog.Level {
+	switch reason {
+	case "max-conns", "max-conns-per-ip", "partial-budget", "too-many-channels", "stalled-and-silent":
+		return slog.LevelWarn
+	}
+	return slog.LevelInfo
 }
 
 func (s *Server) countRefused(reason string) {
@@ -371,7 +393,7 @@ func connAttrs(c *conn) []slog.Attr {
 func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c := gc.Context().(*conn)
 	l := c.loop
-	if c.state == closed {
+	if c.state >= closing {
 		return gnet.Close
 	}
 	began := time.Now()
