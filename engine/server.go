@@ -54,6 +54,7 @@ type Server struct {
 
 	loopsMu sync.Mutex
 	loops   []atomic.Pointer[loop]   // index = loop idx; set once when the loop is first seen
+	adopts  atomic.Uint64            // Adopt's round robin over the loops seen so far
 	byEL    map[gnet.EventLoop]*loop // Lock: loopsMu
 
 	clock     atomic.Int64 // coarse monotonic clock, ns since start
@@ -126,10 +127,6 @@ func (s *Server) Serve() error {
 		gnet.WithTicker(true),
 		gnet.WithReuseAddr(true),
 		gnet.WithLogger(gnetLogger{s.log}),
-		// Adopt calls Engine.Register from other goroutines while the
-		// acceptor also picks loops: round robin is not safe for that,
-		// least-connections only reads atomic counts.
-		gnet.WithLoadBalancing(gnet.LeastConnections),
 	}
 	err := gnet.Rotate(s, s.protoAddrs, opts...)
 	select {
@@ -241,10 +238,20 @@ type adopted struct{ remote netip.AddrPort }
 // *net.TCPConn or *net.UnixConn (for example one end of a socketpair whose
 // other end a TLS goroutine feeds). The engine takes a duplicate of nc's
 // descriptor and closes nc itself.
-// Safe from any goroutine once the server is Ready.
+// Safe from any goroutine once the server is Ready. Connections are spread
+// round robin over the event loops that have had a connection so far (not
+// through gnet's Engine.Register, whose round robin is also the acceptor's
+// and is not safe from other goroutines); until one has, Adopt fails.
 func (s *Server) Adopt(nc net.Conn, remote netip.AddrPort) error {
+	var l *loop
+	for i, n := 0, s.adopts.Add(1); i < len(s.loops) && l == nil; i++ {
+		l = s.loops[(int(n%uint64(len(s.loops)))+i)%len(s.loops)].Load()
+	}
+	if l == nil {
+		return errors.New("engine: no event loop has had a connection yet")
+	}
 	ctx := gnet.NewContext(context.Background(), &adopted{remote: remote})
-	ch, err := s.eng.Register(gnet.NewNetConnContext(ctx, nc))
+	ch, err := l.el.Enroll(ctx, nc)
 	if err != nil {
 		return err
 	}

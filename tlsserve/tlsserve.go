@@ -479,28 +479,31 @@ func (r *rateLimiter) allow(reason string, now time.Time) (held uint64, ok bool)
 	return held, true
 }
 
-// AwaitLoops returns once the engine's event loops are running, which its
-// Ready does not promise yet: gnet calls OnBoot (where Ready is closed)
-// before it registers the event loops that Adopt hands connections to, so an
-// Adopt right after Ready races with that registration. It connects once to
-// the engine's plain listener at addr and waits until the engine has counted
-// the connection (accepted, from engine.Stats), which happens on an event
-// loop started after registration. The probe is counted as one accepted
-// connection. Remove once engine.Server's Ready is closed after the loops run.
-func AwaitLoops(ctx context.Context, addr string, accepted func() uint64) error {
-	before := accepted()
+// AwaitLoops makes sure the engine's event loops are running and known to
+// Adopt before the first TLS connection is handed over. Adopt spreads
+// connections over the loops that have had a connection; gnet calls OnBoot
+// (where Ready is closed) before it starts them. AwaitLoops connects loops
+// times, one after the other, to the engine's plain listener at addr (gnet's
+// acceptor deals connections round robin, so each loop gets one) and waits
+// each time until the engine has counted the connection (accepted, from
+// engine.Stats). The probes are counted as accepted connections.
+func AwaitLoops(ctx context.Context, addr string, loops int, accepted func() uint64) error {
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return fmt.Errorf("waiting for the event loops: %w", err)
-	}
-	defer nc.Close()
-	for accepted() == before {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for the event loops: %w", ctx.Err())
-		case <-time.After(time.Millisecond):
+	for range max(loops, 1) {
+		before := accepted()
+		nc, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return fmt.Errorf("waiting for the event loops: %w", err)
 		}
+		for accepted() == before {
+			select {
+			case <-ctx.Done():
+				nc.Close()
+				return fmt.Errorf("waiting for the event loops: %w", ctx.Err())
+			case <-time.After(time.Millisecond):
+			}
+		}
+		nc.Close()
 	}
 	return nil
 }

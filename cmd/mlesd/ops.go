@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -36,7 +37,11 @@ func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := tlsserve.AwaitLoops(ctx, plain, func() uint64 { return srv.Stats().Accepted }); err != nil {
+	loops := o.Loops
+	if loops <= 0 {
+		loops = runtime.NumCPU() // the engine's default
+	}
+	if err := tlsserve.AwaitLoops(ctx, plain, loops, func() uint64 { return srv.Stats().Accepted }); err != nil {
 		return nil, err
 	}
 	addr, err := ts.Listen(o.TLSListen)
