@@ -420,3 +420,34 @@ func (r *rig) exchange(t *testing.T, cert *tls.Certificate) {
 	}
 	expectMsg(t, sec, "plain", "ping")
 }
+
+// TLS connections count against the engine's limits with their real
+// address: with one connection per IP, a plain connection from 127.0.0.1
+// leaves no room for a TLS one from 127.0.0.1.
+func TestTLSConnectionsCountAgainstThePerIPLimit(t *testing.T) {
+	r := startRig(t, codec.KeyConfig{SharedKey: "k"}, engine.Config{MaxConnsPerIP: 1}, Config{})
+	r.waitOpen(t, 0)                                         // AwaitLoops's probes have gone
+	before := r.eng.Stats().ClosedByRule["max-conns-per-ip"] // (a probe may have met the limit)
+	plain := mlestest.Join(t, r.plain, "k", "plain", "ch")
+	waitJoins(t, r.eng, 1)
+	tc, err := r.dialTLS(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	joinTLS(t, tc, codec.KeyConfig{SharedKey: "k"}, "secure", "ch")
+	mlestest.ExpectClosed(t, tc)
+	if n := r.eng.Stats().ClosedByRule["max-conns-per-ip"] - before; n != 1 {
+		t.Fatalf("max-conns-per-ip closes %d, want 1", n)
+	}
+	plain.NC.Close()
+	r.waitOpen(t, 0)
+	tc, err = r.dialTLS(t, nil) // room again
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec := joinTLS(t, tc, codec.KeyConfig{SharedKey: "k"}, "secure", "ch")
+	waitJoins(t, r.eng, 2)
+	if err := sec.Send([]byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+}
