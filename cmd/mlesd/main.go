@@ -332,7 +332,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ready := func() bool {
 			select {
 			case <-srv.Ready():
-				return len(srv.Addrs()) > 0 && !stopping.Load()
+				return len(srv.Addrs()) > 0 && !stopping.Load() &&
+					(o.TLSListen == "" || tlsSrv.Load() != nil)
 			default:
 				return false
 			}
