@@ -61,6 +61,14 @@ const (
 	// (gnet has no "writable" callback, and the engine writes to sockets
 	// itself so that unsent bytes stay shared references).
 	backlogPoll = 500 * time.Microsecond
+	// maxRetryGap caps the wait between writes to a receiver whose socket
+	// stays full (the wait doubles from backlogPoll on each write that makes
+	// no progress, and resets as soon as one does).
+	maxRetryGap = 50 * time.Millisecond
+	// stalledPendingFrames bounds the backlog of a receiver whose writes have
+	// made no progress for about 100 ms (its retry gap reached maxRetryGap),
+	// in place of MaxPendingFrames, which is sized for healthy receivers.
+	stalledPendingFrames = 1024
 	// sweepInterval is how often each loop checks timeouts.
 	sweepInterval = 250 * time.Millisecond
 )

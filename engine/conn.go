@@ -38,6 +38,12 @@ type conn struct {
 	dirty   bool
 	backlog bool
 	sent    uint64 // bytes written to the socket
+	// retryAt and retryGap pace writes to a receiver whose socket is full:
+	// each write that makes no progress doubles the wait before the next
+	// (up to maxRetryGap), so a thousand stalled receivers do not cost a
+	// thousand failing syscalls per inbound batch.
+	retryAt  int64 // coarse clock, ns
+	retryGap int64
 
 	opened     int64 // coarse clock, ns
 	lastRead   int64 // coarse clock, ns
@@ -75,7 +81,13 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 		return
 	}
 	cfg := &c.loop.srv.cfg
-	if p := c.pending(); !force && p > 0 && (p+f.Len() > cfg.MaxPending || c.q.len() >= cfg.MaxPendingFrames) {
+	frameLimit := cfg.MaxPendingFrames
+	if c.retryGap >= int64(maxRetryGap) {
+		// No write progress for ~100 ms: a stalled receiver keeps only a
+		// short backlog, so a thousand of them cost little memory and GC.
+		frameLimit = min(frameLimit, stalledPendingFrames)
+	}
+	if p := c.pending(); !force && p > 0 && (p+f.Len() > cfg.MaxPending || c.q.len() >= frameLimit) {
 		c.dropped++
 		c.loop.stats.dropped.Add(1)
 		if c.stallSince == 0 {
@@ -88,7 +100,7 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 	f.Ref()
 	c.q.push(f)
 	c.queued += f.Len()
-	if !c.dirty {
+	if !c.dirty && !c.backlog { // a backlogged receiver is written by the poll
 		c.dirty = true
 		c.loop.dirty = append(c.loop.dirty, c)
 	}

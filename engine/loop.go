@@ -214,7 +214,11 @@ func (l *loop) write(c *conn) {
 		}
 		n = 0
 	}
-	if n > 0 {
+	if n == 0 {
+		c.retryGap = min(max(2*c.retryGap, int64(backlogPoll)), int64(maxRetryGap))
+		c.retryAt = l.srv.now() + c.retryGap
+	} else {
+		c.retryGap, c.retryAt = 0, 0
 		c.stallSince = 0 // the receiver is reading
 		l.stats.bytesOut.Add(uint64(n))
 		c.sent += uint64(n)
@@ -269,8 +273,13 @@ func (l *loop) pollBacklog(context.Context) error {
 	list := l.backlog
 	l.backlog = nil
 	l.backlogCount.Store(0)
+	now := l.srv.now()
 	for _, c := range list {
 		c.backlog = false
+		if c.state == joined && c.q.len() > 0 && now < c.retryAt {
+			l.markBacklog(c) // its socket was full: not yet
+			continue
+		}
 		l.write(c)
 	}
 	if cap(list) <= 1024 && l.backlog == nil {
