@@ -6,37 +6,6 @@ package main
 // engine's limits, back-pressure, history and duplicate rules apply to it
 // unchanged.
 //
-// Wiring in main.go (three places):
-//
-//  1. In Options:
-//
-//	WSListen string
-//
-//  2. In parseOptions, next to the other flags:
-//
-//	fs.StringVar(&o.WSListen, "ws-listen", "", "`host:port` for the WebSocket gateway (subprotocol mles-websocket)\nand the demo page at /; off when empty (the original used :8076)")
-//
-//  3. In run, right after `go func() { served <- srv.Serve() }()`:
-//
-//	if o.WSListen != "" {
-//		<-srv.Ready()
-//		mlesAddr, err := loopbackAddr(srv.Addrs())
-//		if err == nil {
-//			var stopGateway func()
-//			if stopGateway, err = startGateway(o.WSListen, mlesAddr, codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}, log); err == nil {
-//				defer stopGateway()
-//			}
-//		}
-//		if err != nil {
-//			log.Error("websocket gateway failed", slog.String("error", err.Error()))
-//			srv.Stop(context.Background())
-//			return 1
-//		}
-//	}
-//
-//     (stopGateway runs after srv.Stop on the way out; the engine closing
-//     its connections closes the WebSocket clients with status 1014 first,
-//     which browser clients treat like any close: they reconnect.)
 
 import (
 	"context"
@@ -52,18 +21,11 @@ import (
 )
 
 // startGateway serves the WebSocket gateway and demo page on wsListen,
-// bridging to the Mles server at mlesAddr with keys. stop closes the
-// listener and every WebSocket connection (at most 5 s).
-func startGateway(wsListen, mlesAddr string, keys codec.KeyConfig, log *slog.Logger) (stop func(), err error) {
-	stop, _, err = startGatewayWithStats(wsListen, mlesAddr, keys, log)
-	return stop, err
-}
-
-// startGatewayWithStats is startGateway that also returns the gateway's
-// counters (WebSocket sessions, TCP uplinks, messages in and out, frames
-// dropped for slow WebSocket clients, refused handshakes), for the metrics
-// collector to read at scrape time.
-func startGatewayWithStats(wsListen, mlesAddr string, keys codec.KeyConfig, log *slog.Logger) (stop func(), stats func() gateway.Stats, err error) {
+// bridging to the Mles server at mlesAddr with keys. stop closes the listener
+// and every WebSocket connection (at most 5 s); stats returns the gateway's
+// counters (sessions, TCP uplinks, messages in and out, frames dropped for
+// slow WebSocket clients, refused handshakes) for the metrics collector.
+func startGateway(wsListen, mlesAddr string, keys codec.KeyConfig, log *slog.Logger) (stop func(), stats func() gateway.Stats, err error) {
 	gw, err := gateway.Listen(wsListen, gateway.Config{
 		Server: mlesAddr,
 		Keys:   keys,

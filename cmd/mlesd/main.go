@@ -376,7 +376,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			if err == nil {
 				var stopGateway func()
 				var stats func() gateway.Stats
-				if stopGateway, stats, err = startGatewayWithStats(o.WSListen, mlesAddr, codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}, log); err == nil {
+				if stopGateway, stats, err = startGateway(o.WSListen, mlesAddr, codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}, log); err == nil {
 					gwStats.Store(&stats)
 					defer stopGateway()
 				}

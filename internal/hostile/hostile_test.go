@@ -1,7 +1,6 @@
 package hostile
 
 import (
-	"bufio"
 	"crypto/rand"
 	"fmt"
 	"net"
@@ -368,7 +367,3 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 		t.Fatal("mlesd still accepts connections after exiting")
 	}
 }
-
-func keyFor(uid, ch string) uint64 { return codec.Key(key, uid, ch) }
-
-func newReader(nc net.Conn) *bufio.Reader { return bufio.NewReaderSize(nc, 64<<10) }

@@ -9,6 +9,7 @@ package hostile
 // that keep up, or on resources not returning to the baseline.
 
 import (
+	"bufio"
 	"crypto/rand"
 	"fmt"
 	mrand "math/rand/v2"
@@ -19,8 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/internal/mlestest"
 )
+
+func keyFor(uid, ch string) uint64 { return codec.Key(key, uid, ch) }
+
+func newReader(nc net.Conn) *bufio.Reader { return bufio.NewReaderSize(nc, 64<<10) }
 
 func TestSoak(t *testing.T) {
 	duration := 30 * time.Minute
