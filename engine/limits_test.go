@@ -38,6 +38,7 @@ func TestMaxConnsRefusesTheConnectionOverTheLimit(t *testing.T) {
 	b := ts.join(t, sharedKeys, "b", "ch", nil)
 	a.expect(b.frame(nil))
 	dialRaw(t, ts.addr)         // third: allowed
+	ts.waitAccepted(t, 3)       // the server counted it before the fourth arrives
 	over := dialRaw(t, ts.addr) // fourth: over the limit
 	expectClosed(t, over)
 	ts.log.waitFor(t, "reason=max-conns")
