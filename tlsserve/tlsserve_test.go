@@ -248,11 +248,8 @@ func TestExpiredOrForeignClientCertificatesFailCleanly(t *testing.T) {
 		}
 	}
 	r.waitFailed(t, "bad-client-cert", 2)
-	log := r.log.String()
 	for _, want := range []string{"level=INFO msg=\"tls handshake failed\" reason=bad-client-cert", "expired", "unknown authority"} {
-		if !strings.Contains(log, want) {
-			t.Errorf("log does not say %q:\n%s", want, log)
-		}
+		r.waitLog(t, want) // a failure is counted just before it is logged
 	}
 	r.exchange(t, &r.pki.client.TLS)
 }
@@ -385,6 +382,17 @@ func (r *rig) waitFailed(t *testing.T, reason string, n uint64) {
 	for r.tls.Stats().HandshakesFailed[reason] != n {
 		if time.Now().After(deadline) {
 			t.Fatalf("handshakes failed %v, want %d %s", r.tls.Stats().HandshakesFailed, n, reason)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (r *rig) waitLog(t *testing.T, substr string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(r.log.String(), substr) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log does not say %q:\n%s", substr, r.log.String())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
