@@ -61,14 +61,19 @@ const (
 	// (gnet has no "writable" callback, and the engine writes to sockets
 	// itself so that unsent bytes stay shared references).
 	backlogPoll = 500 * time.Microsecond
-	// maxRetryGap caps the wait between writes to a receiver whose socket
-	// stays full (the wait doubles from backlogPoll on each write that makes
-	// no progress, and resets as soon as one does).
-	maxRetryGap = 50 * time.Millisecond
-	// stalledPendingFrames bounds the backlog of a receiver whose writes have
-	// made no progress for about 100 ms (its retry gap reached maxRetryGap),
-	// in place of MaxPendingFrames, which is sized for healthy receivers.
+	// maxRetryGap caps the wait between writes to a receiver whose socket is
+	// full (the wait doubles from backlogPoll on each write that makes no
+	// progress and resets as soon as one does): a healthy reader that was
+	// descheduled for a moment waits at most this long for its next bytes.
+	maxRetryGap = 10 * time.Millisecond
+	// stalledAfter: a receiver whose writes made no progress for this long is
+	// stalled. Its backlog is cut to stalledPendingFrames (the newest queued
+	// frames are dropped, whole, and counted) and it is retried only every
+	// stalledRetryGap, so a thousand receivers that never read cost little
+	// memory, GC or syscalls.
+	stalledAfter         = time.Second
 	stalledPendingFrames = 1024
+	stalledRetryGap      = 100 * time.Millisecond
 	// sweepInterval is how often each loop checks timeouts.
 	sweepInterval = 250 * time.Millisecond
 )

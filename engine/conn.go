@@ -42,8 +42,9 @@ type conn struct {
 	// each write that makes no progress doubles the wait before the next
 	// (up to maxRetryGap), so a thousand stalled receivers do not cost a
 	// thousand failing syscalls per inbound batch.
-	retryAt  int64 // coarse clock, ns
-	retryGap int64
+	retryAt    int64 // coarse clock, ns
+	retryGap   int64
+	stuckSince int64 // coarse clock, ns: first write without progress since the last with; 0 = none
 
 	opened     int64 // coarse clock, ns
 	lastRead   int64 // coarse clock, ns
@@ -82,9 +83,7 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 	}
 	cfg := &c.loop.srv.cfg
 	frameLimit := cfg.MaxPendingFrames
-	if c.retryGap >= int64(maxRetryGap) {
-		// No write progress for ~100 ms: a stalled receiver keeps only a
-		// short backlog, so a thousand of them cost little memory and GC.
+	if c.stalled() {
 		frameLimit = min(frameLimit, stalledPendingFrames)
 	}
 	if p := c.pending(); !force && p > 0 && (p+f.Len() > cfg.MaxPending || c.q.len() >= frameLimit) {
@@ -104,4 +103,9 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 		c.dirty = true
 		c.loop.dirty = append(c.loop.dirty, c)
 	}
+}
+
+// stalled reports whether c's writes have made no progress for stalledAfter.
+func (c *conn) stalled() bool {
+	return c.stuckSince != 0 && c.loop.srv.now()-c.stuckSince >= int64(stalledAfter)
 }

@@ -215,10 +215,19 @@ func (l *loop) write(c *conn) {
 		n = 0
 	}
 	if n == 0 {
-		c.retryGap = min(max(2*c.retryGap, int64(backlogPoll)), int64(maxRetryGap))
-		c.retryAt = l.srv.now() + c.retryGap
+		now := l.srv.now()
+		if c.stuckSince == 0 {
+			c.stuckSince = now
+		}
+		if c.stalled() {
+			c.retryGap = int64(stalledRetryGap)
+			l.trimStalled(c)
+		} else {
+			c.retryGap = min(max(2*c.retryGap, int64(backlogPoll)), int64(maxRetryGap))
+		}
+		c.retryAt = now + c.retryGap
 	} else {
-		c.retryGap, c.retryAt = 0, 0
+		c.retryGap, c.retryAt, c.stuckSince = 0, 0, 0
 		c.stallSince = 0 // the receiver is reading
 		l.stats.bytesOut.Add(uint64(n))
 		c.sent += uint64(n)
@@ -240,6 +249,20 @@ func (l *loop) write(c *conn) {
 	} else {
 		c.q.shrinkIfIdle()
 	}
+}
+
+// trimStalled cuts a stalled receiver's backlog to stalledPendingFrames,
+// dropping the newest queued frames (whole: the head, which may be partly
+// written, is always kept) and counting them. Loop-owned.
+func (l *loop) trimStalled(c *conn) {
+	for c.q.len() > stalledPendingFrames {
+		f := c.q.popBack()
+		c.queued -= f.Len()
+		f.Release()
+		c.dropped++
+		l.stats.dropped.Add(1)
+	}
+	c.q.compact()
 }
 
 // iovMax is the most buffers one writev takes (UIO_MAXIOV on Linux).
