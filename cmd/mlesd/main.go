@@ -37,30 +37,31 @@ import (
 // Options is every setting of mlesd. Flags and environment fill it; nothing
 // else reads flags.
 type Options struct {
-	Listen       []string
-	Key          string // shared key; flag --key or env MLES_KEY
-	AddrKey      string // env MLES_ADDR_KEY
-	HistoryLimit int
-	Loops        int
-	MaxFrame     int
-	MaxPending   int
-	MaxChannels  int
-	StallTimeout time.Duration
-	JoinTimeout  time.Duration
-	IdleTimeout  time.Duration
-	DrainTimeout time.Duration
-	MaxConns     int
-	MaxConnsIP   int
-	MaxUIDLen    int
-	MaxChanLen   int
-	MaxPartial   int
-	HistoryBytes int
-	MaxHistBytes int64
-	LogLevel     string
-	LogFormat    string
-	CPUProfile   string
-	MemProfile   string
-	PprofAddr    string
+	Listen        []string
+	Key           string // shared key; flag --key or env MLES_KEY
+	AddrKey       string // env MLES_ADDR_KEY
+	HistoryLimit  int
+	Loops         int
+	MaxFrame      int
+	MaxPending    int
+	MaxPendFrames int
+	MaxChannels   int
+	StallTimeout  time.Duration
+	JoinTimeout   time.Duration
+	IdleTimeout   time.Duration
+	DrainTimeout  time.Duration
+	MaxConns      int
+	MaxConnsIP    int
+	MaxUIDLen     int
+	MaxChanLen    int
+	MaxPartial    int
+	HistoryBytes  int
+	MaxHistBytes  int64
+	LogLevel      string
+	LogFormat     string
+	CPUProfile    string
+	MemProfile    string
+	PprofAddr     string
 
 	TLSListen           string // --tls-listen: TLS next to the plain listeners
 	TLSCert, TLSKey     string
@@ -129,6 +130,7 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.Loops, "loops", 0, "event loops; 0 = one per CPU core")
 	fs.IntVar(&o.MaxFrame, "max-frame", engine.DefaultMaxFrame, "largest frame payload in `bytes` (1..16777215); a bigger frame closes its connection")
 	fs.IntVar(&o.MaxPending, "max-pending", engine.DefaultMaxPending, "per-receiver backlog bound in `bytes`; frames past it are dropped for that receiver alone and counted")
+	fs.IntVar(&o.MaxPendFrames, "max-pending-frames", engine.DefaultMaxPendingFrames, "per-receiver backlog bound in frames (8 bytes of memory each); past it frames are dropped for that receiver alone")
 	fs.IntVar(&o.MaxChannels, "max-channels", router.DefaultMaxChannels, "most channels at once; a join that would create one more is closed (0 = no limit)")
 	fs.IntVar(&o.HistoryBytes, "history-bytes", router.DefaultHistoryBytes, "history cap per channel in `bytes`; oldest frames go first, a larger frame is not kept (0 = no cap)")
 	fs.Int64Var(&o.MaxHistBytes, "max-history-bytes", router.DefaultMaxHistoryBytes, "history cap over all channels in `bytes`; a channel past it evicts its own oldest frames (0 = no cap)")
@@ -183,7 +185,7 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 		return o, errors.New("--history-limit must be 0 or more")
 	case o.MaxFrame < 1 || o.MaxFrame > codec.MaxPayloadLen:
 		return o, fmt.Errorf("--max-frame must be 1..%d", codec.MaxPayloadLen)
-	case o.MaxPending < 1:
+	case o.MaxPending < 1 || o.MaxPendFrames < 1:
 		return o, errors.New("--max-pending must be positive")
 	case o.Loops < 0:
 		return o, errors.New("--loops must be 0 or more")
@@ -297,21 +299,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		HistoryBytes: o.HistoryBytes, MaxHistoryBytes: o.MaxHistBytes})
 	defer r.Close()
 	srv, err := engine.New(engine.Config{
-		Listen:          o.Listen,
-		Loops:           o.Loops,
-		Keys:            codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey},
-		MaxFrame:        o.MaxFrame,
-		MaxPending:      o.MaxPending,
-		StallTimeout:    never(o.StallTimeout),
-		JoinTimeout:     never(o.JoinTimeout),
-		IdleTimeout:     o.IdleTimeout,
-		DrainTimeout:    o.DrainTimeout,
-		MaxConns:        unlimited(o.MaxConns),
-		MaxConnsPerIP:   unlimited(o.MaxConnsIP),
-		MaxUIDLen:       o.MaxUIDLen,
-		MaxChannelLen:   o.MaxChanLen,
-		MaxPartialBytes: o.MaxPartial,
-		Logger:          log,
+		Listen:           o.Listen,
+		Loops:            o.Loops,
+		Keys:             codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey},
+		MaxFrame:         o.MaxFrame,
+		MaxPending:       o.MaxPending,
+		MaxPendingFrames: o.MaxPendFrames,
+		StallTimeout:     never(o.StallTimeout),
+		JoinTimeout:      never(o.JoinTimeout),
+		IdleTimeout:      o.IdleTimeout,
+		DrainTimeout:     o.DrainTimeout,
+		MaxConns:         unlimited(o.MaxConns),
+		MaxConnsPerIP:    unlimited(o.MaxConnsIP),
+		MaxUIDLen:        o.MaxUIDLen,
+		MaxChannelLen:    o.MaxChanLen,
+		MaxPartialBytes:  o.MaxPartial,
+		Logger:           log,
 	}, r)
 	if err != nil {
 		fmt.Fprintln(stderr, "mlesd:", err)

@@ -47,7 +47,7 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 		t.Fatalf("--help: %v", err)
 	}
 	for _, want := range []string{"MLES_KEY", "MLES_ADDR_KEY", "-listen", "-history-limit", "-key", "-loops",
-		"-max-frame", "-max-pending", "-stall-timeout", "-join-timeout", "-idle-timeout", "-max-conns",
+		"-max-frame", "-max-pending", "-max-pending-frames", "-stall-timeout", "-join-timeout", "-idle-timeout", "-max-conns",
 		"-max-conns-per-ip", "-max-uid-len", "-max-channel-len", "-max-partial-bytes", "-history-bytes",
 		"-max-history-bytes", "-max-channels", "-drain-timeout", "-log-level", "-log-format",
 		"-cpuprofile", "-memprofile", "-pprof", "-ws-listen", "[::]:8077"} {
