@@ -64,8 +64,9 @@ const (
 	// maxRetryGap caps the wait between writes to a receiver whose socket is
 	// full (the wait doubles from backlogPoll on each write that makes no
 	// progress and resets as soon as one does): a healthy reader that was
-	// descheduled for a moment waits at most this long for its next bytes.
-	maxRetryGap = 10 * time.Millisecond
+	// descheduled for a moment waits at most this long for its next bytes
+	// (10 ms doubled bigfan's median; stalled receivers get stalledRetryGap).
+	maxRetryGap = time.Millisecond
 	// stalledAfter: a receiver whose writes made no progress for this long is
 	// stalled. Its backlog is cut to stalledPendingFrames (the newest queued
 	// frames are dropped, whole, and counted) and it is retried only every
