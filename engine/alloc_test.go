@@ -9,7 +9,7 @@ import "testing"
 
 func TestFanoutPathDoesNotAllocate(t *testing.T) {
 	for _, loops := range []int{1, 2} {
-		step, check := fanoutRig(t, loops, 100, 128, 100)
+		step, check, _ := fanoutRig(t, loops, 100, 128, 100)
 		for i := 0; i < 200; i++ { // warm up pools and queue rings
 			step()
 		}

@@ -55,9 +55,9 @@ func (m *manualLoop) run() {
 
 // fanoutRig joins subs receivers, spread over loops, plus a sender on loop
 // 0. step forwards one frame of size bytes through the engine's real path;
-// check verifies every receiver got n frames' bytes.
-func fanoutRig(tb testing.TB, loops, subs, size, history int) (step func(), check func(n int)) {
-	srv, _ := New(Config{Loops: loops, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
+// check verifies every receiver got n frames' bytes; srv is for Stats.
+func fanoutRig(tb testing.TB, loops, subs, size, history int) (step func(), check func(n int), srv *Server) {
+	srv, _ = New(Config{Loops: loops, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
 		router.New(router.Config{HistoryLimit: history}))
 	els := make([]*manualLoop, loops)
 	for i := range els {
@@ -95,11 +95,11 @@ func fanoutRig(tb testing.TB, loops, subs, size, history int) (step func(), chec
 			}
 		}
 	}
-	return step, check
+	return step, check, srv
 }
 
 func benchFanout(b *testing.B, loops, subs, size, history int) {
-	step, check := fanoutRig(b, loops, subs, size, history)
+	step, check, _ := fanoutRig(b, loops, subs, size, history)
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
 	b.ResetTimer()

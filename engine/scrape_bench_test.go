@@ -1,14 +1,9 @@
 package engine
 
 import (
-	"bytes"
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
-
-	"github.com/mlesd/mlesd/router"
 )
 
 // BenchmarkEngineFanout100Scraped is BenchmarkEngineFanout100 while another
@@ -28,7 +23,7 @@ func BenchmarkEngineFanout100Scraped(b *testing.B) {
 			name = fmt.Sprintf("loops=2/history=0/idle-ticker-every=%v", every)
 		}
 		b.Run(name, func(b *testing.B) {
-			step, check, srv := fanoutRigWithServer(b, 2, 100, 128, 0)
+			step, check, srv := fanoutRig(b, 2, 100, 128, 0)
 			stop := make(chan struct{})
 			done := make(chan int)
 			go func() {
@@ -60,49 +55,4 @@ func BenchmarkEngineFanout100Scraped(b *testing.B) {
 			check(b.N)
 		})
 	}
-}
-
-// fanoutRigWithServer is fanoutRig that also returns the server, for Stats.
-// (Kept apart so fanout_bench_test.go is untouched; fanoutRig could return
-// srv and this would go.)
-func fanoutRigWithServer(tb testing.TB, loops, subs, size, history int) (step func(), check func(n int), srv *Server) {
-	srv, _ = New(Config{Loops: loops, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
-		router.New(router.Config{HistoryLimit: history}))
-	els := make([]*manualLoop, loops)
-	for i := range els {
-		els[i] = &manualLoop{}
-		srv.loops[i].Store(newLoop(i, srv, els[i], loops))
-	}
-	newConn := func(i int) *conn {
-		c := &conn{gc: &sinkConn{fd: devNull}, loop: srv.loops[i%loops].Load(), cid: uint32(i + 1), state: joined}
-		ch, _, err := srv.router.Join("bench", c, nil)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		c.ch = ch
-		return c
-	}
-	sender := newConn(0)
-	receivers := make([]*conn, subs)
-	for i := range receivers {
-		receivers[i] = newConn(i + 1)
-	}
-	l0 := srv.loops[0].Load()
-	data := bytes.Repeat([]byte{0xa5}, size)
-	step = func() {
-		l0.frames = append(l0.frames, router.NewFrame(data))
-		srv.dispatch(sender, l0)
-		l0.flush()
-		for _, el := range els {
-			el.run()
-		}
-	}
-	check = func(n int) {
-		for _, r := range receivers {
-			if got := int(r.sent); got != n*size {
-				tb.Fatalf("receiver got %d bytes, want %d", got, n*size)
-			}
-		}
-	}
-	return step, check, srv
 }
