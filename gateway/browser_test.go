@@ -72,17 +72,12 @@ func outputDir(t *testing.T) string {
 func TestBrowserPagesExchangeMessagesThroughMlesd(t *testing.T) {
 	chrome := chromium(t)
 
-	// The gateway inside mlesd when it has --ws-listen, else in-process.
+	// The gateway inside mlesd (--ws-listen), as a user runs the demo.
 	h := harness{key: "demo-key"}
-	if mlesdHasWS {
-		wsAddr := freeAddr(t)
-		h.mles, h.log = startMlesd(t, h.key, "--ws-listen", wsAddr)
-		waitListening(t, wsAddr, h.log)
-		h.ws = "ws://" + wsAddr + "/"
-	} else {
-		h.mles, _ = startMlesd(t, h.key)
-		h.ws, h.log = inProcess(t, h.mles, h.key)
-	}
+	wsAddr := freeAddr(t)
+	h.mles, h.log = startMlesd(t, h.key, "--ws-listen", wsAddr)
+	waitListening(t, wsAddr, h.log)
+	h.ws = "ws://" + wsAddr + "/"
 	page := "http://" + strings.TrimPrefix(h.ws, "ws://")
 	tcp := dialTCP(t, h, "terminal", "demo")
 

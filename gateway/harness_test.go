@@ -6,7 +6,6 @@ package gateway_test
 // that flag). Every behaviour test runs against each setup.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,48 +26,28 @@ import (
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/gateway"
 	"github.com/mlesd/mlesd/gateway/client"
+	"github.com/mlesd/mlesd/internal/mlestest"
 )
 
-var (
-	mlesdBin, mlesBin string
-	mlesdHasWS        bool // mlesd --help mentions --ws-listen
-)
+var mlesdBin, mlesBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "gateway-test-")
 	if err != nil {
 		panic(err)
 	}
-	mlesdBin, mlesBin = filepath.Join(dir, "mlesd"), filepath.Join(dir, "mles")
-	for bin, pkg := range map[string]string{mlesdBin: "../cmd/mlesd", mlesBin: "../cmd/mles"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
+	for _, b := range []struct {
+		path *string
+		name string
+	}{{&mlesdBin, "mlesd"}, {&mlesBin, "mles"}} {
+		if *b.path, err = mlestest.BuildCommand(dir, b.name); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
 	}
-	help, _ := exec.Command(mlesdBin, "--help").CombinedOutput()
-	mlesdHasWS = bytes.Contains(help, []byte("-ws-listen"))
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func freeAddr(t *testing.T) string {
@@ -96,7 +74,7 @@ func keyEnv(key string) []string {
 	return env
 }
 
-func waitListening(t *testing.T, addr string, log *syncBuffer) {
+func waitListening(t *testing.T, addr string, log *mlestest.SyncBuffer) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -114,9 +92,9 @@ func waitListening(t *testing.T, addr string, log *syncBuffer) {
 
 // startProcess runs bin with args and env; it must listen on addr. At the
 // end of the test it gets SIGTERM and must exit 0.
-func startProcess(t *testing.T, env []string, addr string, bin string, args ...string) *syncBuffer {
+func startProcess(t *testing.T, env []string, addr string, bin string, args ...string) *mlestest.SyncBuffer {
 	t.Helper()
-	log := &syncBuffer{}
+	log := &mlestest.SyncBuffer{}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
 	cmd.Stderr = log
@@ -143,7 +121,7 @@ func startProcess(t *testing.T, env []string, addr string, bin string, args ...s
 
 // startMlesd runs mlesd on a free loopback port with history 10 and key
 // mode key; extra args are appended.
-func startMlesd(t *testing.T, key string, extra ...string) (addr string, log *syncBuffer) {
+func startMlesd(t *testing.T, key string, extra ...string) (addr string, log *mlestest.SyncBuffer) {
 	t.Helper()
 	addr = freeAddr(t)
 	args := append([]string{"--listen", addr, "--history-limit", "10"}, extra...)
@@ -152,10 +130,10 @@ func startMlesd(t *testing.T, key string, extra ...string) (addr string, log *sy
 
 // harness is one running Mles server with a gateway in front of it.
 type harness struct {
-	mles string      // the Mles server's TCP address
-	ws   string      // ws:// URL of the gateway
-	log  *syncBuffer // the gateway's log
-	key  string      // shared key, "" for address keys
+	mles string               // the Mles server's TCP address
+	ws   string               // ws:// URL of the gateway
+	log  *mlestest.SyncBuffer // the gateway's log
+	key  string               // shared key, "" for address keys
 }
 
 // setup is one way of running the gateway. front puts it before any Mles
@@ -163,11 +141,11 @@ type harness struct {
 type setup struct {
 	name    string
 	builtin bool
-	front   func(t *testing.T, server, key string) (wsURL string, log *syncBuffer)
+	front   func(t *testing.T, server, key string) (wsURL string, log *mlestest.SyncBuffer)
 }
 
-func inProcess(t *testing.T, server, key string) (string, *syncBuffer) {
-	log := &syncBuffer{}
+func inProcess(t *testing.T, server, key string) (string, *mlestest.SyncBuffer) {
+	log := &mlestest.SyncBuffer{}
 	gw, err := gateway.Listen("127.0.0.1:0", gateway.Config{
 		Server: server,
 		Keys:   codec.KeyConfig{SharedKey: key},
@@ -187,7 +165,7 @@ func inProcess(t *testing.T, server, key string) (string, *syncBuffer) {
 	return "ws://" + gw.Addr().String() + "/", log
 }
 
-func mlesProxy(t *testing.T, server, key string) (string, *syncBuffer) {
+func mlesProxy(t *testing.T, server, key string) (string, *mlestest.SyncBuffer) {
 	addr := freeAddr(t)
 	log := startProcess(t, keyEnv(key), addr, mlesBin, "proxy", "--listen", addr, "--server", server, "--log-level", "debug")
 	return "ws://" + addr + "/", log
@@ -199,16 +177,12 @@ var setups = []setup{
 	{name: "mlesd-ws-listen", builtin: true},
 }
 
-// forEachSetup runs body once per setup (the builtin one only when mlesd
-// has --ws-listen) with a fresh mlesd in key mode key.
+// forEachSetup runs body once per setup with a fresh mlesd in key mode key.
 func forEachSetup(t *testing.T, key string, body func(t *testing.T, h harness)) {
 	for _, s := range setups {
 		t.Run(s.name, func(t *testing.T) {
 			h := harness{key: key}
 			if s.builtin {
-				if !mlesdHasWS {
-					t.Skip("mlesd has no --ws-listen flag yet (see cmd/mlesd/gateway.go for the wiring)")
-				}
 				wsAddr := freeAddr(t)
 				h.mles, h.log = startMlesd(t, key, "--ws-listen", wsAddr)
 				waitListening(t, wsAddr, h.log)

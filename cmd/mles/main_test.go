@@ -14,10 +14,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mlesd/mlesd/internal/mlestest"
 )
 
 var mlesBin, mlesdBin string
@@ -27,33 +28,16 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	mlesBin, mlesdBin = filepath.Join(dir, "mles"), filepath.Join(dir, "mlesd")
-	for bin, pkg := range map[string]string{mlesBin: ".", mlesdBin: "../mlesd"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
-			os.Exit(1)
-		}
+	if mlesBin, err = mlestest.BuildCommand(dir, "mles"); err == nil {
+		mlesdBin, err = mlestest.BuildCommand(dir, "mlesd")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // keyEnv is the environment with MLES_KEY=key ("" = address keys).
@@ -79,7 +63,7 @@ func startMlesd(t *testing.T, env []string) string {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	log := &syncBuffer{}
+	log := &mlestest.SyncBuffer{}
 	cmd := exec.Command(mlesdBin, "--listen", addr, "--history-limit", "10")
 	cmd.Env = env
 	cmd.Stderr = log
@@ -173,7 +157,7 @@ func TestPubPipedIntoALiveSub(t *testing.T) {
 	srv := startMlesd(t, env)
 	sub := exec.Command(mlesBin, "sub", "--server", srv, "--uid", "bob", "--channel", "live", "--count", "2")
 	sub.Env = env
-	var out, serr syncBuffer
+	var out, serr mlestest.SyncBuffer
 	sub.Stdout, sub.Stderr = &out, &serr
 	if err := sub.Start(); err != nil {
 		t.Fatal(err)
@@ -328,7 +312,7 @@ func TestSubShowsJoinFramesOnlyWithShowJoins(t *testing.T) {
 	srv := startMlesd(t, env)
 	watcher := exec.Command(mlesBin, "sub", "--server", srv, "--uid", "w", "--channel", "j", "--show-joins", "--json", "--count", "1")
 	watcher.Env = env
-	var out syncBuffer
+	var out mlestest.SyncBuffer
 	watcher.Stdout = &out
 	if err := watcher.Start(); err != nil {
 		t.Fatal(err)

@@ -28,18 +28,41 @@ import (
 )
 
 // Build compiles cmd/mlesd into dir and returns the binary's path.
-func Build(dir string) (string, error) {
+func Build(dir string) (string, error) { return BuildCommand(dir, "mlesd") }
+
+// BuildCommand compiles cmd/NAME of this module into dir/NAME and returns
+// the binary's path.
+func BuildCommand(dir, name string) (string, error) {
 	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
 	if err != nil {
 		return "", fmt.Errorf("finding the module root: %w", err)
 	}
-	bin := filepath.Join(dir, "mlesd")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/mlesd")
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/"+name)
 	cmd.Dir = strings.TrimSpace(string(root))
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building mlesd: %v\n%s", err, out)
+		return "", fmt.Errorf("building %s: %v\n%s", name, err, out)
 	}
 	return bin, nil
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writes and reads (a
+// child process's log, written by exec's copier, read by the test).
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // FreePort returns a TCP port free on 127.0.0.1 right now.
