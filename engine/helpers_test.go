@@ -11,31 +11,16 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/mlesd/mlesd/codec"
+	"github.com/mlesd/mlesd/internal/mlestest"
 	"github.com/mlesd/mlesd/router"
 )
 
 // logBuffer collects the server's log lines so tests can assert on them.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type logBuffer struct{ mlestest.SyncBuffer }
 
 // waitFor polls until the log holds substr or the deadline passes.
 func (l *logBuffer) waitFor(t *testing.T, substr string) {

@@ -81,17 +81,8 @@ type Proc struct {
 	Cmd       *exec.Cmd
 	Addr      string // Mles listener, 127.0.0.1:port
 	PprofAddr string // net/http/pprof, 127.0.0.1:port
-	mu        sync.Mutex
-	log       bytes.Buffer
+	log       SyncBuffer
 	waited    chan error
-}
-
-type lockedWriter struct{ p *Proc }
-
-func (w lockedWriter) Write(b []byte) (int, error) {
-	w.p.mu.Lock()
-	defer w.p.mu.Unlock()
-	return w.p.log.Write(b)
 }
 
 // Start runs bin on free loopback ports (Mles and pprof) with env added to
@@ -106,7 +97,7 @@ func Start(t testing.TB, bin string, env []string, args ...string) *Proc {
 	}
 	p.Cmd = exec.Command(bin, append([]string{"--listen", p.Addr, "--pprof", p.PprofAddr}, args...)...)
 	p.Cmd.Env = append(os.Environ(), env...)
-	p.Cmd.Stderr = lockedWriter{p}
+	p.Cmd.Stderr = &p.log
 	if err := p.Cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -163,11 +154,7 @@ func (p *Proc) Alive() bool {
 }
 
 // Log returns everything the server logged so far.
-func (p *Proc) Log() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.log.String()
-}
+func (p *Proc) Log() string { return p.log.String() }
 
 // WaitLog waits up to 10 s for substr in the log.
 func (p *Proc) WaitLog(t testing.TB, substr string) {
