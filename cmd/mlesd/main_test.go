@@ -130,8 +130,8 @@ func TestSendOnlyPublishersAreServedWithBoundedMemory(t *testing.T) {
 	peak := p.Status(t, "VmHWM")
 	t.Logf("server RSS: baseline %d KiB, peak %d KiB", baseline, peak)
 	// Bound: stalled publishers pin shared frames (all 20 MB of this run at
-	// most, whatever their number) plus at most 1 MiB each copied in the
-	// loop's write buffer: 70 MiB in the worst case; sharing keeps it lower.
+	// most, whatever their number) plus 8 bytes per queued reference; nothing
+	// is copied per receiver.
 	if peak-baseline > 100<<10 {
 		t.Fatalf("server RSS grew %d KiB, over the 100 MiB bound", peak-baseline)
 	}
