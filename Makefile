@@ -30,7 +30,7 @@ build: ## build bin/mlesd (static, version and commit stamped) and the bin/mles 
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mlesd
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/mles ./cmd/mles
 
-install: build ## install bin/mlesd to PREFIX/bin, the systemd unit and /etc/mlesd/mlesd.toml (kept if present); then see deploy/README-section.md
+install: build ## install bin/mlesd to PREFIX/bin, the systemd unit and /etc/mlesd/mlesd.toml (kept if present); then see README, "Install as a service"
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mlesd
 	install -D -m 0644 deploy/mlesd.service $(DESTDIR)$(SYSTEMD_DIR)/mlesd.service
 	sed -i 's|/usr/local/bin/mlesd|$(PREFIX)/bin/mlesd|' $(DESTDIR)$(SYSTEMD_DIR)/mlesd.service
