@@ -2,12 +2,9 @@ package engine
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 )
-
-var errEOF = io.EOF
 
 // gnetLogger routes gnet's own log lines into slog.
 type gnetLogger struct{ log *slog.Logger }

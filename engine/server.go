@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -327,7 +328,7 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	case c.reason != "":
 		s.countRefused(c.reason)
 		s.rlog.Log(reasonLevel(c.reason), c.reason, "connection closed by server", connAttrs(c)...)
-	case err != nil && !errors.Is(err, errEOF):
+	case err != nil && !errors.Is(err, io.EOF):
 		s.debug("connection closed", c, slog.String("error", err.Error()))
 	default:
 		s.debug("connection closed", c, slog.Bool("was_joined", wasJoined))
