@@ -30,13 +30,11 @@ func runChat(e env, args []string) error {
 	if err := cf.check(fs); err != nil {
 		return err
 	}
-	conn, err := cf.dial(e)
+	conn, done, err := cf.open(e)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	stop := onStop(e, func() { conn.Close() })
-	defer stop()
+	defer done()
 	if err := conn.Send(nil); err != nil {
 		return closedErr(err)
 	}

@@ -61,6 +61,16 @@ func (c *connFlags) dial(e env) (*client.Conn, error) {
 	return conn, nil
 }
 
+// open dials like dial and also closes the connection when the process is
+// told to stop; done, deferred by the caller, undoes both.
+func (c *connFlags) open(e env) (conn *client.Conn, done func(), err error) {
+	if conn, err = c.dial(e); err != nil {
+		return nil, nil, err
+	}
+	stop := onStop(e, func() { conn.Close() })
+	return conn, func() { stop(); conn.Close() }, nil
+}
+
 // closedErr explains a connection the server ended: the protocol has no
 // error messages, so a wrong key and a server shutdown look the same.
 func closedErr(err error) error {

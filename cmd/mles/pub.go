@@ -60,13 +60,11 @@ func runPub(e env, args []string) error {
 			return fmt.Errorf("%s: %d bytes is more than a Mles message can carry", f, st.Size())
 		}
 	}
-	conn, err := cf.dial(e)
+	conn, done, err := cf.open(e)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	stop := onStop(e, func() { conn.Close() })
-	defer stop()
+	defer done()
 
 	var tick *time.Ticker
 	if interval > 0 {

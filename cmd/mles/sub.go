@@ -57,13 +57,11 @@ func runSub(e env, args []string) error {
 	if *count < 0 {
 		return usageErr("--count must be >= 0")
 	}
-	conn, err := cf.dial(e)
+	conn, done, err := cf.open(e)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	stop := onStop(e, func() { conn.Close() })
-	defer stop()
+	defer done()
 	if err := conn.Send(nil); err != nil {
 		return closedErr(err)
 	}
