@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -25,14 +24,7 @@ type logBuffer struct{ mlestest.SyncBuffer }
 // waitFor polls until the log holds substr or the deadline passes.
 func (l *logBuffer) waitFor(t *testing.T, substr string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if strings.Contains(l.String(), substr) {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("log never said %q; log:\n%s", substr, l.String())
+	mlestest.WaitFor(t, l.String, substr, 5*time.Second)
 }
 
 type testServer struct {

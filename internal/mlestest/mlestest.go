@@ -159,14 +159,21 @@ func (p *Proc) Log() string { return p.log.String() }
 // WaitLog waits up to 10 s for substr in the log.
 func (p *Proc) WaitLog(t testing.TB, substr string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	WaitFor(t, p.Log, substr, 10*time.Second)
+}
+
+// WaitFor polls log until it contains substr, or fails the test after
+// timeout with the whole log.
+func WaitFor(t testing.TB, log func() string, substr string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if strings.Contains(p.Log(), substr) {
+		if strings.Contains(log(), substr) {
 			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("log never said %q:\n%s", substr, p.Log())
+	t.Fatalf("log never said %q:\n%s", substr, log())
 }
 
 // Status reads a field of /proc/PID/status in KiB (VmRSS, VmHWM).
