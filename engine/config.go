@@ -114,6 +114,9 @@ type Config struct {
 	MaxPartialBytes int
 	// DrainTimeout bounds how long Stop flushes backlogs before closing.
 	DrainTimeout time.Duration
+	// Members, when set, learns of every member's join and leave (package
+	// peering opens and closes uplinks with it).
+	Members MemberObserver
 	// Logger receives the server's log; nil = slog.Default().
 	Logger *slog.Logger
 }

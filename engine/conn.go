@@ -28,6 +28,8 @@ type conn struct {
 	remote netip.AddrPort
 	state  connState
 	cid    uint32
+	dupKey uint64       // router.Subscriber.DupKey
+	up     *uplinkState // nil unless an uplink to a peer
 	ch     *router.Channel
 	uid    string
 
@@ -55,8 +57,8 @@ type conn struct {
 	perIP      bool   // counted in Server.perIP
 }
 
-// CID implements router.Subscriber.
-func (c *conn) CID() uint32 { return c.cid }
+// DupKey implements router.Subscriber.
+func (c *conn) DupKey() uint64 { return c.dupKey }
 
 // Loop implements router.Subscriber.
 func (c *conn) Loop() int { return c.loop.idx }

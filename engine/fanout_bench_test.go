@@ -65,7 +65,7 @@ func fanoutRig(tb testing.TB, loops, subs, size, history int) (step func(), chec
 		srv.loops[i].Store(newLoop(i, srv, els[i], loops))
 	}
 	newConn := func(i int) *conn {
-		c := &conn{gc: &sinkConn{fd: devNull}, loop: srv.loops[i%loops].Load(), cid: uint32(i + 1), state: joined}
+		c := &conn{gc: &sinkConn{fd: devNull}, loop: srv.loops[i%loops].Load(), cid: uint32(i + 1), dupKey: uint64(i + 1), state: joined}
 		ch, _, err := srv.router.Join("bench", c, nil)
 		if err != nil {
 			tb.Fatal(err)

@@ -36,6 +36,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mlesd/mlesd/codec"
+	"github.com/mlesd/mlesd/internal/ratelog"
 	"github.com/mlesd/mlesd/router"
 )
 
@@ -48,7 +49,7 @@ type Server struct {
 	cfg    Config
 	router *router.Router
 	log    *slog.Logger
-	rlog   *rateLog
+	rlog   *ratelog.Log
 
 	protoAddrs []string
 	eng        gnet.Engine
@@ -85,7 +86,7 @@ func New(cfg Config, r *router.Router) (*Server, error) {
 		cfg:    cfg,
 		router: r,
 		log:    cfg.Logger,
-		rlog:   newRateLog(cfg.Logger, 5),
+		rlog:   ratelog.New(cfg.Logger, 5),
 		byEL:   make(map[gnet.EventLoop]*loop),
 		perIP:  make(map[netip.Addr]int),
 		loops:  make([]atomic.Pointer[loop], cfg.Loops),
@@ -229,8 +230,12 @@ func (s *Server) loopOf(gc gnet.Conn) *loop {
 	return l
 }
 
-// adopted carries the client address of a connection handed over by Adopt.
-type adopted struct{ remote netip.AddrPort }
+// adopted carries the client address of a connection handed over by Adopt,
+// or the Uplink of one handed over by AdoptUplink.
+type adopted struct {
+	remote netip.AddrPort
+	uplink Uplink
+}
 
 // Adopt hands an established connection to the engine as if it had been
 // accepted from remote (the address used for address keys, limits and logs).
@@ -244,20 +249,7 @@ type adopted struct{ remote netip.AddrPort }
 // through gnet's Engine.Register, whose round robin is also the acceptor's
 // and is not safe from other goroutines); until one has, Adopt fails.
 func (s *Server) Adopt(nc net.Conn, remote netip.AddrPort) error {
-	var l *loop
-	for i, n := 0, s.adopts.Add(1); i < len(s.loops) && l == nil; i++ {
-		l = s.loops[(int(n%uint64(len(s.loops)))+i)%len(s.loops)].Load()
-	}
-	if l == nil {
-		return errors.New("engine: no event loop has had a connection yet")
-	}
-	ctx := gnet.NewContext(context.Background(), &adopted{remote: remote})
-	ch, err := l.el.Enroll(ctx, nc)
-	if err != nil {
-		return err
-	}
-	res := <-ch
-	return res.Err
+	return s.adopt(nc, &adopted{remote: remote})
 }
 
 // OnOpen sets up a connection's state; it waits for its join frame.
@@ -265,13 +257,23 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := s.loopOf(gc)
 	now := s.now()
 	remote := addrPortOf(gc.RemoteAddr())
-	if a, ok := gc.Context().(*adopted); ok {
+	a, _ := gc.Context().(*adopted)
+	if a != nil {
 		remote = a.remote
 	}
 	c := &conn{gc: gc, loop: l, remote: remote, opened: now, lastRead: now}
 	gc.SetContext(c)
 	l.conns[c] = struct{}{}
 	s.accepted.Add(1)
+	if a != nil && a.uplink != nil { // ours: no client limits apply
+		s.openConns.Add(1)
+		if s.stopping.Load() {
+			c.reason = "shutting-down"
+			c.up = &uplinkState{u: a.uplink}
+			return nil, gnet.Close
+		}
+		return nil, s.openUplink(c, a.uplink)
+	}
 	if n := s.openConns.Add(1); s.stopping.Load() {
 		c.reason = "shutting-down"
 		return nil, gnet.Close
@@ -309,6 +311,9 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	s.openConns.Add(-1)
 	if c.ch != nil {
 		c.ch.Leave(c)
+		if c.up == nil && wasJoined && s.cfg.Members != nil {
+			s.cfg.Members.MemberLeft(c.ch)
+		}
 	}
 	c.q.releaseAll()
 	c.queued = 0
@@ -323,6 +328,11 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 			delete(s.perIP, ip)
 		}
 		s.ipMu.Unlock()
+	}
+	if c.up != nil {
+		c.up.releaseReplay()
+		c.up.u.Down(c.reason, err, c.up.received)
+		return gnet.None // the peering package logs uplinks
 	}
 	switch {
 	case c.reason != "":
@@ -430,6 +440,13 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 			}
 			continue
 		}
+		if c.up != nil {
+			c.up.received++
+			if c.up.replay != nil && c.up.skipReplayed(data) {
+				_, _ = gc.Discard(total)
+				continue
+			}
+		}
 		f := router.NewFrame(data)
 		_, _ = gc.Discard(total)
 		l.frames = append(l.frames, f)
@@ -518,6 +535,7 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 		}
 		key, c.cid = h.Key, h.CID
 	}
+	c.dupKey = uint64(c.cid)
 	if len(t.UID) > s.cfg.MaxUIDLen {
 		return "uid-too-long"
 	}
@@ -538,6 +556,13 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	}
 	c.ch, c.uid, c.state = ch, t.UID, joined
 	c.loop.stats.joins.Add(1)
+	if s.cfg.Members != nil {
+		if resync {
+			s.cfg.Members.MemberJoined(ch, inner[0])
+		} else {
+			s.cfg.Members.MemberJoined(ch, data)
+		}
+	}
 	// History first: the joiner gets it before any live frame.
 	for _, f := range hist {
 		c.deliver(f, true)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/mlesd/mlesd/engine"
 	"github.com/mlesd/mlesd/gateway"
+	"github.com/mlesd/mlesd/peering"
 )
 
 // Sources is where the collector reads from. Engine is required; the others
@@ -31,15 +32,13 @@ type Sources struct {
 	TLS func() (ok uint64, failed map[string]uint64)
 	// Gateway returns the WebSocket gateway's counters (nil: no gateway).
 	Gateway func() gateway.Stats
+	// Peering returns the uplinks to peer servers (nil: no --peer).
+	Peering func() peering.Stats
 	// Ready reports whether the server takes connections (for /readyz).
 	Ready func() bool
 	// Version and Commit label mlesd_build_info.
 	Version, Commit string
 }
-
-// TODO(peering): "uplinks by state" (issue 7) once peering/ has uplinks:
-// a gauge mlesd_uplinks{state="connecting|up|backoff"} read from the peering
-// package's stats at scrape time like the rest. Not exported until then.
 
 var (
 	descOpen     = desc("connections_open", "Connections open now (TCP and TLS).")
@@ -63,6 +62,10 @@ var (
 	descWSOut    = desc("ws_messages_out_total", "Frames written to WebSocket clients.")
 	descWSDrop   = desc("ws_frames_dropped_total", "Frames dropped for WebSocket clients that did not keep up.")
 	descWSRef    = desc("ws_handshakes_refused_total", "WebSocket handshakes refused (no mles-websocket subprotocol).")
+	descPeerUp   = desc("peer_uplinks", "Uplinks to peer servers (one per channel with members and peer), by state: connecting, up, backoff, and linger (its channel has no members; it closes when the linger ends, counted in its state too).", "state")
+	descPeerUps  = desc("peer_uplink_ups_total", "Times an uplink to a peer server came up.")
+	descPeerDown = desc("peer_uplink_downs_total", "Times an uplink that was handed to the engine ended other than by its channel emptying (refusals included).")
+	descPeerDial = desc("peer_dial_failures_total", "Connection attempts to peer servers that failed.")
 	descBuild    = desc("build_info", "Always 1; labels name the build.", "version", "commit")
 )
 
@@ -81,7 +84,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descOpen, descAccepted, descClosed, descAuthFail, descJoins,
 		descChannels, descFramesIn, descBytesIn, descFramesOu, descBytesOut, descDropped, descHistory,
 		descBusy, descTLS, descTLSFail, descWSOpen, descWSUp, descWSIn, descWSOut, descWSDrop, descWSRef,
-		descBuild} {
+		descPeerUp, descPeerUps, descPeerDown, descPeerDial, descBuild} {
 		ch <- d
 	}
 }
@@ -125,6 +128,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descWSOut, float64(gs.MessagesOut))
 		counter(descWSDrop, float64(gs.Dropped))
 		counter(descWSRef, float64(gs.Refused))
+	}
+	if c.src.Peering != nil {
+		ps := c.src.Peering()
+		gauge(descPeerUp, float64(ps.Connecting), "connecting")
+		gauge(descPeerUp, float64(ps.Up), "up")
+		gauge(descPeerUp, float64(ps.Backoff), "backoff")
+		gauge(descPeerUp, float64(ps.Linger), "linger")
+		counter(descPeerUps, float64(ps.Ups))
+		counter(descPeerDown, float64(ps.Downs))
+		counter(descPeerDial, float64(ps.DialFailures))
 	}
 	gauge(descBuild, 1, c.src.Version, c.src.Commit)
 }

@@ -22,8 +22,12 @@ import (
 
 // Subscriber is a member of a channel: a client connection or an uplink.
 type Subscriber interface {
-	// CID is the connection id from the subscriber's join frame.
-	CID() uint32
+	// DupKey is what the duplicate-CID rule compares: a client's CID from
+	// its join frame. An uplink returns its CID with bit 32 set when it must
+	// not clash with anyone (its CID is that of the member whose join it
+	// replays), or its plain static group CID, which then refuses any
+	// joiner with that CID while the uplink is open (see package peering).
+	DupKey() uint64
 	// Loop is the index of the event loop that owns the subscriber; a
 	// Snapshot groups subscribers by it so that a sender hands each loop
 	// one batch.
@@ -143,12 +147,24 @@ func (c *Channel) Name() string { return c.name }
 // Snapshot returns the current subscribers. One atomic load; never blocks.
 func (c *Channel) Snapshot() *Snapshot { return c.snap.Load() }
 
-// Join adds sub to the channel called name, creating the channel if needed.
+// Join adds sub to the channel called name, creating the channel if needed,
+// unless another subscriber there has sub's DupKey (ErrDuplicateCID).
 // It returns the channel and its history, oldest first, each frame with a
 // reference owned by the caller: deliver them to sub before anything else,
 // then Release them. The history is returned appended to hist (pass a reused
 // slice to avoid allocating).
 func (r *Router) Join(name string, sub Subscriber, hist []*Frame) (*Channel, []*Frame, error) {
+	return r.join(name, sub, hist, true)
+}
+
+// JoinUplink is Join for an uplink to a peer server: it is never refused for
+// its DupKey (the uplink replays a member's join, CID included), but its
+// DupKey still refuses later joiners that have it.
+func (r *Router) JoinUplink(name string, sub Subscriber, hist []*Frame) (*Channel, []*Frame, error) {
+	return r.join(name, sub, hist, false)
+}
+
+func (r *Router) join(name string, sub Subscriber, hist []*Frame, checkDup bool) (*Channel, []*Frame, error) {
 	for {
 		sh := r.shardOf(name)
 		sh.mu.Lock()
@@ -174,7 +190,7 @@ func (r *Router) Join(name string, sub Subscriber, hist []*Frame) (*Channel, []*
 		old := ch.snap.Load()
 		for _, g := range old.Groups {
 			for _, s := range g.Subs {
-				if s.CID() == sub.CID() {
+				if checkDup && s.DupKey() == sub.DupKey() {
 					ch.mu.Unlock()
 					ch.forgetIfEmpty()
 					return nil, hist, ErrDuplicateCID

@@ -10,14 +10,45 @@ import (
 
 type fakeSub struct {
 	cid  uint32
+	key  uint64 // DupKey when non-zero, else cid
 	loop int
 	got  int
 }
 
-func (s *fakeSub) CID() uint32 { return s.cid }
+func (s *fakeSub) DupKey() uint64 {
+	if s.key != 0 {
+		return s.key
+	}
+	return uint64(s.cid)
+}
 func (s *fakeSub) Loop() int   { return s.loop }
 
 func frameOf(s string) *Frame { return NewFrame([]byte(s)) }
+
+// An uplink replaying a member's join shares that member's CID: it is
+// admitted, and with the peer bit set it refuses nobody. An uplink with a
+// static group CID is admitted too, but refuses joiners with that CID.
+func TestUplinkDupKeys(t *testing.T) {
+	r := New(Config{})
+	if _, _, err := r.Join("ch", &fakeSub{cid: 7}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.JoinUplink("ch", &fakeSub{cid: 7, key: 7 | 1<<32}, nil); err != nil {
+		t.Fatalf("uplink with a member's CID refused: %v", err)
+	}
+	if _, _, err := r.Join("ch", &fakeSub{cid: 8}, nil); err != nil {
+		t.Fatalf("other CID refused: %v", err)
+	}
+	if _, _, err := r.JoinUplink("ch", &fakeSub{cid: 0xc0de}, nil); err != nil {
+		t.Fatalf("static-CID uplink refused: %v", err)
+	}
+	if _, _, err := r.Join("ch", &fakeSub{cid: 0xc0de}, nil); !errors.Is(err, ErrDuplicateCID) {
+		t.Fatalf("joiner with the group CID: got %v, want ErrDuplicateCID", err)
+	}
+	if _, _, err := r.Join("ch", &fakeSub{cid: 7}, nil); !errors.Is(err, ErrDuplicateCID) {
+		t.Fatalf("second member with CID 7: got %v, want ErrDuplicateCID", err)
+	}
+}
 
 func TestJoinGroupsSubscribersByLoop(t *testing.T) {
 	r := New(Config{})

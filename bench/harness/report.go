@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -35,6 +36,26 @@ type Result struct {
 	// by a hand-written client, so that nats.go's own costs are not counted).
 	VsNATSRaw float64 `json:"vs_nats_raw,omitempty"`
 	Failed    string  `json:"failed,omitempty"` // the scenario could not run
+
+	// Baseline is the same scenario measured, in the same run, on the
+	// baseline topology (peerfan: one server instead of two peered ones).
+	// Run lists it as a result of its own, in the row above this one.
+	Baseline *Result `json:"-"`
+}
+
+// Bad reports whether the delivery of r or of its baseline went wrong.
+func (r *Result) Bad() bool {
+	return r.Delivery.Bad() || (r.Baseline != nil && r.Baseline.Delivery.Bad())
+}
+
+// Metric returns the metric called name, if r has it.
+func (r *Result) Metric(name string) (Metric, bool) {
+	for _, m := range r.Metrics {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Metric{}, false
 }
 
 // Add appends a metric.
@@ -98,10 +119,10 @@ func FormatValue(v float64, unit string) string {
 	case math.IsNaN(v):
 		return "-"
 	case unit == "s":
-		switch {
-		case v < 1e-3:
+		switch a := math.Abs(v); {
+		case a < 1e-3:
 			return fmt.Sprintf("%.1fµs", v*1e6)
-		case v < 1:
+		case a < 1:
 			return fmt.Sprintf("%.2fms", v*1e3)
 		default:
 			return fmt.Sprintf("%.3fs", v)
@@ -135,13 +156,25 @@ func writeTable(w io.Writer, scenario string, rs []*Result, md bool) {
 			continue
 		}
 		rows = append(rows, r)
-		if cols == nil && r.Failed == "" {
-			for _, m := range r.Metrics {
-				if !m.Detail {
-					cols = append(cols, m)
-				}
-			}
+		if r.Failed != "" {
+			continue
+		}
+		if params == nil {
 			params = r.Params
+		}
+		// Columns: every row's metrics, in order; one that only a later row
+		// has goes right after the metric it follows there.
+		at := -1
+		for _, m := range r.Metrics {
+			if m.Detail {
+				continue
+			}
+			i := slices.IndexFunc(cols, func(c Metric) bool { return c.Name == m.Name })
+			if i < 0 {
+				i = at + 1
+				cols = slices.Insert(cols, i, m)
+			}
+			at = i
 		}
 	}
 	if len(rows) == 0 {

@@ -41,14 +41,22 @@ func Run(ctx context.Context, rc RunConfig) ([]*Result, error) {
 	for _, scn := range rc.Scenarios {
 		fn, ok := Scenarios[scn]
 		if !ok {
-			return all, fmt.Errorf("unknown scenario %q (have %v)", scn, ScenarioOrder)
+			return all, fmt.Errorf("unknown scenario %q (have %v)", scn, append(append([]string(nil), ScenarioOrder...), ExtraScenarios...))
+		}
+		var servers []string
+		for _, name := range rc.Servers {
+			if Supports(scn, name) {
+				servers = append(servers, name)
+			} else {
+				fmt.Fprintf(rc.Log, "[%s %s] skipped: only %s run it\n", name, scn, strings.Join(ScenarioServers[scn], ", "))
+			}
 		}
 		// Repeats are interleaved across servers, so that a slow spell of a
 		// shared machine does not fall on one server only.
 		runs := map[string][]*Result{}
 		var failed error
 		for rep := 0; rep < max(rc.Repeat, 1) && failed == nil; rep++ {
-			for _, name := range rc.Servers {
+			for _, name := range servers {
 				if ctx.Err() != nil {
 					return all, ctx.Err()
 				}
@@ -57,8 +65,10 @@ func Run(ctx context.Context, rc RunConfig) ([]*Result, error) {
 					res = &Result{Scenario: scn, Server: name, Failed: err.Error()}
 					fmt.Fprintf(rc.Log, "[%s %s] FAILED: %v\n", name, scn, err)
 				}
-				if res.Delivery.Bad() {
-					fmt.Fprintln(rc.Log, LossLine(res))
+				for _, r := range []*Result{res.Baseline, res} {
+					if r != nil && r.Delivery.Bad() {
+						fmt.Fprintln(rc.Log, LossLine(r))
+					}
 				}
 				runs[name] = append(runs[name], res)
 				if err != nil && !rc.KeepGoing {
@@ -67,9 +77,13 @@ func Run(ctx context.Context, rc RunConfig) ([]*Result, error) {
 				}
 			}
 		}
-		for _, name := range rc.Servers {
+		for _, name := range servers {
 			if rs := runs[name]; len(rs) > 0 {
-				all = append(all, medianRun(rs))
+				m := medianRun(rs)
+				if m.Baseline != nil {
+					all = append(all, m.Baseline)
+				}
+				all = append(all, m)
 			}
 		}
 		if failed != nil {
@@ -85,14 +99,14 @@ func Run(ctx context.Context, rc RunConfig) ([]*Result, error) {
 
 // medianRun returns the run with the median primary figure, with every run's
 // figure in a note; a failed or lossy run wins over a good one, so that no
-// problem is hidden by repetition.
+// problem is hidden by repetition. A run's baseline comes with it.
 func medianRun(rs []*Result) *Result {
 	if len(rs) == 1 {
 		return rs[0]
 	}
 	var ok []*Result
 	for _, r := range rs {
-		if r.Failed != "" || r.Delivery.Bad() {
+		if r.Failed != "" || r.Bad() {
 			r.Notes = append(r.Notes, fmt.Sprintf("1 of %d runs shown: this one failed or lost messages", len(rs)))
 			return r
 		}
@@ -117,6 +131,10 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 		return nil, err
 	}
 	sc := rc.ServerCfg
+	if name == "mlesd" {
+		sc.MlesdArgs = append(ScenarioMlesdArgs(scn, rc.Cfg, sc.MlesdBin), sc.MlesdArgs...)
+	}
+	base := sc // without this process's own --pprof and --metrics
 	var pprofAddr string
 	if rc.ProfileOut != "" && name == "mlesd" {
 		port, err := FreePort()
@@ -145,7 +163,7 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 	}
 	defer srv.Stop()
 	fmt.Fprintf(rc.Log, "[%s %s] server pid %d on %s\n", name, scn, srv.PID(), srv.Addr)
-	env := &Env{Server: srv, Driver: drv, Cfg: rc.Cfg, Log: rc.Log}
+	env := &Env{Server: srv, Driver: drv, Cfg: rc.Cfg, Log: rc.Log, ServerCfg: base, MetricsAddr: metricsAddr}
 	var profDone chan error
 	if pprofAddr != "" {
 		secs := rc.ProfileSeconds
@@ -186,12 +204,11 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 		addServerCounters(res, metricsAddr)
 	}
 	if res != nil {
-		res.Add("server peak RSS", "MB", float64(peak)/1e6, false)
-		res.Add("server CPU", "s", (cpu1 - cpu0).Seconds(), false)
-		if res.Primary.Unit == "msg/s" && cpu1 > cpu0 {
-			if d := res.Delivery.Received; d > 0 {
-				res.Add("msgs per server CPU-s", "msg", float64(d)/(cpu1-cpu0).Seconds(), true)
-			}
+		// A scenario with more than one server (peerfan) measures them itself.
+		if _, own := res.Metric("server CPU"); !own {
+			res.Add("server peak RSS", "MB", float64(peak)/1e6, false)
+			res.Add("server CPU", "s", (cpu1 - cpu0).Seconds(), false)
+			addPerCPU(res, cpu1-cpu0)
 		}
 	}
 	if profDone != nil && env.onMeasure == nil { // the profile was started
@@ -213,40 +230,79 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 	return res, nil
 }
 
+// addPerCPU adds messages delivered per server CPU-second to a throughput result.
+func addPerCPU(res *Result, cpu time.Duration) {
+	if res.Primary.Unit == "msg/s" && cpu > 0 {
+		if d := res.Delivery.Received; d > 0 {
+			res.Add("msgs per server CPU-s", "msg", float64(d)/cpu.Seconds(), true)
+		}
+	}
+}
+
 // addServerCounters reads mlesd's Prometheus counters of frames in, out and
 // dropped into res, with a note when it dropped any.
-func addServerCounters(res *Result, addr string) {
+func addServerCounters(res *Result, addr string) { addCounters(res, addr, "server", "mlesd") }
+
+// addCounters adds every unlabelled mlesd_* series of the mlesd whose
+// /metrics is at addr to res's JSON details, named prefix+" "+series, and a
+// note (naming the server who) when it dropped frames.
+func addCounters(res *Result, addr, prefix, who string) {
+	vals, err := scrapeMetrics(addr)
+	if err != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("%s /metrics: %v", who, err))
+		return
+	}
+	var keys []string
+	for k := range vals {
+		if strings.HasPrefix(k, "mlesd_") && !strings.Contains(k, "{") {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys { // every unlabelled mlesd_ series, in the JSON
+		res.AddDetail(prefix+" "+strings.TrimPrefix(k, "mlesd_"), "", vals[k], false)
+	}
+	if d := vals["mlesd_frames_dropped_total"]; d > 0 {
+		res.Notes = append(res.Notes, fmt.Sprintf("%s's /metrics: %.0f frames dropped for receivers not keeping up (of %.0f out)", who, d, vals["mlesd_frames_out_total"]))
+	}
+}
+
+// scrapeMetrics reads a Prometheus text page: series (name with its labels,
+// as written) to value.
+func scrapeMetrics(addr string) (map[string]float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		res.Notes = append(res.Notes, fmt.Sprintf("mlesd /metrics: %v", err))
-		return
+		return nil, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s", resp.Status)
+	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return parseMetrics(string(b)), nil
+}
+
+// parseMetrics parses Prometheus text lines "series value" (comments and
+// lines with a timestamp are skipped).
+func parseMetrics(page string) map[string]float64 {
 	vals := map[string]float64{}
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 2 && strings.HasPrefix(f[0], "mlesd_") && !strings.Contains(f[0], "{") {
-			var v float64
-			if _, err := fmt.Sscan(f[1], &v); err == nil {
-				vals[f[0]] = v
-			}
+	for _, l := range strings.Split(page, "\n") {
+		if l == "" || l[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(l, ' ')
+		if i <= 0 || strings.Count(l[i:], " ") != 1 {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(l[i+1:], &v); err == nil {
+			vals[strings.TrimSpace(l[:i])] = v
 		}
 	}
-	var keys []string
-	for k := range vals {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys { // every unlabelled mlesd_ series, in the JSON
-		res.AddDetail("server "+strings.TrimPrefix(k, "mlesd_"), "", vals[k], false)
-	}
-	if d := vals["mlesd_frames_dropped_total"]; d > 0 {
-		res.Notes = append(res.Notes, fmt.Sprintf("mlesd's /metrics: %.0f frames dropped for receivers not keeping up (of %.0f out)", d, vals["mlesd_frames_out_total"]))
-	}
+	return vals
 }
 
 // fetchProfile saves a CPU profile of secs seconds from a net/http/pprof server.

@@ -30,6 +30,15 @@ type Config struct {
 	Conns            int // conns: idle joined connections
 	ConnsConcurrency int // conns: connections being opened at once
 
+	// peerfan and peerlat: one publisher on mlesd A, PeerSubs subscribers on
+	// mlesd B started with --peer A, against the same publisher and
+	// subscribers on A alone, in the same run.
+	PeerSubs        int           // subscribers
+	PeerLatRate     int           // peerlat: messages per second, fixed
+	PeerLoops       int           // --loops of A and B (0: mlesd's default, one per core)
+	PeerTopologies  []string      // which of "single" and "peer" to measure, in this order
+	PeerSyncTimeout time.Duration // longest wait for B's uplink to carry frames
+
 	// Flow control of the throughput scenarios: a publisher never has more
 	// than this many messages (and bytes) in flight to one receiver connection,
 	// shared among the publishers feeding that receiver. This measures the
@@ -59,6 +68,11 @@ func DefaultConfig() Config {
 		LatencySubs:      10,
 		Conns:            10_000,
 		ConnsConcurrency: 32,
+		PeerSubs:         100,
+		PeerLatRate:      1_000,
+		PeerLoops:        1,
+		PeerTopologies:   []string{TopoSingle, TopoPeer},
+		PeerSyncTimeout:  30 * time.Second,
 		Window:           4096,
 		WindowBytes:      1 << 20,
 		MinWindow:        16,
@@ -76,11 +90,21 @@ type Env struct {
 	Cfg    Config
 	Log    io.Writer // progress lines
 
+	// ServerCfg is how Server was started, without its --metrics and
+	// --pprof: scenarios that start more servers (peerfan) start them so.
+	ServerCfg ServerConfig
+	// MetricsAddr is Server's --metrics address ("" when off).
+	MetricsAddr string
+
 	onMeasure func() // called once when the measured part begins
+	onPhase   func() // called each time a measured part begins
 }
 
 // measuring marks the start of the measured part of a scenario.
 func (e *Env) measuring() {
+	if f := e.onPhase; f != nil {
+		f()
+	}
 	if f := e.onMeasure; f != nil {
 		e.onMeasure = nil
 		f()
@@ -92,8 +116,13 @@ func (e *Env) label(scn string) string { return fmt.Sprintf("[%s %s]", e.Driver.
 // Scenario runs one scenario and returns its result.
 type Scenario func(ctx context.Context, env *Env) (*Result, error)
 
-// ScenarioOrder is the order of the standard suite.
+// ScenarioOrder is the order of the standard suite, the default set.
 var ScenarioOrder = []string{"fanout", "fanin", "pairs", "bigfan", "latency", "conns"}
+
+// ExtraScenarios run only when named: they measure mlesd against itself
+// (through a peer), not side by side with the other servers, so they are not
+// part of the standard suite.
+var ExtraScenarios = []string{"peerfan", "peerlat"}
 
 // Scenarios by name.
 var Scenarios = map[string]Scenario{
@@ -103,6 +132,29 @@ var Scenarios = map[string]Scenario{
 	"bigfan":  Bigfan,
 	"latency": Latency,
 	"conns":   Conns,
+	"peerfan": Peerfan,
+	"peerlat": Peerlat,
+}
+
+// ScenarioServers lists, for scenarios that only some servers can run, those
+// servers; the others are skipped (with a line on the log).
+var ScenarioServers = map[string][]string{
+	"peerfan": {"mlesd"},
+	"peerlat": {"mlesd"},
+}
+
+// Supports reports whether server can run scenario.
+func Supports(scenario, server string) bool {
+	only, ok := ScenarioServers[scenario]
+	if !ok {
+		return true
+	}
+	for _, s := range only {
+		if s == server {
+			return true
+		}
+	}
+	return false
 }
 
 func newResult(scn string, env *Env) *Result {
@@ -316,13 +368,25 @@ func runFlow(ctx context.Context, env *Env, scn string, specs []GroupSpec, pubsP
 
 	var pubs []*flowPub
 	var rcvs []*Receiver
-	maxPub := uint32(0)
 	for i, s := range specs {
 		for j, id := range s.Pubs {
 			pubs = append(pubs, newFlowPub(groups[i].Pubs[j], id, streamsOf(id, s.Subs), win))
-			maxPub = max(maxPub, id)
 		}
 		rcvs = append(rcvs, s.Subs...)
+	}
+	measureFlow(ctx, env, scn, res, pubs, rcvs, groups, func(sent []uint64) Delivery { return Tally(rcvs, sent) })
+	return res, nil
+}
+
+// measureFlow is the measured part of a throughput scenario whose groups are
+// open: every publisher sends as fast as its window lets it for cfg.Duration,
+// then deliveries are awaited, the groups closed, and tally (given what each
+// publisher sent, by id) checks them. It fills res.
+func measureFlow(ctx context.Context, env *Env, scn string, res *Result, pubs []*flowPub, rcvs []*Receiver, groups []*Group, tally func(sent []uint64) Delivery) {
+	cfg := env.Cfg
+	maxPub := uint32(0)
+	for _, p := range pubs {
+		maxPub = max(maxPub, p.id)
 	}
 	sentOf := func() []uint64 {
 		sent := make([]uint64, maxPub+1)
@@ -392,7 +456,7 @@ func runFlow(ctx context.Context, env *Env, scn string, specs []GroupSpec, pubsP
 	time.Sleep(50 * time.Millisecond) // let late duplicates show up before the verdict
 	closeGroups(groups)
 
-	d := Tally(rcvs, sentOf())
+	d := tally(sentOf())
 	res.Delivery = d
 	res.Errors = append(errs.list(), groupErrors(groups)...)
 	elapsed := end.Sub(start).Seconds()
@@ -411,7 +475,6 @@ func runFlow(ctx context.Context, env *Env, scn string, specs []GroupSpec, pubsP
 	if d.Received < want {
 		res.Errors = append(res.Errors, fmt.Sprintf("drain ended (nothing for %v, or %v in all): %d of %d delivered", cfg.DrainStall, cfg.DrainTimeout, d.Received, want))
 	}
-	return res, nil
 }
 
 // waitDeliveries waits until rcvs hold want messages, ctx ends, or nothing

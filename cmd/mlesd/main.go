@@ -30,6 +30,7 @@ import (
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/engine"
 	"github.com/mlesd/mlesd/gateway"
+	"github.com/mlesd/mlesd/peering"
 	"github.com/mlesd/mlesd/router"
 	"github.com/mlesd/mlesd/tlsserve"
 )
@@ -70,6 +71,13 @@ type Options struct {
 	MetricsAddr         string // --metrics: /metrics, /healthz, /readyz
 	WSListen            string // --ws-listen: WebSocket gateway and demo page
 
+	Peers           []string      // --peer: peer servers, one uplink per channel each
+	PeerBackoff     time.Duration // first wait before redialling a peer
+	PeerBackoffMax  time.Duration // cap of that wait
+	PeerLinger      time.Duration // uplinks outlive their channel's last member this long
+	PeerDialTimeout time.Duration
+	CID             string // --cid: static CID of every uplink (hex); "" = none
+
 	ConfigFile  string            // --config or env MLESD_CONFIG
 	PrintConfig bool              // --print-config: print the effective settings and exit
 	Version     bool              // --version: print version and commit and exit
@@ -104,6 +112,15 @@ Configuration:
   "5m", listen = ["[::]:8077"], and in the environment as MLESD_<FLAG_NAME>,
   e.g. MLESD_MAX_CONNS=1000. Precedence: flag > environment > file > default.
   --print-config shows the effective settings and where each came from.
+
+Peering:
+  With --peer HOST[:PORT] (repeatable) mlesd keeps, for each channel that has
+  members, one uplink connection to each peer, joined to the channel as a
+  client there: members' frames go up, the peer's frames come down to the
+  members. A lost uplink is redialled after --peer-backoff, doubling up to
+  --peer-backoff-max; on reconnect it first sends the channel's history as a
+  resync. Servers that refuse a joiner whose CID is already on the channel
+  cannot loop in a tree; for rings give every member the same --cid.
 
 Environment:
   MLES_KEY       shared key for first-level authentication: a join frame's key
@@ -155,6 +172,13 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.TLSClientCA, "tls-client-ca", "", "PEM CA `file`: TLS clients must present a certificate it signed (off: no client certificates)")
 	fs.DurationVar(&o.TLSHandshakeTimeout, "tls-handshake-timeout", tlsserve.DefaultHandshakeTimeout, "close a TLS connection whose handshake has not finished by then (0 = the default)")
 	fs.StringVar(&o.MetricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on `addr` (e.g. 127.0.0.1:9477); off by default")
+	var peers listFlag
+	fs.Var(&peers, "peer", "peer server `host[:port]` (port 8077 by default; IPv6 as [addr]:port); repeat or comma-separate\nfor several: each channel with members gets one uplink to each")
+	fs.DurationVar(&o.PeerBackoff, "peer-backoff", peering.DefaultBackoff, "first wait before redialling a failed or lost peer uplink; doubles after each failure")
+	fs.DurationVar(&o.PeerBackoffMax, "peer-backoff-max", peering.DefaultBackoffMax, "longest wait between peer uplink attempts")
+	fs.DurationVar(&o.PeerLinger, "peer-linger", peering.DefaultLinger, "keep a channel's uplinks this long after its last member left (0 = close at once)")
+	fs.DurationVar(&o.PeerDialTimeout, "peer-dial-timeout", peering.DefaultDialTimeout, "give up one connection attempt to a peer after this long")
+	fs.StringVar(&o.CID, "cid", "", "static CID (1-8 hex digits) for every uplink; servers with the same --cid form a\nload-balancing/protection group, which may be a ring (off: an uplink's CID comes from its key)")
 	fs.StringVar(&o.ConfigFile, "config", "", "TOML config `file` (default: env MLESD_CONFIG); keys are flag names")
 	fs.BoolVar(&o.PrintConfig, "print-config", false, "print the effective configuration (TOML, with each setting's source) and exit")
 	fs.BoolVar(&o.Version, "version", false, "print the version and commit and exit")
@@ -178,6 +202,21 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 		listen = listFlag{engine.DefaultListen}
 	}
 	o.Listen = listen
+	for _, p := range peers {
+		np, err := peering.ParsePeer(p)
+		if err != nil {
+			return o, fmt.Errorf("--peer: %v", err)
+		}
+		o.Peers = append(o.Peers, np)
+	}
+	if o.CID != "" {
+		if _, err := peering.ParseCID(o.CID); err != nil {
+			return o, fmt.Errorf("--cid: %v", err)
+		}
+		if len(o.Peers) == 0 {
+			return o, errors.New("--cid needs --peer")
+		}
+	}
 
 	o.AddrKey = os.Getenv("MLES_ADDR_KEY")
 	switch {
@@ -195,6 +234,10 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 		return o, errors.New("limits must be 0 (none) or more")
 	case o.MaxUIDLen < 1 || o.MaxChanLen < 1 || o.MaxPartial < 1:
 		return o, errors.New("--max-uid-len, --max-channel-len and --max-partial-bytes must be positive")
+	case o.PeerBackoff <= 0 || o.PeerBackoffMax < o.PeerBackoff:
+		return o, errors.New("--peer-backoff must be positive and at most --peer-backoff-max")
+	case o.PeerLinger < 0 || o.PeerDialTimeout <= 0:
+		return o, errors.New("--peer-linger must be 0 or more and --peer-dial-timeout positive")
 	case o.TLSListen != "" && (o.TLSCert == "" || o.TLSKey == ""):
 		return o, errors.New("--tls-listen needs --tls-cert and --tls-key")
 	case o.TLSListen == "" && (o.TLSCert != "" || o.TLSKey != "" || o.TLSClientCA != ""):
@@ -298,10 +341,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 	r := router.New(router.Config{HistoryLimit: o.HistoryLimit, MaxChannels: o.MaxChannels,
 		HistoryBytes: o.HistoryBytes, MaxHistoryBytes: o.MaxHistBytes})
 	defer r.Close()
-	srv, err := engine.New(engine.Config{
+	keys := codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}
+	var (
+		srv   *engine.Server
+		peers *peering.Manager
+	)
+	if len(o.Peers) > 0 {
+		pc := peering.Config{Peers: o.Peers, Keys: keys, Backoff: o.PeerBackoff, BackoffMax: o.PeerBackoffMax,
+			Linger: o.PeerLinger, DialTimeout: o.PeerDialTimeout, Logger: log,
+			Adopt: func(nc net.Conn, u *peering.Uplink) error { return srv.AdoptUplink(nc, u) }}
+		if o.CID != "" {
+			cid, _ := peering.ParseCID(o.CID) // checked by parseOptions
+			pc.StaticCID = &cid
+		}
+		if peers, err = peering.New(pc); err != nil {
+			fmt.Fprintln(stderr, "mlesd:", err)
+			return 2
+		}
+	}
+	var members engine.MemberObserver
+	if peers != nil {
+		members = peers
+	}
+	srv, err = engine.New(engine.Config{
 		Listen:           o.Listen,
 		Loops:            o.Loops,
-		Keys:             codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey},
+		Keys:             keys,
+		Members:          members,
 		MaxFrame:         o.MaxFrame,
 		MaxPending:       o.MaxPending,
 		MaxPendingFrames: o.MaxPendFrames,
@@ -324,7 +390,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if o.Key != "" {
 		keyMode = "shared"
 	}
-	log.Info("starting mlesd", slog.Any("listen", o.Listen), slog.String("key_mode", keyMode))
+	log.Info("starting mlesd", slog.Any("listen", o.Listen), slog.String("key_mode", keyMode), slog.Any("peers", o.Peers))
 
 	var (
 		stopping atomic.Bool // readyz says no from the first signal on
@@ -350,7 +416,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if o.WSListen != "" {
 			gw = &gwStats
 		}
-		stopMetrics, err := startMetrics(o.MetricsAddr, srv, ts, gw, ready, log)
+		var peerStats func() peering.Stats
+		if peers != nil {
+			peerStats = peers.Stats
+		}
+		stopMetrics, err := startMetrics(o.MetricsAddr, srv, ts, gw, peerStats, ready, log)
 		if err != nil {
 			fmt.Fprintln(stderr, "mlesd:", err)
 			return 2
@@ -402,6 +472,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case sig := <-sigs:
 		log.Info("shutting down", slog.String("signal", sig.String()))
 		stopping.Store(true)
+	}
+	if peers != nil {
+		peers.Stop() // no redialling while the engine drains and closes
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*o.DrainTimeout+10*time.Second)
 	defer cancel()

@@ -17,6 +17,7 @@ import (
 	"github.com/mlesd/mlesd/engine"
 	"github.com/mlesd/mlesd/gateway"
 	"github.com/mlesd/mlesd/metrics"
+	"github.com/mlesd/mlesd/peering"
 	"github.com/mlesd/mlesd/tlsserve"
 )
 
@@ -58,13 +59,14 @@ func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server
 // (nil: no TLS listener, no gateway: no such metrics).
 // stop closes the server.
 func startMetrics(addr string, srv *engine.Server, tls *atomic.Pointer[tlsserve.Server],
-	gw *atomic.Pointer[func() gateway.Stats], ready func() bool, log *slog.Logger) (stop func(), err error) {
+	gw *atomic.Pointer[func() gateway.Stats], peers func() peering.Stats, ready func() bool, log *slog.Logger) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics %s: %w", addr, err)
 	}
 	src := metrics.Sources{
 		Engine:  srv.Stats,
+		Peering: peers,
 		Ready:   ready,
 		Version: version,
 		Commit:  commit,

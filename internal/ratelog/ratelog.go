@@ -1,4 +1,6 @@
-package engine
+// Package ratelog writes log lines rate-limited per reason, saying how many
+// it held back, so a flood of bad clients or a dead peer cannot flood the log.
+package ratelog
 
 import (
 	"context"
@@ -7,9 +9,9 @@ import (
 	"time"
 )
 
-// rateLog writes at most burst lines per reason per second and says how many
-// it held back, so a flood of bad clients cannot flood the log.
-type rateLog struct {
+// Log writes at most burst lines per reason per second. Not for the
+// per-frame path: it takes a lock.
+type Log struct {
 	log   *slog.Logger
 	burst int
 
@@ -23,13 +25,13 @@ type rateWindow struct {
 	suppressed int
 }
 
-func newRateLog(log *slog.Logger, burst int) *rateLog {
-	return &rateLog{log: log, burst: burst, reasons: make(map[string]*rateWindow)}
+func New(log *slog.Logger, burst int) *Log {
+	return &Log{log: log, burst: burst, reasons: make(map[string]*rateWindow)}
 }
 
 // Log writes msg with reason and attrs at level, unless reason already used its
-// burst in the current second. Not for the per-frame path: it takes a lock.
-func (r *rateLog) Log(level slog.Level, reason, msg string, attrs ...slog.Attr) {
+// burst in the current second.
+func (r *Log) Log(level slog.Level, reason, msg string, attrs ...slog.Attr) {
 	if !r.log.Enabled(context.Background(), level) {
 		return
 	}

@@ -1,0 +1,166 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/mlesd/mlesd/router"
+)
+
+// Uplink is a connection this server opens to a peer server as a member of
+// one channel (package peering makes them). To the engine it is a joined
+// connection like any other: local frames go up it, frames coming down it go
+// to the channel's other members, never back up. Only its first frame and
+// its join differ: it joins without sending a join of its own to us, and its
+// first frame to the peer is the Hello.
+type Uplink interface {
+	// Channel is the channel the uplink is a member of.
+	Channel() string
+	// CID is the CID in the uplink's join frame; DupKey is its key for the
+	// duplicate-CID rule (see router.Subscriber).
+	CID() uint32
+	DupKey() uint64
+	// Hello returns the uplink's first frame for the peer, given the
+	// uplink socket's own local address (for address keys) and the
+	// channel's history when it joined (oldest first; do not keep them).
+	// Called once, on the uplink's event loop.
+	Hello(local netip.AddrPort, hist []*router.Frame) ([]byte, error)
+	// Up is called once the uplink is a member and its Hello is queued.
+	// closeFn closes it from any goroutine (Down follows).
+	Up(closeFn func())
+	// Down is called once when the connection has ended: reason is why
+	// the server closed it ("" when the peer did or the socket failed),
+	// received the number of frames that came down it.
+	Down(reason string, err error, received uint64)
+}
+
+// MemberObserver learns when a connection joins or leaves a channel
+// (uplinks excepted). Package peering uses it to open a channel's uplinks
+// with its first member and close them after its last. Both are called on
+// the member's event loop and must not block.
+type MemberObserver interface {
+	// MemberJoined: join is the member's join frame (for a resync, its
+	// first inner frame), valid only during the call.
+	MemberJoined(ch *router.Channel, join []byte)
+	MemberLeft(ch *router.Channel)
+}
+
+// uplinkState is the part of a conn only uplinks have.
+type uplinkState struct {
+	u        Uplink
+	received uint64
+	// replay is the channel's history when the uplink joined: the peer
+	// replays its own history to the uplink first, and the frames of it
+	// that this server already holds must not reach members twice. Each
+	// held frame absorbs at most one equal frame, and only within the
+	// first replayLeft frames that come down.
+	replay     []*router.Frame
+	replayLeft int
+}
+
+// AdoptUplink hands a dialled connection to a peer to the engine as the
+// uplink u. Like Adopt, the engine takes a duplicate of nc's descriptor and
+// closes nc. Safe from any goroutine once a client connection has been
+// served (uplinks exist only for channels that have members).
+func (s *Server) AdoptUplink(nc net.Conn, u Uplink) error {
+	if s.stopping.Load() {
+		return errors.New("engine: shutting down")
+	}
+	return s.adopt(nc, &adopted{remote: addrPortOf(nc.RemoteAddr()), uplink: u})
+}
+
+// openUplink joins an adopted uplink to its channel and queues its Hello,
+// built from the history taken in the same step as the join, so that no
+// local frame falls between the resync and the live stream.
+func (s *Server) openUplink(c *conn, u Uplink) gnet.Action {
+	c.cid, c.dupKey = u.CID(), u.DupKey()
+	c.up = &uplinkState{u: u}
+	ch, hist, err := s.router.JoinUplink(u.Channel(), c, nil)
+	if err != nil {
+		c.reason = "too-many-channels"
+		return gnet.Close
+	}
+	c.ch, c.uid, c.state = ch, "(uplink)", joined
+	hello, err := u.Hello(addrPortOf(c.gc.LocalAddr()), hist)
+	if err != nil {
+		for _, f := range hist {
+			f.Release()
+		}
+		c.reason = "uplink-hello"
+		s.rlog.Log(levelWarn, "uplink-hello", "cannot build an uplink's first frame", slog.String("channel", ch.Name()),
+			slog.String("error", err.Error()))
+		return gnet.Close
+	}
+	f := router.NewFrame(hello)
+	c.deliver(f, true)
+	f.Release()
+	c.up.replay, c.up.replayLeft = hist, max(s.router.HistoryLimit(), len(hist))
+	if len(hist) == 0 {
+		c.up.replay = nil
+	}
+	gc := c.gc
+	u.Up(func() { _ = gc.Close() })
+	c.loop.flush()
+	return gnet.None
+}
+
+// skipReplayed reports whether b, come down an uplink, is the peer's replay
+// of a frame this server already holds; it then must not be forwarded.
+// Loop-owned.
+func (up *uplinkState) skipReplayed(b []byte) bool {
+	up.replayLeft--
+	skip := false
+	for i, f := range up.replay {
+		if f != nil && bytes.Equal(f.Bytes(), b) {
+			f.Release()
+			up.replay[i] = nil
+			skip = true
+			break
+		}
+	}
+	if up.replayLeft <= 0 || skip && up.allMatched() {
+		up.releaseReplay()
+	}
+	return skip
+}
+
+func (up *uplinkState) allMatched() bool {
+	for _, f := range up.replay {
+		if f != nil {
+			return false
+		}
+	}
+	return true
+}
+
+func (up *uplinkState) releaseReplay() {
+	for _, f := range up.replay {
+		if f != nil {
+			f.Release()
+		}
+	}
+	up.replay = nil
+}
+
+// adopt enrolls nc on one of the loops seen so far, round robin.
+func (s *Server) adopt(nc net.Conn, a *adopted) error {
+	var l *loop
+	for i, n := 0, s.adopts.Add(1); i < len(s.loops) && l == nil; i++ {
+		l = s.loops[(int(n%uint64(len(s.loops)))+i)%len(s.loops)].Load()
+	}
+	if l == nil {
+		return errors.New("engine: no event loop has had a connection yet")
+	}
+	ch, err := l.el.Enroll(gnet.NewContext(context.Background(), a), nc)
+	if err != nil {
+		return err
+	}
+	res := <-ch
+	return res.Err
+}

@@ -1,0 +1,346 @@
+package peering
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mlesd/mlesd/codec"
+	"github.com/mlesd/mlesd/internal/ratelog"
+	"github.com/mlesd/mlesd/router"
+)
+
+// Defaults (the flags of cmd/mlesd use them).
+const (
+	// DefaultPort is the IANA Mles port, used when a peer has none.
+	DefaultPort = 8077
+	// DefaultBackoff and DefaultBackoffMax are the original server's waits
+	// before reconnecting: 5 s, doubled each time, at most 10 minutes.
+	DefaultBackoff    = 5 * time.Second
+	DefaultBackoffMax = 10 * time.Minute
+	// DefaultLinger is how long a channel's uplinks outlive its last member,
+	// so that a client that rejoins at once does not churn them.
+	DefaultLinger = 2 * time.Second
+	// DefaultDialTimeout bounds one connection attempt.
+	DefaultDialTimeout = 5 * time.Second
+
+	// stableAfter: an uplink that stayed up this long (or carried a frame
+	// down) was accepted, so its next failure waits Backoff again. One that
+	// the peer closes at once (a refusal: wrong key, duplicate CID) keeps
+	// doubling its wait instead of hammering the peer.
+	stableAfter = 5 * time.Second
+	// keepAlive is the TCP keepalive period of uplinks, as for clients.
+	keepAlive = 60 * time.Second
+)
+
+// Config sets up a Manager. Adopt is required.
+type Config struct {
+	// Peers are the peer servers, host:port (see ParsePeer).
+	Peers []string
+	// Keys is this server's key setting; uplinks key their joins with it.
+	Keys codec.KeyConfig
+	// StaticCID, when set, is the CID of every uplink (see the package doc).
+	StaticCID *uint32
+	// Backoff is the first wait before redialling, BackoffMax its cap.
+	Backoff, BackoffMax time.Duration
+	// Linger keeps a channel's uplinks this long after its last member left.
+	Linger time.Duration
+	// DialTimeout bounds one connection attempt.
+	DialTimeout time.Duration
+	// Adopt hands a dialled connection to the engine as the uplink u
+	// (engine.Server.AdoptUplink).
+	Adopt func(nc net.Conn, u *Uplink) error
+	// Logger receives link up/down/retry lines; nil = slog.Default().
+	Logger *slog.Logger
+}
+
+// ParsePeer normalises a --peer value: HOST, HOST:PORT, [IPv6]:PORT or a
+// bare IPv6 address; the port defaults to DefaultPort.
+func ParsePeer(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", errors.New("empty peer address")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		host, port = strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"), strconv.Itoa(DefaultPort)
+		if strings.ContainsAny(host, "[]") || (strings.Count(host, ":") == 1) {
+			return "", fmt.Errorf("peer %q: want HOST[:PORT]", s)
+		}
+	}
+	if host == "" {
+		return "", fmt.Errorf("peer %q: no host", s)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return "", fmt.Errorf("peer %q: bad port", s)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// ParseCID parses a --cid value: 1 to 8 hex digits, "0x" allowed.
+func ParseCID(s string) (uint32, error) {
+	h := strings.TrimPrefix(strings.TrimPrefix(s, "0x"), "0X")
+	if h == "" || len(h) > 8 {
+		return 0, fmt.Errorf("cid %q: want 1 to 8 hex digits", s)
+	}
+	v, err := strconv.ParseUint(h, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("cid %q: want 1 to 8 hex digits", s)
+	}
+	return uint32(v), nil
+}
+
+// State is where an uplink is in its life.
+type State uint8
+
+// The states of an uplink.
+const (
+	Connecting State = iota // dialling, or handed to the engine
+	Up                      // a member of its channel at this server, its first frame sent
+	Backoff                 // waiting to dial again
+	Closed                  // its channel has no members any more; gone
+)
+
+func (s State) String() string {
+	return [...]string{"connecting", "up", "backoff", "closed"}[s]
+}
+
+// Stats counts uplinks. Lingering ones (their channel has no members and
+// they close when the linger ends) are counted in Linger and in their state.
+type Stats struct {
+	Connecting, Up, Backoff, Linger int
+	Ups, Downs, DialFailures        uint64 // since start
+}
+
+// Manager keeps the uplinks of every channel. It implements
+// engine.MemberObserver. Safe for concurrent use.
+type Manager struct {
+	cfg    Config
+	log    *slog.Logger
+	rlog   *ratelog.Log
+	dialer net.Dialer
+
+	mu      sync.Mutex
+	chans   map[string]*channelLinks // Lock: mu
+	stopped bool                     // Lock: mu
+	totals  Stats                    // Lock: mu; only the counters since start
+	pending sync.WaitGroup           // dials in flight
+}
+
+// channelLinks is one channel's uplinks, one per peer. Lock: Manager.mu.
+type channelLinks struct {
+	name    string
+	members int
+	join    []byte        // the first member's join frame
+	first   codec.Triplet // its triplet (Message aliases join)
+	linger  *time.Timer   // set while the channel has no members
+	links   []*Uplink
+}
+
+// New returns a Manager; it dials nothing until channels get members.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Adopt == nil {
+		return nil, errors.New("peering: Config.Adopt is required")
+	}
+	if cfg.Backoff <= 0 {
+		cfg.Backoff = DefaultBackoff
+	}
+	if cfg.BackoffMax < cfg.Backoff {
+		cfg.BackoffMax = cfg.Backoff
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.Linger < 0 {
+		cfg.Linger = 0
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	for i, p := range cfg.Peers {
+		np, err := ParsePeer(p)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Peers[i] = np
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger, rlog: ratelog.New(cfg.Logger, 10), chans: make(map[string]*channelLinks)}
+	m.dialer = net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: keepAlive}
+	return m, nil
+}
+
+// MemberJoined opens the channel's uplinks with its first member, or keeps
+// lingering ones. Implements engine.MemberObserver.
+func (m *Manager) MemberJoined(ch *router.Channel, join []byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped {
+		return
+	}
+	cl := m.chans[ch.Name()]
+	if cl == nil {
+		cl = &channelLinks{name: ch.Name(), join: append([]byte(nil), join...)}
+		var err error
+		if cl.first, err = codec.DecodeTriplet(cl.join[codec.HeaderLen:]); err != nil {
+			return // cannot happen: the engine decoded it to join
+		}
+		m.chans[cl.name] = cl
+		for _, p := range m.cfg.Peers {
+			u := &Uplink{m: m, cl: cl, peer: p, wait: m.cfg.Backoff}
+			cl.links = append(cl.links, u)
+			m.dialLocked(u)
+		}
+	}
+	cl.members++
+	if cl.linger != nil {
+		cl.linger.Stop()
+		cl.linger = nil
+	}
+}
+
+// MemberLeft closes the channel's uplinks Linger after its last member left.
+// Implements engine.MemberObserver.
+func (m *Manager) MemberLeft(ch *router.Channel) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cl := m.chans[ch.Name()]
+	if cl == nil || m.stopped {
+		return
+	}
+	if cl.members--; cl.members > 0 {
+		return
+	}
+	cl.linger = time.AfterFunc(m.cfg.Linger, func() { m.expire(cl) })
+}
+
+// expire closes a channel's uplinks if it still has no members.
+func (m *Manager) expire(cl *channelLinks) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cl.members > 0 || m.chans[cl.name] != cl {
+		return
+	}
+	delete(m.chans, cl.name)
+	cl.linger = nil
+	for _, u := range cl.links {
+		if u.state == Up {
+			m.log.Info("peer uplink closed", slog.String("peer", u.peer), slog.String("channel", cl.name),
+				slog.String("why", "the channel has no members"))
+		}
+		u.closeLocked()
+	}
+}
+
+// Stop closes every uplink and dials none again. Call it before stopping
+// the engine. It waits for dials in flight.
+func (m *Manager) Stop() {
+	m.mu.Lock()
+	m.stopped = true
+	for name, cl := range m.chans {
+		if cl.linger != nil {
+			cl.linger.Stop()
+		}
+		for _, u := range cl.links {
+			u.closeLocked()
+		}
+		delete(m.chans, name)
+	}
+	m.mu.Unlock()
+	m.pending.Wait()
+}
+
+// Stats returns the uplinks by state and the counters since start.
+func (m *Manager) Stats() Stats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.totals
+	for _, cl := range m.chans {
+		for _, u := range cl.links {
+			switch u.state {
+			case Connecting:
+				st.Connecting++
+			case Up:
+				st.Up++
+			case Backoff:
+				st.Backoff++
+			}
+			if cl.members == 0 {
+				st.Linger++
+			}
+		}
+	}
+	return st
+}
+
+// dialLocked starts a connection attempt for u. Lock: m.mu.
+func (m *Manager) dialLocked(u *Uplink) {
+	u.state = Connecting
+	u.gen++
+	gen := u.gen
+	m.pending.Add(1)
+	go func() {
+		defer m.pending.Done()
+		m.dial(u, gen)
+	}()
+}
+
+// dial connects to u's peer and hands the connection to the engine, whose
+// OnOpen then calls u.Hello and u.Up (or u.Down).
+func (m *Manager) dial(u *Uplink, gen uint64) {
+	nc, err := m.dialer.Dial("tcp", u.peer)
+	m.mu.Lock()
+	if u.gen != gen || u.state != Connecting { // closed meanwhile
+		m.mu.Unlock()
+		if nc != nil {
+			nc.Close()
+		}
+		return
+	}
+	if err != nil {
+		m.totals.DialFailures++
+		m.failedLocked(u, "dial", err)
+		m.mu.Unlock()
+		return
+	}
+	u.setKeyLocked(addrPortOf(nc.LocalAddr()))
+	m.mu.Unlock()
+	if err := m.cfg.Adopt(nc, u); err != nil {
+		nc.Close()
+		m.mu.Lock()
+		if u.gen == gen && u.state == Connecting {
+			m.failedLocked(u, "adopt", err)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// failedLocked logs a failed or lost link and schedules the next attempt.
+// Lock: m.mu.
+func (m *Manager) failedLocked(u *Uplink, what string, err error) {
+	if m.stopped || u.state == Closed {
+		return
+	}
+	wait := u.wait
+	// ±20 % jitter, so that a group of servers does not retry in step.
+	wait = time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64()))
+	u.wait = min(2*u.wait, m.cfg.BackoffMax)
+	u.state = Backoff
+	u.retry = time.AfterFunc(wait, func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if u.state == Backoff && !m.stopped {
+			m.dialLocked(u)
+		}
+	})
+	attrs := []slog.Attr{slog.String("peer", u.peer), slog.String("channel", u.cl.name), slog.String("what", what)}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	m.rlog.Log(slog.LevelWarn, "peer-"+what, "peer uplink retry", append(attrs, slog.Duration("wait", wait.Round(time.Millisecond)))...)
+}
