@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,10 +69,18 @@ func ParsePeer(s string) (string, error) {
 		return "", errors.New("empty peer address")
 	}
 	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		host, port = strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"), strconv.Itoa(DefaultPort)
-		if strings.ContainsAny(host, "[]") || (strings.Count(host, ":") == 1) {
+	if err != nil { // no port: a host name, an IP, or [IPv6]
+		host, port = s, strconv.Itoa(DefaultPort)
+		if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+			host = host[1 : len(host)-1]
+		}
+		if strings.ContainsAny(host, "[]") {
 			return "", fmt.Errorf("peer %q: want HOST[:PORT]", s)
+		}
+		if strings.Contains(host, ":") {
+			if _, err := netip.ParseAddr(host); err != nil {
+				return "", fmt.Errorf("peer %q: want HOST[:PORT]", s)
+			}
 		}
 	}
 	if host == "" {

@@ -1,0 +1,206 @@
+package engine
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mlesd/mlesd/codec"
+	"github.com/mlesd/mlesd/router"
+)
+
+// fakeUplink is an engine.Uplink whose Hello is a fixed frame; it records
+// what the engine told it.
+type fakeUplink struct {
+	channel string
+	cid     uint32
+	dupKey  uint64
+	hello   []byte
+
+	mu       sync.Mutex
+	hist     [][]byte
+	local    netip.AddrPort
+	closeFn  func()
+	down     chan string
+	received uint64
+}
+
+func (u *fakeUplink) Channel() string { return u.channel }
+func (u *fakeUplink) CID() uint32     { return u.cid }
+func (u *fakeUplink) DupKey() uint64  { return u.dupKey }
+func (u *fakeUplink) Hello(local netip.AddrPort, hist []*router.Frame) ([]byte, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.local = local
+	for _, f := range hist {
+		u.hist = append(u.hist, append([]byte(nil), f.Bytes()...))
+	}
+	return u.hello, nil
+}
+func (u *fakeUplink) Up(closeFn func()) { u.mu.Lock(); u.closeFn = closeFn; u.mu.Unlock() }
+func (u *fakeUplink) Down(reason string, err error, received uint64) {
+	u.mu.Lock()
+	u.received = received
+	u.mu.Unlock()
+	u.down <- reason
+}
+
+// acceptOne listens on loopback and returns the address and the accepted
+// connection (as a client reading frames) once someone dials.
+func fakePeer(t *testing.T) (string, func() *client) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().String(), func() *client {
+		nc, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		return &client{t: t, nc: nc, r: bufio.NewReader(nc), uid: "peer-side", channel: "ch", key: 42}
+	}
+}
+
+// An uplink gets the channel's history (taken as it joins) for its Hello,
+// which the peer receives first; then members' frames go up, the peer's
+// frames come down to every member and never back up, and frames the peer
+// replays that the server already holds are not forwarded again.
+func TestUplinkHelloLiveFramesAndReplaySkip(t *testing.T) {
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 10})
+	a := ts.join(t, sharedKeys, "alice", "ch", nil)
+	b := ts.join(t, sharedKeys, "bob", "ch", nil)
+	a.expect(b.frame(nil))
+	f1 := a.send([]byte("one"))
+	f2 := a.send([]byte("two"))
+	b.expect(f1)
+	b.expect(f2)
+
+	addr, accept := fakePeer(t)
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := accept()
+	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
+	u := &fakeUplink{channel: "ch", cid: codec.CIDOf(a.key), dupKey: 1<<32 | uint64(codec.CIDOf(a.key)), hello: hello, down: make(chan string, 1)}
+	if err := ts.srv.AdoptUplink(nc, u); err != nil {
+		t.Fatal(err)
+	}
+	peer.expect(hello)
+	u.mu.Lock()
+	if len(u.hist) != 2 || !bytes.Equal(u.hist[0], f1) || !bytes.Equal(u.hist[1], f2) {
+		t.Fatalf("Hello got history %d frames, want [one two]", len(u.hist))
+	}
+	if u.local != localAddrPort(nc) {
+		t.Fatalf("Hello got local %v, want the uplink socket's %v", u.local, localAddrPort(nc))
+	}
+	u.mu.Unlock()
+
+	// Live: a member's frame goes up.
+	f3 := b.send([]byte("three"))
+	a.expect(f3)
+	peer.expect(f3)
+
+	// The peer replays its history (f1 and f2, held here) then a new frame.
+	remote := &client{t: t, uid: "carol", channel: "ch", key: codec.Key("test-key", "carol", "ch")}
+	g := remote.frame([]byte("from the peer"))
+	peer.write(append(append(append([]byte(nil), f1...), f2...), g...))
+	a.expect(g) // f1 and f2 were not forwarded again
+	b.expect(g)
+	peer.expectNothing(200 * time.Millisecond) // not echoed up
+	a.expectNothing(50 * time.Millisecond)
+
+	// Closing the uplink (the peering package's linger) ends it with Down.
+	u.mu.Lock()
+	closeFn := u.closeFn
+	u.mu.Unlock()
+	closeFn()
+	select {
+	case <-u.down:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Down not called after close")
+	}
+	expectClosed(t, peer.nc)
+	u.mu.Lock()
+	if u.received != 3 {
+		t.Errorf("Down got received=%d, want 3", u.received)
+	}
+	u.mu.Unlock()
+}
+
+// Frames the peer sends that equal held ones are skipped only within the
+// replay window (history-limit frames after the uplink joined).
+func TestUplinkReplayWindowIsBounded(t *testing.T) {
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 2})
+	a := ts.join(t, sharedKeys, "alice", "ch", nil)
+	f1 := a.send([]byte("one"))
+
+	addr, accept := fakePeer(t)
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := accept()
+	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
+	u := &fakeUplink{channel: "ch", cid: 1, dupKey: 1 << 32, hello: hello, down: make(chan string, 1)}
+	if err := ts.srv.AdoptUplink(nc, u); err != nil {
+		t.Fatal(err)
+	}
+	peer.expect(hello)
+	remote := &client{t: t, uid: "carol", channel: "ch", key: codec.Key("test-key", "carol", "ch")}
+	x, y := remote.frame([]byte("x")), remote.frame([]byte("y"))
+	// Window of 2: x (new, forwarded), y (new, forwarded); then f1 is live.
+	peer.write(append(append(append([]byte(nil), x...), y...), f1...))
+	a.expect(x)
+	a.expect(y)
+	a.expect(f1)
+}
+
+// A static group CID held by an uplink refuses a joiner with that CID; an
+// uplink's own join is never refused.
+func TestUplinkWithStaticCIDRefusesGroupJoiners(t *testing.T) {
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
+	a := ts.join(t, sharedKeys, "alice", "ch", nil)
+	addr, accept := fakePeer(t)
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := accept()
+	const group = 0x0badc0de
+	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
+	u := &fakeUplink{channel: "ch", cid: group, dupKey: group, hello: hello, down: make(chan string, 1)}
+	if err := ts.srv.AdoptUplink(nc, u); err != nil {
+		t.Fatal(err)
+	}
+	peer.expect(hello)
+
+	// Another group member's uplink joins here with the group CID: refused.
+	other := dialRaw(t, ts.addr)
+	key := codec.Key("test-key", "dave", "ch")
+	jf := codec.AppendHeader(nil, codec.Header{Len: codec.TripletLen(codec.Triplet{UID: "dave", Channel: "ch"}), CID: group, Key: key})
+	jf = codec.AppendTriplet(jf, codec.Triplet{UID: "dave", Channel: "ch"})
+	if _, err := other.Write(jf); err != nil {
+		t.Fatal(err)
+	}
+	expectClosed(t, other)
+	ts.log.waitFor(t, "duplicate-cid")
+
+	// Once the uplink is gone, the group CID is free again.
+	u.mu.Lock()
+	u.closeFn()
+	u.mu.Unlock()
+	<-u.down
+	c2 := dialRaw(t, ts.addr)
+	if _, err := c2.Write(jf); err != nil {
+		t.Fatal(err)
+	}
+	a.expect(jf)
+}
