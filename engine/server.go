@@ -70,6 +70,8 @@ type Server struct {
 	openConns    atomic.Int64
 	accepted     atomic.Uint64
 	partialBytes atomic.Int64 // bytes of incomplete frames, all connections
+	uplinkLocals sync.Map     // netip.AddrPort → struct{}: local addresses of open uplinks
+	uplinksOpen  atomic.Int32
 
 	ipMu    sync.Mutex
 	perIP   map[netip.Addr]int // Lock: ipMu; open connections per client IP
@@ -330,8 +332,7 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 		s.ipMu.Unlock()
 	}
 	if c.up != nil {
-		c.up.releaseReplay()
-		c.up.u.Down(c.reason, err, c.up.received)
+		s.closeUplink(c, err)
 		return gnet.None // the peering package logs uplinks
 	}
 	switch {
@@ -371,7 +372,7 @@ func (s *Server) closeConn(c *conn, reason string) {
 // protocol or timed out.
 func reasonLevel(reason string) slog.Level {
 	switch reason {
-	case "max-conns", "max-conns-per-ip", "partial-budget", "too-many-channels", "stalled-and-silent":
+	case "max-conns", "max-conns-per-ip", "partial-budget", "too-many-channels", "stalled-and-silent", "peer-is-self":
 		return slog.LevelWarn
 	}
 	return slog.LevelInfo
@@ -544,6 +545,9 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	}
 	if !s.cfg.Keys.Accepts(key, c.remote, t.UID, t.Channel) {
 		return "wrong-key"
+	}
+	if s.isOwnUplink(c.remote) {
+		return "peer-is-self"
 	}
 	ch, hist, err := s.router.Join(t.Channel, c, nil)
 	switch {

@@ -62,6 +62,33 @@ type uplinkState struct {
 	// first replayLeft frames that come down.
 	replay     []*router.Frame
 	replayLeft int
+	local      netip.AddrPort // the uplink socket's own address, unmapped; valid once joined
+}
+
+// unmapped turns an IPv4-mapped IPv6 address into plain IPv4.
+func unmapped(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// isOwnUplink reports whether a connection from remote is one of this
+// server's own uplinks come back to it (a --peer that names this server):
+// such a loop is refused whatever the keys and CIDs.
+func (s *Server) isOwnUplink(remote netip.AddrPort) bool {
+	if s.uplinksOpen.Load() == 0 {
+		return false
+	}
+	_, own := s.uplinkLocals.Load(unmapped(remote))
+	return own
+}
+
+// closeUplink forgets an uplink's local address and tells its owner.
+func (s *Server) closeUplink(c *conn, err error) {
+	if c.up.local.IsValid() {
+		s.uplinkLocals.Delete(c.up.local)
+		s.uplinksOpen.Add(-1)
+	}
+	c.up.releaseReplay()
+	c.up.u.Down(c.reason, err, c.up.received)
 }
 
 // AdoptUplink hands a dialled connection to a peer to the engine as the
@@ -87,7 +114,11 @@ func (s *Server) openUplink(c *conn, u Uplink) gnet.Action {
 		return gnet.Close
 	}
 	c.ch, c.uid, c.state = ch, "(uplink)", joined
-	hello, err := u.Hello(addrPortOf(c.gc.LocalAddr()), hist)
+	local := addrPortOf(c.gc.LocalAddr())
+	c.up.local = unmapped(local)
+	s.uplinkLocals.Store(c.up.local, struct{}{})
+	s.uplinksOpen.Add(1)
+	hello, err := u.Hello(local, hist)
 	if err != nil {
 		for _, f := range hist {
 			f.Release()

@@ -204,3 +204,31 @@ func TestUplinkWithStaticCIDRefusesGroupJoiners(t *testing.T) {
 	}
 	a.expect(jf)
 }
+
+// An uplink that comes back to its own server (a --peer naming this server)
+// is refused even when its key and CID are valid, as with address keys.
+func TestUplinkToItselfIsRefused(t *testing.T) {
+	keys := codec.KeyConfig{} // address keys: the CID changes per hop, so only this check stops the loop
+	ts := startServer(t, Config{Keys: keys}, router.Config{})
+	a := ts.join(t, keys, "alice", "ch", nil)
+	nc, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := keys.ClientKey(localAddrPort(nc), "alice", "ch")
+	hello, _ := codec.AppendFrame(nil, key, codec.Triplet{UID: "alice", Channel: "ch"})
+	u := &fakeUplink{channel: "ch", cid: codec.CIDOf(key), dupKey: 1<<32 | uint64(codec.CIDOf(key)), hello: hello,
+		down: make(chan string, 1)}
+	if err := ts.srv.AdoptUplink(nc, u); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-u.down:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the uplink to itself was not closed")
+	}
+	ts.log.waitFor(t, "peer-is-self")
+	a.expectNothing(200 * time.Millisecond)
+	a2 := ts.join(t, keys, "bob", "ch", nil)
+	a.expect(a2.frame(nil))
+}

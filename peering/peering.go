@@ -1,6 +1,7 @@
 package peering
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -134,6 +135,8 @@ type Manager struct {
 	log    *slog.Logger
 	rlog   *ratelog.Log
 	dialer net.Dialer
+	ctx    context.Context // cancelled by Stop: ends dials in flight
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	chans   map[string]*channelLinks // Lock: mu
@@ -181,6 +184,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, log: cfg.Logger, rlog: ratelog.New(cfg.Logger, 10), chans: make(map[string]*channelLinks)}
 	m.dialer = net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: keepAlive}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m, nil
 }
 
@@ -261,6 +265,7 @@ func (m *Manager) Stop() {
 		delete(m.chans, name)
 	}
 	m.mu.Unlock()
+	m.cancel()
 	m.pending.Wait()
 }
 
@@ -302,7 +307,7 @@ func (m *Manager) dialLocked(u *Uplink) {
 // dial connects to u's peer and hands the connection to the engine, whose
 // OnOpen then calls u.Hello and u.Up (or u.Down).
 func (m *Manager) dial(u *Uplink, gen uint64) {
-	nc, err := m.dialer.Dial("tcp", u.peer)
+	nc, err := m.dialer.DialContext(m.ctx, "tcp", u.peer)
 	m.mu.Lock()
 	if u.gen != gen || u.state != Connecting { // closed meanwhile
 		m.mu.Unlock()
