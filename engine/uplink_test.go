@@ -232,3 +232,34 @@ func TestUplinkToItselfIsRefused(t *testing.T) {
 	a2 := ts.join(t, keys, "bob", "ch", nil)
 	a.expect(a2.frame(nil))
 }
+
+// Garbage coming down an uplink closes the uplink (its owner redials), like
+// any connection's, and reaches no member.
+func TestGarbageFromThePeerClosesTheUplink(t *testing.T) {
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 10})
+	a := ts.join(t, sharedKeys, "alice", "ch", nil)
+	addr, accept := fakePeer(t)
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := accept()
+	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
+	u := &fakeUplink{channel: "ch", cid: 1, dupKey: 1 << 32, hello: hello, down: make(chan string, 1)}
+	if err := ts.srv.AdoptUplink(nc, u); err != nil {
+		t.Fatal(err)
+	}
+	peer.expect(hello)
+	peer.write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	select {
+	case reason := <-u.down:
+		if reason != "bad-magic" {
+			t.Fatalf("Down reason %q, want bad-magic", reason)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("uplink not closed after garbage")
+	}
+	a.expectNothing(100 * time.Millisecond)
+	b := ts.join(t, sharedKeys, "bob", "ch", nil)
+	a.expect(b.frame(nil))
+}
