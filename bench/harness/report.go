@@ -201,7 +201,12 @@ func writeTable(w io.Writer, scenario string, rs []*Result, md bool) {
 	if checked {
 		hdr = append(hdr, "lost", "dup", "reord")
 	}
-	hdr = append(hdr, "errors", "×NATS")
+	// No ratio column where no NATS row can be (mlesd-only scenarios).
+	ratios := Supports(scenario, "nats")
+	hdr = append(hdr, "errors")
+	if ratios {
+		hdr = append(hdr, "×NATS")
+	}
 	if hasRaw {
 		hdr = append(hdr, "×NATS-raw")
 	}
@@ -215,7 +220,10 @@ func writeTable(w io.Writer, scenario string, rs []*Result, md bool) {
 			if checked {
 				cells = append(cells, "-", "-", "-")
 			}
-			cells = append(cells, "FAILED", "-")
+			cells = append(cells, "FAILED")
+			if ratios {
+				cells = append(cells, "-")
+			}
 			if hasRaw {
 				cells = append(cells, "-")
 			}
@@ -235,7 +243,10 @@ func writeTable(w io.Writer, scenario string, rs []*Result, md bool) {
 			d := r.Delivery
 			cells = append(cells, fmt.Sprint(d.Lost), fmt.Sprint(d.Dup), fmt.Sprint(d.Reordered+d.TooLate))
 		}
-		cells = append(cells, fmt.Sprint(len(r.Errors)), ratioCell(r.VsNATS))
+		cells = append(cells, fmt.Sprint(len(r.Errors)))
+		if ratios {
+			cells = append(cells, ratioCell(r.VsNATS))
+		}
 		if hasRaw {
 			cells = append(cells, ratioCell(r.VsNATSRaw))
 		}
@@ -256,7 +267,7 @@ func writeTable(w io.Writer, scenario string, rs []*Result, md bool) {
 			notes = append(notes, LossLine(r))
 		}
 	}
-	if len(cols) > 0 {
+	if len(cols) > 0 && ratios {
 		notes = append(notes, fmt.Sprintf("×NATS compares %s (%s); > 1 means better than NATS.", cols0(rows).Name, direction(cols0(rows))))
 		if hasRaw {
 			notes = append(notes, "×NATS-raw: the same against nats-server driven by a hand-written client (no nats.go costs).")

@@ -79,11 +79,7 @@ func Run(ctx context.Context, rc RunConfig) ([]*Result, error) {
 		}
 		for _, name := range servers {
 			if rs := runs[name]; len(rs) > 0 {
-				m := medianRun(rs)
-				if m.Baseline != nil {
-					all = append(all, m.Baseline)
-				}
-				all = append(all, m)
+				all = appendRun(all, medianRun(rs))
 			}
 		}
 		if failed != nil {
@@ -95,6 +91,15 @@ func Run(ctx context.Context, rc RunConfig) ([]*Result, error) {
 		WriteTable(rc.Out, scn, all)
 	}
 	return all, nil
+}
+
+// appendRun appends r to rs, its baseline (if any) first: the baseline is a
+// row, and a verdict, of its own.
+func appendRun(rs []*Result, r *Result) []*Result {
+	if r.Baseline != nil {
+		rs = append(rs, r.Baseline)
+	}
+	return append(rs, r)
 }
 
 // medianRun returns the run with the median primary figure, with every run's
@@ -122,6 +127,7 @@ func medianRun(rs []*Result) *Result {
 		vals = append(vals, FormatValue(r.Primary.Value, r.Primary.Unit))
 	}
 	m.Notes = append(m.Notes, fmt.Sprintf("median of %d runs by %s: %s", len(rs), m.Primary.Name, strings.Join(vals, ", ")))
+	m.Notes = append(m.Notes, comparisonsOfRuns(rs)...)
 	return m
 }
 
@@ -285,8 +291,8 @@ func scrapeMetrics(addr string) (map[string]float64, error) {
 	return parseMetrics(string(b)), nil
 }
 
-// parseMetrics parses Prometheus text lines "series value" (comments and
-// lines with a timestamp are skipped).
+// parseMetrics parses Prometheus text lines "series value" (mlesd writes no
+// timestamps); comments are skipped.
 func parseMetrics(page string) map[string]float64 {
 	vals := map[string]float64{}
 	for _, l := range strings.Split(page, "\n") {
@@ -294,7 +300,7 @@ func parseMetrics(page string) map[string]float64 {
 			continue
 		}
 		i := strings.LastIndexByte(l, ' ')
-		if i <= 0 || strings.Count(l[i:], " ") != 1 {
+		if i <= 0 {
 			continue
 		}
 		var v float64

@@ -125,8 +125,7 @@ func StartServer(ctx context.Context, kind string, cfg ServerConfig) (*Server, e
 	if _, err := exec.LookPath(cmd.Path); err != nil {
 		return nil, fmt.Errorf("%s binary %q: %w", kind, cmd.Path, err)
 	}
-	logPath := filepath.Join(cfg.WorkDir, fmt.Sprintf("%s-%d.log", kind, port))
-	logf, err := os.Create(logPath)
+	logf, logPath, err := createLog(cfg.WorkDir, kind, port)
 	if err != nil {
 		return nil, err
 	}
@@ -172,6 +171,19 @@ func StartServer(ctx context.Context, kind string, cfg ServerConfig) (*Server, e
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// createLog creates dir/KIND-PORT.log for a server's output, or, since a port
+// comes back free for a later server, KIND-PORT-N.log: an earlier server's
+// log is never overwritten.
+func createLog(dir, kind string, port int) (*os.File, string, error) {
+	path := filepath.Join(dir, fmt.Sprintf("%s-%d.log", kind, port))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	for n := 2; errors.Is(err, os.ErrExist) && n < 1000; n++ {
+		path = filepath.Join(dir, fmt.Sprintf("%s-%d-%d.log", kind, port, n))
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	}
+	return f, path, err
 }
 
 func (s *Server) exitErr() error {

@@ -130,9 +130,13 @@ func (b *barrier) count() int {
 
 // readLoop reads frames from c until it fails or stop is closed. Frames whose
 // message carries a harness trailer go to rcv (if any); every join frame
-// (empty message) goes to the barrier while it is still open.
-func readLoop(g *harness.Group, c *conn, br *bufio.Reader, rcv *harness.Receiver, b *barrier, stop <-chan struct{}) {
+// (empty message) goes to the barrier while it is still open. On a
+// publisher's connection, a data frame with the publisher's own CID is its own
+// frame come back, which a Mles server never does (through peers it would be
+// a loop): the first one is reported as an error of the group.
+func readLoop(g *harness.Group, c *conn, br *bufio.Reader, rcv *harness.Receiver, b *barrier, stop <-chan struct{}, pub bool) {
 	var big []byte
+	var echoes uint64
 	fail := func(err error) {
 		select {
 		case <-stop: // the read side was shut down on purpose
@@ -180,6 +184,11 @@ func readLoop(g *harness.Group, c *conn, br *bufio.Reader, rcv *harness.Receiver
 		if t, ok := harness.ReadTrailer(payload); ok {
 			if rcv != nil {
 				rcv.Observe(t)
+			}
+			if pub && h.CID == codec.CIDOf(c.key) {
+				if echoes++; echoes == 1 {
+					g.ReportErr(c.uid, fmt.Errorf("the server sent the publisher its own frame back (publisher %d, seq %d)", t.Pub, t.Seq))
+				}
 			}
 		} else if tr, err := codec.DecodeTriplet(payload); err == nil && len(tr.Message) == 0 {
 			b.sawJoin(c.uid, tr.UID)
@@ -238,9 +247,9 @@ func (d *Driver) Open(ctx context.Context, addr string, spec harness.GroupSpec) 
 		br := bufio.NewReaderSize(c.c, ioBufSize)
 		if m.pub && spec.SendOnly && i != 0 {
 			sendOnly = append(sendOnly, c)
-			go readLoop(g, c, br, nil, b, stopSetupReaders)
+			go readLoop(g, c, br, nil, b, stopSetupReaders, true)
 		} else {
-			go readLoop(g, c, br, m.rcv, b, nil)
+			go readLoop(g, c, br, m.rcv, b, nil, m.pub)
 		}
 		if m.pub {
 			p := &pub{conn: c, w: bufio.NewWriterSize(c.c, ioBufSize)}

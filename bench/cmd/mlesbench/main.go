@@ -55,7 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("mlesbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	servers := fs.String("servers", "mlesd,naive,nats,nats-raw,redis", "servers to run, comma-separated: mlesd, nats (nats.go client), nats-raw (same server, hand-written client), redis, naive (the naive goroutine-per-connection Mles forwarder of cmd/naivemles)")
-	scenarios := fs.String("scenarios", strings.Join(harness.ScenarioOrder, ","), "scenarios to run, comma-separated")
+	scenarios := fs.String("scenarios", strings.Join(harness.ScenarioOrder, ","), "scenarios to run, comma-separated; also, only when named: "+strings.Join(harness.ExtraScenarios, ", ")+" (mlesd through a peer against mlesd alone)")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "publishing time per throughput/latency scenario")
 	fs.IntVar(&cfg.Payload, "payload", cfg.Payload, "message size in bytes (>= 24, the trailer)")
 	fs.IntVar(&cfg.FanoutSubs, "fanout-subs", cfg.FanoutSubs, "fanout: subscribers")
@@ -68,6 +68,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.LatencySubs, "latency-subs", cfg.LatencySubs, "latency: subscribers")
 	fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "conns: idle joined connections")
 	fs.IntVar(&cfg.ConnsConcurrency, "conns-concurrency", cfg.ConnsConcurrency, "conns: connections opened at once")
+	fs.IntVar(&cfg.PeerSubs, "peerfan-subs", cfg.PeerSubs, "peerfan, peerlat: subscribers (on the peered mlesd B; the publisher is on A)")
+	fs.IntVar(&cfg.PeerLatRate, "peerlat-rate", cfg.PeerLatRate, "peerlat: fixed publish rate, msgs/s")
+	fs.IntVar(&cfg.PeerLoops, "peerfan-loops", cfg.PeerLoops, "peerfan, peerlat: --loops of each mlesd (0: mlesd's default, one per core)")
+	topos := fs.String("peerfan-topologies", strings.Join(cfg.PeerTopologies, ","), "peerfan, peerlat: what to measure, in this order: single (publisher and subscribers on A), peer (subscribers on B, started with --peer A); the last is compared with the one before")
+	fs.DurationVar(&cfg.PeerSyncTimeout, "peerfan-sync-timeout", cfg.PeerSyncTimeout, "peerfan, peerlat: longest wait for the publisher's frames to reach every subscriber before measuring")
 	fs.IntVar(&cfg.Window, "window", cfg.Window, "flow control: most messages in flight to one receiver")
 	fs.IntVar(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "flow control: most bytes in flight to one receiver")
 	fs.IntVar(&cfg.MinWindow, "min-window", cfg.MinWindow, "flow control: least messages in flight per (publisher, receiver), however many publishers share a receiver (fanin: 1,000 × 16 = 16,000 to the collector)")
@@ -91,6 +96,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.Payload < harness.TrailerLen || cfg.BigfanSize < harness.TrailerLen {
 		fmt.Fprintf(stderr, "--payload and --bigfan-size must be at least %d\n", harness.TrailerLen)
+		return 2
+	}
+	cfg.PeerTopologies = splitList(*topos)
+	if err := harness.CheckTopologies(cfg.PeerTopologies); err != nil {
+		fmt.Fprintf(stderr, "--peerfan-topologies: %v\n", err)
+		return 2
+	}
+	if cfg.PeerSubs < 1 || cfg.PeerLatRate < 1 {
+		fmt.Fprintln(stderr, "--peerfan-subs and --peerlat-rate must be at least 1")
 		return 2
 	}
 
@@ -177,7 +191,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	bad := false
-	for _, r := range results {
+	for _, r := range results { // a baseline is a result of its own here
 		if r.Delivery.Bad() {
 			bad = true
 			fmt.Fprintln(stderr, harness.LossLine(r))
