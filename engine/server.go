@@ -70,7 +70,7 @@ type Server struct {
 	openConns    atomic.Int64
 	accepted     atomic.Uint64
 	partialBytes atomic.Int64 // bytes of incomplete frames, all connections
-	uplinkLocals sync.Map     // netip.AddrPort → struct{}: local addresses of open uplinks
+	uplinkEnds   sync.Map     // socketEnds → struct{}: the addresses of open uplinks
 	uplinksOpen  atomic.Int32
 
 	ipMu    sync.Mutex
@@ -546,7 +546,7 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	if !s.cfg.Keys.Accepts(key, c.remote, t.UID, t.Channel) {
 		return "wrong-key"
 	}
-	if s.isOwnUplink(c.remote) {
+	if s.isOwnUplink(c) {
 		return "peer-is-self"
 	}
 	ch, hist, err := s.router.Join(t.Channel, c, nil)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/mlesd/mlesd/router"
 )
@@ -62,29 +63,51 @@ type uplinkState struct {
 	// first replayLeft frames that come down.
 	replay     []*router.Frame
 	replayLeft int
-	local      netip.AddrPort // the uplink socket's own address, unmapped; valid once joined
+	ends       socketEnds // the uplink socket's addresses; valid once joined
 }
+
+// socketEnds is a TCP connection's two addresses, unmapped.
+type socketEnds struct{ local, remote netip.AddrPort }
 
 // unmapped turns an IPv4-mapped IPv6 address into plain IPv4.
 func unmapped(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// isOwnUplink reports whether a connection from remote is one of this
-// server's own uplinks come back to it (a --peer that names this server):
-// such a loop is refused whatever the keys and CIDs.
-func (s *Server) isOwnUplink(remote netip.AddrPort) bool {
-	if s.uplinksOpen.Load() == 0 {
+// isOwnUplink reports whether c is one of this server's own uplinks come
+// back to it (a --peer that names this server): such a loop is refused
+// whatever the keys and CIDs. Both ends must match, reversed: Linux lets
+// connections to different destinations share a source port, so a client
+// may have the source address of an uplink to another server.
+func (s *Server) isOwnUplink(c *conn) bool {
+	if s.uplinksOpen.Load() == 0 || c.gc == nil {
 		return false
 	}
-	_, own := s.uplinkLocals.Load(unmapped(remote))
+	_, own := s.uplinkEnds.Load(socketEnds{local: unmapped(c.remote), remote: sockName(c.gc.Fd())})
 	return own
+}
+
+// sockName is a socket's own address, unmapped (gnet's LocalAddr of an
+// accepted connection is its listener's, [::]:8077 say, not the address the
+// client reached).
+func sockName(fd int) netip.AddrPort {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return unmapped(netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)))
+	}
+	return netip.AddrPort{}
 }
 
 // closeUplink forgets an uplink's local address and tells its owner.
 func (s *Server) closeUplink(c *conn, err error) {
-	if c.up.local.IsValid() {
-		s.uplinkLocals.Delete(c.up.local)
+	if c.up.ends.local.IsValid() {
+		s.uplinkEnds.Delete(c.up.ends)
 		s.uplinksOpen.Add(-1)
 	}
 	c.up.releaseReplay()
@@ -115,8 +138,8 @@ func (s *Server) openUplink(c *conn, u Uplink) gnet.Action {
 	}
 	c.ch, c.uid, c.state = ch, "(uplink)", joined
 	local := addrPortOf(c.gc.LocalAddr())
-	c.up.local = unmapped(local)
-	s.uplinkLocals.Store(c.up.local, struct{}{})
+	c.up.ends = socketEnds{local: unmapped(local), remote: unmapped(addrPortOf(c.gc.RemoteAddr()))}
+	s.uplinkEnds.Store(c.up.ends, struct{}{})
 	s.uplinksOpen.Add(1)
 	hello, err := u.Hello(local, hist)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -77,7 +78,7 @@ type server struct {
 // the tail of the server's log is printed.
 func startServer(t *testing.T, name string, env []string, args ...string) *server {
 	t.Helper()
-	s := &server{name: name, metrics: net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))}
+	s := &server{name: name, metrics: staticAddr(t, "127.0.0.1")}
 	all := append([]string{"--metrics", s.metrics,
 		"--peer-backoff", backoff.String(), "--peer-backoff-max", backoffMax.String(),
 		"--peer-linger", linger.String()}, args...)
@@ -185,6 +186,33 @@ func total(states map[string]int) int {
 		n += v
 	}
 	return n
+}
+
+// pollUplinks polls the uplink gauge until cond holds (true) or timeout
+// passes (false); it returns the last scrape.
+func (s *server) pollUplinks(timeout time.Duration, cond func(map[string]int) bool) (map[string]int, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		m, present, err := s.uplinks()
+		if err == nil && present && cond(m) {
+			return m, true
+		}
+		if time.Now().After(deadline) {
+			return m, false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// grepLines returns the lines of log containing sub.
+func grepLines(log, sub string) string {
+	var out []string
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, sub) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // waitUplinks waits up to 15 s until cond holds for the server's uplink
@@ -607,16 +635,50 @@ func (r *relay) heal() {
 	r.mu.Unlock()
 }
 
-// freePort6 returns a TCP port free on [::1] right now, or skips the test
-// when the host has no IPv6 loopback.
-func freePort6(t *testing.T) int {
+// staticAddr returns host:port with a TCP port free on host right now,
+// chosen below the kernel's ephemeral port range: no outgoing connection (a
+// client's, an uplink's, or a port of mlestest.FreePort) can take it before
+// the server binds it or while a restarted server is down, and a dial to it
+// while nothing listens cannot connect to itself. host "::1" skips the test
+// when there is no IPv6 loopback.
+func staticAddr(t *testing.T, host string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "[::1]:0")
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				lo = n
+			}
+		}
+	}
+	base := max(lo-20000, 1024)
+	var lastErr error
+	for range 100 {
+		if lo-base < 100 {
+			break
+		}
+		addr := net.JoinHostPort(host, strconv.Itoa(base+rand.IntN(lo-base)))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			lastErr = err
+			if host == "::1" && !strings.Contains(err.Error(), "address already in use") {
+				t.Skipf("no IPv6 loopback: %v", err)
+			}
+			continue
+		}
+		l.Close()
+		return addr
+	}
+	// No room below the ephemeral range: take an ephemeral port after all.
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
-		t.Skipf("no IPv6 loopback: %v", err)
+		if host == "::1" {
+			t.Skipf("no IPv6 loopback: %v (%v)", err, lastErr)
+		}
+		t.Fatal(err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().String()
 }
 
 // retryWaits returns the wait= values of the server's "peer uplink retry"
@@ -642,3 +704,40 @@ func (s *server) retryWaits(t *testing.T, ch string) []time.Duration {
 }
 
 var waitField = regexp.MustCompile(`\bwait=([0-9.]+[a-zµ]+)`)
+
+// goroutines is the server's goroutine count without the idle workers of
+// gnet's goroutine pool (ants), which it keeps for 10 to 20 s after use:
+// what is left must return to its baseline at once when a load ends.
+func goroutines(t *testing.T, s *server) int {
+	t.Helper()
+	resp, err := http.Get("http://" + s.PprofAddr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := goroutineTotal.FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("server %s: no goroutine total in pprof output", s.name)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	// Groups are "COUNT @ pcs" followed by "#\t" frame lines.
+	for _, group := range strings.Split(string(body), "\n\n") {
+		if !strings.Contains(group, "ants/v2.(*goWorker).run") {
+			continue
+		}
+		if m := groupCount.FindStringSubmatch(group); m != nil {
+			k, _ := strconv.Atoi(m[1])
+			n -= k
+		}
+	}
+	return n
+}
+
+var (
+	goroutineTotal = regexp.MustCompile(`goroutine profile: total (\d+)`)
+	groupCount     = regexp.MustCompile(`(?m)^(\d+) @`)
+)
