@@ -49,23 +49,33 @@ func (u *fakeUplink) Down(reason string, err error, received uint64) {
 	u.down <- reason
 }
 
-// acceptOne listens on loopback and returns the address and the accepted
-// connection (as a client reading frames) once someone dials.
-func fakePeer(t *testing.T) (string, func() *client) {
+// openUplink dials a fake peer listening on loopback, hands the connection
+// to ts as an uplink of channel "ch" with the given CID and DupKey, and
+// returns it with the peer's side, which has already read the Hello.
+func openUplink(t *testing.T, ts *testServer, cid uint32, dupKey uint64) (*fakeUplink, *client) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	return ln.Addr().String(), func() *client {
-		nc, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { nc.Close() })
-		return &client{t: t, nc: nc, r: bufio.NewReader(nc), uid: "peer-side", channel: "ch", key: 42}
+	defer ln.Close()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
 	}
+	pc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	peer := &client{t: t, nc: pc, r: bufio.NewReader(pc), uid: "peer-side", channel: "ch", key: 42}
+	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
+	u := &fakeUplink{channel: "ch", cid: cid, dupKey: dupKey, hello: hello, down: make(chan string, 1)}
+	if err := ts.srv.AdoptUplink(nc, u); err != nil {
+		t.Fatal(err)
+	}
+	peer.expect(hello)
+	return u, peer
 }
 
 // An uplink gets the channel's history (taken as it joins) for its Hello,
@@ -82,24 +92,13 @@ func TestUplinkHelloLiveFramesAndReplaySkip(t *testing.T) {
 	b.expect(f1)
 	b.expect(f2)
 
-	addr, accept := fakePeer(t)
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := accept()
-	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
-	u := &fakeUplink{channel: "ch", cid: codec.CIDOf(a.key), dupKey: 1<<32 | uint64(codec.CIDOf(a.key)), hello: hello, down: make(chan string, 1)}
-	if err := ts.srv.AdoptUplink(nc, u); err != nil {
-		t.Fatal(err)
-	}
-	peer.expect(hello)
+	u, peer := openUplink(t, ts, codec.CIDOf(a.key), 1<<32|uint64(codec.CIDOf(a.key)))
 	u.mu.Lock()
 	if len(u.hist) != 2 || !bytes.Equal(u.hist[0], f1) || !bytes.Equal(u.hist[1], f2) {
 		t.Fatalf("Hello got history %d frames, want [one two]", len(u.hist))
 	}
-	if u.local != localAddrPort(nc) {
-		t.Fatalf("Hello got local %v, want the uplink socket's %v", u.local, localAddrPort(nc))
+	if want := peer.nc.RemoteAddr().(*net.TCPAddr).AddrPort(); u.local != want {
+		t.Fatalf("Hello got local %v, want the uplink socket's %v", u.local, want)
 	}
 	u.mu.Unlock()
 
@@ -142,18 +141,7 @@ func TestUplinkReplayWindowIsBounded(t *testing.T) {
 	a := ts.join(t, sharedKeys, "alice", "ch", nil)
 	f1 := a.send([]byte("one"))
 
-	addr, accept := fakePeer(t)
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := accept()
-	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
-	u := &fakeUplink{channel: "ch", cid: 1, dupKey: 1 << 32, hello: hello, down: make(chan string, 1)}
-	if err := ts.srv.AdoptUplink(nc, u); err != nil {
-		t.Fatal(err)
-	}
-	peer.expect(hello)
+	_, peer := openUplink(t, ts, 1, 1<<32)
 	remote := &client{t: t, uid: "carol", channel: "ch", key: codec.Key("test-key", "carol", "ch")}
 	x, y := remote.frame([]byte("x")), remote.frame([]byte("y"))
 	// Window of 2: x (new, forwarded), y (new, forwarded); then f1 is live.
@@ -168,19 +156,8 @@ func TestUplinkReplayWindowIsBounded(t *testing.T) {
 func TestUplinkWithStaticCIDRefusesGroupJoiners(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
 	a := ts.join(t, sharedKeys, "alice", "ch", nil)
-	addr, accept := fakePeer(t)
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := accept()
 	const group = 0x0badc0de
-	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
-	u := &fakeUplink{channel: "ch", cid: group, dupKey: group, hello: hello, down: make(chan string, 1)}
-	if err := ts.srv.AdoptUplink(nc, u); err != nil {
-		t.Fatal(err)
-	}
-	peer.expect(hello)
+	u, _ := openUplink(t, ts, group, group)
 
 	// Another group member's uplink joins here with the group CID: refused.
 	other := dialRaw(t, ts.addr)
@@ -238,18 +215,7 @@ func TestUplinkToItselfIsRefused(t *testing.T) {
 func TestGarbageFromThePeerClosesTheUplink(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 10})
 	a := ts.join(t, sharedKeys, "alice", "ch", nil)
-	addr, accept := fakePeer(t)
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := accept()
-	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
-	u := &fakeUplink{channel: "ch", cid: 1, dupKey: 1 << 32, hello: hello, down: make(chan string, 1)}
-	if err := ts.srv.AdoptUplink(nc, u); err != nil {
-		t.Fatal(err)
-	}
-	peer.expect(hello)
+	u, peer := openUplink(t, ts, 1, 1<<32)
 	peer.write([]byte("GET / HTTP/1.1\r\n\r\n"))
 	select {
 	case reason := <-u.down:
