@@ -13,6 +13,7 @@ import (
 
 	"github.com/mlesd/mlesd/engine"
 	"github.com/mlesd/mlesd/gateway"
+	"github.com/mlesd/mlesd/peering"
 )
 
 func get(t *testing.T, h http.Handler, path string) (int, string) {
@@ -37,6 +38,9 @@ func TestMetricsShowTheEngineStatsAtScrapeTime(t *testing.T) {
 		Gateway: func() gateway.Stats {
 			return gateway.Stats{Sessions: 2, Uplinks: 2, MessagesIn: 10, MessagesOut: 20, Dropped: 1, Refused: 3}
 		},
+		Peering: func() peering.Stats {
+			return peering.Stats{Connecting: 1, Up: 200, Backoff: 3, Linger: 4, Ups: 210, Downs: 8, DialFailures: 5}
+		},
 		Version: "v1.2.3", Commit: "abc",
 	})
 	frames.Store(100)
@@ -55,6 +59,9 @@ func TestMetricsShowTheEngineStatsAtScrapeTime(t *testing.T) {
 		`mlesd_build_info{commit="abc",version="v1.2.3"} 1`,
 		"mlesd_ws_sessions_open 2", "mlesd_ws_uplinks_open 2", "mlesd_ws_messages_in_total 10",
 		"mlesd_ws_messages_out_total 20", "mlesd_ws_frames_dropped_total 1", "mlesd_ws_handshakes_refused_total 3", "go_goroutines", "process_open_fds",
+		`mlesd_peer_uplinks{state="connecting"} 1`, `mlesd_peer_uplinks{state="up"} 200`,
+		`mlesd_peer_uplinks{state="backoff"} 3`, `mlesd_peer_uplinks{state="linger"} 4`,
+		"mlesd_peer_uplink_ups_total 210", "mlesd_peer_uplink_downs_total 8", "mlesd_peer_dial_failures_total 5",
 	} {
 		if !strings.Contains(body, want+"\n") && !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
@@ -66,11 +73,13 @@ func TestMetricsShowTheEngineStatsAtScrapeTime(t *testing.T) {
 	}
 }
 
-// Without a TLS listener or a gateway there are no TLS or WebSocket metrics.
+// Without a TLS listener, a gateway or peers there are no TLS, WebSocket or
+// peering metrics.
 func TestNoTLSOrWebSocketMetricsWithoutThem(t *testing.T) {
 	h := Handler(Sources{Engine: func() engine.Stats { return engine.Stats{} }})
-	if _, body := get(t, h, "/metrics"); strings.Contains(body, "mlesd_tls_") || strings.Contains(body, "mlesd_ws_") {
-		t.Error("TLS or WebSocket metrics without a TLS listener or gateway")
+	if _, body := get(t, h, "/metrics"); strings.Contains(body, "mlesd_tls_") || strings.Contains(body, "mlesd_ws_") ||
+		strings.Contains(body, "mlesd_peer_") {
+		t.Error("TLS, WebSocket or peering metrics without a TLS listener, gateway or --peer")
 	}
 }
 
