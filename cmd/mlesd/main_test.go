@@ -50,7 +50,8 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 		"-max-frame", "-max-pending", "-max-pending-frames", "-stall-timeout", "-join-timeout", "-idle-timeout", "-max-conns",
 		"-max-conns-per-ip", "-max-uid-len", "-max-channel-len", "-max-partial-bytes", "-history-bytes",
 		"-max-history-bytes", "-max-channels", "-drain-timeout", "-log-level", "-log-format",
-		"-cpuprofile", "-memprofile", "-pprof", "-ws-listen", "[::]:8077"} {
+		"-cpuprofile", "-memprofile", "-pprof", "-ws-listen", "[::]:8077",
+		"-peer", "-peer-backoff", "-peer-backoff-max", "-peer-linger", "-peer-dial-timeout", "-cid", "Peering:"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("--help does not mention %s", want)
 		}
@@ -59,7 +60,9 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 
 func TestBadFlagsExitWithUsageError(t *testing.T) {
 	for _, args := range [][]string{{"--max-frame", "0"}, {"--history-limit", "-1"}, {"--nope"},
-		{"--log-level", "loud"}, {"--max-conns", "-1"}, {"--listen", "nonsense"}, {"extra-arg"}} {
+		{"--log-level", "loud"}, {"--max-conns", "-1"}, {"--listen", "nonsense"}, {"extra-arg"},
+		{"--peer", "a:b:c"}, {"--peer", "host:0"}, {"--peer", "x", "--cid", "zz"}, {"--cid", "1"},
+		{"--peer", "x", "--peer-backoff", "0"}, {"--peer", "x", "--peer-backoff", "2s", "--peer-backoff-max", "1s"}} {
 		err := exec.Command(mlesdBin, args...).Run()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 			t.Errorf("%v: exit %v, want 2", args, err)
