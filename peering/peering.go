@@ -175,13 +175,15 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	peers := make([]string, len(cfg.Peers))
 	for i, p := range cfg.Peers {
 		np, err := ParsePeer(p)
 		if err != nil {
 			return nil, err
 		}
-		cfg.Peers[i] = np
+		peers[i] = np
 	}
+	cfg.Peers = peers
 	m := &Manager{cfg: cfg, log: cfg.Logger, rlog: ratelog.New(cfg.Logger, 10), chans: make(map[string]*channelLinks)}
 	m.dialer = net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: keepAlive}
 	m.ctx, m.cancel = context.WithCancel(context.Background())

@@ -149,8 +149,8 @@ func (u *Uplink) Down(reason string, err error, received uint64) {
 	defer m.mu.Unlock()
 	wasUp := u.state == Up
 	u.closeFn = nil
-	if u.state == Closed || m.stopped {
-		return
+	if (u.state != Up && u.state != Connecting) || m.stopped {
+		return // closed for good, or its failure was already handled
 	}
 	m.totals.Downs++
 	up := time.Duration(0)
