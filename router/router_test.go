@@ -21,7 +21,7 @@ func (s *fakeSub) DupKey() uint64 {
 	}
 	return uint64(s.cid)
 }
-func (s *fakeSub) Loop() int   { return s.loop }
+func (s *fakeSub) Loop() int { return s.loop }
 
 func frameOf(s string) *Frame { return NewFrame([]byte(s)) }
 
