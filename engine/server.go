@@ -332,8 +332,11 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 		s.ipMu.Unlock()
 	}
 	if c.up != nil {
+		if c.reason != "" {
+			s.countRefused(c.reason) // logged by the peering package, with the reason
+		}
 		s.closeUplink(c, err)
-		return gnet.None // the peering package logs uplinks
+		return gnet.None
 	}
 	switch {
 	case c.reason != "":

@@ -104,7 +104,7 @@ func sockName(fd int) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// closeUplink forgets an uplink's local address and tells its owner.
+// closeUplink forgets an uplink's addresses and tells its owner it ended.
 func (s *Server) closeUplink(c *conn, err error) {
 	if c.up.ends.local.IsValid() {
 		s.uplinkEnds.Delete(c.up.ends)
