@@ -563,13 +563,6 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	}
 	c.ch, c.uid, c.state = ch, t.UID, joined
 	c.loop.stats.joins.Add(1)
-	if s.cfg.Members != nil {
-		if resync {
-			s.cfg.Members.MemberJoined(ch, inner[0])
-		} else {
-			s.cfg.Members.MemberJoined(ch, data)
-		}
-	}
 	// History first: the joiner gets it before any live frame.
 	for _, f := range hist {
 		c.deliver(f, true)
@@ -587,6 +580,15 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 		f.Release()
 	} else {
 		s.mergeResync(c, t, inner)
+	}
+	// Last, so that the joiner's frames are in the history before any
+	// uplink this opens can take it.
+	if s.cfg.Members != nil {
+		if resync {
+			s.cfg.Members.MemberJoined(ch, inner[0])
+		} else {
+			s.cfg.Members.MemberJoined(ch, data)
+		}
 	}
 	s.debug("joined", c)
 	return ""
