@@ -38,7 +38,8 @@
 // when the CID that comes back round is the one that went out, which holds
 // for shared keys and a loop formed from one channel's first member; with
 // address keys each hop has a new CID. Topologies that can loop (rings)
-// need a static CID.
+// need a static CID. An uplink that comes back to its own server (a --peer
+// naming this server) is refused by the engine whatever its key and CID.
 //
 // Static CID groups (Config.StaticCID). Every uplink of every member carries
 // the group's CID, and a member's own open uplink holds that CID on its
