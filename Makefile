@@ -66,9 +66,7 @@ test-short: ## quick tests without the race detector
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@set -e; for t in $(FUZZ_TARGETS); do \
-	  pkg=$${t%%:*}; name=$${t##*:}; \
-	  echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
-	  $(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	  .ci/fuzz-target $(GO) $${t%%:*} $${t##*:} $(FUZZTIME); \
 	done
 
 SOAK_DURATION ?= 30m
