@@ -101,6 +101,9 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 	f.Ref()
 	c.q.push(f)
 	c.queued += f.Len()
+	if c.up != nil && !force {
+		c.up.seen.Add(f.Bytes()) // the peer will hold it: recognise its replay later
+	}
 	if !c.dirty && !c.backlog { // a backlogged receiver is written by the poll
 		c.dirty = true
 		c.loop.dirty = append(c.loop.dirty, c)

@@ -446,10 +446,12 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		if c.up != nil {
 			c.up.received++
-			if c.up.replay != nil && c.up.skipReplayed(data) {
+			fp := router.Fingerprint(data)
+			if c.up.replay != nil && c.up.skipReplayed(fp) {
 				_, _ = gc.Discard(total)
 				continue
 			}
+			c.up.seen.AddFingerprint(fp)
 		}
 		f := router.NewFrame(data)
 		_, _ = gc.Discard(total)

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -39,6 +38,10 @@ type Uplink interface {
 	// the server closed it ("" when the peer did or the socket failed),
 	// received the number of frames that came down it.
 	Down(reason string, err error, received uint64)
+	// Seen is the log of frames that crossed the uplink, kept by its owner
+	// across reconnections; only the engine touches it, on the event loop
+	// of the uplink's current connection.
+	Seen() *router.SeenLog
 }
 
 // MemberObserver learns when a connection joins or leaves a channel
@@ -55,13 +58,15 @@ type MemberObserver interface {
 // uplinkState is the part of a conn only uplinks have.
 type uplinkState struct {
 	u        Uplink
+	seen     *router.SeenLog // frames that crossed this uplink, across its connections
 	received uint64
-	// replay is the channel's history when the uplink joined: the peer
-	// replays its own history to the uplink first, and the frames of it
-	// that this server already holds must not reach members twice. Each
-	// held frame absorbs at most one equal frame, and only within the
-	// first replayLeft frames that come down.
-	replay     []*router.Frame
+	// replay counts, by fingerprint, the frames this server knows the peer
+	// may replay from its history when the uplink (re)joins: those that
+	// crossed the uplink before (either way) and those this server holds in
+	// its own history. They must not reach members twice. Each absorbs one
+	// equal frame, and only within the first replayLeft frames that come
+	// down.
+	replay     map[uint64]int32
 	replayLeft int
 	ends       socketEnds // the uplink socket's addresses; valid once joined
 }
@@ -110,7 +115,7 @@ func (s *Server) closeUplink(c *conn, err error) {
 		s.uplinkEnds.Delete(c.up.ends)
 		s.uplinksOpen.Add(-1)
 	}
-	c.up.releaseReplay()
+	c.up.replay = nil
 	c.up.u.Down(c.reason, err, c.up.received)
 }
 
@@ -130,7 +135,7 @@ func (s *Server) AdoptUplink(nc net.Conn, u Uplink) error {
 // local frame falls between the resync and the live stream.
 func (s *Server) openUplink(c *conn, u Uplink) gnet.Action {
 	c.cid, c.dupKey = u.CID(), u.DupKey()
-	c.up = &uplinkState{u: u}
+	c.up = &uplinkState{u: u, seen: u.Seen()}
 	ch, hist, err := s.router.JoinUplink(u.Channel(), c, nil)
 	if err != nil {
 		c.reason = "too-many-channels"
@@ -154,9 +159,9 @@ func (s *Server) openUplink(c *conn, u Uplink) gnet.Action {
 	f := router.NewFrame(hello)
 	c.deliver(f, true)
 	f.Release()
-	c.up.replay, c.up.replayLeft = hist, max(s.router.HistoryLimit(), len(hist))
-	if len(hist) == 0 {
-		c.up.replay = nil
+	c.up.expectReplay(hist, max(s.router.HistoryLimit(), router.DefaultHistoryLimit))
+	for _, f := range hist {
+		f.Release()
 	}
 	gc := c.gc
 	u.Up(func() { _ = gc.Close() })
@@ -164,42 +169,44 @@ func (s *Server) openUplink(c *conn, u Uplink) gnet.Action {
 	return gnet.None
 }
 
-// skipReplayed reports whether b, come down an uplink, is the peer's replay
-// of a frame this server already holds; it then must not be forwarded.
-// Loop-owned.
-func (up *uplinkState) skipReplayed(b []byte) bool {
+// expectReplay prepares the replay filter of a new connection: what crossed
+// the uplink before and what this server holds (hist), and records hist as
+// crossed, since the Hello carries it and the peer will hold it. window is
+// the most frames the peer may replay.
+func (up *uplinkState) expectReplay(hist []*router.Frame, window int) {
+	// The peer's last window frames and the last ones that crossed here
+	// are the same frames in nearly the same order; twice the window
+	// covers what was in flight either way when the link broke.
+	up.seen.Init(2 * window)
+	if up.seen.Len() == 0 && len(hist) == 0 {
+		return
+	}
+	up.replay = make(map[uint64]int32, up.seen.Len()+len(hist))
+	up.seen.Count(up.replay)
+	for _, f := range hist {
+		fp := router.Fingerprint(f.Bytes())
+		if up.replay[fp] == 0 {
+			up.seen.AddFingerprint(fp)
+			up.replay[fp] = 1
+		}
+	}
+	up.replayLeft = window
+}
+
+// skipReplayed reports whether a frame with fingerprint fp, come down the
+// uplink, is the peer's replay of one this server already had; it then must
+// not be forwarded. Loop-owned; no allocation.
+func (up *uplinkState) skipReplayed(fp uint64) bool {
 	up.replayLeft--
 	skip := false
-	for i, f := range up.replay {
-		if f != nil && bytes.Equal(f.Bytes(), b) {
-			f.Release()
-			up.replay[i] = nil
-			skip = true
-			break
-		}
+	if n := up.replay[fp]; n > 0 {
+		up.replay[fp] = n - 1
+		skip = true
 	}
-	if up.replayLeft <= 0 || skip && up.allMatched() {
-		up.releaseReplay()
+	if up.replayLeft <= 0 {
+		up.replay = nil
 	}
 	return skip
-}
-
-func (up *uplinkState) allMatched() bool {
-	for _, f := range up.replay {
-		if f != nil {
-			return false
-		}
-	}
-	return true
-}
-
-func (up *uplinkState) releaseReplay() {
-	for _, f := range up.replay {
-		if f != nil {
-			f.Release()
-		}
-	}
-	up.replay = nil
 }
 
 // adopt enrolls nc on one of the loops seen so far, round robin.

@@ -21,6 +21,7 @@ type fakeUplink struct {
 	dupKey  uint64
 	hello   []byte
 
+	seen     router.SeenLog
 	mu       sync.Mutex
 	hist     [][]byte
 	local    netip.AddrPort
@@ -41,7 +42,8 @@ func (u *fakeUplink) Hello(local netip.AddrPort, hist []*router.Frame) ([]byte, 
 	}
 	return u.hello, nil
 }
-func (u *fakeUplink) Up(closeFn func()) { u.mu.Lock(); u.closeFn = closeFn; u.mu.Unlock() }
+func (u *fakeUplink) Seen() *router.SeenLog { return &u.seen }
+func (u *fakeUplink) Up(closeFn func())     { u.mu.Lock(); u.closeFn = closeFn; u.mu.Unlock() }
 func (u *fakeUplink) Down(reason string, err error, received uint64) {
 	u.mu.Lock()
 	u.received = received
@@ -49,10 +51,20 @@ func (u *fakeUplink) Down(reason string, err error, received uint64) {
 	u.down <- reason
 }
 
-// openUplink dials a fake peer listening on loopback, hands the connection
-// to ts as an uplink of channel "ch" with the given CID and DupKey, and
-// returns it with the peer's side, which has already read the Hello.
+// openUplink makes an uplink of channel "ch" with the given CID and DupKey
+// and connects it (connectUplink).
 func openUplink(t *testing.T, ts *testServer, cid uint32, dupKey uint64) (*fakeUplink, *client) {
+	t.Helper()
+	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
+	u := &fakeUplink{channel: "ch", cid: cid, dupKey: dupKey, hello: hello, down: make(chan string, 1)}
+	return u, connectUplink(t, ts, u)
+}
+
+// connectUplink dials a fake peer listening on loopback, hands the
+// connection to ts as the uplink u (a reconnect when u was connected
+// before: its Seen log carries over, as in the peering package) and returns
+// the peer's side, which has already read the Hello.
+func connectUplink(t *testing.T, ts *testServer, u *fakeUplink) *client {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -69,13 +81,11 @@ func openUplink(t *testing.T, ts *testServer, cid uint32, dupKey uint64) (*fakeU
 	}
 	t.Cleanup(func() { pc.Close() })
 	peer := &client{t: t, nc: pc, r: bufio.NewReader(pc), uid: "peer-side", channel: "ch", key: 42}
-	hello, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "alice", Channel: "ch"})
-	u := &fakeUplink{channel: "ch", cid: cid, dupKey: dupKey, hello: hello, down: make(chan string, 1)}
 	if err := ts.srv.AdoptUplink(nc, u); err != nil {
 		t.Fatal(err)
 	}
-	peer.expect(hello)
-	return u, peer
+	peer.expect(u.hello)
+	return peer
 }
 
 // An uplink gets the channel's history (taken as it joins) for its Hello,
@@ -135,7 +145,8 @@ func TestUplinkHelloLiveFramesAndReplaySkip(t *testing.T) {
 }
 
 // Frames the peer sends that equal held ones are skipped only within the
-// replay window (history-limit frames after the uplink joined).
+// replay window: the history limit, at least the default 100 (the most a
+// peer with default settings replays) frames after the uplink joined.
 func TestUplinkReplayWindowIsBounded(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 2})
 	a := ts.join(t, sharedKeys, "alice", "ch", nil)
@@ -143,12 +154,44 @@ func TestUplinkReplayWindowIsBounded(t *testing.T) {
 
 	_, peer := openUplink(t, ts, 1, 1<<32)
 	remote := &client{t: t, uid: "carol", channel: "ch", key: codec.Key("test-key", "carol", "ch")}
-	x, y := remote.frame([]byte("x")), remote.frame([]byte("y"))
-	// Window of 2: x (new, forwarded), y (new, forwarded); then f1 is live.
-	peer.write(append(append(append([]byte(nil), x...), y...), f1...))
-	a.expect(x)
-	a.expect(y)
+	var news [][]byte
+	var burst []byte
+	for i := range router.DefaultHistoryLimit {
+		f := remote.frame([]byte("new " + itoa(i)))
+		news = append(news, f)
+		burst = append(burst, f...)
+	}
+	// 100 new frames fill the window; then f1 is live traffic again.
+	peer.write(append(burst, f1...))
+	for _, f := range news {
+		a.expect(f)
+	}
 	a.expect(f1)
+}
+
+// With no history here, what crossed the uplink before a reconnect is still
+// recognised when the peer replays it: the uplink's log of crossed frames
+// (both ways) outlives its connections.
+func TestUplinkRecognisesReplayAcrossReconnectsWithoutHistory(t *testing.T) {
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 0})
+	a := ts.join(t, sharedKeys, "alice", "ch", nil)
+	u, peer := openUplink(t, ts, 1, 1<<32)
+	up := a.send([]byte("went up"))
+	peer.expect(up)
+	remote := &client{t: t, uid: "carol", channel: "ch", key: codec.Key("test-key", "carol", "ch")}
+	down := remote.frame([]byte("came down"))
+	peer.write(down)
+	a.expect(down)
+
+	// The peer drops the link; the same Uplink reconnects.
+	peer.nc.Close()
+	<-u.down
+	peer2 := connectUplink(t, ts, u)
+	// The peer replays its history (both frames), then a new one.
+	fresh := remote.frame([]byte("new after the reconnect"))
+	peer2.write(append(append(append([]byte(nil), up...), down...), fresh...))
+	a.expect(fresh) // up and down were not forwarded again
+	a.expectNothing(100 * time.Millisecond)
 }
 
 // A static group CID held by an uplink refuses a joiner with that CID; an

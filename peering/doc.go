@@ -22,8 +22,10 @@
 //     later ones a fresh empty join. The history is taken in the same step
 //     as the uplink joins the channel, so no frame falls between the resync
 //     and the live stream. Frames the peer replays from its own history
-//     that this server already holds are not passed on again (see
-//     engine.Uplink), so a reconnect causes no duplicates.
+//     that this server holds, or that crossed the link before (the
+//     Uplink's SeenLog, which outlives its connections), are not passed on
+//     again (see engine.Uplink), so a reconnect causes no duplicates, with
+//     or without history here.
 //
 // Keys and CIDs. With a shared key the uplink's key is the first member's;
 // with address keys it is computed for the uplink socket's own local

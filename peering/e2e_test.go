@@ -409,3 +409,29 @@ func TestPeeringRefusingPeer(t *testing.T) {
 		t.Fatalf("A's uplinks: %v (%v), want one (for its one channel)", m, err)
 	}
 }
+
+// A keeps no history (--history-limit 0), its peer B does. When A's uplink
+// reconnects, B replays its history down it; A recognises the frames that
+// crossed the link before from the uplink's own log, so its clients get
+// nothing twice.
+func TestPeeringReconnectWithoutLocalHistoryHasNoDuplicates(t *testing.T) {
+	B := startServer(t, "B", sharedEnv)
+	r := startRelay(t, B.Addr)
+	A := startServer(t, "A", sharedEnv, "--peer", r.Addr(), "--history-limit", "0")
+	a1, a2 := join(t, A.Addr, "a1", "nohist"), join(t, A.Addr, "a2", "nohist")
+	b1 := join(t, B.Addr, "b1", "nohist")
+	all := []*client{a1, a2, b1}
+	meshSync(t, all...)
+	sent := ledger{}
+	sent.send(t, 0, 40, all...)
+	sent.deliver(t, 10*time.Second, all...)
+
+	downs, ups := A.countLog(`msg="peer uplink down"`), A.countLog(`msg="peer uplink up"`)
+	r.sever(false)
+	A.waitLogCount(t, downs+1, 5*time.Second, `msg="peer uplink down"`)
+	A.waitLogCount(t, ups+1, 5*time.Second, `msg="peer uplink up"`)
+	// B replayed up to 100 frames of its history to the new uplink: none of
+	// them may reach a1 or a2 again.
+	sent.send(t, 40, 60, all...)
+	sent.deliver(t, 10*time.Second, all...)
+}

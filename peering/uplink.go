@@ -30,6 +30,10 @@ type Uplink struct {
 	key     uint64 // the join key for the current connection
 	cid     uint32
 	helloed bool // a first frame was sent on some connection
+
+	// Not locked: the engine's, on the current connection's event loop
+	// (see engine.Uplink.Seen).
+	seen router.SeenLog
 }
 
 // setKeyLocked computes the join key and CID for a connection whose local
@@ -45,6 +49,9 @@ func (u *Uplink) setKeyLocked(local netip.AddrPort) {
 
 // Channel implements engine.Uplink.
 func (u *Uplink) Channel() string { return u.cl.name }
+
+// Seen implements engine.Uplink.
+func (u *Uplink) Seen() *router.SeenLog { return &u.seen }
 
 // Peer is the peer's address.
 func (u *Uplink) Peer() string { return u.peer }

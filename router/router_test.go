@@ -260,3 +260,26 @@ func TestHistoryByteCaps(t *testing.T) {
 		}
 	})
 }
+
+// A SeenLog keeps the fingerprints of the last n frames, counting repeats.
+func TestSeenLogKeepsTheLastFrames(t *testing.T) {
+	var l SeenLog
+	l.Add([]byte("x")) // before Init: nothing
+	if l.Len() != 0 {
+		t.Fatal("uninitialised log holds a frame")
+	}
+	l.Init(3)
+	l.Init(100) // only the first Init sizes it
+	for _, s := range []string{"a", "b", "b", "c"} {
+		l.Add([]byte(s))
+	}
+	counts := map[uint64]int32{}
+	l.Count(counts)
+	if l.Len() != 3 || counts[Fingerprint([]byte("a"))] != 0 || counts[Fingerprint([]byte("b"))] != 2 ||
+		counts[Fingerprint([]byte("c"))] != 1 {
+		t.Fatalf("len %d counts %v: want the last 3 (b, b, c)", l.Len(), counts)
+	}
+	if Fingerprint([]byte("a")) == Fingerprint([]byte("b")) {
+		t.Fatal("fingerprints collide")
+	}
+}
