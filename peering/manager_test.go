@@ -1,6 +1,9 @@
 package peering
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -227,5 +230,59 @@ func TestManagerHelloKeys(t *testing.T) {
 		if !(codec.KeyConfig{}).Accepts(h.Key, e.locals[i], "alice", "ch") {
 			t.Fatalf("hello %d key is not the address key of %v", i, e.locals[i])
 		}
+	}
+}
+
+// A peer that does not answer holds at most maxDialsPerPeer attempts (and
+// goroutines) at a time, however many channels want an uplink to it; the
+// others wait in a queue and all are made in the end.
+func TestManagerBoundsDialsPerPeer(t *testing.T) {
+	m := newManager(t, &fakeEngine{}, Config{Peers: []string{"127.0.0.1:1"}, Backoff: time.Hour})
+	var (
+		mu             sync.Mutex
+		inFlight, most int
+		attempts       int
+		release        = make(chan struct{})
+	)
+	m.dialFn = func(ctx context.Context, _, _ string) (net.Conn, error) {
+		mu.Lock()
+		inFlight++
+		attempts++
+		most = max(most, inFlight)
+		mu.Unlock()
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		return nil, errors.New("no answer")
+	}
+	const channels = 200
+	join, _ := codec.AppendFrame(nil, 1, codec.Triplet{UID: "u", Channel: "c"})
+	for i := range channels {
+		m.MemberJoined(newChannel(t, fmt.Sprintf("ch%d", i)), join)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := inFlight
+		mu.Unlock()
+		if n == maxDialsPerPeer {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d dials in flight, want %d", n, maxDialsPerPeer)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	waitStats(t, m, "every channel's dial made and failed", func(s Stats) bool { return s.DialFailures == channels })
+	mu.Lock()
+	defer mu.Unlock()
+	if most != maxDialsPerPeer || attempts != channels {
+		t.Fatalf("at most %d dials at once (want %d), %d attempts (want %d)", most, maxDialsPerPeer, attempts, channels)
 	}
 }

@@ -39,6 +39,11 @@ const (
 	stableAfter = 5 * time.Second
 	// keepAlive is the TCP keepalive period of uplinks, as for clients.
 	keepAlive = 60 * time.Second
+	// maxDialsPerPeer bounds the connection attempts in flight to one peer.
+	// Each channel has its own uplink, so a peer that stops answering would
+	// otherwise have one blocked dial (and goroutine) per channel, for up
+	// to the dial timeout, at every retry; the rest wait in a queue.
+	maxDialsPerPeer = 32
 )
 
 // Config sets up a Manager. Adopt is required.
@@ -131,18 +136,27 @@ type Stats struct {
 // Manager keeps the uplinks of every channel. It implements
 // engine.MemberObserver. Safe for concurrent use.
 type Manager struct {
-	cfg    Config
-	log    *slog.Logger
-	rlog   *ratelog.Log
-	dialer net.Dialer
-	ctx    context.Context // cancelled by Stop: ends dials in flight
-	cancel context.CancelFunc
+	cfg       Config
+	log       *slog.Logger
+	rlog      *ratelog.Log
+	dialFn    func(ctx context.Context, network, addr string) (net.Conn, error) // netDialer's, or a test's
+	netDialer net.Dialer
+	ctx       context.Context // cancelled by Stop: ends dials in flight
+	cancel    context.CancelFunc
 
 	mu      sync.Mutex
 	chans   map[string]*channelLinks // Lock: mu
 	stopped bool                     // Lock: mu
 	totals  Stats                    // Lock: mu; only the counters since start
-	pending sync.WaitGroup           // dials in flight
+	dialQ   map[string][]dialReq     // Lock: mu; per peer, attempts waiting for a dialler
+	dialers map[string]int           // Lock: mu; per peer, diallers running
+	pending sync.WaitGroup           // diallers running
+}
+
+// dialReq is one connection attempt of u, valid while u.gen is gen.
+type dialReq struct {
+	u   *Uplink
+	gen uint64
 }
 
 // channelLinks is one channel's uplinks, one per peer. Lock: Manager.mu.
@@ -184,8 +198,10 @@ func New(cfg Config) (*Manager, error) {
 		peers[i] = np
 	}
 	cfg.Peers = peers
-	m := &Manager{cfg: cfg, log: cfg.Logger, rlog: ratelog.New(cfg.Logger, 10), chans: make(map[string]*channelLinks)}
-	m.dialer = net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: keepAlive}
+	m := &Manager{cfg: cfg, log: cfg.Logger, rlog: ratelog.New(cfg.Logger, 10), chans: make(map[string]*channelLinks),
+		dialQ: make(map[string][]dialReq), dialers: make(map[string]int)}
+	m.netDialer = net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: keepAlive}
+	m.dialFn = m.netDialer.DialContext
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m, nil
 }
@@ -294,22 +310,53 @@ func (m *Manager) Stats() Stats {
 	return st
 }
 
-// dialLocked starts a connection attempt for u. Lock: m.mu.
+// dialLocked queues a connection attempt for u and makes sure a dialler
+// for its peer runs (at most maxDialsPerPeer per peer). Lock: m.mu.
 func (m *Manager) dialLocked(u *Uplink) {
 	u.state = Connecting
 	u.gen++
-	gen := u.gen
+	m.dialQ[u.peer] = append(m.dialQ[u.peer], dialReq{u: u, gen: u.gen})
+	if m.dialers[u.peer] >= maxDialsPerPeer {
+		return
+	}
+	m.dialers[u.peer]++
 	m.pending.Add(1)
-	go func() {
-		defer m.pending.Done()
-		m.dial(u, gen)
-	}()
+	go m.dialer(u.peer)
+}
+
+// dialer makes the queued connection attempts to peer, one at a time,
+// and ends when none is left (or the Manager stopped).
+func (m *Manager) dialer(peer string) {
+	defer m.pending.Done()
+	for {
+		m.mu.Lock()
+		q := m.dialQ[peer]
+		if len(q) == 0 || m.stopped {
+			m.dialers[peer]--
+			if len(q) == 0 {
+				delete(m.dialQ, peer)
+			}
+			m.mu.Unlock()
+			return
+		}
+		req := q[0]
+		q[0] = dialReq{}
+		m.dialQ[peer] = q[1:]
+		m.mu.Unlock()
+		m.dial(req.u, req.gen)
+	}
 }
 
 // dial connects to u's peer and hands the connection to the engine, whose
 // OnOpen then calls u.Hello and u.Up (or u.Down).
 func (m *Manager) dial(u *Uplink, gen uint64) {
-	nc, err := m.dialer.DialContext(m.ctx, "tcp", u.peer)
+	m.mu.Lock()
+	stale := u.gen != gen || u.state != Connecting
+	m.mu.Unlock()
+	if stale { // closed while it waited in the queue
+		return
+	}
+	nc, err := m.dialFn(m.ctx, "tcp", u.peer)
 	m.mu.Lock()
 	if u.gen != gen || u.state != Connecting { // closed meanwhile
 		m.mu.Unlock()
