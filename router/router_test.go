@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"testing"
 )
@@ -281,5 +282,22 @@ func TestSeenLogKeepsTheLastFrames(t *testing.T) {
 	}
 	if Fingerprint([]byte("a")) == Fingerprint([]byte("b")) {
 		t.Fatal("fingerprints collide")
+	}
+
+	// It grows as frames cross, keeping the newest in order, up to its size.
+	var g SeenLog
+	g.Init(40)
+	for i := range 100 {
+		g.Add([]byte(strconv.Itoa(i)))
+		if want := min(i+1, 40); g.Len() != want {
+			t.Fatalf("after %d frames it holds %d, want %d", i+1, g.Len(), want)
+		}
+	}
+	counts = map[uint64]int32{}
+	g.Count(counts)
+	for i := range 100 {
+		if held := counts[Fingerprint([]byte(strconv.Itoa(i)))] == 1; held != (i >= 60) {
+			t.Fatalf("frame %d held: %v; want the last 40 (60..99)", i, held)
+		}
 	}
 }
