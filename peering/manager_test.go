@@ -286,3 +286,23 @@ func TestManagerBoundsDialsPerPeer(t *testing.T) {
 		t.Fatalf("at most %d dials at once (want %d), %d attempts (want %d)", most, maxDialsPerPeer, attempts, channels)
 	}
 }
+
+// A first member's join message over maxKeptJoinMessage is not kept for the
+// uplinks: the first connection joins with an empty message instead.
+func TestManagerDoesNotKeepAHugeJoinMessage(t *testing.T) {
+	e := &fakeEngine{}
+	m := newManager(t, e, Config{Peers: []string{listenPeer(t)}, Keys: codec.KeyConfig{SharedKey: "k"}})
+	big := make([]byte, maxKeptJoinMessage+1)
+	join, _ := codec.AppendFrame(nil, codec.Key("k", "alice", "ch"), codec.Triplet{UID: "alice", Channel: "ch", Message: big})
+	m.MemberJoined(newChannel(t, "ch"), join)
+	waitStats(t, m, "up", func(s Stats) bool { return s.Up == 1 })
+	m.mu.Lock()
+	kept := len(m.chans["ch"].join)
+	m.mu.Unlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	tr, err := codec.DecodeTriplet(e.hellos[0][codec.HeaderLen:])
+	if err != nil || len(tr.Message) != 0 || tr.UID != "alice" || kept > 100 {
+		t.Fatalf("hello %+v (%v), %d bytes kept: want an empty join and no copy of the message", tr, err, kept)
+	}
+}

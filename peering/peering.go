@@ -44,6 +44,12 @@ const (
 	// otherwise have one blocked dial (and goroutine) per channel, for up
 	// to the dial timeout, at every retry; the rest wait in a queue.
 	maxDialsPerPeer = 32
+	// maxKeptJoinMessage bounds the first member's join message a channel
+	// keeps for its uplinks' first connection (it is outside the history's
+	// byte budgets). A longer one is not kept: uplinks then join with an
+	// empty message, and the message reaches the peer through the resync
+	// when history holds it.
+	maxKeptJoinMessage = 64 << 10
 )
 
 // Config sets up a Manager. Adopt is required.
@@ -216,11 +222,17 @@ func (m *Manager) MemberJoined(ch *router.Channel, join []byte) {
 	}
 	cl := m.chans[ch.Name()]
 	if cl == nil {
-		cl = &channelLinks{name: ch.Name(), join: append([]byte(nil), join...)}
-		var err error
-		if cl.first, err = codec.DecodeTriplet(cl.join[codec.HeaderLen:]); err != nil {
+		t, err := codec.DecodeTriplet(join[codec.HeaderLen:])
+		if err != nil {
 			return // cannot happen: the engine decoded it to join
 		}
+		cl = &channelLinks{name: ch.Name(), join: append([]byte(nil), join...)}
+		if len(t.Message) > maxKeptJoinMessage {
+			h, _ := codec.ParseHeader(join)
+			t.Message = nil
+			cl.join = codec.AppendTriplet(codec.AppendHeader(nil, codec.Header{Len: codec.TripletLen(t), CID: h.CID, Key: h.Key}), t)
+		}
+		cl.first, _ = codec.DecodeTriplet(cl.join[codec.HeaderLen:])
 		m.chans[cl.name] = cl
 		for _, p := range m.cfg.Peers {
 			u := &Uplink{m: m, cl: cl, peer: p, wait: m.cfg.Backoff}
