@@ -39,7 +39,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/mlesd/mlesd/internal/tlsbridge"
 )
 
 // Defaults.
@@ -49,18 +49,11 @@ const (
 	// DefaultMaxHandshakes bounds the handshakes in progress at once; a
 	// connection over it is closed at once and counted as failed ("busy").
 	DefaultMaxHandshakes = 1024
-	// BufSize is each copy direction's buffer per connection: one TLS
-	// record's plaintext at most, so one read or write is one record.
-	BufSize = 16 << 10
+	// BufSize is each copy direction's buffer per bridged connection.
+	BufSize = tlsbridge.BufSize
 	// logBurst is how many handshake failures per reason are logged per second.
 	logBurst = 5
 )
-
-// closeCheckInterval is how often a bridge whose client sends nothing checks
-// whether the engine has closed its side. It matters only while the
-// engine-to-client copy is blocked on a client that does not read: otherwise
-// that copy sees the engine's EOF at once. A variable for tests.
-var closeCheckInterval = 5 * time.Second
 
 // Adopter takes over an established connection as if accepted from remote;
 // engine.Server implements it.
@@ -241,7 +234,7 @@ func (s *Server) handle(nc net.Conn) {
 	}
 	s.ok.Add(1)
 	remote := addrPort(nc.RemoteAddr())
-	local, engineEnd, err := socketpair()
+	local, engineEnd, err := tlsbridge.Socketpair()
 	if err != nil {
 		s.fail("adopt", nc.RemoteAddr(), err)
 		tc.Close()
@@ -265,96 +258,7 @@ func (s *Server) handle(nc net.Conn) {
 		tc.Close()
 		return
 	}
-	s.bridge(tc, local.(*net.UnixConn))
-}
-
-// bridge copies bytes both ways between the client and the engine's side
-// until either ends, then closes both. Returns when both copies have ended.
-func (s *Server) bridge(tc *tls.Conn, local *net.UnixConn) {
-	var once sync.Once
-	closeBoth := func() {
-		once.Do(func() {
-			local.Close()
-			tc.Close()
-		})
-	}
-	done := make(chan struct{})
-	go func() { // engine -> client
-		defer close(done)
-		buf := make([]byte, BufSize)
-		_, _ = io.CopyBuffer(tc, onlyReader{local}, buf)
-		closeBoth()
-	}()
-	// client -> engine, checking now and then (while the client is silent)
-	// whether the engine closed its side: the other copy may be blocked
-	// writing to a client that does not read, and would not notice.
-	buf := make([]byte, BufSize)
-	for {
-		_ = tc.SetReadDeadline(time.Now().Add(closeCheckInterval))
-		n, err := tc.Read(buf)
-		if n > 0 {
-			if _, werr := local.Write(buf[:n]); werr != nil {
-				break
-			}
-		}
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && !peerClosed(local) {
-				continue // crypto/tls read timeouts are not fatal
-			}
-			break
-		}
-	}
-	closeBoth()
-	<-done
-}
-
-// onlyReader hides WriterTo so io.CopyBuffer uses our buffer.
-type onlyReader struct{ r io.Reader }
-
-func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
-
-// peerClosed reports whether the other end of a stream socket has closed
-// (or shut down writing), without reading from it.
-func peerClosed(c *net.UnixConn) bool {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return true
-	}
-	hup := false
-	_ = rc.Control(func(fd uintptr) {
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-		if n, err := unix.Poll(pfd, 0); err == nil && n > 0 {
-			hup = pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
-		}
-	})
-	return hup
-}
-
-// socketpair returns two connected Unix stream sockets (close-on-exec).
-func socketpair() (net.Conn, net.Conn, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, os.NewSyscallError("socketpair", err)
-	}
-	a, err := fileConn(fds[0])
-	if err != nil {
-		syscall.Close(fds[1])
-		return nil, nil, err
-	}
-	b, err := fileConn(fds[1])
-	if err != nil {
-		a.Close()
-		return nil, nil, err
-	}
-	return a, b, nil
-}
-
-// fileConn wraps fd as a net.Conn (net.FileConn dups it; fd is closed).
-func fileConn(fd int) (net.Conn, error) {
-	f := os.NewFile(uintptr(fd), "socketpair")
-	defer f.Close()
-	return net.FileConn(f)
+	tlsbridge.Bridge(tc, local.(*net.UnixConn))
 }
 
 func addrPort(a net.Addr) netip.AddrPort {

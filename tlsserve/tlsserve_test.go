@@ -17,6 +17,7 @@ import (
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/engine"
 	"github.com/mlesd/mlesd/internal/mlestest"
+	"github.com/mlesd/mlesd/internal/tlsbridge"
 	"github.com/mlesd/mlesd/router"
 	"github.com/mlesd/mlesd/tlsserve/tlstest"
 )
@@ -296,9 +297,9 @@ func TestEngineClosingTheConnectionClosesTheTLSClient(t *testing.T) {
 // being stalled and silent, the bridge notices and ends, although its copy
 // to the client is blocked.
 func TestStalledTLSReceiverIsDroppedForAndClosedByTheEngine(t *testing.T) {
-	old := closeCheckInterval
-	closeCheckInterval = 100 * time.Millisecond
-	defer func() { closeCheckInterval = old }()
+	old := tlsbridge.CloseCheckInterval
+	tlsbridge.CloseCheckInterval = 100 * time.Millisecond
+	defer func() { tlsbridge.CloseCheckInterval = old }()
 	r := startRig(t, codec.KeyConfig{SharedKey: "k"},
 		engine.Config{MaxPending: 64 << 10, StallTimeout: 300 * time.Millisecond}, Config{})
 	tc, err := r.dialTLS(t, nil)
