@@ -42,7 +42,7 @@ func TestAdoptedConnectionUsesTheGivenClientAddress(t *testing.T) {
 
 	serverEnd, clientEnd := socketpair(t)
 	remote := netip.MustParseAddrPort("192.0.2.7:40000")
-	if err := ts.srv.Adopt(serverEnd, remote); err != nil {
+	if err := ts.srv.Adopt(serverEnd, netip.AddrPort{}, remote); err != nil {
 		t.Fatal(err)
 	}
 	c := &client{t: t, nc: clientEnd, r: bufio.NewReader(clientEnd), uid: "adopted", channel: "ch",

@@ -26,6 +26,7 @@ type conn struct {
 	gc     gnet.Conn
 	loop   *loop
 	remote netip.AddrPort
+	local  netip.AddrPort // for an adopted connection, the address its client reached (else zero: read from the socket)
 	state  connState
 	cid    uint32
 	dupKey uint64       // router.Subscriber.DupKey

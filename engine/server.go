@@ -236,11 +236,14 @@ func (s *Server) loopOf(gc gnet.Conn) *loop {
 // or the Uplink of one handed over by AdoptUplink.
 type adopted struct {
 	remote netip.AddrPort
+	local  netip.AddrPort // this end's address: an uplink's own (for its key), or what a client reached
 	uplink Uplink
 }
 
 // Adopt hands an established connection to the engine as if it had been
-// accepted from remote (the address used for address keys, limits and logs).
+// accepted from remote (the address used for address keys, limits and logs)
+// on local (this server's address the client reached, which the engine
+// uses to recognise its own uplinks coming back; may be zero).
 // It is how transports the engine does not speak itself (TLS terminated in
 // Go, say) join the same event loops, router and limits: nc must be a
 // *net.TCPConn or *net.UnixConn (for example one end of a socketpair whose
@@ -250,8 +253,8 @@ type adopted struct {
 // round robin over the event loops that have had a connection so far (not
 // through gnet's Engine.Register, whose round robin is also the acceptor's
 // and is not safe from other goroutines); until one has, Adopt fails.
-func (s *Server) Adopt(nc net.Conn, remote netip.AddrPort) error {
-	return s.adopt(nc, &adopted{remote: remote})
+func (s *Server) Adopt(nc net.Conn, local, remote netip.AddrPort) error {
+	return s.adopt(nc, &adopted{remote: remote, local: local})
 }
 
 // OnOpen sets up a connection's state; it waits for its join frame.
@@ -264,6 +267,9 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		remote = a.remote
 	}
 	c := &conn{gc: gc, loop: l, remote: remote, opened: now, lastRead: now}
+	if a != nil {
+		c.local = a.local
+	}
 	gc.SetContext(c)
 	l.conns[c] = struct{}{}
 	s.accepted.Add(1)
@@ -274,7 +280,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 			c.up = &uplinkState{u: a.uplink}
 			return nil, gnet.Close
 		}
-		return nil, s.openUplink(c, a.uplink)
+		return nil, s.openUplink(c, a)
 	}
 	if n := s.openConns.Add(1); s.stopping.Load() {
 		c.reason = "shutting-down"

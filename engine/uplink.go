@@ -88,7 +88,11 @@ func (s *Server) isOwnUplink(c *conn) bool {
 	if s.uplinksOpen.Load() == 0 || c.gc == nil {
 		return false
 	}
-	_, own := s.uplinkEnds.Load(socketEnds{local: unmapped(c.remote), remote: sockName(c.gc.Fd())})
+	reached := unmapped(c.local)
+	if !reached.IsValid() {
+		reached = sockName(c.gc.Fd())
+	}
+	_, own := s.uplinkEnds.Load(socketEnds{local: unmapped(c.remote), remote: reached})
 	return own
 }
 
@@ -120,20 +124,24 @@ func (s *Server) closeUplink(c *conn, err error) {
 }
 
 // AdoptUplink hands a dialled connection to a peer to the engine as the
-// uplink u. Like Adopt, the engine takes a duplicate of nc's descriptor and
-// closes nc. Safe from any goroutine once a client connection has been
-// served (uplinks exist only for channels that have members).
-func (s *Server) AdoptUplink(nc net.Conn, u Uplink) error {
+// uplink u. local and remote are the addresses of the TCP connection to the
+// peer (local is what address keys hash): nc's own, or, when nc is one end
+// of a socketpair bridged to a TLS connection, the TLS connection's. Like
+// Adopt, the engine takes a duplicate of nc's descriptor and closes nc.
+// Safe from any goroutine once a client connection has been served
+// (uplinks exist only for channels that have members).
+func (s *Server) AdoptUplink(nc net.Conn, local, remote netip.AddrPort, u Uplink) error {
 	if s.stopping.Load() {
 		return errors.New("engine: shutting down")
 	}
-	return s.adopt(nc, &adopted{remote: addrPortOf(nc.RemoteAddr()), uplink: u})
+	return s.adopt(nc, &adopted{remote: remote, local: local, uplink: u})
 }
 
 // openUplink joins an adopted uplink to its channel and queues its Hello,
 // built from the history taken in the same step as the join, so that no
 // local frame falls between the resync and the live stream.
-func (s *Server) openUplink(c *conn, u Uplink) gnet.Action {
+func (s *Server) openUplink(c *conn, a *adopted) gnet.Action {
+	u := a.uplink
 	c.cid, c.dupKey = u.CID(), u.DupKey()
 	c.up = &uplinkState{u: u, seen: u.Seen()}
 	ch, hist, err := s.router.JoinUplink(u.Channel(), c, nil)
@@ -142,8 +150,8 @@ func (s *Server) openUplink(c *conn, u Uplink) gnet.Action {
 		return gnet.Close
 	}
 	c.ch, c.uid, c.state = ch, "(uplink)", joined
-	local := addrPortOf(c.gc.LocalAddr())
-	c.up.ends = socketEnds{local: unmapped(local), remote: unmapped(addrPortOf(c.gc.RemoteAddr()))}
+	local := a.local
+	c.up.ends = socketEnds{local: unmapped(local), remote: unmapped(a.remote)}
 	s.uplinkEnds.Store(c.up.ends, struct{}{})
 	s.uplinksOpen.Add(1)
 	hello, err := u.Hello(local, hist)

@@ -81,7 +81,7 @@ func connectUplink(t *testing.T, ts *testServer, u *fakeUplink) *client {
 	}
 	t.Cleanup(func() { pc.Close() })
 	peer := &client{t: t, nc: pc, r: bufio.NewReader(pc), uid: "peer-side", channel: "ch", key: 42}
-	if err := ts.srv.AdoptUplink(nc, u); err != nil {
+	if err := ts.srv.AdoptUplink(nc, localAddrPort(nc), nc.RemoteAddr().(*net.TCPAddr).AddrPort(), u); err != nil {
 		t.Fatal(err)
 	}
 	peer.expect(u.hello)
@@ -239,7 +239,7 @@ func TestUplinkToItselfIsRefused(t *testing.T) {
 	hello, _ := codec.AppendFrame(nil, key, codec.Triplet{UID: "alice", Channel: "ch"})
 	u := &fakeUplink{channel: "ch", cid: codec.CIDOf(key), dupKey: 1<<32 | uint64(codec.CIDOf(key)), hello: hello,
 		down: make(chan string, 1)}
-	if err := ts.srv.AdoptUplink(nc, u); err != nil {
+	if err := ts.srv.AdoptUplink(nc, localAddrPort(nc), nc.RemoteAddr().(*net.TCPAddr).AddrPort(), u); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -25,15 +25,15 @@ type fakeEngine struct {
 	closes int
 }
 
-func (e *fakeEngine) adopt(nc net.Conn, u *Uplink) error {
-	hello, err := u.Hello(addrPortOf(nc.LocalAddr()), nil)
+func (e *fakeEngine) adopt(nc net.Conn, local, _ netip.AddrPort, u *Uplink) error {
+	hello, err := u.Hello(local, nil)
 	if err != nil {
 		return err
 	}
 	e.mu.Lock()
 	e.adopts++
 	e.hellos = append(e.hellos, hello)
-	e.locals = append(e.locals, addrPortOf(nc.LocalAddr()))
+	e.locals = append(e.locals, local)
 	e.mu.Unlock()
 	var once sync.Once
 	u.Up(func() {

@@ -2,6 +2,7 @@ package peering
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/internal/ratelog"
+	"github.com/mlesd/mlesd/internal/tlsbridge"
 	"github.com/mlesd/mlesd/router"
 )
 
@@ -67,8 +69,13 @@ type Config struct {
 	// DialTimeout bounds one connection attempt.
 	DialTimeout time.Duration
 	// Adopt hands a dialled connection to the engine as the uplink u
-	// (engine.Server.AdoptUplink).
-	Adopt func(nc net.Conn, u *Uplink) error
+	// (engine.Server.AdoptUplink); local and remote are the TCP
+	// connection's addresses (nc is a socketpair end when TLS is on).
+	Adopt func(nc net.Conn, local, remote netip.AddrPort, u *Uplink) error
+	// TLS, when set, makes every uplink a TLS client with this
+	// configuration (ServerName defaults to the peer's host); the engine
+	// gets the plaintext through a socketpair, as for the TLS listener.
+	TLS *tls.Config
 	// Logger receives link up/down/retry lines; nil = slog.Default().
 	Logger *slog.Logger
 }
@@ -102,6 +109,29 @@ func ParsePeer(s string) (string, error) {
 		return "", fmt.Errorf("peer %q: bad port", s)
 	}
 	return net.JoinHostPort(host, port), nil
+}
+
+// ClientTLS builds the TLS configuration of uplinks: TLS 1.2 or later,
+// peers verified against the CA certificates in caFile (the system's when
+// empty), and, when certFile is set, that client certificate (for peers
+// that require one, as mlesd's --tls-client-ca does).
+func ClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pool, err := tlsbridge.LoadPool(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("peer CA: %w", err)
+		}
+		cfg.RootCAs = pool
+	}
+	if certFile != "" || keyFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("peer client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
 }
 
 // ParseCID parses a --cid value: 1 to 8 hex digits, "0x" allowed.
@@ -369,9 +399,21 @@ func (m *Manager) dial(u *Uplink, gen uint64) {
 		return
 	}
 	nc, err := m.dialFn(m.ctx, "tcp", u.peer)
+	what := "dial"
+	var engineSide net.Conn
+	if err == nil {
+		engineSide = nc
+		if m.cfg.TLS != nil {
+			what = "tls"
+			engineSide, err = m.startTLS(nc, u.peer)
+		}
+	}
 	m.mu.Lock()
 	if u.gen != gen || u.state != Connecting { // closed meanwhile
 		m.mu.Unlock()
+		if engineSide != nil {
+			engineSide.Close()
+		}
 		if nc != nil {
 			nc.Close()
 		}
@@ -379,13 +421,15 @@ func (m *Manager) dial(u *Uplink, gen uint64) {
 	}
 	if err != nil {
 		m.totals.DialFailures++
-		m.failedLocked(u, "dial", err)
+		m.failedLocked(u, what, err)
 		m.mu.Unlock()
 		return
 	}
-	u.setKeyLocked(addrPortOf(nc.LocalAddr()))
+	local, remote := addrPortOf(nc.LocalAddr()), addrPortOf(nc.RemoteAddr())
+	u.setKeyLocked(local)
 	m.mu.Unlock()
-	if err := m.cfg.Adopt(nc, u); err != nil {
+	if err := m.cfg.Adopt(engineSide, local, remote, u); err != nil {
+		engineSide.Close()
 		nc.Close()
 		m.mu.Lock()
 		if u.gen == gen && u.state == Connecting {
@@ -393,6 +437,31 @@ func (m *Manager) dial(u *Uplink, gen uint64) {
 		}
 		m.mu.Unlock()
 	}
+}
+
+// startTLS runs the TLS handshake on nc (within DialTimeout) and returns
+// the engine's end of a socketpair bridged to it (a bridge goroutine runs
+// until either side closes). On error nc is closed.
+func (m *Manager) startTLS(nc net.Conn, peer string) (net.Conn, error) {
+	cfg := m.cfg.TLS.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(peer)
+	}
+	tc := tls.Client(nc, cfg)
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.DialTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	bridged, engineSide, err := tlsbridge.Socketpair()
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	go tlsbridge.Bridge(tc, bridged.(*net.UnixConn))
+	return engineSide, nil
 }
 
 // failedLocked logs a failed or lost link and schedules the next attempt.

@@ -26,7 +26,6 @@ package tlsserve
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -55,10 +54,10 @@ const (
 	logBurst = 5
 )
 
-// Adopter takes over an established connection as if accepted from remote;
-// engine.Server implements it.
+// Adopter takes over an established connection as if accepted from remote
+// on local (the address the client reached); engine.Server implements it.
 type Adopter interface {
-	Adopt(nc net.Conn, remote netip.AddrPort) error
+	Adopt(nc net.Conn, local, remote netip.AddrPort) error
 }
 
 // Config is a TLS listener's settings.
@@ -83,13 +82,9 @@ func (c Config) TLSConfig() (*tls.Config, error) {
 		Certificates: []tls.Certificate{cert},
 	}
 	if c.ClientCAFile != "" {
-		pem, err := os.ReadFile(c.ClientCAFile)
+		pool, err := tlsbridge.LoadPool(c.ClientCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("tls client CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls client CA %s: no PEM certificate in it", c.ClientCAFile)
 		}
 		tc.ClientCAs = pool
 		tc.ClientAuth = tls.RequireAndVerifyClientCert
@@ -240,7 +235,7 @@ func (s *Server) handle(nc net.Conn) {
 		tc.Close()
 		return
 	}
-	if err := s.engine.Adopt(engineEnd, remote); err != nil {
+	if err := s.engine.Adopt(engineEnd, addrPort(nc.LocalAddr()), remote); err != nil {
 		engineEnd.Close()
 		local.Close()
 		s.fail("adopt", nc.RemoteAddr(), err)

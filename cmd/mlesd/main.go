@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	_ "net/http/pprof" // served only when --pprof is set
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -77,6 +78,10 @@ type Options struct {
 	PeerLinger      time.Duration // uplinks outlive their channel's last member this long
 	PeerDialTimeout time.Duration
 	CID             string // --cid: static CID of every uplink (hex); "" = none
+	PeerTLS         bool   // --peer-tls: uplinks are TLS clients
+	PeerTLSCA       string // CA file to verify peers (system roots when empty)
+	PeerTLSCert     string // client certificate for peers that require one
+	PeerTLSKey      string
 
 	ConfigFile  string            // --config or env MLESD_CONFIG
 	PrintConfig bool              // --print-config: print the effective settings and exit
@@ -121,6 +126,7 @@ Peering:
   --peer-backoff-max; on reconnect it first sends the channel's history as a
   resync. Servers that refuse a joiner whose CID is already on the channel
   cannot loop in a tree; for rings give every member the same --cid.
+  --peer-tls makes uplinks TLS clients of the peers' --tls-listen ports.
 
 Environment:
   MLES_KEY       shared key for first-level authentication: a join frame's key
@@ -179,6 +185,10 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.DurationVar(&o.PeerLinger, "peer-linger", peering.DefaultLinger, "keep a channel's uplinks this long after its last member left (0 = close at once)")
 	fs.DurationVar(&o.PeerDialTimeout, "peer-dial-timeout", peering.DefaultDialTimeout, "give up one connection attempt to a peer after this long")
 	fs.StringVar(&o.CID, "cid", "", "static CID (1-8 hex digits) for every uplink; servers with the same --cid form a\nload-balancing/protection group, which may be a ring (off: an uplink's CID comes from its key)")
+	fs.BoolVar(&o.PeerTLS, "peer-tls", false, "uplinks speak TLS to their peers (a peer's --tls-listen port); the peer's certificate is verified")
+	fs.StringVar(&o.PeerTLSCA, "peer-tls-ca", "", "PEM CA `file` to verify peers' certificates with (default: the system's roots); needs --peer-tls")
+	fs.StringVar(&o.PeerTLSCert, "peer-tls-cert", "", "PEM client certificate `file` for peers that require one (--tls-client-ca there); needs --peer-tls-key")
+	fs.StringVar(&o.PeerTLSKey, "peer-tls-key", "", "PEM private key `file` for --peer-tls-cert")
 	fs.StringVar(&o.ConfigFile, "config", "", "TOML config `file` (default: env MLESD_CONFIG); keys are flag names")
 	fs.BoolVar(&o.PrintConfig, "print-config", false, "print the effective configuration (TOML, with each setting's source) and exit")
 	fs.BoolVar(&o.Version, "version", false, "print the version and commit and exit")
@@ -238,6 +248,12 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 		return o, errors.New("--peer-backoff must be positive and at most --peer-backoff-max")
 	case o.PeerLinger < 0 || o.PeerDialTimeout <= 0:
 		return o, errors.New("--peer-linger must be 0 or more and --peer-dial-timeout positive")
+	case !o.PeerTLS && (o.PeerTLSCA != "" || o.PeerTLSCert != "" || o.PeerTLSKey != ""):
+		return o, errors.New("--peer-tls-ca, --peer-tls-cert and --peer-tls-key need --peer-tls")
+	case o.PeerTLS && len(o.Peers) == 0:
+		return o, errors.New("--peer-tls needs --peer")
+	case (o.PeerTLSCert == "") != (o.PeerTLSKey == ""):
+		return o, errors.New("--peer-tls-cert and --peer-tls-key go together")
 	case o.TLSListen != "" && (o.TLSCert == "" || o.TLSKey == ""):
 		return o, errors.New("--tls-listen needs --tls-cert and --tls-key")
 	case o.TLSListen == "" && (o.TLSCert != "" || o.TLSKey != "" || o.TLSClientCA != ""):
@@ -349,10 +365,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(o.Peers) > 0 {
 		pc := peering.Config{Peers: o.Peers, Keys: keys, Backoff: o.PeerBackoff, BackoffMax: o.PeerBackoffMax,
 			Linger: o.PeerLinger, DialTimeout: o.PeerDialTimeout, Logger: log,
-			Adopt: func(nc net.Conn, u *peering.Uplink) error { return srv.AdoptUplink(nc, u) }}
+			Adopt: func(nc net.Conn, local, remote netip.AddrPort, u *peering.Uplink) error {
+				return srv.AdoptUplink(nc, local, remote, u)
+			}}
 		if o.CID != "" {
 			cid, _ := peering.ParseCID(o.CID) // checked by parseOptions
 			pc.StaticCID = &cid
+		}
+		if o.PeerTLS {
+			if pc.TLS, err = peering.ClientTLS(o.PeerTLSCA, o.PeerTLSCert, o.PeerTLSKey); err != nil {
+				fmt.Fprintln(stderr, "mlesd:", err)
+				return 2
+			}
 		}
 		if peers, err = peering.New(pc); err != nil {
 			fmt.Fprintln(stderr, "mlesd:", err)

@@ -51,7 +51,7 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 		"-max-conns-per-ip", "-max-uid-len", "-max-channel-len", "-max-partial-bytes", "-history-bytes",
 		"-max-history-bytes", "-max-channels", "-drain-timeout", "-log-level", "-log-format",
 		"-cpuprofile", "-memprofile", "-pprof", "-ws-listen", "[::]:8077",
-		"-peer", "-peer-backoff", "-peer-backoff-max", "-peer-linger", "-peer-dial-timeout", "-cid", "Peering:"} {
+		"-peer", "-peer-backoff", "-peer-backoff-max", "-peer-linger", "-peer-dial-timeout", "-cid", "-peer-tls", "-peer-tls-ca", "-peer-tls-cert", "-peer-tls-key", "Peering:"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("--help does not mention %s", want)
 		}
@@ -62,7 +62,9 @@ func TestBadFlagsExitWithUsageError(t *testing.T) {
 	for _, args := range [][]string{{"--max-frame", "0"}, {"--history-limit", "-1"}, {"--nope"},
 		{"--log-level", "loud"}, {"--max-conns", "-1"}, {"--listen", "nonsense"}, {"extra-arg"},
 		{"--peer", "a:b:c"}, {"--peer", "host:0"}, {"--peer", "x", "--cid", "zz"}, {"--cid", "1"},
-		{"--peer", "x", "--peer-backoff", "0"}, {"--peer", "x", "--peer-backoff", "2s", "--peer-backoff-max", "1s"}} {
+		{"--peer", "x", "--peer-backoff", "0"}, {"--peer", "x", "--peer-backoff", "2s", "--peer-backoff-max", "1s"},
+		{"--peer-tls"}, {"--peer", "x", "--peer-tls-ca", "ca.pem"}, {"--peer", "x", "--peer-tls", "--peer-tls-cert", "c.pem"},
+		{"--peer", "x", "--peer-tls", "--peer-tls-ca", "/nonexistent/ca.pem"}} {
 		err := exec.Command(mlesdBin, args...).Run()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 			t.Errorf("%v: exit %v, want 2", args, err)

@@ -7,7 +7,9 @@ package tlsbridge
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -116,4 +118,17 @@ func fileConn(fd int) (net.Conn, error) {
 	f := os.NewFile(uintptr(fd), "socketpair")
 	defer f.Close()
 	return net.FileConn(f)
+}
+
+// LoadPool reads a PEM file of CA certificates into a pool.
+func LoadPool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate in it", file)
+	}
+	return pool, nil
 }
