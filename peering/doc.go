@@ -27,6 +27,10 @@
 //     again (see engine.Uplink), so a reconnect causes no duplicates, with
 //     or without history here.
 //
+// TLS (Config.TLS): the uplink is a TLS client of the peer; the handshake
+// runs in the dialling goroutine and the engine gets the plaintext through a
+// socketpair (internal/tlsbridge), as for the TLS listener.
+//
 // Keys and CIDs. With a shared key the uplink's key is the first member's;
 // with address keys it is computed for the uplink socket's own local
 // address, as a client's would be. The CID is the low 32 bits of that key,
