@@ -70,7 +70,7 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	done
 
 SOAK_DURATION ?= 30m
-soak: ## the hostile soak against the real binary for SOAK_DURATION (default 30m); not in CI
+soak: ## the hostile soaks (one server, then two peered) against the real binary, SOAK_DURATION each (default 30m); not in CI
 	SOAK_DURATION=$(SOAK_DURATION) $(GO) test -tags soak -count=1 -run TestSoak -v -timeout 2h ./internal/hostile
 
 microbench: ## go test benchmarks of codec, router and engine with allocations
