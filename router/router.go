@@ -63,8 +63,8 @@ var emptySnapshot = &Snapshot{}
 const (
 	// DefaultHistoryLimit is the original server's history length.
 	DefaultHistoryLimit = 100
-	// DefaultMaxChannels bounds channels: with history on, a channel outlives
-	// its members, so their number must be bounded.
+	// DefaultMaxChannels bounds channels: a channel that holds history
+	// outlives its members, so their number must be bounded.
 	DefaultMaxChannels = 100_000
 	// DefaultHistoryBytes caps one channel's history (room for a few
 	// maximum-size frames).
@@ -76,7 +76,8 @@ const (
 // Config sets the router's limits.
 type Config struct {
 	// HistoryLimit is how many frames each channel keeps for new joiners;
-	// 0 turns history off, and an empty channel is then forgotten at once.
+	// 0 turns history off. A channel with no members is forgotten at once
+	// when it holds no history.
 	HistoryLimit int
 	// MaxChannels caps the number of channels (0 = no cap).
 	MaxChannels int
@@ -204,8 +205,8 @@ func (r *Router) join(name string, sub Subscriber, hist []*Frame, checkDup bool)
 	}
 }
 
-// Leave removes sub from the channel. An empty channel without history is
-// forgotten at once.
+// Leave removes sub from the channel. A channel left with no subscribers
+// and no history is forgotten at once.
 func (c *Channel) Leave(sub Subscriber) {
 	c.mu.Lock()
 	c.snap.Store(c.snap.Load().without(sub))
@@ -214,13 +215,11 @@ func (c *Channel) Leave(sub Subscriber) {
 }
 
 // forgetIfEmpty removes the channel from the table when it has no subscribers
-// and keeps no history.
+// and holds no history (a channel whose members only joined, with empty
+// messages, leaves nothing behind).
 func (c *Channel) forgetIfEmpty() {
-	if c.router.cfg.HistoryLimit > 0 {
-		return
-	}
 	c.mu.Lock()
-	if c.dead || c.snap.Load().Len > 0 {
+	if c.dead || c.snap.Load().Len > 0 || c.hist.n > 0 {
 		c.mu.Unlock()
 		return
 	}

@@ -103,12 +103,27 @@ func TestEmptyChannelWithoutHistoryIsForgotten(t *testing.T) {
 	if r.Channels() != 0 {
 		t.Fatal("empty channel without history kept")
 	}
+	// With history on, a channel is kept while its history holds frames,
+	// and forgotten when it holds none (its members only joined).
 	r2 := New(Config{HistoryLimit: 5})
 	ch2, _, _ := r2.Join("ch", s, nil)
+	f := frameOf("kept")
+	ch2.Append(f)
+	f.Release()
 	ch2.Leave(s)
 	if r2.Channels() != 1 {
 		t.Fatal("channel with history forgotten")
 	}
+	ch3, _, _ := r2.Join("joins-only", s, nil)
+	ch3.Leave(s)
+	if r2.Channels() != 1 {
+		t.Fatal("channel with an empty history kept after its last member left")
+	}
+	_, hist, _ := r2.Join("ch", &fakeSub{cid: 2}, nil)
+	if len(hist) != 1 || string(hist[0].Bytes()) != "kept" {
+		t.Fatalf("history of the kept channel: %d frames", len(hist))
+	}
+	hist[0].Release()
 }
 
 func TestHistoryKeepsTheLastNInOrder(t *testing.T) {

@@ -149,7 +149,7 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	var listen listFlag
 	fs.Var(&listen, "listen", "`host:port` to listen on; repeat or comma-separate for several.\n\"[::]:8077\" (the default) is dual stack: IPv4 and IPv6")
 	fs.StringVar(&o.Key, "key", "", "shared `key` (default: env MLESD_KEY or MLES_KEY); empty = address-based keys")
-	fs.IntVar(&o.HistoryLimit, "history-limit", router.DefaultHistoryLimit, "frames of history kept per channel and replayed to each joiner; 0 = none (empty channels are then forgotten)")
+	fs.IntVar(&o.HistoryLimit, "history-limit", router.DefaultHistoryLimit, "frames of history kept per channel and replayed to each joiner; 0 = none. A channel without members is\nforgotten once it holds no history")
 	fs.IntVar(&o.Loops, "loops", 0, "event loops; 0 = one per CPU core")
 	fs.IntVar(&o.MaxFrame, "max-frame", engine.DefaultMaxFrame, "largest frame payload in `bytes` (1..16777215); a bigger frame closes its connection")
 	fs.IntVar(&o.MaxPending, "max-pending", engine.DefaultMaxPending, "per-receiver backlog bound in `bytes`; frames past it are dropped for that receiver alone and counted")
