@@ -56,6 +56,7 @@ type conn struct {
 	reason     string // why the server closed it; "" = the peer did
 	partial    int    // bytes of incomplete frames buffered, counted in Server.partialBytes
 	perIP      bool   // counted in Server.perIP
+	member     bool   // Config.Members was told of its join: tell it of the leave
 }
 
 // DupKey implements router.Subscriber.

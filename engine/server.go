@@ -319,7 +319,7 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	s.openConns.Add(-1)
 	if c.ch != nil {
 		c.ch.Leave(c)
-		if c.up == nil && wasJoined && s.cfg.Members != nil {
+		if c.member { // whatever its state now (a failed write leaves it closing)
 			s.cfg.Members.MemberLeft(c.ch)
 		}
 	}
@@ -597,6 +597,7 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 		} else {
 			s.cfg.Members.MemberJoined(ch, data)
 		}
+		c.member = true
 	}
 	s.debug("joined", c)
 	return ""

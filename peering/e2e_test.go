@@ -10,6 +10,7 @@ package peering_test
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -486,4 +487,43 @@ func TestPeeringCutsUnderTraffic(t *testing.T) {
 		}
 	}
 	sent.deliver(t, 20*time.Second, all...)
+}
+
+// Members that vanish with a reset while frames are being written to them
+// (the server's write fails before it reads the reset) still count as gone:
+// once the last member has left, the channel's uplink closes.
+func TestPeeringUplinkClosesAfterMembersResetMidWrite(t *testing.T) {
+	B := startServer(t, "B", sharedEnv)
+	A := startServer(t, "A", sharedEnv, "--peer", B.Addr)
+	pub := join(t, A.Addr, "pub", "resets")
+	var subs []*client
+	for i := range 30 {
+		subs = append(subs, join(t, A.Addr, fmt.Sprintf("sub%02d", i), "resets"))
+	}
+	A.waitUp(t, 1)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // a steady stream, so that writes to the subscribers are in flight
+		defer close(done)
+		for seq := uint32(0); ; seq++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if pub.Send(dataMsg("pub", seq)) != nil {
+				return
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	for _, s := range subs {
+		time.Sleep(10 * time.Millisecond)
+		_ = s.NC.(*net.TCPConn).SetLinger(0) // close sends a reset
+		s.NC.Close()
+	}
+	close(stop)
+	<-done
+	pub.NC.Close()
+	A.waitNoUplinks(t)
 }
