@@ -150,11 +150,10 @@ func (s *Server) openUplink(c *conn, a *adopted) gnet.Action {
 		return gnet.Close
 	}
 	c.ch, c.uid, c.state = ch, "(uplink)", joined
-	local := a.local
-	c.up.ends = socketEnds{local: unmapped(local), remote: unmapped(a.remote)}
+	c.up.ends = socketEnds{local: unmapped(a.local), remote: unmapped(a.remote)}
 	s.uplinkEnds.Store(c.up.ends, struct{}{})
 	s.uplinksOpen.Add(1)
-	hello, err := u.Hello(local, hist)
+	hello, err := u.Hello(a.local, hist)
 	if err != nil {
 		for _, f := range hist {
 			f.Release()

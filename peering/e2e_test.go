@@ -228,7 +228,7 @@ func TestPeeringRestartedPeerIsRefilled(t *testing.T) {
 	sent.send(t, 30, 60, a1) // while B is down
 	sent.deliver(t, 10*time.Second, a2)
 
-	B2 := startServer(t, "B (restarted)", sharedEnv, argsB...)
+	startServer(t, "B (restarted)", sharedEnv, argsB...)
 	A.waitLogCount(t, 2, 10*time.Second, `msg="peer uplink up"`)
 	A.waitUp(t, 1)
 	b2 := join(t, addrB, "b2", "restart")
@@ -239,20 +239,14 @@ func TestPeeringRestartedPeerIsRefilled(t *testing.T) {
 	// The link works both ways after the restart.
 	sent.send(t, 60, 90, a1, b2)
 	sent.deliver(t, 10*time.Second, a1, a2, b2)
-	_ = B2
 }
 
 // A peers B through a relay; the relay cuts the link (both servers stay up)
 // and refuses reconnects for a while. Both sides send during the cut; after
 // the relay lets A's uplink reconnect, every client has every frame once.
 func TestPeeringCutLinkResyncs(t *testing.T) {
-	B := startServer(t, "B", sharedEnv, "--history-limit", "1000")
-	r := startRelay(t, B.Addr)
-	A := startServer(t, "A", sharedEnv, "--peer", r.Addr(), "--history-limit", "1000")
-	a1, a2 := join(t, A.Addr, "a1", "cut"), join(t, A.Addr, "a2", "cut")
-	b1, b2 := join(t, B.Addr, "b1", "cut"), join(t, B.Addr, "b2", "cut")
-	all := []*client{a1, a2, b1, b2}
-	meshSync(t, all...)
+	A, r, all := relayedPair(t, "cut", "1000")
+	a1, a2, b1, b2 := all[0], all[1], all[2], all[3]
 	sent := ledger{}
 	sent.send(t, 0, 50, all...)
 	sent.deliver(t, 10*time.Second, all...)
@@ -273,6 +267,20 @@ func TestPeeringCutLinkResyncs(t *testing.T) {
 	sent.deliver(t, 10*time.Second, all...)
 	sent.send(t, 100, 120, all...)
 	sent.deliver(t, 10*time.Second, all...)
+}
+
+// relayedPair starts B and A peered to B through a relay, both with the
+// given --history-limit, and joins a1, a2 on A and b1, b2 on B to channel
+// ch (in that order), synced with each other.
+func relayedPair(t *testing.T, ch, history string) (A *server, r *relay, clients []*client) {
+	t.Helper()
+	B := startServer(t, "B", sharedEnv, "--history-limit", history)
+	r = startRelay(t, B.Addr)
+	A = startServer(t, "A", sharedEnv, "--peer", r.Addr(), "--history-limit", history)
+	clients = []*client{join(t, A.Addr, "a1", ch), join(t, A.Addr, "a2", ch),
+		join(t, B.Addr, "b1", ch), join(t, B.Addr, "b2", ch)}
+	meshSync(t, clients...)
+	return A, r, clients
 }
 
 // waitArrived waits (10 s) until the receivers have the frames in l from
@@ -443,13 +451,7 @@ func TestPeeringReconnectWithoutLocalHistoryHasNoDuplicates(t *testing.T) {
 // replayed either way after it all reach every client exactly once (each
 // server's history is large enough to cover the cuts).
 func TestPeeringCutsUnderTraffic(t *testing.T) {
-	B := startServer(t, "B", sharedEnv, "--history-limit", "5000")
-	r := startRelay(t, B.Addr)
-	A := startServer(t, "A", sharedEnv, "--peer", r.Addr(), "--history-limit", "5000")
-	a1, a2 := join(t, A.Addr, "a1", "cuts"), join(t, A.Addr, "a2", "cuts")
-	b1, b2 := join(t, B.Addr, "b1", "cuts"), join(t, B.Addr, "b2", "cuts")
-	all := []*client{a1, a2, b1, b2}
-	meshSync(t, all...)
+	A, r, all := relayedPair(t, "cuts", "5000")
 
 	const n = 1200 // per sender, about one every 2 ms: 2.4 s of traffic
 	var wg sync.WaitGroup

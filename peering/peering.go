@@ -158,10 +158,6 @@ const (
 	Closed                  // its channel has no members any more; gone
 )
 
-func (s State) String() string {
-	return [...]string{"connecting", "up", "backoff", "closed"}[s]
-}
-
 // Stats counts uplinks. Lingering ones (their channel has no members and
 // they close when the linger ends) are counted in Linger and in their state.
 type Stats struct {

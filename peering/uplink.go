@@ -53,9 +53,6 @@ func (u *Uplink) Channel() string { return u.cl.name }
 // Seen implements engine.Uplink.
 func (u *Uplink) Seen() *router.SeenLog { return &u.seen }
 
-// Peer is the peer's address.
-func (u *Uplink) Peer() string { return u.peer }
-
 // CID implements engine.Uplink: the CID of the current connection's join.
 func (u *Uplink) CID() uint32 {
 	u.m.mu.Lock()
