@@ -36,10 +36,14 @@ const (
 	DefaultJoinTimeout = 10 * time.Second
 	// DefaultMaxConns bounds open connections (each costs an fd and a few KiB).
 	DefaultMaxConns = 100_000
-	// DefaultMaxConnsPerIP bounds connections from one address; high enough
-	// for many devices behind one NAT, low enough that one host cannot take
-	// every slot.
-	DefaultMaxConnsPerIP = 10_000
+	// DefaultMaxConnsPerIP bounds connections from one address. One IP can
+	// open at most about 64,000 connections to one listen address anyway
+	// (its ephemeral ports), so a fleet behind one carrier NAT fits; at half
+	// of DefaultMaxConns one host still cannot take every slot. Loopback
+	// clients (the operator's own processes, benchmarks) are exempt unless
+	// Config.LimitLoopback is set; TLS and WebSocket clients are counted by
+	// their real address, not the loopback bridge's.
+	DefaultMaxConnsPerIP = 50_000
 	// DefaultMaxNameLen bounds uid and channel names in bytes.
 	DefaultMaxNameLen = 4096
 	// DefaultMaxPartialBytes bounds the bytes of frames still arriving, summed
@@ -106,6 +110,9 @@ type Config struct {
 	MaxConns int
 	// MaxConnsPerIP bounds open connections per client IP; negative = no bound.
 	MaxConnsPerIP int
+	// LimitLoopback applies MaxConnsPerIP to loopback clients too (by
+	// default they are exempt: they are processes on this host).
+	LimitLoopback bool
 	// MaxUIDLen and MaxChannelLen bound the names in a join, in bytes.
 	MaxUIDLen     int
 	MaxChannelLen int

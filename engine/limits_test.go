@@ -49,7 +49,7 @@ func TestMaxConnsRefusesTheConnectionOverTheLimit(t *testing.T) {
 }
 
 func TestMaxConnsPerIP(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, MaxConnsPerIP: 2}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, MaxConnsPerIP: 2, LimitLoopback: true}, router.Config{})
 	dialRaw(t, ts.addr)
 	dialRaw(t, ts.addr)
 	ts.waitAccepted(t, 2) // the server saw both before the third arrives

@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -33,7 +34,6 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/internal/ratelog"
@@ -51,8 +51,17 @@ type Server struct {
 	log    *slog.Logger
 	rlog   *ratelog.Log
 
-	protoAddrs []string
-	eng        gnet.Engine
+	eng gnet.Engine
+
+	// Accepting (accept.go): our own listeners and one goroutine each.
+	lnMu       sync.Mutex
+	listeners  []net.Listener
+	acceptWG   sync.WaitGroup
+	acceptErrs sync.Map   // reason → *atomicCounter
+	registerMu sync.Mutex // gnet's round-robin balancer is not safe from several goroutines
+	engineDir  string     // private directory of gnet's own (never reachable) listener
+	loopsUp    chan struct{}
+	booted     atomic.Bool
 
 	loopsMu sync.Mutex
 	loops   []atomic.Pointer[loop]   // index = loop idx; set once when the loop is first seen
@@ -92,52 +101,67 @@ func New(cfg Config, r *router.Router) (*Server, error) {
 		byEL:   make(map[gnet.EventLoop]*loop),
 		perIP:  make(map[netip.Addr]int),
 		loops:  make([]atomic.Pointer[loop], cfg.Loops),
-		ready:  make(chan struct{}),
-		start:  time.Now(),
+		ready:   make(chan struct{}),
+		loopsUp: make(chan struct{}),
+		start:   time.Now(),
 	}
 	for _, a := range cfg.Listen {
-		pa, err := protoAddr(a)
-		if err != nil {
+		if _, _, err := splitListen(a); err != nil {
 			return nil, err
 		}
-		s.protoAddrs = append(s.protoAddrs, pa)
 	}
 	return s, nil
 }
 
-// protoAddr turns host:port into gnet's form. An unspecified IPv6 host
-// ("[::]" or empty) becomes a dual-stack listener.
-func protoAddr(a string) (string, error) {
-	host, port, err := net.SplitHostPort(a)
+// splitListen checks a listen address, host:port. An unspecified host
+// ("[::]" or empty) listens dual stack (Go's default for "[::]").
+func splitListen(a string) (host, port string, err error) {
+	host, port, err = net.SplitHostPort(a)
 	if err != nil {
-		return "", fmt.Errorf("listen address %q: %w", a, err)
+		return "", "", fmt.Errorf("listen address %q: %w", a, err)
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return "", fmt.Errorf("listen address %q: bad port", a)
+		return "", "", fmt.Errorf("listen address %q: bad port", a)
 	}
-	if host == "::" || host == "" {
-		return "tcp://:" + port, nil // gnet opens AF_INET6 without V6ONLY: dual stack
+	if host == "" {
+		host = "::"
 	}
-	return "tcp://" + net.JoinHostPort(host, port), nil
+	return host, port, nil
 }
 
 // Serve runs the server until Stop; it returns the error that stopped it.
+// A listen address that cannot be bound is reported at once, as the
+// kernel's reason (for example "address already in use").
 func (s *Server) Serve() error {
-	opts := []gnet.Option{
-		gnet.WithMulticore(true),
-		gnet.WithNumEventLoop(s.cfg.Loops),
-		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-		gnet.WithTCPKeepAlive(DefaultKeepAlive),
-		gnet.WithTicker(true),
-		gnet.WithReuseAddr(true),
-		gnet.WithLogger(gnetLogger{s.log}),
-	}
-	err := gnet.Rotate(s, s.protoAddrs, opts...)
+	err := s.serve()
 	select {
 	case <-s.ready:
 	default:
 		close(s.ready) // failed before boot: unblock waiters
 	}
+	return err
+}
+
+func (s *Server) serve() error {
+	if err := s.listen(); err != nil {
+		return err
+	}
+	defer s.closeListeners()
+	dir, engineAddr, err := engineSocket()
+	if err != nil {
+		return fmt.Errorf("engine socket: %w", err)
+	}
+	s.engineDir = dir
+	defer os.RemoveAll(dir)
+	opts := []gnet.Option{
+		gnet.WithMulticore(true),
+		gnet.WithNumEventLoop(s.cfg.Loops),
+		gnet.WithTicker(true),
+		gnet.WithLogger(gnetLogger{s.log}),
+	}
+	err = gnet.Run(s, engineAddr, opts...)
+	s.closeListeners()
+	s.acceptWG.Wait()
 	return err
 }
 
@@ -165,8 +189,12 @@ func (s *Server) Stop(ctx context.Context) error {
 		drain = time.Until(dl) / 2
 	}
 	deadline := time.Now().Add(drain)
+	s.closeListeners()
 	for time.Now().Before(deadline) && s.backlogged() {
 		time.Sleep(5 * time.Millisecond)
+	}
+	if !s.booted.Load() {
+		return nil // never started: nothing to stop
 	}
 	return s.eng.Stop(ctx)
 }
@@ -183,35 +211,40 @@ func (s *Server) backlogged() bool {
 
 func (s *Server) now() int64 { return s.clock.Load() }
 
-// OnBoot records the engine and the bound addresses.
+// OnBoot records the engine. gnet has bound its own listener by now, so
+// its private directory goes: nothing can ever connect to it. Serving starts
+// on the first OnTick, when every event loop is registered.
 func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 	s.eng = eng
+	s.booted.Store(true)
+	_ = os.RemoveAll(s.engineDir)
+	s.clock.Store(int64(time.Since(s.start)))
+	return gnet.None
+}
+
+// serving runs once, on the first OnTick: gnet starts its ticker goroutine
+// only after it has registered every event loop, so from here Register may
+// be called. It starts the accept loops and closes Ready.
+func (s *Server) serving() {
 	var bound []net.Addr
-	for _, pa := range s.protoAddrs {
-		addr := pa[len("tcp://"):]
-		fd, err := eng.DupListener("tcp", addr)
-		if err != nil {
-			continue
-		}
-		if sa, err := unix.Getsockname(fd); err == nil {
-			switch sa := sa.(type) {
-			case *unix.SockaddrInet4:
-				bound = append(bound, &net.TCPAddr{IP: net.IP(sa.Addr[:]).To16(), Port: sa.Port})
-			case *unix.SockaddrInet6:
-				bound = append(bound, &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port})
-			}
-		}
-		_ = unix.Close(fd)
+	s.lnMu.Lock()
+	for _, ln := range s.listeners {
+		bound = append(bound, ln.Addr())
 	}
+	s.lnMu.Unlock()
 	s.boundMu.Lock()
 	s.bound = bound
 	s.boundMu.Unlock()
-	s.clock.Store(int64(time.Since(s.start)))
-	s.log.Info("mlesd listening", slog.Any("addrs", bound), slog.Int("loops", s.cfg.Loops),
+	close(s.loopsUp)
+	s.startAccepting()
+	addrs := make([]string, len(bound))
+	for i, a := range bound {
+		addrs[i] = a.String()
+	}
+	s.log.Info("mlesd listening", slog.Any("addrs", addrs), slog.Int("loops", s.cfg.Loops),
 		slog.Int("max_frame", s.cfg.MaxFrame), slog.Int("max_pending", s.cfg.MaxPending),
 		slog.Int("history_limit", s.router.HistoryLimit()))
 	close(s.ready)
-	return gnet.None
 }
 
 // loopOf returns our state for c's event loop, creating it the first time.
@@ -249,10 +282,9 @@ type adopted struct {
 // *net.TCPConn or *net.UnixConn (for example one end of a socketpair whose
 // other end a TLS goroutine feeds). The engine takes a duplicate of nc's
 // descriptor and closes nc itself.
-// Safe from any goroutine once the server is Ready. Connections are spread
-// round robin over the event loops that have had a connection so far (not
-// through gnet's Engine.Register, whose round robin is also the acceptor's
-// and is not safe from other goroutines); until one has, Adopt fails.
+// Safe from any goroutine once the server is Ready (before, it fails).
+// Connections are spread round robin over the event loops, as accepted ones
+// are (accept.go).
 func (s *Server) Adopt(nc net.Conn, local, remote netip.AddrPort) error {
 	return s.adopt(nc, &adopted{remote: remote, local: local})
 }
@@ -273,6 +305,12 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	gc.SetContext(c)
 	l.conns[c] = struct{}{}
 	s.accepted.Add(1)
+	if a == nil && gc.LocalAddr() != nil && gc.LocalAddr().Network() == "unix" {
+		// gnet's own listener, unreachable by design (accept.go): refuse.
+		c.reason = "internal-listener"
+		s.openConns.Add(1)
+		return nil, gnet.Close
+	}
 	if a != nil && a.uplink != nil { // ours: no client limits apply
 		s.openConns.Add(1)
 		if s.stopping.Load() {
@@ -289,8 +327,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		c.reason = "max-conns"
 		return nil, gnet.Close
 	}
-	if s.cfg.MaxConnsPerIP > 0 {
-		ip := c.remote.Addr().Unmap()
+	if ip := c.remote.Addr().Unmap(); s.cfg.MaxConnsPerIP > 0 && (s.cfg.LimitLoopback || !ip.IsLoopback()) {
 		s.ipMu.Lock()
 		n := s.perIP[ip]
 		if n < s.cfg.MaxConnsPerIP {
@@ -381,7 +418,7 @@ func (s *Server) closeConn(c *conn, reason string) {
 // protocol or timed out.
 func reasonLevel(reason string) slog.Level {
 	switch reason {
-	case "max-conns", "max-conns-per-ip", "partial-budget", "too-many-channels", "stalled-and-silent", "peer-is-self":
+	case "max-conns", "max-conns-per-ip", "out-of-fds", "partial-budget", "too-many-channels", "stalled-and-silent", "peer-is-self":
 		return slog.LevelWarn
 	}
 	return slog.LevelInfo
@@ -633,6 +670,11 @@ func (s *Server) mergeResync(c *conn, first codec.Triplet, inner [][]byte) {
 // times a second, checks timeouts. It runs on its own goroutine, so it only
 // queues tasks on the loops.
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
+	select {
+	case <-s.loopsUp:
+	default:
+		s.serving()
+	}
 	now := int64(time.Since(s.start))
 	s.clock.Store(now)
 	sweep := now-s.lastSweep >= int64(sweepInterval)
@@ -677,13 +719,14 @@ type Stats struct {
 	HistoryBytes int64
 	Channels     int
 	ClosedByRule map[string]uint64 // connections the server closed, by reason
+	AcceptErrors map[string]uint64 // accept errors, by reason (accept.go)
 }
 
 // Stats returns the current counters. Safe from any goroutine.
 func (s *Server) Stats() Stats {
 	st := Stats{OpenConns: s.openConns.Load(), Accepted: s.accepted.Load(), Channels: s.router.Channels(),
 		HistoryBytes: s.router.HistoryBytes(),
-		ClosedByRule: map[string]uint64{}}
+		ClosedByRule: map[string]uint64{}, AcceptErrors: map[string]uint64{}}
 	for i := range s.loops {
 		l := s.loops[i].Load()
 		if l == nil {
@@ -699,6 +742,10 @@ func (s *Server) Stats() Stats {
 	}
 	s.refused.Range(func(k, v any) bool {
 		st.ClosedByRule[k.(string)] = v.(*atomic.Uint64).Load()
+		return true
+	})
+	s.acceptErrs.Range(func(k, v any) bool {
+		st.AcceptErrors[k.(string)] = v.(*atomicCounter).Load()
 		return true
 	})
 	return st

@@ -310,10 +310,10 @@ func TestFrameSizesAndSplits(t *testing.T) {
 }
 
 func TestUsageErrorsAreClear(t *testing.T) {
-	if _, err := protoAddr("nonsense"); err == nil || !strings.Contains(err.Error(), "nonsense") {
-		t.Fatalf("protoAddr error = %v", err)
+	if _, _, err := splitListen("nonsense"); err == nil || !strings.Contains(err.Error(), "nonsense") {
+		t.Fatalf("splitListen error = %v", err)
 	}
-	if got, _ := protoAddr("[::]:8077"); got != "tcp://:8077" {
-		t.Fatalf("dual stack: %s", got)
+	if host, _, _ := splitListen(":8077"); host != "::" {
+		t.Fatalf("empty host is dual stack [::], got %q", host)
 	}
 }

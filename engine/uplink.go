@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"net"
@@ -216,19 +215,7 @@ func (up *uplinkState) skipReplayed(fp uint64) bool {
 	return skip
 }
 
-// adopt enrolls nc on one of the loops seen so far, round robin.
+// adopt hands nc to an event loop, round robin, and waits until it is there.
 func (s *Server) adopt(nc net.Conn, a *adopted) error {
-	var l *loop
-	for i, n := 0, s.adopts.Add(1); i < len(s.loops) && l == nil; i++ {
-		l = s.loops[(int(n%uint64(len(s.loops)))+i)%len(s.loops)].Load()
-	}
-	if l == nil {
-		return errors.New("engine: no event loop has had a connection yet")
-	}
-	ch, err := l.el.Enroll(gnet.NewContext(context.Background(), a), nc)
-	if err != nil {
-		return err
-	}
-	res := <-ch
-	return res.Err
+	return s.register(nc, a, true)
 }

@@ -44,6 +44,7 @@ var (
 	descOpen     = desc("connections_open", "Connections open now (TCP and TLS).")
 	descAccepted = desc("connections_accepted_total", "Connections accepted (TCP, and TLS after a successful handshake).")
 	descClosed   = desc("connections_closed_by_server_total", "Connections the server closed, by reason (refusals, limits, bad input, wrong key, stalls, shutdown).", "reason")
+	descAcceptEr = desc("accept_errors_total", "Accept errors, by reason (emfile, enfile: out of file descriptors; the waiting connection is closed at once and accepting resumes with back-off).", "reason")
 	descAuthFail = desc("auth_failures_total", "Joins refused for a wrong key (also counted in connections_closed_by_server_total{reason=\"wrong-key\"}).")
 	descJoins    = desc("joins_total", "Successful joins.")
 	descChannels = desc("channels", "Channels now.")
@@ -81,7 +82,7 @@ func NewCollector(src Sources) *Collector { return &Collector{src: src} }
 
 // Describe sends every metric's description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descOpen, descAccepted, descClosed, descAuthFail, descJoins,
+	for _, d := range []*prometheus.Desc{descOpen, descAccepted, descClosed, descAcceptEr, descAuthFail, descJoins,
 		descChannels, descFramesIn, descBytesIn, descFramesOu, descBytesOut, descDropped, descHistory,
 		descBusy, descTLS, descTLSFail, descWSOpen, descWSUp, descWSIn, descWSOut, descWSDrop, descWSRef,
 		descPeerUp, descPeerUps, descPeerDown, descPeerDial, descBuild} {
@@ -102,6 +103,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descAccepted, float64(st.Accepted))
 	for reason, n := range st.ClosedByRule {
 		counter(descClosed, float64(n), reason)
+	}
+	for reason, n := range st.AcceptErrors {
+		counter(descAcceptEr, float64(n), reason)
 	}
 	counter(descAuthFail, float64(st.ClosedByRule["wrong-key"]))
 	counter(descJoins, float64(st.Joins))

@@ -377,32 +377,3 @@ func (r *rateLimiter) allow(reason string, now time.Time) (held uint64, ok bool)
 	held, w.held = w.held, 0
 	return held, true
 }
-
-// AwaitLoops makes sure the engine's event loops are running and known to
-// Adopt before the first TLS connection is handed over. Adopt spreads
-// connections over the loops that have had a connection; gnet calls OnBoot
-// (where Ready is closed) before it starts them. AwaitLoops connects loops
-// times, one after the other, to the engine's plain listener at addr (gnet's
-// acceptor deals connections round robin, so each loop gets one) and waits
-// each time until the engine has counted the connection (accepted, from
-// engine.Stats). The probes are counted as accepted connections.
-func AwaitLoops(ctx context.Context, addr string, loops int, accepted func() uint64) error {
-	var d net.Dialer
-	for range max(loops, 1) {
-		before := accepted()
-		nc, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return fmt.Errorf("waiting for the event loops: %w", err)
-		}
-		for accepted() == before {
-			select {
-			case <-ctx.Done():
-				nc.Close()
-				return fmt.Errorf("waiting for the event loops: %w", ctx.Err())
-			case <-time.After(time.Millisecond):
-			}
-		}
-		nc.Close()
-	}
-	return nil
-}

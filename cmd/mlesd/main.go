@@ -54,6 +54,7 @@ type Options struct {
 	DrainTimeout  time.Duration
 	MaxConns      int
 	MaxConnsIP    int
+	LimitLoopback bool
 	MaxUIDLen     int
 	MaxChanLen    int
 	MaxPartial    int
@@ -158,7 +159,8 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.HistoryBytes, "history-bytes", router.DefaultHistoryBytes, "history cap per channel in `bytes`; oldest frames go first, a larger frame is not kept (0 = no cap)")
 	fs.Int64Var(&o.MaxHistBytes, "max-history-bytes", router.DefaultMaxHistoryBytes, "history cap over all channels in `bytes`; a channel past it evicts its own oldest frames (0 = no cap)")
 	fs.IntVar(&o.MaxConns, "max-conns", engine.DefaultMaxConns, "most open connections; one more is closed at once (0 = no limit; the process fd limit also applies)")
-	fs.IntVar(&o.MaxConnsIP, "max-conns-per-ip", engine.DefaultMaxConnsPerIP, "most open connections from one IP address (0 = no limit)")
+	fs.IntVar(&o.MaxConnsIP, "max-conns-per-ip", engine.DefaultMaxConnsPerIP, "most open connections from one IP address (0 = no limit); loopback clients are exempt, TLS and WebSocket clients count by their own address")
+	fs.BoolVar(&o.LimitLoopback, "max-conns-per-ip-loopback", false, "apply --max-conns-per-ip to loopback clients too")
 	fs.IntVar(&o.MaxUIDLen, "max-uid-len", engine.DefaultMaxNameLen, "longest uid in a join, in `bytes`; a longer one closes the connection")
 	fs.IntVar(&o.MaxChanLen, "max-channel-len", engine.DefaultMaxNameLen, "longest channel name in a join, in `bytes`; a longer one closes the connection")
 	fs.IntVar(&o.MaxPartial, "max-partial-bytes", engine.DefaultMaxPartialBytes, "bytes of frames still arriving, over all connections; the connection that passes it is closed")
@@ -401,6 +403,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		DrainTimeout:     o.DrainTimeout,
 		MaxConns:         unlimited(o.MaxConns),
 		MaxConnsPerIP:    unlimited(o.MaxConnsIP),
+		LimitLoopback:    o.LimitLoopback,
 		MaxUIDLen:        o.MaxUIDLen,
 		MaxChannelLen:    o.MaxChanLen,
 		MaxPartialBytes:  o.MaxPartial,
@@ -415,6 +418,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		keyMode = "shared"
 	}
 	log.Info("starting mlesd", slog.Any("listen", o.Listen), slog.String("key_mode", keyMode), slog.Any("peers", o.Peers))
+	checkFDLimit(o, log)
 
 	var (
 		stopping atomic.Bool // readyz says no from the first signal on
@@ -488,11 +492,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	select {
 	case err := <-served:
-		if err != nil {
-			log.Error("server failed", slog.String("error", err.Error()))
-			return 1
+		// Nobody asked it to stop: whatever ended it is a failure, so the
+		// exit status says so and a supervisor restarts it.
+		if err == nil {
+			err = errors.New("the engine stopped without being asked to")
 		}
-		return 0
+		log.Error("server failed", slog.String("error", err.Error()))
+		return 1
 	case sig := <-sigs:
 		log.Info("shutting down", slog.String("signal", sig.String()))
 		stopping.Store(true)

@@ -4,13 +4,11 @@ package main
 // metrics) inside mlesd.
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -30,19 +28,6 @@ func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server
 		Logger:           log.With(slog.String("component", "tls")),
 	}, srv)
 	if err != nil {
-		return nil, err
-	}
-	plain, err := loopbackAddr(srv.Addrs())
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	loops := o.Loops
-	if loops <= 0 {
-		loops = runtime.NumCPU() // the engine's default
-	}
-	if err := tlsserve.AwaitLoops(ctx, plain, loops, func() uint64 { return srv.Stats().Accepted }); err != nil {
 		return nil, err
 	}
 	addr, err := ts.Listen(o.TLSListen)
