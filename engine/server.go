@@ -94,13 +94,13 @@ func New(cfg Config, r *router.Router) (*Server, error) {
 		cfg.Loops = runtime.NumCPU()
 	}
 	s := &Server{
-		cfg:    cfg,
-		router: r,
-		log:    cfg.Logger,
-		rlog:   ratelog.New(cfg.Logger, 5),
-		byEL:   make(map[gnet.EventLoop]*loop),
-		perIP:  make(map[netip.Addr]int),
-		loops:  make([]atomic.Pointer[loop], cfg.Loops),
+		cfg:     cfg,
+		router:  r,
+		log:     cfg.Logger,
+		rlog:    ratelog.New(cfg.Logger, 5),
+		byEL:    make(map[gnet.EventLoop]*loop),
+		perIP:   make(map[netip.Addr]int),
+		loops:   make([]atomic.Pointer[loop], cfg.Loops),
 		ready:   make(chan struct{}),
 		loopsUp: make(chan struct{}),
 		start:   time.Now(),
