@@ -373,3 +373,16 @@ func Exchange(t testing.TB, addr, k string) {
 	a.NC.Close()
 	b.NC.Close()
 }
+
+// WaitUntil polls cond every 20 ms until it holds, or fails the test after
+// timeout naming what it waited for.
+func WaitUntil(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting until %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
