@@ -4,8 +4,14 @@
 // Invariants a caller relies on:
 //   - A channel's subscriber list is an immutable Snapshot behind an atomic
 //     pointer: the per-frame path reads it with one atomic load and never locks
-//     when history is off. Join and Leave copy it (copy-on-write) under the
-//     channel's mutex.
+//     when history is off. Join and Leave cost O(1) amortized on a channel of
+//     any size, under the channel's mutex: a join appends to a per-loop
+//     backing array that older snapshots never read that far into, a leave
+//     only marks the subscriber gone, and the gone are compacted out (one
+//     copy) once they outnumber the members. So a snapshot may still list
+//     subscribers that have left, never more than it has members; a caller
+//     that forwards skips them (the engine's closed connections take
+//     nothing).
 //   - With history on, Append takes the channel's mutex once per batch of frames
 //     so that a joiner gets every frame exactly once: either in its history
 //     replay or live, never both, never neither.
@@ -45,10 +51,10 @@ var ErrTooManyChannels = errors.New("router: channel limit reached")
 // Snapshot is an immutable view of a channel's subscribers. Never modify one.
 type Snapshot struct {
 	// Groups holds the subscribers grouped by owning loop, one group per
-	// loop that has any, in no particular order.
+	// loop that has any, in no particular order. It may still list
+	// subscribers that have left, never more than the channel has members
+	// (see the package doc).
 	Groups []Group
-	// Len is the number of subscribers.
-	Len int
 }
 
 // Group is the subscribers of one channel owned by one event loop.
@@ -137,9 +143,24 @@ type Channel struct {
 	router *Router
 	snap   atomic.Pointer[Snapshot]
 
-	mu   sync.Mutex
-	hist history // Lock: mu
-	dead bool    // Lock: mu; removed from the table, joiners must retry
+	mu      sync.Mutex
+	hist    history          // Lock: mu
+	dead    bool             // Lock: mu; removed from the table, joiners must retry
+	members membership       // Lock: mu
+	live    int              // Lock: mu; members that have not left
+	groups  []groupBacking   // Lock: mu; one per loop with subscribers, in the order of the snapshot's Groups
+	dups    map[uint64]int32 // Lock: mu; DupKey → members that have it
+}
+
+// membership records every subscriber in the snapshot: true while a
+// member, false once it has left and until it is compacted out.
+type membership map[Subscriber]bool
+
+// groupBacking is the array behind one Group's Subs. Snapshots hold
+// prefixes of it; only the part past every published prefix is written.
+type groupBacking struct {
+	loop int
+	subs []Subscriber // len = the published prefix; cap = room to append
 }
 
 // Name returns the channel's name.
@@ -188,17 +209,12 @@ func (r *Router) join(name string, sub Subscriber, hist []*Frame, checkDup bool)
 			ch.mu.Unlock()
 			continue // lost a race with the last Leave; the table has no ch now
 		}
-		old := ch.snap.Load()
-		for _, g := range old.Groups {
-			for _, s := range g.Subs {
-				if checkDup && s.DupKey() == sub.DupKey() {
-					ch.mu.Unlock()
-					ch.forgetIfEmpty()
-					return nil, hist, ErrDuplicateCID
-				}
-			}
+		if checkDup && ch.dups[sub.DupKey()] > 0 {
+			ch.mu.Unlock()
+			ch.forgetIfEmpty()
+			return nil, hist, ErrDuplicateCID
 		}
-		ch.snap.Store(old.with(sub))
+		ch.add(sub)
 		hist = ch.hist.appendTo(hist)
 		ch.mu.Unlock()
 		return ch, hist, nil
@@ -206,12 +222,109 @@ func (r *Router) join(name string, sub Subscriber, hist []*Frame, checkDup bool)
 }
 
 // Leave removes sub from the channel. A channel left with no subscribers
-// and no history is forgotten at once.
+// and no history is forgotten at once. O(1) amortized.
 func (c *Channel) Leave(sub Subscriber) {
 	c.mu.Lock()
-	c.snap.Store(c.snap.Load().without(sub))
+	c.remove(sub)
 	c.mu.Unlock()
 	c.forgetIfEmpty()
+}
+
+// add makes sub a member and publishes a snapshot with it. One Snapshot
+// and one Groups header per join, plus the amortised growth of one
+// backing array; nothing is copied per member. Lock: mu.
+func (c *Channel) add(sub Subscriber) {
+	if c.members == nil {
+		c.members = make(membership)
+		c.dups = make(map[uint64]int32)
+	}
+	if live, known := c.members[sub]; known {
+		if live {
+			return // already a member
+		}
+		// It left and is still listed: it is a member again, where it was.
+		c.members[sub] = true
+		c.dups[sub.DupKey()]++
+		c.live++
+		return
+	}
+	c.members[sub] = true
+	c.dups[sub.DupKey()]++
+	gi := -1
+	for i := range c.groups {
+		if c.groups[i].loop == sub.Loop() {
+			gi = i
+			break
+		}
+	}
+	if gi < 0 {
+		c.groups = append(c.groups, groupBacking{loop: sub.Loop()})
+		gi = len(c.groups) - 1
+	}
+	// append writes past every published prefix, or into a new array.
+	c.groups[gi].subs = append(c.groups[gi].subs, sub)
+	c.live++
+	c.publish()
+}
+
+// remove marks sub gone; once the gone outnumber the members, one copy
+// drops them all. Lock: mu.
+func (c *Channel) remove(sub Subscriber) {
+	if live, known := c.members[sub]; !known || !live {
+		return
+	}
+	c.members[sub] = false
+	if k := sub.DupKey(); c.dups[k] <= 1 {
+		delete(c.dups, k)
+	} else {
+		c.dups[k]--
+	}
+	c.live--
+	// The snapshot stays as it is (a leave costs no copy) until the gone
+	// outnumber the members.
+	if gone := len(c.members) - c.live; gone > c.live {
+		c.compact()
+		c.publish()
+	}
+}
+
+// compact rebuilds the backing arrays without the subscribers that have
+// left: older snapshots keep the old arrays, which are never written again.
+// Lock: mu.
+func (c *Channel) compact() {
+	groups := c.groups[:0:0]
+	for _, g := range c.groups {
+		var subs []Subscriber
+		for _, s := range g.subs {
+			if c.members[s] {
+				subs = append(subs, s)
+			}
+		}
+		if len(subs) > 0 {
+			groups = append(groups, groupBacking{loop: g.loop, subs: subs})
+		}
+	}
+	for s, live := range c.members {
+		if !live {
+			delete(c.members, s)
+		}
+	}
+	c.groups = groups
+}
+
+// publish stores a snapshot of the backing arrays' current prefixes.
+// Lock: mu.
+func (c *Channel) publish() {
+	if len(c.groups) == 0 {
+		c.snap.Store(emptySnapshot)
+		return
+	}
+	snap := &Snapshot{Groups: make([]Group, len(c.groups))}
+	for i, g := range c.groups {
+		// A full slice expression: nobody can append into the backing.
+		snap.Groups[i] = Group{Loop: g.loop, Subs: g.subs[:len(g.subs):len(g.subs)]}
+	}
+	c.snap.Store(snap)
 }
 
 // forgetIfEmpty removes the channel from the table when it has no subscribers
@@ -219,7 +332,7 @@ func (c *Channel) Leave(sub Subscriber) {
 // messages, leaves nothing behind).
 func (c *Channel) forgetIfEmpty() {
 	c.mu.Lock()
-	if c.dead || c.snap.Load().Len > 0 || c.hist.n > 0 {
+	if c.dead || c.live > 0 || c.hist.n > 0 {
 		c.mu.Unlock()
 		return
 	}
@@ -279,52 +392,18 @@ func (c *Channel) MergeResync(frames []*Frame, fresh []*Frame) ([]*Frame, *Snaps
 	return fresh, c.snap.Load()
 }
 
+// Members returns how many members the channel has.
+func (c *Channel) Members() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.live
+}
+
 // HistoryLen returns the number of frames and bytes the history holds.
 func (c *Channel) HistoryLen() (frames, bytes int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.hist.n, c.hist.bytes
-}
-
-// with returns a copy of s with sub added.
-func (s *Snapshot) with(sub Subscriber) *Snapshot {
-	n := &Snapshot{Len: s.Len + 1, Groups: make([]Group, 0, len(s.Groups)+1)}
-	added := false
-	for _, g := range s.Groups {
-		if g.Loop == sub.Loop() {
-			subs := make([]Subscriber, len(g.Subs), len(g.Subs)+1)
-			copy(subs, g.Subs)
-			g = Group{Loop: g.Loop, Subs: append(subs, sub)}
-			added = true
-		}
-		n.Groups = append(n.Groups, g)
-	}
-	if !added {
-		n.Groups = append(n.Groups, Group{Loop: sub.Loop(), Subs: []Subscriber{sub}})
-	}
-	return n
-}
-
-// without returns a copy of s with sub removed (s itself if sub is absent).
-func (s *Snapshot) without(sub Subscriber) *Snapshot {
-	for gi, g := range s.Groups {
-		for i, x := range g.Subs {
-			if x != sub {
-				continue
-			}
-			n := &Snapshot{Len: s.Len - 1, Groups: make([]Group, 0, len(s.Groups))}
-			n.Groups = append(n.Groups, s.Groups[:gi]...)
-			if len(g.Subs) > 1 {
-				subs := make([]Subscriber, 0, len(g.Subs)-1)
-				subs = append(subs, g.Subs[:i]...)
-				subs = append(subs, g.Subs[i+1:]...)
-				n.Groups = append(n.Groups, Group{Loop: g.Loop, Subs: subs})
-			}
-			n.Groups = append(n.Groups, s.Groups[gi+1:]...)
-			return n
-		}
-	}
-	return s
 }
 
 // Close releases every channel's history. The router must not be used after.
