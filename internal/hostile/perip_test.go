@@ -55,3 +55,62 @@ func tail(s string) string {
 	}
 	return s
 }
+
+// Uplinks from a peer server are connections from the peer's address like
+// any other: with A limited to 2 per IP (loopback included), B's uplinks
+// for two channels come up and carry frames, the third is refused at A and
+// redialled with back-off, and B's own members on that channel are not
+// affected.
+func TestUplinksCountAgainstThePeersPerIPLimit(t *testing.T) {
+	a := mlestest.Start(t, bin, []string{"MLES_KEY=" + key},
+		"--max-conns-per-ip", "2", "--max-conns-per-ip-loopback", "--log-level", "info")
+	b := mlestest.Start(t, bin, []string{"MLES_KEY=" + key},
+		"--peer", a.Addr, "--peer-backoff", "100ms", "--peer-backoff-max", "400ms", "--log-level", "info")
+	// One member on A per channel, each from its own loopback address so
+	// that only B's uplinks (from 127.0.0.1) meet A's limit.
+	onA := make([]*mlestest.Client, 3)
+	for i := range onA {
+		onA[i] = joinFrom(t, fmt.Sprintf("127.0.0.%d", i+2), a.Addr, "a", fmt.Sprintf("ch-%d", i))
+	}
+	onB := make([]*mlestest.Client, 3)
+	// The first two channels reach A, one after the other.
+	for i := 0; i < 2; i++ {
+		onB[i] = mlestest.Join(t, b.Addr, key, "b", fmt.Sprintf("ch-%d", i))
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if err := onB[i].Send([]byte("over the peer")); err != nil {
+				t.Fatal(err)
+			}
+			tr, err := onA[i].Read(200 * time.Millisecond)
+			if err == nil && string(tr.Message) == "over the peer" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("channel %d never reached A through the uplink:\nA:\n%s\nB:\n%s", i, tail(a.Log()), tail(b.Log()))
+			}
+		}
+	}
+	// The third uplink is one too many for A.
+	onB[2] = mlestest.Join(t, b.Addr, key, "b", "ch-2")
+	a.WaitLog(t, "reason=max-conns-per-ip")
+	b.WaitLog(t, "peer uplink retry")
+	// B's own members on the refused channel still talk to each other.
+	other := mlestest.Join(t, b.Addr, key, "b2", "ch-2")
+	mlestest.Sync(t, onB[2], other)
+}
+
+// joinFrom joins from the given local address (any of 127.0.0.0/8).
+func joinFrom(t *testing.T, local, addr, uid, ch string) *mlestest.Client {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 5 * time.Second}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	c := mlestest.NewClient(nc, key, uid, ch)
+	if err := c.Send(nil); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

@@ -260,12 +260,17 @@ func Dial(t testing.TB, addr string) net.Conn {
 // Join connects and sends a plain join (empty message) under shared key k.
 func Join(t testing.TB, addr, k, uid, ch string) *Client {
 	t.Helper()
-	nc := Dial(t, addr)
-	c := &Client{NC: nc, R: bufio.NewReaderSize(nc, 256<<10), UID: uid, Ch: ch, Key: codec.Key(k, uid, ch)}
+	c := NewClient(Dial(t, addr), k, uid, ch)
 	if err := c.Send(nil); err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// NewClient wraps an open connection as uid on channel ch under shared key
+// k; it sends nothing.
+func NewClient(nc net.Conn, k, uid, ch string) *Client {
+	return &Client{NC: nc, R: bufio.NewReaderSize(nc, 256<<10), UID: uid, Ch: ch, Key: codec.Key(k, uid, ch)}
 }
 
 // Frame encodes msg as this client's frame (valid until the next call).
