@@ -219,6 +219,9 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 	s.booted.Store(true)
 	_ = os.RemoveAll(s.engineDir)
 	s.clock.Store(int64(time.Since(s.start)))
+	if s.stopping.Load() {
+		return gnet.Shutdown // Stop came first: do not start
+	}
 	return gnet.None
 }
 
