@@ -41,6 +41,9 @@ import (
 	"github.com/panjf2000/gnet/v2"
 )
 
+// registration is the outcome of one hand-over to an event loop.
+type registration = <-chan gnet.RegisteredResult
+
 const (
 	// acceptBackoffMin and acceptBackoffMax pace retries after an accept
 	// error, doubling while errors continue (net/http's values).
@@ -52,6 +55,10 @@ const (
 	// maxShed bounds the waiting connections closed per accept error when
 	// out of descriptors, so the acceptor comes back to retry in time.
 	maxShed = 4096
+	// maxRegistering bounds accepted connections being handed to their
+	// event loop at once; past it the acceptor waits (the kernel's backlog
+	// holds the rest).
+	maxRegistering = 16
 )
 
 // acceptErrorReason is the label of an accept error in
@@ -114,11 +121,12 @@ func engineSocket() (dir, addr string, err error) {
 	return dir, "unix://" + filepath.Join(dir, engineSocketName), nil
 }
 
-// startAccepting starts one accept goroutine per listener. Called once, on
-// the first OnTick.
+// startAccepting starts one accept goroutine per listener and the collector
+// of their hand-overs. Called once, on the first OnTick.
 func (s *Server) startAccepting() {
 	s.lnMu.Lock()
 	defer s.lnMu.Unlock()
+	go s.collectRegistrations()
 	for _, ln := range s.listeners {
 		s.acceptWG.Add(1)
 		go s.acceptLoop(ln)
@@ -237,15 +245,28 @@ func (s *Server) register(nc net.Conn, a *adopted, wait bool) error {
 	if wait {
 		return (<-res).Err
 	}
-	go func() {
+	// gnet's Register runs each hand-over on a pooled goroutine that waits
+	// until the loop has taken the connection. Bounding how many are in
+	// flight bounds those goroutines (a storm of connects otherwise spawned
+	// thousands, each holding a stack) and makes the acceptor wait for busy
+	// loops instead of queueing without limit.
+	s.registering <- res
+	return nil
+}
+
+// collectRegistrations reads the outcome of each hand-over the acceptors
+// queued, in order, and counts and logs the failures. It ends when the
+// queue is closed (after the acceptors have ended).
+func (s *Server) collectRegistrations() {
+	defer close(s.collected)
+	for res := range s.registering {
 		if r := <-res; r.Err != nil && !s.stopping.Load() {
 			reason := acceptErrorReason(r.Err)
 			s.countAcceptError(reason)
 			s.rlog.Log(levelWarn, "accept-"+reason, "cannot hand a connection to an event loop",
 				slog.String("error", r.Err.Error()))
 		}
-	}()
-	return nil
+	}
 }
 
 // atomicCounter is one labelled counter's value.

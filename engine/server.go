@@ -54,14 +54,16 @@ type Server struct {
 	eng gnet.Engine
 
 	// Accepting (accept.go): our own listeners and one goroutine each.
-	lnMu       sync.Mutex
-	listeners  []net.Listener
-	acceptWG   sync.WaitGroup
-	acceptErrs sync.Map   // reason → *atomicCounter
-	registerMu sync.Mutex // gnet's round-robin balancer is not safe from several goroutines
-	engineDir  string     // private directory of gnet's own (never reachable) listener
-	loopsUp    chan struct{}
-	booted     atomic.Bool
+	lnMu        sync.Mutex
+	listeners   []net.Listener
+	acceptWG    sync.WaitGroup
+	acceptErrs  sync.Map   // reason → *atomicCounter
+	registerMu  sync.Mutex // gnet's round-robin balancer is not safe from several goroutines
+	engineDir   string     // private directory of gnet's own (never reachable) listener
+	loopsUp     chan struct{}
+	registering chan registration // hand-overs in flight (accept.go)
+	collected   chan struct{}     // closed when collectRegistrations has ended
+	booted      atomic.Bool
 
 	loopsMu sync.Mutex
 	loops   []atomic.Pointer[loop]   // index = loop idx; set once when the loop is first seen
@@ -94,16 +96,18 @@ func New(cfg Config, r *router.Router) (*Server, error) {
 		cfg.Loops = runtime.NumCPU()
 	}
 	s := &Server{
-		cfg:     cfg,
-		router:  r,
-		log:     cfg.Logger,
-		rlog:    ratelog.New(cfg.Logger, 5),
-		byEL:    make(map[gnet.EventLoop]*loop),
-		perIP:   make(map[netip.Addr]int),
-		loops:   make([]atomic.Pointer[loop], cfg.Loops),
-		ready:   make(chan struct{}),
-		loopsUp: make(chan struct{}),
-		start:   time.Now(),
+		cfg:         cfg,
+		router:      r,
+		log:         cfg.Logger,
+		rlog:        ratelog.New(cfg.Logger, 5),
+		byEL:        make(map[gnet.EventLoop]*loop),
+		perIP:       make(map[netip.Addr]int),
+		loops:       make([]atomic.Pointer[loop], cfg.Loops),
+		ready:       make(chan struct{}),
+		loopsUp:     make(chan struct{}),
+		registering: make(chan registration, maxRegistering),
+		collected:   make(chan struct{}),
+		start:       time.Now(),
 	}
 	for _, a := range cfg.Listen {
 		if _, _, err := splitListen(a); err != nil {
@@ -162,6 +166,12 @@ func (s *Server) serve() error {
 	err = gnet.Run(s, engineAddr, opts...)
 	s.closeListeners()
 	s.acceptWG.Wait()
+	close(s.registering)
+	select {
+	case <-s.loopsUp:
+		<-s.collected
+	default: // never served: no collector runs
+	}
 	return err
 }
 
