@@ -180,7 +180,7 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			if !s.stopping.Load() {
 				reason := acceptErrorReason(err)
 				s.countAcceptError(reason)
-				s.rlog.Log(levelWarn, "accept-"+reason, "cannot hand a connection to an event loop",
+				s.rlog.Log(levelWarn, "handover-"+reason, "cannot hand a connection to an event loop; it is closed",
 					slog.String("error", err.Error()))
 			}
 		}
@@ -263,7 +263,7 @@ func (s *Server) collectRegistrations() {
 		if r := <-res; r.Err != nil && !s.stopping.Load() {
 			reason := acceptErrorReason(r.Err)
 			s.countAcceptError(reason)
-			s.rlog.Log(levelWarn, "accept-"+reason, "cannot hand a connection to an event loop",
+			s.rlog.Log(levelWarn, "handover-"+reason, "cannot hand a connection to an event loop; it is closed",
 				slog.String("error", r.Err.Error()))
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,10 +83,9 @@ func TestOutOfFileDescriptorsTheServerKeepsServing(t *testing.T) {
 	if slowest > 2500*time.Millisecond {
 		t.Fatalf("a refused connection waited %v to learn it", slowest)
 	}
-	p.WaitLog(t, "accept failed; retrying")
-	if !strings.Contains(p.Log(), "too many open files") {
-		t.Fatalf("the log does not say why accepting failed:\n%s", p.Log())
-	}
+	// Out of fds either at accept or when the connection is handed to its
+	// event loop (gnet duplicates the descriptor): the log says which.
+	p.WaitLog(t, "too many open files")
 	t.Logf("under 64 fds: %d of %d connections refused, the last after %v", refused, len(flood), slowest)
 
 	for _, c := range flood {
@@ -98,7 +96,16 @@ func TestOutOfFileDescriptorsTheServerKeepsServing(t *testing.T) {
 	if err := b.Send([]byte("after the flood")); err != nil {
 		t.Fatal(err)
 	}
-	if tr, err := a.Read(5 * time.Second); err != nil || string(tr.Message) != "after the flood" {
-		t.Fatalf("a did not get b's frame after the flood: %v", err)
+	for { // a first has b's join frame (empty message) to read
+		tr, err := a.Read(5 * time.Second)
+		if err != nil {
+			t.Fatalf("a did not get b's frame after the flood: %v", err)
+		}
+		if string(tr.Message) == "after the flood" {
+			break
+		}
+		if len(tr.Message) != 0 {
+			t.Fatalf("a got %q, want b's join and then its frame", tr.Message)
+		}
 	}
 }

@@ -26,7 +26,10 @@ func TestTenThousandAndOneConnectionsFromLoopbackAreServed(t *testing.T) {
 		}
 	}()
 	join := func(i int) []byte {
-		uid, ch := fmt.Sprintf("dev-%d", i), fmt.Sprintf("fleet-%d", i%100)
+		// A channel each: this test is about admission; forwarding to
+		// thousands of receivers that never read is issue 12's (and
+		// TestThousandReceiversThatStopReading's).
+		uid, ch := fmt.Sprintf("dev-%d", i), fmt.Sprintf("fleet-%d", i)
 		f, _ := codec.AppendFrame(nil, codec.Key(key, uid, ch), codec.Triplet{UID: uid, Channel: ch})
 		return f
 	}
