@@ -144,7 +144,9 @@ func TestMergeResyncMatchesTheQuadraticAlgorithm(t *testing.T) {
 // repeats, held frames and evictions during the merge all happen.
 func TestMergeResyncMatchesTheQuadraticAlgorithmOnRandomInput(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	word := func(alphabet int) string { return "f" + strconv.Itoa(rng.IntN(alphabet)) + strings.Repeat("x", rng.IntN(3)) }
+	word := func(alphabet int) string {
+		return "f" + strconv.Itoa(rng.IntN(alphabet)) + strings.Repeat("x", rng.IntN(3))
+	}
 	for i := 0; i < 3000; i++ {
 		tc := mergeCase{name: fmt.Sprintf("random %d", i)}
 		tc.cfg.HistoryLimit = rng.IntN(6)
