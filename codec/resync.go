@@ -56,6 +56,9 @@ func NewResyncDecoder(maxEntries int) *ResyncDecoder {
 	if maxEntries <= 0 {
 		return &ResyncDecoder{dm: decMode}
 	}
+	if maxEntries >= decOptions.MaxArrayElements { // more than a payload can hold
+		return &ResyncDecoder{max: maxEntries, dm: decMode}
+	}
 	opts := decOptions
 	// fxamacker's smallest array cap is 16; decodeResync checks the count after.
 	opts.MaxArrayElements = max(maxEntries, 16)
