@@ -420,6 +420,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		keyMode = "shared"
 	}
 	log.Info("starting mlesd", slog.Any("listen", o.Listen), slog.String("key_mode", keyMode), slog.Any("peers", o.Peers))
+	if o.HistoryLimit+1 > o.MaxResync {
+		// A peer configured like this server would be refused on every reconnect.
+		log.Warn("--max-resync-entries is below --history-limit + 1: a peer's resync of that much history is refused",
+			slog.Int("max_resync_entries", o.MaxResync), slog.Int("history_limit", o.HistoryLimit))
+	}
 
 	var (
 		stopping atomic.Bool // readyz says no from the first signal on

@@ -139,8 +139,13 @@ func (pp *pingPong) finish(t *testing.T) (time.Duration, int) {
 	return pp.maxGap, pp.rounds
 }
 
-// busySeconds reads event_loop_busy_seconds_total from /metrics.
+// busySeconds reads the event loops' busy time from /metrics.
 func busySeconds(t *testing.T, metricsAddr string) float64 {
+	return metric(t, metricsAddr, "mlesd_event_loop_busy_seconds_total")
+}
+
+// metric reads the sample called name (labels included) from /metrics.
+func metric(t *testing.T, metricsAddr, name string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
@@ -149,7 +154,7 @@ func busySeconds(t *testing.T, metricsAddr string) float64 {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 2 && strings.HasSuffix(f[0], "event_loop_busy_seconds_total") {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
 			v, err := strconv.ParseFloat(f[1], 64)
 			if err != nil {
 				t.Fatal(err)
@@ -157,7 +162,7 @@ func busySeconds(t *testing.T, metricsAddr string) float64 {
 			return v
 		}
 	}
-	t.Fatal("no event_loop_busy_seconds_total in /metrics")
+	t.Fatalf("no %s in /metrics", name)
 	return 0
 }
 
@@ -251,7 +256,8 @@ func TestLargestResyncUnderTheDefaultCapDoesNotStallTheLoop(t *testing.T) {
 }
 
 func TestResyncOverTheDefaultCapIsClosed(t *testing.T) {
-	p, base := start(t)
+	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))
+	p, base := start(t, "--metrics", metrics)
 	pp := startPingPong(t, p.Addr, "bystanders")
 	frame, _ := hostileResync(t, "refill", "refilled", 10_001, codec.HeaderLen+8)
 	nc := mlestest.Dial(t, p.Addr)
@@ -272,6 +278,9 @@ func TestResyncOverTheDefaultCapIsClosed(t *testing.T) {
 	}
 	if strings.Count(p.Log(), "reason=resync-too-large") != 1 {
 		t.Fatalf("want one resync-too-large close in the log:\n%s", p.Log())
+	}
+	if n := metric(t, metrics, `mlesd_connections_closed_by_server_total{reason="resync-too-large"}`); n != 1 {
+		t.Fatalf("resync-too-large closes counted: %v, want 1", n)
 	}
 	pp.waitRounds(t, 10)
 	if gap, _ := pp.finish(t); gap >= 500*time.Millisecond {
