@@ -271,22 +271,22 @@ func (c *Channel) MergeResync(frames []*Frame, fresh []*Frame) ([]*Frame, *Snaps
 	idx := newResyncIndex(&c.hist, len(frames)+len(fresh))
 	defer idx.release()
 	for _, g := range fresh {
-		idx.addFresh(resyncFingerprint(g.Bytes()), g)
+		idx.entries[idx.entry(resyncFingerprint(g.Bytes()), g)].fresh = true
 	}
 	for _, f := range frames {
 		fp := resyncFingerprint(f.Bytes())
-		if idx.holds(fp, f.Bytes(), fresh) {
+		i := idx.lookup(fp)
+		if idx.holds(i, f.Bytes(), fresh) {
 			continue
 		}
+		i = idx.entryAt(i, fp, f)
+		idx.entries[i].fresh = true
 		before := c.hist.n
-		kept := c.hist.add(f)
-		after := before
-		if kept {
-			idx.addHeld(fp, f)
-			after++
+		if c.hist.add(f) {
+			idx.addHeld(i)
+			before++
 		}
-		idx.evicted(after - c.hist.n)
-		idx.addFresh(fp, f)
+		idx.evicted(before - c.hist.n)
 		fresh = append(fresh, f)
 	}
 	return fresh, c.snap.Load()
