@@ -53,9 +53,10 @@ const (
 	// frame that refills history). A peer's resync holds its own join plus
 	// at most its history: 101 frames at the original's and this server's
 	// default --history-limit of 100. 10,000 leaves room for peers with a
-	// hundred times that history, and keeps the work one resync costs its
-	// event loop to a few milliseconds (issue 11: a 16 MiB resync holds up
-	// to 1.2 million tiny entries).
+	// hundred times that history, and bounds what one resync costs its event
+	// loop (about 0.4 µs per entry plus 1.5 ms per MiB, so under 50 ms even
+	// at a 16 MiB payload), where a 16 MiB resync can hold 1.2 million tiny
+	// entries (issue 11).
 	DefaultMaxResyncEntries = 10_000
 	// DefaultKeepAlive is the TCP keepalive period set on every connection.
 	DefaultKeepAlive = 60 * time.Second

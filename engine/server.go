@@ -616,12 +616,17 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 // It runs in one step on the loop, under the channel's lock: with the entry
 // cap (Config.MaxResyncEntries), the decoder that stops at the entry past it
 // and the linear merge, a resync costs its loop little enough not to be
-// worth splitting. Measured (internal/hostile, one loop, 2 shared cores):
-// 10,000 entries filling a 16 MiB payload, about 24 ms of loop time; 60,000
-// tiny ones (a cap raised sixfold), about 35 ms; a pair on the same loop
-// waited at most 21 and 31 ms for a frame meanwhile. Chunking across loop
+// worth splitting. Measured (internal/hostile, one loop, 2 shared cores; CPU
+// profile of mlesd): about 0.4 µs of loop time per entry plus 1.5 ms per MiB,
+// so 10,000 entries filling a 16 MiB payload (the most the default cap
+// lets through) take 25-35 ms and 60,000 tiny ones (a cap raised sixfold)
+// 25 ms of CPU, 35-70 ms wall on the loaded machine; a pair on the same loop
+// waited at most that long for a frame meanwhile. Chunking across loop
 // iterations would have to hold back the joiner's later frames and keep the
-// channel's history consistent between chunks, for no measured need.
+// channel's history consistent between chunks; decoding off the loop would
+// have to copy the frame out of the inbound buffer and hand the join back.
+// Neither is needed at the default cap; a cap raised far past it brings the
+// stall back in proportion (see DefaultMaxResyncEntries).
 func (s *Server) mergeResync(c *conn, first codec.Triplet, inner [][]byte) {
 	ch := c.ch
 	jf := router.NewFrame(inner[0])
