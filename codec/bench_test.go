@@ -82,3 +82,25 @@ func BenchmarkAccepts(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkResyncDecoder: a resync of 10,000 tiny entries (the default cap)
+// through the hand scanner, and the same through the library (indefinite
+// outer map, which the scanner leaves to it).
+func BenchmarkResyncDecoder(b *testing.B) {
+	d := NewResyncDecoder(10_000)
+	canonical := resyncOf(10_000, false)
+	library := append([]byte{0xbf}, canonical[1:]...)
+	library = append(library, 0xff)
+	for name, p := range map[string][]byte{"scanned": canonical, "library": library} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(p)))
+			for b.Loop() {
+				if out, err := d.Decode(p); err != nil || len(out) != 10_000 {
+					b.Fatal(len(out), err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*10_000), "ns/entry")
+		})
+	}
+}

@@ -3,9 +3,11 @@ package codec
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseHeaderErrors(t *testing.T) {
@@ -365,5 +367,104 @@ func TestKeyConfigFromEnv(t *testing.T) {
 	t.Setenv("MLES_KEY", "k")
 	if kc := KeyConfigFromEnv(); kc.SharedKey != "k" || kc.ClientKey(ap, "u", "c") != Key("k", "u", "c") {
 		t.Errorf("MLES_KEY not read: %+v", kc)
+	}
+}
+
+// resyncOf returns a resync payload of n distinct tiny entries; indefinite
+// makes its array indefinite-length.
+func resyncOf(n int, indefinite bool) []byte {
+	frames := make([][]byte, n)
+	for i := range frames {
+		frames[i] = []byte(fmt.Sprintf("e%d", i))
+	}
+	p := AppendResync(nil, frames)
+	if !indefinite {
+		return p
+	}
+	// Replace the definite array head after the key with 0x9f ... 0xff.
+	head := 1 + len(keyResyncMessage)
+	out := append([]byte{}, p[:head]...)
+	out = append(out, 0x9f)
+	out = append(out, p[head+headLen(uint64(n)):]...)
+	return append(out, 0xff)
+}
+
+func TestResyncDecoderRefusesMoreEntriesThanItsCap(t *testing.T) {
+	for _, cap := range []int{3, 16, 100} {
+		d := NewResyncDecoder(cap)
+		for _, indefinite := range []bool{false, true} {
+			got, err := d.Decode(resyncOf(cap, indefinite))
+			if err != nil || len(got) != cap || string(got[cap-1]) != fmt.Sprintf("e%d", cap-1) {
+				t.Errorf("cap %d, indefinite %v: %d entries at the cap: %v", cap, indefinite, len(got), err)
+			}
+			got, err = d.Decode(resyncOf(cap+1, indefinite))
+			if !errors.Is(err, ErrResyncTooLarge) || errors.Is(err, ErrNotResync) || got != nil {
+				t.Errorf("cap %d, indefinite %v: one past the cap gave %d entries, %v; want ErrResyncTooLarge",
+					cap, indefinite, len(got), err)
+			}
+		}
+	}
+	if got, err := NewResyncDecoder(0).Decode(resyncOf(1000, true)); err != nil || len(got) != 1000 {
+		t.Errorf("no cap: %d entries, %v", len(got), err)
+	}
+}
+
+func TestResyncDecoderStillLetsATripletWithALongArrayJoin(t *testing.T) {
+	long := []byte{0x98, 20}
+	for i := range 20 {
+		long = append(long, byte(i%20))
+	}
+	plain := cb(0xa4, 0x63, "uid", 0x61, "u", 0x67, "channel", 0x61, "c", 0x67, "message", 0x41, "m",
+		0x61, "x", long)
+	withResyncKey := cb(0xa4, 0x63, "uid", 0x61, "u", 0x67, "channel", 0x61, "c", 0x67, "message", 0x41, "m",
+		0x6e, "resync_message", long)
+	d := NewResyncDecoder(4)
+	for name, p := range map[string][]byte{"extra key": plain, "extra resync_message key": withResyncKey} {
+		if _, err := d.Decode(p); !errors.Is(err, ErrNotResync) {
+			t.Errorf("%s: %v, want ErrNotResync", name, err)
+		}
+		if tr, err := DecodeTriplet(p); err != nil || tr.UID != "u" {
+			t.Errorf("%s: DecodeTriplet %+v, %v", name, tr, err)
+		}
+	}
+}
+
+// TestResyncDecoderRefusesAHugeResyncWithoutDecodingIt: a full payload of
+// empty entries (about 1.2 million) in an indefinite array is refused after
+// reading cap+1 of them, in far less time than decoding them all takes.
+func TestResyncDecoderRefusesAHugeResyncWithoutDecodingIt(t *testing.T) {
+	entry := cb(0xa1, keyEncodedMsg, 0x40)
+	p := cb(0xa1, keyResyncMessage, 0x9f)
+	for len(p)+len(entry)+1 <= MaxPayloadLen {
+		p = append(p, entry...)
+	}
+	p = append(p, 0xff)
+	d := NewResyncDecoder(10_000)
+	began := time.Now()
+	_, err := d.Decode(p)
+	refused := time.Since(began)
+	if !errors.Is(err, ErrResyncTooLarge) {
+		t.Fatalf("%v, want ErrResyncTooLarge", err)
+	}
+	// The same in an encoding the scanner leaves to the library: an
+	// indefinite-length outer map.
+	q := append([]byte{0xbf}, p[1:]...)
+	q = append(q, 0xff)
+	began = time.Now()
+	_, err = d.Decode(q)
+	refusedByLibrary := time.Since(began)
+	if !errors.Is(err, ErrResyncTooLarge) {
+		t.Fatalf("indefinite map: %v, want ErrResyncTooLarge", err)
+	}
+	began = time.Now()
+	all, err := DecodeResync(p)
+	decoded := time.Since(began)
+	if err != nil || len(all) < 1_000_000 {
+		t.Fatalf("uncapped: %d entries, %v", len(all), err)
+	}
+	t.Logf("refused in %v (scanner), %v (library); decoding all %d took %v", refused, refusedByLibrary, len(all), decoded)
+	if refused*50 > decoded || refusedByLibrary*5 > decoded {
+		t.Fatalf("refusing took %v and %v, decoding everything %v: the cap did not stop early",
+			refused, refusedByLibrary, decoded)
 	}
 }

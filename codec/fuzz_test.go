@@ -81,8 +81,16 @@ func FuzzDecodeTriplet(f *testing.F) {
 
 func FuzzDecodeResync(f *testing.F) {
 	seedFromVectors(f)
+	for _, n := range []int{1, 3, 4, 20} {
+		f.Add(resyncOf(n, false))
+		f.Add(resyncOf(n, true))
+	}
+	capped := []*ResyncDecoder{NewResyncDecoder(0), NewResyncDecoder(3), NewResyncDecoder(17)}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		frames, err := DecodeResync(b)
+		for _, d := range capped {
+			checkResyncDecoder(t, d, b, frames, err)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrNotResync) || frames != nil {
 				t.Fatalf("%d frames, error %v", len(frames), err)
@@ -106,4 +114,45 @@ func FuzzDecodeResync(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkResyncDecoder checks that d decodes b as DecodeResync did (frames,
+// err), except for its cap.
+func checkResyncDecoder(t *testing.T, d *ResyncDecoder, b []byte, frames [][]byte, err error) {
+	t.Helper()
+	got, gotErr := d.Decode(b)
+	tooMany := d.MaxEntries() > 0 && len(frames) > d.MaxEntries()
+	switch {
+	case errors.Is(gotErr, ErrResyncTooLarge):
+		if got != nil || errors.Is(gotErr, ErrNotResync) {
+			t.Fatalf("cap %d: %d frames with %v", d.MaxEntries(), len(got), gotErr)
+		}
+		if _, terr := DecodeTriplet(b); terr == nil && !tooMany {
+			t.Fatalf("cap %d: a triplet refused as a resync too large", d.MaxEntries())
+		}
+		if err == nil && !tooMany {
+			t.Fatalf("cap %d: %d entries refused as too many", d.MaxEntries(), len(frames))
+		}
+	case gotErr != nil:
+		if !errors.Is(gotErr, ErrNotResync) || got != nil {
+			t.Fatalf("cap %d: %d frames, error %v", d.MaxEntries(), len(got), gotErr)
+		}
+		if err == nil && !(tooMany && triplet(b)) {
+			t.Fatalf("cap %d: DecodeResync took %d entries, Decode: %v", d.MaxEntries(), len(frames), gotErr)
+		}
+	default:
+		if err != nil || tooMany || len(got) != len(frames) {
+			t.Fatalf("cap %d: Decode gave %d entries, DecodeResync %d, %v", d.MaxEntries(), len(got), len(frames), err)
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], frames[i]) {
+				t.Fatalf("cap %d: entry %d is %x, DecodeResync's %x", d.MaxEntries(), i, got[i], frames[i])
+			}
+		}
+	}
+}
+
+func triplet(b []byte) bool {
+	_, err := DecodeTriplet(b)
+	return err == nil
 }

@@ -29,6 +29,8 @@ var (
 	ErrNotTriplet = errors.New("mles: payload is not a triplet")
 	// ErrNotResync: a payload is not a resync message with at least one entry.
 	ErrNotResync = errors.New("mles: payload is not a resync")
+	// ErrResyncTooLarge: a resync holds more entries than a ResyncDecoder's cap.
+	ErrResyncTooLarge = errors.New("mles: resync has too many entries")
 )
 
 // Header is a decoded frame header.

@@ -22,22 +22,25 @@ type Triplet struct {
 // accepted, as serde's String visitor does (ByteStringToStringAllowed plus
 // our own UTF-8 check). message: a byte string only (see wireBytes).
 var decMode = func() cbor.DecMode {
-	dm, err := cbor.DecOptions{
-		DupMapKey:          cbor.DupMapKeyQuiet,
-		MaxNestedLevels:    8,
-		MaxArrayElements:   1 << 24, // a resync of a full 16 MiB payload cannot hold more
-		MaxMapPairs:        1 << 24,
-		IndefLength:        cbor.IndefLengthAllowed,
-		TagsMd:             cbor.TagsAllowed,
-		UTF8:               cbor.UTF8RejectInvalid,
-		FieldNameMatching:  cbor.FieldNameMatchingCaseSensitive,
-		ByteStringToString: cbor.ByteStringToStringAllowed,
-	}.DecMode()
+	dm, err := decOptions.DecMode()
 	if err != nil {
 		panic(err)
 	}
 	return dm
 }()
+
+// decOptions are decMode's options (a ResyncDecoder changes only its array cap).
+var decOptions = cbor.DecOptions{
+	DupMapKey:          cbor.DupMapKeyQuiet,
+	MaxNestedLevels:    8,
+	MaxArrayElements:   1 << 24, // a resync of a full 16 MiB payload cannot hold more
+	MaxMapPairs:        1 << 24,
+	IndefLength:        cbor.IndefLengthAllowed,
+	TagsMd:             cbor.TagsAllowed,
+	UTF8:               cbor.UTF8RejectInvalid,
+	FieldNameMatching:  cbor.FieldNameMatchingCaseSensitive,
+	ByteStringToString: cbor.ByteStringToStringAllowed,
+}
 
 var errNotByteString = errors.New("cbor: expected a byte string")
 

@@ -53,6 +53,15 @@ const (
 	// DefaultDrainTimeout is how long a shutdown waits for receivers that can
 	// take their backlog.
 	DefaultDrainTimeout = 5 * time.Second
+	// DefaultMaxResyncEntries bounds the inner frames of a resync (a first
+	// frame that refills history). A peer's resync holds its own join plus
+	// at most its history: 101 frames at the original's and this server's
+	// default --history-limit of 100. 10,000 leaves room for peers with a
+	// hundred times that history, and bounds what one resync costs its event
+	// loop (about 0.4 µs per entry plus 1.5 ms per MiB, so under 50 ms even
+	// at a 16 MiB payload), where a 16 MiB resync can hold 1.2 million tiny
+	// entries (issue 11).
+	DefaultMaxResyncEntries = 10_000
 	// DefaultKeepAlive is the TCP keepalive period set on every connection.
 	DefaultKeepAlive = 60 * time.Second
 
@@ -119,6 +128,9 @@ type Config struct {
 	// MaxPartialBytes bounds bytes of incomplete frames over all connections;
 	// the connection whose bytes pass it is closed.
 	MaxPartialBytes int
+	// MaxResyncEntries bounds the inner frames of a resync; a resync with
+	// more is closed ("resync-too-large").
+	MaxResyncEntries int
 	// DrainTimeout bounds how long Stop flushes backlogs before closing.
 	DrainTimeout time.Duration
 	// Members, when set, learns of every member's join and leave (package
@@ -161,6 +173,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxPartialBytes <= 0 {
 		c.MaxPartialBytes = DefaultMaxPartialBytes
+	}
+	if c.MaxResyncEntries <= 0 {
+		c.MaxResyncEntries = DefaultMaxResyncEntries
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = DefaultDrainTimeout

@@ -30,10 +30,11 @@ func (h *history) limit() int { return len(h.ring) }
 // add stores f (taking a reference), evicting the oldest frames while the
 // ring is full or a byte cap is passed. A frame larger than the channel's cap,
 // or one that does not fit the global budget even after this channel gave up
-// all its older frames, is not kept.
-func (h *history) add(f *Frame) {
+// all its older frames, is not kept. It reports whether f was taken (it may
+// then have been evicted again at once, by the global budget).
+func (h *history) add(f *Frame) bool {
 	if len(h.ring) == 0 || (h.maxBytes > 0 && f.Len() > h.maxBytes) {
-		return
+		return false
 	}
 	if h.n == len(h.ring) {
 		h.evictOldest()
@@ -47,6 +48,7 @@ func (h *history) add(f *Frame) {
 		h.evictOldest()
 		used = h.budget.used.Load()
 	}
+	return true
 }
 
 // evictOldest drops the oldest frame.

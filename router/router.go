@@ -368,25 +368,38 @@ func (c *Channel) Append(frames ...*Frame) *Snapshot {
 // (compared byte for byte) and returns them, in order, appended to fresh,
 // with the snapshot to forward them to. Frames already held are not returned:
 // a reconnecting peer causes no duplicates. With history off every frame is
-// fresh.
+// fresh. A frame is held when the history holds it at the moment it is
+// looked at (earlier frames of the same merge may have evicted older ones),
+// or when it equals a frame in fresh, passed in or added before it.
+// The caller keeps its references to frames and fresh until MergeResync
+// returns.
+//
+// Linear: each frame is hashed once and looked up in an index of the
+// history and of the fresh frames (see resyncIndex), not compared with all
+// of them, so a resync of many distinct frames does not hold the channel's
+// lock, and its event loop, for quadratic time.
 func (c *Channel) MergeResync(frames []*Frame, fresh []*Frame) ([]*Frame, *Snapshot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	idx := newResyncIndex(&c.hist, len(frames)+len(fresh))
+	defer idx.release()
+	for _, g := range fresh {
+		idx.entries[idx.entry(resyncFingerprint(g.Bytes()), g)].fresh = true
+	}
 	for _, f := range frames {
-		if c.hist.limit() > 0 && c.hist.contains(f.Bytes()) {
+		fp := resyncFingerprint(f.Bytes())
+		i := idx.lookup(fp)
+		if idx.holds(i, f.Bytes(), fresh) {
 			continue
 		}
-		dup := false
-		for _, g := range fresh { // the resync itself may repeat a frame
-			if string(g.Bytes()) == string(f.Bytes()) {
-				dup = true
-				break
-			}
+		i = idx.entryAt(i, fp, f)
+		idx.entries[i].fresh = true
+		before := c.hist.n
+		if c.hist.add(f) {
+			idx.addHeld(i)
+			before++
 		}
-		if dup {
-			continue
-		}
-		c.hist.add(f)
+		idx.evicted(before - c.hist.n)
 		fresh = append(fresh, f)
 	}
 	return fresh, c.snap.Load()

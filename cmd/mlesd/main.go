@@ -58,6 +58,7 @@ type Options struct {
 	MaxUIDLen     int
 	MaxChanLen    int
 	MaxPartial    int
+	MaxResync     int
 	HistoryBytes  int
 	MaxHistBytes  int64
 	LogLevel      string
@@ -164,6 +165,7 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.MaxUIDLen, "max-uid-len", engine.DefaultMaxNameLen, "longest uid in a join, in `bytes`; a longer one closes the connection")
 	fs.IntVar(&o.MaxChanLen, "max-channel-len", engine.DefaultMaxNameLen, "longest channel name in a join, in `bytes`; a longer one closes the connection")
 	fs.IntVar(&o.MaxPartial, "max-partial-bytes", engine.DefaultMaxPartialBytes, "bytes of frames still arriving, over all connections; the connection that passes it is closed")
+	fs.IntVar(&o.MaxResync, "max-resync-entries", engine.DefaultMaxResyncEntries, "most inner frames in a resync (a first frame that refills history); a larger one closes its connection.\nA peer's resync holds its --history-limit + 1 frames: keep this above that")
 	fs.DurationVar(&o.StallTimeout, "stall-timeout", engine.DefaultStallTimeout, "close a receiver that has been dropping frames and silent this long; 0 = never")
 	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not sent its join frame by then; 0 = never")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close a joined connection that has sent nothing this long; 0 = never (receivers may be silent)")
@@ -246,6 +248,8 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 		return o, errors.New("limits must be 0 (none) or more")
 	case o.MaxUIDLen < 1 || o.MaxChanLen < 1 || o.MaxPartial < 1:
 		return o, errors.New("--max-uid-len, --max-channel-len and --max-partial-bytes must be positive")
+	case o.MaxResync < 1:
+		return o, errors.New("--max-resync-entries must be positive")
 	case o.PeerBackoff <= 0 || o.PeerBackoffMax < o.PeerBackoff:
 		return o, errors.New("--peer-backoff must be positive and at most --peer-backoff-max")
 	case o.PeerLinger < 0 || o.PeerDialTimeout <= 0:
@@ -407,6 +411,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		MaxUIDLen:        o.MaxUIDLen,
 		MaxChannelLen:    o.MaxChanLen,
 		MaxPartialBytes:  o.MaxPartial,
+		MaxResyncEntries: o.MaxResync,
 		Logger:           log,
 	}, r)
 	if err != nil {
@@ -419,6 +424,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("starting mlesd", slog.Any("listen", o.Listen), slog.String("key_mode", keyMode), slog.Any("peers", o.Peers))
 	checkFDLimit(o, log)
+	if o.HistoryLimit+1 > o.MaxResync {
+		// A peer configured like this server would be refused on every reconnect.
+		log.Warn("--max-resync-entries is below --history-limit + 1: a peer's resync of that much history is refused",
+			slog.Int("max_resync_entries", o.MaxResync), slog.Int("history_limit", o.HistoryLimit))
+	}
 
 	var (
 		stopping atomic.Bool // readyz says no from the first signal on

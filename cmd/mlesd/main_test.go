@@ -48,7 +48,7 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 	}
 	for _, want := range []string{"MLES_KEY", "MLES_ADDR_KEY", "-listen", "-history-limit", "-key", "-loops",
 		"-max-frame", "-max-pending", "-max-pending-frames", "-stall-timeout", "-join-timeout", "-idle-timeout", "-max-conns",
-		"-max-conns-per-ip", "-max-uid-len", "-max-channel-len", "-max-partial-bytes", "-history-bytes",
+		"-max-conns-per-ip", "-max-uid-len", "-max-channel-len", "-max-partial-bytes", "-max-resync-entries", "-history-bytes",
 		"-max-history-bytes", "-max-channels", "-drain-timeout", "-log-level", "-log-format",
 		"-cpuprofile", "-memprofile", "-pprof", "-ws-listen", "[::]:8077",
 		"-peer", "-peer-backoff", "-peer-backoff-max", "-peer-linger", "-peer-dial-timeout", "-cid", "-peer-tls", "-peer-tls-ca", "-peer-tls-cert", "-peer-tls-key", "Peering:"} {
@@ -60,7 +60,7 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 
 func TestBadFlagsExitWithUsageError(t *testing.T) {
 	for _, args := range [][]string{{"--max-frame", "0"}, {"--history-limit", "-1"}, {"--nope"},
-		{"--log-level", "loud"}, {"--max-conns", "-1"}, {"--listen", "nonsense"}, {"extra-arg"},
+		{"--log-level", "loud"}, {"--max-conns", "-1"}, {"--max-resync-entries", "0"}, {"--listen", "nonsense"}, {"extra-arg"},
 		{"--peer", "a:b:c"}, {"--peer", "host:0"}, {"--peer", "x", "--cid", "zz"}, {"--cid", "1"},
 		{"--peer", "x", "--peer-backoff", "0"}, {"--peer", "x", "--peer-backoff", "2s", "--peer-backoff-max", "1s"},
 		{"--peer-tls"}, {"--peer", "x", "--peer-tls-ca", "ca.pem"}, {"--peer", "x", "--peer-tls", "--peer-tls-cert", "c.pem"},
