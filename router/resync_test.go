@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // oldMergeResync is MergeResync as it was before the index: every frame is
@@ -201,26 +200,21 @@ func distinctFrames(n int) []*Frame {
 	return out
 }
 
-// TestMergeResyncOfManyDistinctFramesIsFast is the regression test for
-// issue 11: 100,000 distinct frames took minutes with the quadratic merge.
-func TestMergeResyncOfManyDistinctFramesIsFast(t *testing.T) {
+// TestMergeResyncOfManyDistinctFramesKeepsEveryOne: 100,000 distinct frames
+// (issue 11's hostile shape, which took minutes with the quadratic merge)
+// are all fresh and the history keeps the newest. How fast is for
+// BenchmarkMergeResync and internal/hostile's loop-gap tests.
+func TestMergeResyncOfManyDistinctFramesKeepsEveryOne(t *testing.T) {
 	r := New(Config{HistoryLimit: DefaultHistoryLimit})
 	defer r.Close()
 	ch, _, _ := r.Join("ch", &fakeSub{cid: 1}, nil)
 	in := distinctFrames(100_000)
-	began := time.Now()
 	fresh, _ := ch.MergeResync(in, nil)
-	took := time.Since(began)
 	if len(fresh) != len(in) {
 		t.Fatalf("%d fresh, want %d", len(fresh), len(in))
 	}
 	for _, f := range in {
 		f.Release()
-	}
-	// The quadratic merge needs about 5·10^9 comparisons here (over a
-	// minute); the linear one well under a second even under -race.
-	if took > 3*time.Second {
-		t.Fatalf("merging 100,000 distinct frames took %v", took)
 	}
 	if n, _ := ch.HistoryLen(); n != DefaultHistoryLimit {
 		t.Fatalf("history holds %d, want %d", n, DefaultHistoryLimit)
