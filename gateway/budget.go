@@ -1,0 +1,132 @@
+package gateway
+
+import (
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// memBudget bounds the bytes held by unfinished WebSocket messages over all
+// sessions (Config.MaxUnfinishedBytes). Reserving while there is room is
+// one atomic add; only a full budget takes the lock, to choose whom to shed.
+type memBudget struct {
+	limit int64
+	used  atomic.Int64 // bytes reserved by sessions' message buffers
+
+	mu    sync.Mutex    // serialises sessions waiting for room
+	freed chan struct{} // a release happened (capacity 1: a wake-up, not a count)
+}
+
+func (b *memBudget) init(limit int64) {
+	b.limit = limit
+	b.freed = make(chan struct{}, 1)
+}
+
+var (
+	// errBudget: the budget is full and the asking session holds the most,
+	// so it is the one to go.
+	errBudget = errors.New("gateway: memory for unfinished messages is full")
+	// errShed: another session shed this one to make room.
+	errShed = errors.New("gateway: session shed to make room")
+)
+
+// reserve counts n more bytes for s's message buffer. When the budget is
+// full it sheds the session holding the most unfinished bytes (the one
+// whose message began first among equals) and waits for it to let go; if
+// that session is s itself, or room does not come within shedWait, it
+// returns errBudget.
+func (g *Gateway) reserve(s *session, n int64) error {
+	b := &g.mem
+	if b.used.Add(n) <= b.limit {
+		s.held.Add(n)
+		return nil
+	}
+	b.used.Add(-n)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	timeout := time.NewTimer(shedWait)
+	defer timeout.Stop()
+	for {
+		if s.shed.Load() {
+			return errShed
+		}
+		if b.used.Add(n) <= b.limit {
+			s.held.Add(n)
+			return nil
+		}
+		b.used.Add(-n)
+		victim, leaving := g.largestHolder()
+		if b.limit-b.used.Load()+leaving < n {
+			// Not enough is on its way out: shed one more.
+			if victim == nil || victim == s {
+				return errBudget
+			}
+			g.shed(victim)
+			continue
+		}
+		select {
+		case <-b.freed:
+		case <-s.done:
+			return errShed
+		case <-timeout.C:
+			return errBudget
+		}
+	}
+}
+
+// release gives back n bytes of s's.
+func (g *Gateway) release(s *session, n int64) {
+	s.held.Add(-n)
+	g.mem.used.Add(-n)
+	select {
+	case g.mem.freed <- struct{}{}:
+	default:
+	}
+}
+
+// largestHolder returns the session not yet shed that holds the most
+// unfinished bytes (among equals, the one whose message began first), and
+// the bytes still held by sessions already shed.
+func (g *Gateway) largestHolder() (victim *session, leaving int64) {
+	var most, since int64
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for x := range g.sessions {
+		h := x.held.Load()
+		if h == 0 {
+			continue
+		}
+		if x.shed.Load() {
+			leaving += h
+			continue
+		}
+		t := x.msgStart.Load()
+		if h > most || h == most && t < since {
+			victim, most, since = x, h, t
+		}
+	}
+	return victim, leaving
+}
+
+// shed closes v (1013, try again later) to take back its memory: its
+// reader lets go as soon as it sees the flag or its connection is cut,
+// closeFrameGrace after the close frame was queued.
+func (g *Gateway) shed(v *session) {
+	if v.shed.Swap(true) {
+		return
+	}
+	g.count(limitShed)
+	g.shedLog(v)
+	v.shutdown(websocket.StatusTryAgainLater, "the gateway's memory for unfinished messages is full; try again later")
+	time.AfterFunc(closeFrameGrace, v.cancelRead)
+}
+
+func (g *Gateway) shedLog(s *session) {
+	g.rlog.Log(slog.LevelWarn, limitShed, "websocket session shed: memory for unfinished messages is full",
+		slog.String("remote", s.remote.String()), slog.Int64("held", s.held.Load()),
+		slog.Int64("max_unfinished_bytes", g.mem.limit))
+}
