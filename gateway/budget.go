@@ -14,16 +14,17 @@ import (
 // sessions (Config.MaxUnfinishedBytes). Reserving while there is room is
 // one atomic add; only a full budget takes the lock, to choose whom to shed.
 type memBudget struct {
-	limit int64
-	used  atomic.Int64 // bytes reserved by sessions' message buffers
+	limit   int64
+	used    atomic.Int64 // bytes reserved by sessions' message buffers
+	waiters atomic.Int64 // sessions waiting for room
 
-	mu    sync.Mutex    // serialises sessions waiting for room
-	freed chan struct{} // a release happened (capacity 1: a wake-up, not a count)
+	mu   sync.Mutex    // guards wake; serialises choosing whom to shed
+	wake chan struct{} // closed (and replaced) when bytes come back while someone waits
 }
 
 func (b *memBudget) init(limit int64) {
 	b.limit = limit
-	b.freed = make(chan struct{}, 1)
+	b.wake = make(chan struct{})
 }
 
 var (
@@ -38,7 +39,8 @@ var (
 // full it sheds the session holding the most unfinished bytes (the one
 // whose message began first among equals) and waits for it to let go; if
 // that session is s itself, or room does not come within shedWait, it
-// returns errBudget.
+// returns errBudget. It never waits holding a lock: the session it waits
+// for may itself be waiting here when it is shed.
 func (g *Gateway) reserve(s *session, n int64) error {
 	b := &g.mem
 	if b.used.Add(n) <= b.limit {
@@ -46,45 +48,56 @@ func (g *Gateway) reserve(s *session, n int64) error {
 		return nil
 	}
 	b.used.Add(-n)
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	timeout := time.NewTimer(shedWait)
 	defer timeout.Stop()
 	for {
 		if s.shed.Load() {
 			return errShed
 		}
+		b.waiters.Add(1) // before looking at used: a release after this wakes us
 		if b.used.Add(n) <= b.limit {
+			b.waiters.Add(-1)
 			s.held.Add(n)
 			return nil
 		}
 		b.used.Add(-n)
+		b.mu.Lock()
 		victim, leaving := g.largestHolder()
 		if b.limit-b.used.Load()+leaving < n {
 			// Not enough is on its way out: shed one more.
+			b.mu.Unlock()
+			b.waiters.Add(-1)
 			if victim == nil || victim == s {
 				return errBudget
 			}
 			g.shed(victim)
 			continue
 		}
+		wake := b.wake
+		b.mu.Unlock()
 		select {
-		case <-b.freed:
+		case <-wake:
+			b.waiters.Add(-1)
 		case <-s.done:
+			b.waiters.Add(-1)
 			return errShed
 		case <-timeout.C:
+			b.waiters.Add(-1)
 			return errBudget
 		}
 	}
 }
 
-// release gives back n bytes of s's.
+// release gives back n bytes of s's and wakes the sessions waiting for room.
 func (g *Gateway) release(s *session, n int64) {
+	b := &g.mem
 	s.held.Add(-n)
-	g.mem.used.Add(-n)
-	select {
-	case g.mem.freed <- struct{}{}:
-	default:
+	b.used.Add(-n)
+	if b.waiters.Load() > 0 {
+		b.mu.Lock()
+		close(b.wake)
+		b.wake = make(chan struct{})
+		b.mu.Unlock()
 	}
 }
 

@@ -482,7 +482,7 @@ func (s *session) fail(err error) {
 	var ce closeErr
 	switch {
 	case errors.As(err, &ce):
-		if ce.limit != "" {
+		if ce.limit != "" && ce.limit != limitPairFailed { // connect logged that one with its error
 			s.g.count(ce.limit)
 			s.g.rlog.Log(slog.LevelWarn, ce.limit, "websocket session closed: "+ce.reason, slog.String("remote", s.remote.String()))
 		}
