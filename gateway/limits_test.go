@@ -557,3 +557,62 @@ func tryExchange(url string) bool {
 		}
 	}
 }
+
+// When the budget is full, the session holding the most unfinished bytes
+// is shed, not the newcomer: with a 4 MiB budget, a session holding 3 MiB
+// of a message that never ends is closed with 1013 when another sends a
+// whole 2 MiB message, which reaches the channel byte for byte.
+func TestFullBudgetShedsTheLargestHolderNotTheNewcomer(t *testing.T) {
+	mles, _ := startMlesd(t, limitsKey)
+	gw, err := gateway.Listen("127.0.0.1:0", gateway.Config{
+		Server:             mles,
+		Keys:               codec.KeyConfig{SharedKey: limitsKey},
+		MaxUnfinishedBytes: 4 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		gw.Close(ctx)
+	})
+	url := "ws://" + gw.Addr().String() + "/"
+	h := harness{mles: mles, key: limitsKey}
+	tcp := dialTCP(t, h, "tcp", "big")
+
+	hog := mustDialFrom(t, url, "")
+	hogIn := watch(hog)
+	go func() {
+		w, err := hog.Writer(context.Background(), websocket.MessageBinary)
+		if err != nil {
+			return
+		}
+		chunk := make([]byte, 64<<10)
+		for range 3 << 4 { // 3 MiB, never finished
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	waitFor(t, "the hog to hold 3 MiB", func() bool { return gw.Stats().UnfinishedBytes >= 3<<20-64<<10 })
+
+	newcomer := mustDialFrom(t, url, "")
+	msg := triplet("new", "big", bytes.Repeat([]byte("m"), 2<<20))
+	sendWS(t, newcomer, msg)
+	if _, got := readTCP(t, tcp); !bytes.Equal(got, msg) {
+		t.Fatalf("the newcomer's 2 MiB message arrived changed (%d bytes)", len(got))
+	}
+	select {
+	case <-hogIn.closed:
+		if hogIn.code != websocket.StatusTryAgainLater {
+			t.Fatalf("the hog was closed with %v, want 1013", hogIn.code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hog was not shed")
+	}
+	if n := gw.Stats().Limited["memory-shed"]; n != 1 {
+		t.Errorf("%d sessions counted as shed, want 1", n)
+	}
+	waitFor(t, "the budget to empty", func() bool { return gw.Stats().UnfinishedBytes == 0 })
+}
