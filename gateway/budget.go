@@ -135,7 +135,7 @@ func (g *Gateway) shed(v *session) {
 	g.count(limitShed)
 	g.shedLog(v)
 	v.shutdown(websocket.StatusTryAgainLater, "the gateway's memory for unfinished messages is full; try again later")
-	time.AfterFunc(closeFrameGrace, v.cancelRead)
+	time.AfterFunc(closeFrameGrace, func() { _ = v.cut() })
 }
 
 func (g *Gateway) shedLog(s *session) {

@@ -41,6 +41,7 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -371,7 +372,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer g.leave(ip)
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	hr := &hijackRecorder{ResponseWriter: w}
+	ws, err := websocket.Accept(hr, r, &websocket.AcceptOptions{
 		Subprotocols: []string{Subprotocol},
 		// Mles has no cookies or ambient credentials, and the original
 		// browser client is served from anywhere: any Origin may connect.
@@ -397,8 +399,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		done:    make(chan struct{}),
 		uplinks: make(map[pair]*uplink),
 	}
-	s.readCtx, s.cancelRead = context.WithCancel(context.Background())
-	defer s.cancelRead()
+	if hr.conn != nil {
+		s.cut = hr.conn.Close
+	} else {
+		s.cut = ws.CloseNow
+	}
 	g.mu.Lock()
 	g.sessions[s] = struct{}{}
 	g.mu.Unlock()
@@ -410,6 +415,19 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.mu.Unlock()
 }
 
+// hijackRecorder keeps the connection websocket.Accept hijacks, so that a
+// shed session can be cut at once even while its reader is blocked.
+type hijackRecorder struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	h.conn = c
+	return c, brw, err
+}
+
 type pair struct{ uid, channel string }
 
 // session is one WebSocket connection and its uplinks (pairs).
@@ -419,8 +437,9 @@ type session struct {
 	remote netip.AddrPort // the WebSocket client's address
 	local  netip.AddrPort // the gateway's address it reached
 
-	readCtx    context.Context // the reader's; cancelled to cut a shed session at once
-	cancelRead context.CancelFunc
+	// cut closes the connection under the WebSocket at once, which ends a
+	// read blocked on it (a read context would cost a timer per read).
+	cut func() error
 
 	// The message being read: owned by the reader goroutine (run). held
 	// and msgStart are read by other sessions choosing whom to shed.
@@ -509,7 +528,7 @@ func (e closeErr) Error() string { return e.reason }
 // readMessage reads the next binary message into s.buf, within the
 // session's and the gateway's memory bounds.
 func (s *session) readMessage() error {
-	typ, r, err := s.ws.Reader(s.readCtx)
+	typ, r, err := s.ws.Reader(context.Background())
 	if err != nil {
 		return err
 	}

@@ -8,8 +8,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strconv"
@@ -60,7 +60,7 @@ func dialFrom(ctx context.Context, url, src string) (*websocket.Conn, int, error
 	return c, status, nil
 }
 
-func mustDialFrom(t *testing.T, url, src string) *websocket.Conn {
+func mustDialFrom(t testing.TB, url, src string) *websocket.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -81,7 +81,7 @@ func joinWS(t *testing.T, c *websocket.Conn, uid, channel string) {
 // exchangeWS checks that a message from a (uid uidA) on channel reaches
 // the watched connection b, sending it again until it does: b's join may
 // not have reached the server yet.
-func exchangeWS(t *testing.T, a *websocket.Conn, b *watched, uidA, channel string) {
+func exchangeWS(t testing.TB, a *websocket.Conn, b *watched, uidA, channel string) {
 	t.Helper()
 	msg := triplet(uidA, channel, []byte("hello "+uidA+" "+channel))
 	deadline := time.After(20 * time.Second)
