@@ -14,6 +14,7 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/mlesd/mlesd/codec"
@@ -59,6 +60,13 @@ func startGateway(o Options, srv *engine.Server, keys codec.KeyConfig, log *slog
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("--ws-listen %s: %w", o.WSListen, err)
+	}
+	var nofile syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &nofile) == nil && nofile.Cur < uint64(o.WSMaxSessions+2*o.WSMaxPairs) {
+		// Not an error: pairs past the descriptors close their own session
+		// (1013); the operator should know the limits cannot all be reached.
+		log.Warn("the descriptor limit is below what the gateway's limits allow: sessions asking for a pair past it are closed",
+			slog.Uint64("nofile", nofile.Cur), slog.Int("ws_max_sessions", o.WSMaxSessions), slog.Int("ws_max_pairs", o.WSMaxPairs))
 	}
 	log.Info("websocket gateway listening", slog.String("addr", gw.Addr().String()),
 		slog.String("subprotocol", gateway.Subprotocol), slog.Int("max_sessions", o.WSMaxSessions),
