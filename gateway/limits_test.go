@@ -461,7 +461,26 @@ func TestRunningOutOfDescriptorsClosesOnlyTheSessionThatNeededOne(t *testing.T) 
 	url := "ws://" + ws + "/"
 
 	// Sessions of 40 pairs each (two descriptors a pair) until one is closed.
-	var open []*websocket.Conn
+	var (
+		open     []*websocket.Conn
+		watchers []*watched
+	)
+	anyClosed := func(wait time.Duration) websocket.StatusCode {
+		deadline := time.Now().Add(wait)
+		for {
+			for _, w := range watchers {
+				select {
+				case <-w.closed:
+					return w.code
+				default:
+				}
+			}
+			if time.Now().After(deadline) {
+				return -1
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	closedWith := websocket.StatusCode(-1)
 	for s := 0; s < 10 && closedWith == -1; s++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -471,6 +490,7 @@ func TestRunningOutOfDescriptorsClosesOnlyTheSessionThatNeededOne(t *testing.T) 
 			break // the gateway's own accept ran out: also a refusal, not an exit
 		}
 		open = append(open, c)
+		watchers = append(watchers, watch(c))
 		for i := 0; i < 40; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			err := c.Write(ctx, websocket.MessageBinary, triplet("u"+strconv.Itoa(s), "ch"+strconv.Itoa(i), nil))
@@ -479,12 +499,10 @@ func TestRunningOutOfDescriptorsClosesOnlyTheSessionThatNeededOne(t *testing.T) 
 				break
 			}
 		}
-		w := watch(c)
-		select {
-		case <-w.closed:
-			closedWith = w.code
-		case <-time.After(time.Second):
-		}
+		closedWith = anyClosed(time.Second)
+	}
+	if closedWith == -1 {
+		closedWith = anyClosed(10 * time.Second)
 	}
 	if closedWith == -1 {
 		t.Fatalf("no session was closed for lack of descriptors:\n%s", log)
