@@ -134,6 +134,14 @@ Peering:
   cannot loop in a tree; for rings give every member the same --cid.
   --peer-tls makes uplinks TLS clients of the peers' --tls-listen ports.
 
+WebSocket gateway:
+  With --ws-listen HOST:PORT mlesd also serves WebSocket clients (subprotocol
+  mles-websocket) and a demo page at /. Each (uid, channel) a WebSocket
+  session uses is one engine connection with the WebSocket client's own
+  address, so --max-conns-per-ip and address keys see the real client.
+  --ws-max-* bound sessions and pairs (in all and per client address) and the
+  memory of messages still arriving.
+
 Environment:
   MLES_KEY       shared key for first-level authentication: a join frame's key
                  must be SipHash(MLES_KEY, uid, channel). --key and MLESD_KEY
