@@ -687,13 +687,14 @@ func (s *session) connect(p pair) (*client.Conn, error) {
 	if g.cfg.Adopter == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), g.cfg.DialTimeout)
 		defer cancel()
-		c, err := client.Dial(ctx, g.cfg.Server, g.cfg.Keys, p.uid, p.channel)
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, "tcp", client.ServerAddr(g.cfg.Server))
 		if err != nil {
 			g.rlog.Log(slog.LevelWarn, limitPairFailed, "cannot reach mles server", slog.String("server", g.cfg.Server),
 				slog.String("remote", s.remote.String()), slog.String("error", err.Error()))
 			return nil, closeErr{code: websocket.StatusBadGateway, reason: "cannot reach the mles server", limit: limitPairFailed}
 		}
-		return c, nil
+		return client.NewAs(nc, client.LocalAddrPort(nc), pairReadBuf, g.cfg.Keys, p.uid, p.channel), nil
 	}
 	mine, engines, err := tlsbridge.Socketpair()
 	if err == nil {
