@@ -24,6 +24,12 @@ const (
 	// queue, so a frame of the largest size always passes.
 	DefaultQueueBytes = 8 << 20
 
+	// DefaultMaxQueuedBytes bounds the frames waiting for WebSocket
+	// clients over all sessions: each client's copies are its own, so 32
+	// stalled clients with full queues fill it, not a thousand. Past it a
+	// frame is dropped for a client that already has one queued.
+	DefaultMaxQueuedBytes = 256 << 20
+
 	// DefaultMaxChannels is the most (uid, channel) pairs, hence
 	// connections to the Mles server, one WebSocket connection may open.
 	DefaultMaxChannels = 64

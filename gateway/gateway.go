@@ -90,6 +90,9 @@ type Config struct {
 	// outbound queue (see DefaultQueueFrames, DefaultQueueBytes).
 	QueueFrames int
 	QueueBytes  int
+	// MaxQueuedBytes bounds the frames waiting for WebSocket clients over
+	// all sessions (see DefaultMaxQueuedBytes).
+	MaxQueuedBytes int64
 	// MaxChannels bounds the (uid, channel) pairs of one WebSocket connection.
 	MaxChannels int
 	// MaxMessageBytes bounds one session's unfinished message (at most
@@ -117,6 +120,9 @@ func (c *Config) setDefaults() {
 	def(&c.MaxChannels, DefaultMaxChannels)
 	def(&c.MaxMessageBytes, DefaultMaxMessageBytes)
 	c.MaxMessageBytes = min(c.MaxMessageBytes, MaxMessage)
+	if c.MaxQueuedBytes <= 0 {
+		c.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
 	if c.MaxUnfinishedBytes <= 0 {
 		c.MaxUnfinishedBytes = DefaultMaxUnfinishedBytes
 	}
@@ -137,6 +143,7 @@ type Stats struct {
 	Sessions        int64  // WebSocket connections open now
 	Uplinks         int64  // pairs: connections to the Mles server open now
 	UnfinishedBytes int64  // memory held by messages still arriving (buffer capacity)
+	QueuedBytes     int64  // frames queued or being written to WebSocket clients
 	MessagesIn      uint64 // WebSocket messages forwarded to the server
 	MessagesOut     uint64 // frames written to WebSocket clients
 	Dropped         uint64 // frames dropped for WebSocket clients that did not keep up
@@ -180,7 +187,8 @@ type Gateway struct {
 	closed   bool
 	wg       sync.WaitGroup
 
-	mem memBudget
+	mem       memBudget
+	outQueued atomic.Int64 // payload bytes queued or being written, all sessions
 
 	nSessions, nUplinks               atomic.Int64
 	msgsIn, msgsOut, dropped, refused atomic.Uint64
@@ -208,6 +216,7 @@ func (g *Gateway) Stats() Stats {
 		Sessions:        g.nSessions.Load(),
 		Uplinks:         g.nUplinks.Load(),
 		UnfinishedBytes: g.mem.used.Load(),
+		QueuedBytes:     g.outQueued.Load(),
 		MessagesIn:      g.msgsIn.Load(),
 		MessagesOut:     g.msgsOut.Load(),
 		Dropped:         g.dropped.Load(),
@@ -490,6 +499,7 @@ func (s *session) run() {
 		}
 	}
 	s.wg.Wait()
+	s.discardQueued()
 	if d := s.dropped.Load(); d > 0 {
 		log.Info("websocket client dropped frames", slog.String("remote", s.remote.String()), slog.Uint64("dropped", d))
 	}
@@ -732,9 +742,21 @@ func (s *session) readLoop(u *uplink) {
 
 // enqueue queues payload for the writer, or drops it (counted) when the
 // queue is full. It never blocks.
+//
+// Past QueueBytes for this session, or MaxQueuedBytes for all sessions,
+// the frame is dropped, unless this session's queue is empty: then every
+// frame size passes, and a slow client holds at most one frame of the
+// shared budget's overrun.
 func (s *session) enqueue(payload []byte) {
 	n := int64(len(payload))
-	if q := s.queued.Add(n); q != n && q > int64(s.g.cfg.QueueBytes) {
+	q := s.queued.Add(n)
+	if q != n && q > int64(s.g.cfg.QueueBytes) {
+		s.queued.Add(-n)
+		s.drop()
+		return
+	}
+	if t := s.g.outQueued.Add(n); q != n && t > s.g.cfg.MaxQueuedBytes {
+		s.g.outQueued.Add(-n)
 		s.queued.Add(-n)
 		s.drop()
 		return
@@ -742,8 +764,23 @@ func (s *session) enqueue(payload []byte) {
 	select {
 	case s.out <- payload:
 	default:
+		s.g.outQueued.Add(-n)
 		s.queued.Add(-n)
 		s.drop()
+	}
+}
+
+// discardQueued forgets the frames left in the queue of an ended session.
+// Only once the writer and the uplink readers have returned.
+func (s *session) discardQueued() {
+	for {
+		select {
+		case m := <-s.out:
+			s.queued.Add(-int64(len(m)))
+			s.g.outQueued.Add(-int64(len(m)))
+		default:
+			return
+		}
 	}
 }
 
@@ -764,7 +801,9 @@ func (s *session) writeLoop() {
 			return
 		case m := <-s.out:
 			s.queued.Add(-int64(len(m)))
-			if err := s.ws.Write(context.Background(), websocket.MessageBinary, m); err != nil {
+			err := s.ws.Write(context.Background(), websocket.MessageBinary, m)
+			s.g.outQueued.Add(-int64(len(m))) // held until written
+			if err != nil {
 				s.shutdown(websocket.StatusAbnormalClosure, "")
 				return
 			}

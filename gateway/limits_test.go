@@ -634,3 +634,82 @@ func TestFullBudgetShedsTheLargestHolderNotTheNewcomer(t *testing.T) {
 	}
 	waitFor(t, "the budget to empty", func() bool { return gw.Stats().UnfinishedBytes == 0 })
 }
+
+// Frames for WebSocket clients that stopped reading are bounded over all
+// sessions: with --ws-max-queued-bytes of 1 MiB, four stalled clients hold
+// about 1 MiB between them (each would hold 8 MiB on its own), frames past
+// it are dropped and counted, and a reading client still gets new frames.
+func TestStalledClientsShareOneQueueBudget(t *testing.T) {
+	const (
+		stalled = 4
+		size    = 64 << 10
+		budget  = 1 << 20
+	)
+	mles, _ := startMlesd(t, limitsKey)
+	gw, err := gateway.Listen("127.0.0.1:0", gateway.Config{
+		Server:         mles,
+		Keys:           codec.KeyConfig{SharedKey: limitsKey},
+		MaxQueuedBytes: budget,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		gw.Close(ctx)
+	})
+	url := "ws://" + gw.Addr().String() + "/"
+	h := harness{mles: mles, key: limitsKey}
+	for i := range stalled {
+		c := mustDialFrom(t, url, "")
+		sendWS(t, c, triplet("stalled"+strconv.Itoa(i), "q", nil)) // join, then never read
+	}
+	reader := mustDialFrom(t, url, "")
+	in := watch(reader)
+	sendWS(t, reader, triplet("reader", "q", nil))
+	pub := dialTCP(t, h, "pub", "q")
+	waitFor(t, "five members", func() bool { return gw.Stats().Uplinks == stalled+1 })
+
+	// 40 MiB: more than the stalled clients' socket buffers take.
+	msg := make([]byte, size)
+	for range 640 {
+		if err := pub.Send(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "frames dropped for the stalled clients", func() bool { return gw.Stats().Dropped > 0 })
+	// Each client may hold one frame past the budget (its queue was empty)
+	// and one its writer is writing.
+	if q := gw.Stats().QueuedBytes; q > budget+2*(stalled+1)*(size+64) {
+		t.Errorf("%d bytes queued for WebSocket clients, want at most %d", q, budget+2*(stalled+1)*(size+64))
+	}
+	// The reading client still gets what is sent now.
+	marker := []byte("after the flood")
+	deadline := time.After(20 * time.Second)
+	for got := false; !got; {
+		if err := pub.Send(marker); err != nil {
+			t.Fatal(err)
+		}
+		retry := time.After(200 * time.Millisecond)
+	wait:
+		for {
+			select {
+			case b := <-in.msgs:
+				if tr, err := codec.DecodeTriplet(b); err == nil && bytes.Equal(tr.Message, marker) {
+					got = true
+					break wait
+				}
+			case <-in.closed:
+				t.Fatalf("the reading client was closed: %v", in.code)
+			case <-retry:
+				break wait
+			case <-deadline:
+				t.Fatal("the reading client never got the marker")
+			}
+		}
+	}
+	if q := gw.Stats().QueuedBytes; q > budget+2*(stalled+1)*(size+64) {
+		t.Errorf("%d bytes queued for WebSocket clients, want at most %d", q, budget+2*(stalled+1)*(size+64))
+	}
+}

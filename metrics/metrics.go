@@ -59,6 +59,7 @@ var (
 	descWSOpen   = desc("ws_sessions_open", "WebSocket gateway sessions open now (each is also an engine connection from loopback).")
 	descWSUp     = desc("ws_uplinks_open", "The gateway's (uid, channel) pairs open now, each one engine connection.")
 	descWSUnfin  = desc("ws_unfinished_bytes", "Memory held by WebSocket messages still arriving (buffer capacity), bounded by --ws-max-unfinished-bytes.")
+	descWSQueued = desc("ws_queued_bytes", "Frames queued for or being written to WebSocket clients, in bytes, bounded by --ws-max-queued-bytes (plus one frame per client).")
 	descWSLimit  = desc("ws_sessions_limited_total", "WebSocket sessions refused (503) or closed by a gateway limit, by reason.", "reason")
 	descWSIn     = desc("ws_messages_in_total", "WebSocket messages forwarded to the engine.")
 	descWSOut    = desc("ws_messages_out_total", "Frames written to WebSocket clients.")
@@ -85,7 +86,7 @@ func NewCollector(src Sources) *Collector { return &Collector{src: src} }
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descOpen, descAccepted, descClosed, descAuthFail, descJoins,
 		descChannels, descFramesIn, descBytesIn, descFramesOu, descBytesOut, descDropped, descHistory,
-		descBusy, descTLS, descTLSFail, descWSOpen, descWSUp, descWSUnfin, descWSLimit, descWSIn, descWSOut, descWSDrop, descWSRef,
+		descBusy, descTLS, descTLSFail, descWSOpen, descWSUp, descWSUnfin, descWSQueued, descWSLimit, descWSIn, descWSOut, descWSDrop, descWSRef,
 		descPeerUp, descPeerUps, descPeerDown, descPeerDial, descBuild} {
 		ch <- d
 	}
@@ -127,6 +128,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descWSOpen, float64(gs.Sessions))
 		gauge(descWSUp, float64(gs.Uplinks))
 		gauge(descWSUnfin, float64(gs.UnfinishedBytes))
+		gauge(descWSQueued, float64(gs.QueuedBytes))
 		for reason, n := range gs.Limited {
 			counter(descWSLimit, float64(n), reason)
 		}

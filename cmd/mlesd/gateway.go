@@ -52,6 +52,7 @@ func startGateway(o Options, srv *engine.Server, keys codec.KeyConfig, log *slog
 		Demo:                 true,
 		MaxMessageBytes:      o.WSMaxMessageBytes,
 		MaxUnfinishedBytes:   o.WSMaxUnfinished,
+		MaxQueuedBytes:       o.WSMaxQueued,
 		MaxSessions:          o.WSMaxSessions,
 		MaxSessionsPerClient: o.WSMaxSessionsClient,
 		MaxPairs:             o.WSMaxPairs,

@@ -73,6 +73,7 @@ type Options struct {
 	WSListen            string // --ws-listen: WebSocket gateway and demo page
 	WSMaxMessageBytes   int    // one WebSocket session's unfinished message
 	WSMaxUnfinished     int64  // all sessions' unfinished messages
+	WSMaxQueued         int64  // frames waiting for all WebSocket clients
 	WSMaxSessions       int
 	WSMaxSessionsClient int
 	WSMaxPairs          int
@@ -188,6 +189,7 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.WSListen, "ws-listen", "", "`host:port` for the WebSocket gateway (subprotocol mles-websocket)\nand the demo page at /; off when empty (the original used :8076)")
 	fs.IntVar(&o.WSMaxMessageBytes, "ws-max-message-bytes", gateway.DefaultMaxMessageBytes, "largest WebSocket message in `bytes`, also while it arrives; a session past it is closed with 1009")
 	fs.Int64Var(&o.WSMaxUnfinished, "ws-max-unfinished-bytes", gateway.DefaultMaxUnfinishedBytes, "memory for WebSocket messages still arriving, over all sessions, in `bytes`; when full, the session\nholding the most is closed with 1013")
+	fs.Int64Var(&o.WSMaxQueued, "ws-max-queued-bytes", gateway.DefaultMaxQueuedBytes, "frames waiting for WebSocket clients, over all sessions, in `bytes`; past it a frame is dropped for\na client that already has one waiting (each client also has its own 8 MiB bound)")
 	fs.IntVar(&o.WSMaxSessions, "ws-max-sessions", gateway.DefaultMaxSessions, "most WebSocket sessions at once; one more handshake is refused with 503")
 	fs.IntVar(&o.WSMaxSessionsClient, "ws-max-sessions-per-client", gateway.DefaultMaxSessionsPerClient, "most WebSocket sessions from one client IP address; one more is refused with 503")
 	fs.IntVar(&o.WSMaxPairs, "ws-max-pairs", gateway.DefaultMaxPairs, "most (uid, channel) pairs over all WebSocket sessions (one engine connection, two fds, each);\na session asking for one more is closed with 1013")
@@ -278,6 +280,8 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 		return o, fmt.Errorf("--ws-max-message-bytes must be 1..%d", gateway.MaxMessage)
 	case o.WSMaxUnfinished < int64(o.WSMaxMessageBytes):
 		return o, errors.New("--ws-max-unfinished-bytes must be at least --ws-max-message-bytes")
+	case o.WSMaxQueued < 1:
+		return o, errors.New("--ws-max-queued-bytes must be positive")
 	case o.WSMaxSessions < 1 || o.WSMaxSessionsClient < 1 || o.WSMaxPairs < 1 || o.WSMaxPairsClient < 1:
 		return o, errors.New("--ws-max-sessions, --ws-max-sessions-per-client, --ws-max-pairs and --ws-max-pairs-per-client must be positive")
 	case o.TLSListen != "" && (o.TLSCert == "" || o.TLSKey == ""):
