@@ -221,7 +221,7 @@ func dialWS(t *testing.T, url string) *websocket.Conn {
 	return c
 }
 
-func sendWS(t *testing.T, c *websocket.Conn, payload []byte) {
+func sendWS(t testing.TB, c *websocket.Conn, payload []byte) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -29,7 +29,7 @@ func Listen(addr string, cfg Config) (*Server, error) {
 	s := &Server{
 		Gateway: g,
 		l:       l,
-		hs:      &http.Server{Handler: g, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil},
+		hs:      &http.Server{Handler: g, ReadHeaderTimeout: 10 * time.Second, ErrorLog: g.ErrorLog()},
 		served:  make(chan error, 1),
 	}
 	go func() {

@@ -58,7 +58,10 @@ var (
 	descTLS      = desc("tls_handshakes_total", "TLS handshakes that succeeded.")
 	descTLSFail  = desc("tls_handshake_failures_total", "TLS handshakes that failed, by reason.", "reason")
 	descWSOpen   = desc("ws_sessions_open", "WebSocket gateway sessions open now (each is also an engine connection from loopback).")
-	descWSUp     = desc("ws_uplinks_open", "The gateway's TCP connections to the engine open now.")
+	descWSUp     = desc("ws_uplinks_open", "The gateway's (uid, channel) pairs open now, each one engine connection.")
+	descWSUnfin  = desc("ws_unfinished_bytes", "Memory held by WebSocket messages still arriving (buffer capacity), bounded by --ws-max-unfinished-bytes.")
+	descWSQueued = desc("ws_queued_bytes", "Frames queued for or being written to WebSocket clients, in bytes, bounded by --ws-max-queued-bytes (plus one frame per client).")
+	descWSLimit  = desc("ws_sessions_limited_total", "WebSocket sessions refused (503) or closed by a gateway limit, by reason.", "reason")
 	descWSIn     = desc("ws_messages_in_total", "WebSocket messages forwarded to the engine.")
 	descWSOut    = desc("ws_messages_out_total", "Frames written to WebSocket clients.")
 	descWSDrop   = desc("ws_frames_dropped_total", "Frames dropped for WebSocket clients that did not keep up.")
@@ -84,7 +87,7 @@ func NewCollector(src Sources) *Collector { return &Collector{src: src} }
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descOpen, descAccepted, descClosed, descAcceptEr, descAuthFail, descJoins,
 		descChannels, descFramesIn, descBytesIn, descFramesOu, descBytesOut, descDropped, descHistory,
-		descBusy, descTLS, descTLSFail, descWSOpen, descWSUp, descWSIn, descWSOut, descWSDrop, descWSRef,
+		descBusy, descTLS, descTLSFail, descWSOpen, descWSUp, descWSUnfin, descWSQueued, descWSLimit, descWSIn, descWSOut, descWSDrop, descWSRef,
 		descPeerUp, descPeerUps, descPeerDown, descPeerDial, descBuild} {
 		ch <- d
 	}
@@ -128,6 +131,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gs := c.src.Gateway()
 		gauge(descWSOpen, float64(gs.Sessions))
 		gauge(descWSUp, float64(gs.Uplinks))
+		gauge(descWSUnfin, float64(gs.UnfinishedBytes))
+		gauge(descWSQueued, float64(gs.QueuedBytes))
+		for reason, n := range gs.Limited {
+			counter(descWSLimit, float64(n), reason)
+		}
 		counter(descWSIn, float64(gs.MessagesIn))
 		counter(descWSOut, float64(gs.MessagesOut))
 		counter(descWSDrop, float64(gs.Dropped))

@@ -1,11 +1,10 @@
 package main
 
 // The WebSocket gateway (package gateway) inside mlesd: --ws-listen ADDR
-// serves the mles-websocket endpoint and the demo page, bridging each
-// WebSocket client to mlesd's own TCP listener on loopback, so that the
+// serves the mles-websocket endpoint and the demo page, handing each
+// WebSocket client's pairs to the engine over socketpairs, so that the
 // engine's limits, back-pressure, history and duplicate rules apply to it
 // unchanged.
-//
 
 import (
 	"context"
@@ -13,30 +12,66 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/mlesd/mlesd/codec"
+	"github.com/mlesd/mlesd/engine"
 	"github.com/mlesd/mlesd/gateway"
+	"github.com/mlesd/mlesd/tlsserve"
 )
 
-// startGateway serves the WebSocket gateway and demo page on wsListen,
-// bridging to the Mles server at mlesAddr with keys. stop closes the listener
-// and every WebSocket connection (at most 5 s); stats returns the gateway's
-// counters (sessions, TCP uplinks, messages in and out, frames dropped for
-// slow WebSocket clients, refused handshakes) for the metrics collector.
-func startGateway(wsListen, mlesAddr string, keys codec.KeyConfig, log *slog.Logger) (stop func(), stats func() gateway.Stats, err error) {
-	gw, err := gateway.Listen(wsListen, gateway.Config{
-		Server: mlesAddr,
-		Keys:   keys,
-		Demo:   true,
-		Logger: log.With(slog.String("component", "gateway")),
+// startGateway serves the WebSocket gateway and demo page on o.WSListen.
+// Each (uid, channel) pair of a WebSocket session becomes one end of a
+// socketpair adopted by the engine with the WebSocket client's own address,
+// as TLS connections are: the engine's per-IP limit and address keys see
+// the real client, not one loopback address shared by every client, and no
+// loopback port or accept is spent per pair. stop closes the listener and
+// every WebSocket connection (at most 5 s); stats returns the gateway's
+// counters for the metrics collector.
+func startGateway(o Options, srv *engine.Server, keys codec.KeyConfig, log *slog.Logger) (stop func(), stats func() gateway.Stats, err error) {
+	plain, err := loopbackAddr(srv.Addrs())
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	loops := o.Loops
+	if loops <= 0 {
+		loops = runtime.NumCPU() // the engine's default
+	}
+	// Adopt needs the event loops running and known (see AwaitLoops).
+	if err := tlsserve.AwaitLoops(ctx, plain, loops, func() uint64 { return srv.Stats().Accepted }); err != nil {
+		return nil, nil, err
+	}
+	gw, err := gateway.Listen(o.WSListen, gateway.Config{
+		Adopter:              srv,
+		Keys:                 keys,
+		Demo:                 true,
+		MaxMessageBytes:      o.WSMaxMessageBytes,
+		MaxUnfinishedBytes:   o.WSMaxUnfinished,
+		MaxQueuedBytes:       o.WSMaxQueued,
+		MaxSessions:          o.WSMaxSessions,
+		MaxSessionsPerClient: o.WSMaxSessionsClient,
+		MaxPairs:             o.WSMaxPairs,
+		MaxPairsPerClient:    o.WSMaxPairsClient,
+		Logger:               log.With(slog.String("component", "gateway")),
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("--ws-listen %s: %w", wsListen, err)
+		return nil, nil, fmt.Errorf("--ws-listen %s: %w", o.WSListen, err)
+	}
+	var nofile syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &nofile) == nil && nofile.Cur < uint64(o.WSMaxSessions+2*o.WSMaxPairs) {
+		// Not an error: pairs past the descriptors close their own session
+		// (1013); the operator should know the limits cannot all be reached.
+		log.Warn("the descriptor limit is below what the gateway's limits allow: sessions asking for a pair past it are closed",
+			slog.Uint64("nofile", nofile.Cur), slog.Int("ws_max_sessions", o.WSMaxSessions), slog.Int("ws_max_pairs", o.WSMaxPairs))
 	}
 	log.Info("websocket gateway listening", slog.String("addr", gw.Addr().String()),
-		slog.String("subprotocol", gateway.Subprotocol), slog.String("mles", mlesAddr))
+		slog.String("subprotocol", gateway.Subprotocol), slog.Int("max_sessions", o.WSMaxSessions),
+		slog.Int("max_pairs", o.WSMaxPairs), slog.Int64("max_unfinished_bytes", o.WSMaxUnfinished))
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

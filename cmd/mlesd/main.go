@@ -73,6 +73,13 @@ type Options struct {
 	TLSHandshakeTimeout time.Duration
 	MetricsAddr         string // --metrics: /metrics, /healthz, /readyz
 	WSListen            string // --ws-listen: WebSocket gateway and demo page
+	WSMaxMessageBytes   int    // one WebSocket session's unfinished message
+	WSMaxUnfinished     int64  // all sessions' unfinished messages
+	WSMaxQueued         int64  // frames waiting for all WebSocket clients
+	WSMaxSessions       int
+	WSMaxSessionsClient int
+	WSMaxPairs          int
+	WSMaxPairsClient    int
 
 	Peers           []string      // --peer: peer servers, one uplink per channel each
 	PeerBackoff     time.Duration // first wait before redialling a peer
@@ -130,6 +137,14 @@ Peering:
   cannot loop in a tree; for rings give every member the same --cid.
   --peer-tls makes uplinks TLS clients of the peers' --tls-listen ports.
 
+WebSocket gateway:
+  With --ws-listen HOST:PORT mlesd also serves WebSocket clients (subprotocol
+  mles-websocket) and a demo page at /. Each (uid, channel) a WebSocket
+  session uses is one engine connection with the WebSocket client's own
+  address, so --max-conns-per-ip and address keys see the real client.
+  --ws-max-* bound sessions and pairs (in all and per client address) and the
+  memory of messages still arriving.
+
 Environment:
   MLES_KEY       shared key for first-level authentication: a join frame's key
                  must be SipHash(MLES_KEY, uid, channel). --key and MLESD_KEY
@@ -176,6 +191,13 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.MemProfile, "memprofile", "", "write a heap profile to `file` at exit")
 	fs.StringVar(&o.PprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060); off by default")
 	fs.StringVar(&o.WSListen, "ws-listen", "", "`host:port` for the WebSocket gateway (subprotocol mles-websocket)\nand the demo page at /; off when empty (the original used :8076)")
+	fs.IntVar(&o.WSMaxMessageBytes, "ws-max-message-bytes", gateway.DefaultMaxMessageBytes, "largest WebSocket message in `bytes`, also while it arrives; a session past it is closed with 1009")
+	fs.Int64Var(&o.WSMaxUnfinished, "ws-max-unfinished-bytes", gateway.DefaultMaxUnfinishedBytes, "memory for WebSocket messages still arriving, over all sessions, in `bytes`; when full, the session\nholding the most is closed with 1013")
+	fs.Int64Var(&o.WSMaxQueued, "ws-max-queued-bytes", gateway.DefaultMaxQueuedBytes, "frames waiting for WebSocket clients, over all sessions, in `bytes`; past it a frame is dropped for\na client that already has one waiting (each client also has its own 8 MiB bound)")
+	fs.IntVar(&o.WSMaxSessions, "ws-max-sessions", gateway.DefaultMaxSessions, "most WebSocket sessions at once; one more handshake is refused with 503")
+	fs.IntVar(&o.WSMaxSessionsClient, "ws-max-sessions-per-client", gateway.DefaultMaxSessionsPerClient, "most WebSocket sessions from one client IP address; one more is refused with 503")
+	fs.IntVar(&o.WSMaxPairs, "ws-max-pairs", gateway.DefaultMaxPairs, "most (uid, channel) pairs over all WebSocket sessions (one engine connection, two fds, each);\na session asking for one more is closed with 1013")
+	fs.IntVar(&o.WSMaxPairsClient, "ws-max-pairs-per-client", gateway.DefaultMaxPairsPerClient, "most (uid, channel) pairs over the WebSocket sessions of one client IP address; one more closes\nits session with 1008")
 	fs.StringVar(&o.TLSListen, "tls-listen", "", "`host:port` for Mles over TLS, next to the plain listeners (e.g. \"[::]:8078\"); needs --tls-cert and --tls-key")
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM server certificate (chain) `file` for --tls-listen")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key `file` for --tls-cert")
@@ -260,6 +282,14 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 		return o, errors.New("--peer-tls needs --peer")
 	case (o.PeerTLSCert == "") != (o.PeerTLSKey == ""):
 		return o, errors.New("--peer-tls-cert and --peer-tls-key go together")
+	case o.WSMaxMessageBytes < 1 || o.WSMaxMessageBytes > gateway.MaxMessage:
+		return o, fmt.Errorf("--ws-max-message-bytes must be 1..%d", gateway.MaxMessage)
+	case o.WSMaxUnfinished < int64(o.WSMaxMessageBytes):
+		return o, errors.New("--ws-max-unfinished-bytes must be at least --ws-max-message-bytes")
+	case o.WSMaxQueued < 1:
+		return o, errors.New("--ws-max-queued-bytes must be positive")
+	case o.WSMaxSessions < 1 || o.WSMaxSessionsClient < 1 || o.WSMaxPairs < 1 || o.WSMaxPairsClient < 1:
+		return o, errors.New("--ws-max-sessions, --ws-max-sessions-per-client, --ws-max-pairs and --ws-max-pairs-per-client must be positive")
 	case o.TLSListen != "" && (o.TLSCert == "" || o.TLSKey == ""):
 		return o, errors.New("--tls-listen needs --tls-cert and --tls-key")
 	case o.TLSListen == "" && (o.TLSCert != "" || o.TLSKey != "" || o.TLSClientCA != ""):
@@ -483,14 +513,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if o.WSListen != "" {
 		if <-srv.Ready(); len(srv.Addrs()) > 0 { // else Serve failed: reported below
-			mlesAddr, err := loopbackAddr(srv.Addrs())
+			stopGateway, stats, err := startGateway(o, srv, keys, log)
 			if err == nil {
-				var stopGateway func()
-				var stats func() gateway.Stats
-				if stopGateway, stats, err = startGateway(o.WSListen, mlesAddr, codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}, log); err == nil {
-					gwStats.Store(&stats)
-					defer stopGateway()
-				}
+				gwStats.Store(&stats)
+				defer stopGateway()
 			}
 			if err != nil {
 				log.Error("websocket gateway failed", slog.String("error", err.Error()))

@@ -51,7 +51,9 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 		"-max-conns-per-ip", "-max-uid-len", "-max-channel-len", "-max-partial-bytes", "-max-resync-entries", "-history-bytes",
 		"-max-history-bytes", "-max-channels", "-drain-timeout", "-log-level", "-log-format",
 		"-cpuprofile", "-memprofile", "-pprof", "-ws-listen", "[::]:8077",
-		"-peer", "-peer-backoff", "-peer-backoff-max", "-peer-linger", "-peer-dial-timeout", "-cid", "-peer-tls", "-peer-tls-ca", "-peer-tls-cert", "-peer-tls-key", "Peering:"} {
+		"-peer", "-peer-backoff", "-peer-backoff-max", "-peer-linger", "-peer-dial-timeout", "-cid", "-peer-tls", "-peer-tls-ca", "-peer-tls-cert", "-peer-tls-key", "Peering:",
+		"-ws-max-message-bytes", "-ws-max-unfinished-bytes", "-ws-max-sessions", "-ws-max-sessions-per-client",
+		"-ws-max-pairs", "-ws-max-pairs-per-client", "-ws-max-queued-bytes"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("--help does not mention %s", want)
 		}
@@ -64,7 +66,10 @@ func TestBadFlagsExitWithUsageError(t *testing.T) {
 		{"--peer", "a:b:c"}, {"--peer", "host:0"}, {"--peer", "x", "--cid", "zz"}, {"--cid", "1"},
 		{"--peer", "x", "--peer-backoff", "0"}, {"--peer", "x", "--peer-backoff", "2s", "--peer-backoff-max", "1s"},
 		{"--peer-tls"}, {"--peer", "x", "--peer-tls-ca", "ca.pem"}, {"--peer", "x", "--peer-tls", "--peer-tls-cert", "c.pem"},
-		{"--peer", "x", "--peer-tls", "--peer-tls-ca", "/nonexistent/ca.pem"}} {
+		{"--peer", "x", "--peer-tls", "--peer-tls-ca", "/nonexistent/ca.pem"},
+		{"--ws-max-message-bytes", "0"}, {"--ws-max-message-bytes", "16777216"},
+		{"--ws-max-unfinished-bytes", "1000", "--ws-max-message-bytes", "2000"}, {"--ws-max-sessions", "0"},
+		{"--ws-max-sessions-per-client", "-1"}, {"--ws-max-pairs", "0"}, {"--ws-max-pairs-per-client", "0"}, {"--ws-max-queued-bytes", "0"}} {
 		err := exec.Command(mlesdBin, args...).Run()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 			t.Errorf("%v: exit %v, want 2", args, err)

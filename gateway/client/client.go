@@ -74,6 +74,25 @@ func New(nc net.Conn, keys codec.KeyConfig, uid, channel string) *Conn {
 	}
 }
 
+// NewAs wraps nc, a connection the Mles server sees as coming from addr
+// (for example one end of a socketpair whose other end was handed to the
+// engine with addr as the client's address): the key is computed with
+// addr instead of nc's local address. readBuf is the read buffer's size
+// (0: the default); frames larger than it are read straight into their
+// payload, so a small buffer costs nothing but system calls.
+func NewAs(nc net.Conn, addr netip.AddrPort, readBuf int, keys codec.KeyConfig, uid, channel string) *Conn {
+	if readBuf <= 0 {
+		readBuf = readBufferSize
+	}
+	return &Conn{
+		nc:      nc,
+		br:      bufio.NewReaderSize(nc, readBuf),
+		uid:     uid,
+		channel: channel,
+		key:     keys.ClientKey(netip.AddrPortFrom(addr.Addr().Unmap().WithZone(""), addr.Port()), uid, channel),
+	}
+}
+
 // LocalAddrPort is nc's local address in the form a client hashes: an
 // IPv4-mapped IPv6 address is given as plain IPv4 (the server accepts that
 // form from IPv4 clients of a dual-stack listener, and an IPv4 listener

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"net"
+	"net/netip"
 	"testing"
 
 	"github.com/mlesd/mlesd/codec"
@@ -52,5 +53,22 @@ func TestDialKeysWithTheConnectionsOwnAddress(t *testing.T) {
 	defer shared.Close()
 	if want := codec.Key("K", "u", "ch"); shared.Key() != want {
 		t.Fatalf("shared key %#x, want %#x", shared.Key(), want)
+	}
+}
+
+// NewAs keys with the address the server sees for the connection (an
+// IPv4-mapped one in its IPv4 form), not the connection's own.
+func TestNewAsKeysWithTheGivenAddress(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	keys := codec.KeyConfig{AddrKey: "x"}
+	seen := netip.MustParseAddrPort("[::ffff:192.0.2.7]:4242")
+	c := NewAs(a, seen, 0, keys, "u", "ch")
+	if want := keys.ClientKey(netip.MustParseAddrPort("192.0.2.7:4242"), "u", "ch"); c.Key() != want {
+		t.Fatalf("key %#x, want %#x (keyed with 192.0.2.7:4242)", c.Key(), want)
+	}
+	if !keys.Accepts(c.Key(), seen, "u", "ch") {
+		t.Fatal("a server seeing the mapped address does not accept the key")
 	}
 }
