@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -20,7 +19,6 @@ import (
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/engine"
 	"github.com/mlesd/mlesd/gateway"
-	"github.com/mlesd/mlesd/tlsserve"
 )
 
 // startGateway serves the WebSocket gateway and demo page on o.WSListen.
@@ -32,20 +30,6 @@ import (
 // every WebSocket connection (at most 5 s); stats returns the gateway's
 // counters for the metrics collector.
 func startGateway(o Options, srv *engine.Server, keys codec.KeyConfig, log *slog.Logger) (stop func(), stats func() gateway.Stats, err error) {
-	plain, err := loopbackAddr(srv.Addrs())
-	if err != nil {
-		return nil, nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	loops := o.Loops
-	if loops <= 0 {
-		loops = runtime.NumCPU() // the engine's default
-	}
-	// Adopt needs the event loops running and known (see AwaitLoops).
-	if err := tlsserve.AwaitLoops(ctx, plain, loops, func() uint64 { return srv.Stats().Accepted }); err != nil {
-		return nil, nil, err
-	}
 	gw, err := gateway.Listen(o.WSListen, gateway.Config{
 		Adopter:              srv,
 		Keys:                 keys,

@@ -1,13 +1,17 @@
 package hostile
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/mlesd/mlesd/codec"
+	"github.com/mlesd/mlesd/gateway"
 	"github.com/mlesd/mlesd/internal/mlestest"
 )
 
@@ -18,7 +22,8 @@ import (
 // many.
 func TestTenThousandAndOneConnectionsFromLoopbackAreServed(t *testing.T) {
 	const n = 10_001
-	p, base := start(t)
+	wsAddr := net.JoinHostPort("127.0.0.1", fmt.Sprint(mlestest.FreePort(t)))
+	p, base := start(t, "--ws-listen", wsAddr)
 	conns := make([]net.Conn, 0, n)
 	defer func() {
 		for _, nc := range conns {
@@ -50,6 +55,30 @@ func TestTenThousandAndOneConnectionsFromLoopbackAreServed(t *testing.T) {
 		t.Fatalf("connections from loopback were refused for the per-IP limit:\n%s", tail(p.Log()))
 	}
 	mlestest.Exchange(t, p.Addr, key)
+	// The WebSocket gateway still works: a browser-style client's frame
+	// reaches a TCP member.
+	member := mlestest.Join(t, p.Addr, key, "tcp-member", "ws-probe")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, "ws://"+wsAddr+"/", &websocket.DialOptions{Subprotocols: []string{gateway.Subprotocol}})
+	if err != nil {
+		t.Fatalf("websocket dial after 10,001 connections: %v", err)
+	}
+	defer ws.CloseNow()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		msg := codec.AppendTriplet(nil, codec.Triplet{UID: "browser", Channel: "ws-probe", Message: []byte("from the web")})
+		if err := ws.Write(ctx, websocket.MessageBinary, msg); err != nil {
+			t.Fatalf("websocket write: %v", err)
+		}
+		tr, err := member.Read(300 * time.Millisecond)
+		if err == nil && string(tr.Message) == "from the web" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the WebSocket client's frame never reached the TCP member:\n%s", tail(p.Log()))
+		}
+	}
 }
 
 func tail(s string) string {
