@@ -57,7 +57,7 @@ var (
 	descBusy     = desc("event_loop_busy_seconds_total", "Time the event loops spent handling traffic, summed over loops.")
 	descTLS      = desc("tls_handshakes_total", "TLS handshakes that succeeded.")
 	descTLSFail  = desc("tls_handshake_failures_total", "TLS handshakes that failed, by reason.", "reason")
-	descWSOpen   = desc("ws_sessions_open", "WebSocket gateway sessions open now (each is also an engine connection from loopback).")
+	descWSOpen   = desc("ws_sessions_open", "WebSocket gateway sessions open now.")
 	descWSUp     = desc("ws_uplinks_open", "The gateway's (uid, channel) pairs open now, each one engine connection.")
 	descWSUnfin  = desc("ws_unfinished_bytes", "Memory held by WebSocket messages still arriving (buffer capacity), bounded by --ws-max-unfinished-bytes.")
 	descWSQueued = desc("ws_queued_bytes", "Frames queued for or being written to WebSocket clients, in bytes, bounded by --ws-max-queued-bytes (plus one frame per client).")
