@@ -44,6 +44,11 @@
 //
 // # Reconnecting
 //
+// A Conn notices a lost connection when a receive or a write fails. One
+// that nobody receives on notices only through a failing write, which on
+// TCP is the second write after the server went away (the first one is
+// lost): a publisher that wants to reconnect promptly should also receive.
+//
 // With MaxReconnects, a Conn that loses its connection dials again after a
 // growing wait (ReconnectWait), rejoins the same (uid, channel) with a plain
 // join, and goes on delivering. While it reconnects, Send fails with
