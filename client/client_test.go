@@ -482,7 +482,7 @@ func TestReconnectAcrossAServerRestartDeliversNoDuplicates(t *testing.T) {
 	if err := p.stop(); err != nil {
 		t.Fatal(err)
 	}
-	p = start()
+	start()
 	// Both reconnect; pub's sends fail until it has. Its first frame after
 	// the rejoin is a new one; sub must see it exactly once.
 	deadline := time.Now().Add(10 * time.Second)
