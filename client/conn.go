@@ -517,14 +517,15 @@ func (c *Conn) Close() error {
 // Drain is the clean goodbye of a publisher: it flushes, shuts down its
 // sending side, and waits (until ctx ends) for the server to close the
 // connection, which it does once it has handled every frame sent before.
-// Frames received meanwhile are discarded. Then it closes the Conn. Sends
-// during Drain fail with ErrClosed, and a Conn that is draining does not
-// reconnect. No receive may run at the same time (ErrConcurrentRead). On
-// a send-only TCP or TLS Conn it returns after the shutdown: nothing can
-// tell it more.
+// Frames received meanwhile are discarded, unless a receive (Next, Msgs)
+// is running on another goroutine: then that goroutine gets them, and the
+// server's close as io.EOF, while Drain waits for it. Then Drain closes the
+// Conn. Sends during Drain fail with ErrClosed, and a Conn that is draining
+// does not reconnect. On a send-only TCP or TLS Conn it returns after the
+// shutdown: nothing can tell it more. Safe from any goroutine.
 func (c *Conn) Drain(ctx context.Context) error {
 	if !c.readBusy.CompareAndSwap(false, true) {
-		return ErrConcurrentRead
+		return c.drainBeside(ctx)
 	}
 	defer c.readBusy.Store(false)
 	defer c.Close()
@@ -583,5 +584,34 @@ func (c *Conn) Drain(ctx context.Context) error {
 			return nil // the gateway closed the WebSocket in answer
 		}
 		return err
+	}
+}
+
+// drainBeside is Drain while another goroutine receives: it shuts down the
+// sending side and waits until that receiver has seen the server close.
+func (c *Conn) drainBeside(ctx context.Context) error {
+	defer c.Close()
+	c.mu.Lock()
+	if err := c.writableLocked(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.drain = true
+	var err error
+	if c.bw != nil {
+		err = c.bw.Flush()
+	}
+	if err == nil {
+		err = c.tr.closeWrite()
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	select {
+	case <-c.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

@@ -67,7 +67,7 @@ func setupPub(e env, fs *flagSet) func([]string) error {
 	fs.File(&file, "file", "f", "send the file's content as one message")
 	fs.Bool(&lines, "lines", "l", "send each line of stdin as one message")
 	fs.Bool(&stdin, "stdin", "", "send all of stdin as one message")
-	fs.Int(&count, "count", "C", "N", 1, "send the message N times; with -l, stop after N lines (0: all)")
+	fs.Int(&count, "count", "C", "N", 0, "send the message N times (default 1); with -l, stop after N lines (default all)")
 	fs.String(&rate, "rate", "r", "N/s", "", "send at most N messages per second (e.g. 50000/s, 0.5/s); default unlimited")
 	fs.Bool(&verbose, "verbose", "v", "print what was sent, and the rate achieved, to stderr")
 	setMessage := false
@@ -96,8 +96,11 @@ func setupPub(e env, fs *flagSet) func([]string) error {
 			return usageErr("-m, -f, --stdin and -l exclude each other")
 		case setMessage && text == "":
 			return usageErr("-m: an empty message is a join, not a message")
-		case count < 0 || (count == 0 && !lines):
-			return usageErr("--count must be at least 1 (0 only with -l)")
+		case count < 0 || (count == 0 && countSet(fs)):
+			return usageErr("--count must be at least 1")
+		}
+		if count == 0 && !lines {
+			count = 1
 		}
 		perSec, err := parseRate(rate)
 		if err != nil {
@@ -264,16 +267,13 @@ func (p *publisher) finish() error {
 		case <-p.e.ctx.Done():
 		}
 	}
+	// Drain beside the running reader (stopping a WebSocket read would
+	// close the connection); the reader then sees the server's close.
+	if err := p.drain(); err != nil && p.e.ctx.Err() == nil && !errors.Is(err, client.ErrClosed) {
+		return closedErr(err)
+	}
 	p.stopRd()
 	<-p.rdDone
-	select {
-	case err := <-p.readErr:
-		return closedErr(err)
-	default:
-	}
-	if err := p.drain(); err != nil && p.e.ctx.Err() == nil {
-		return closedErr(err)
-	}
 	if p.verbose {
 		rate := 0.0
 		if p.sent > 1 && elapsed > 0 {
@@ -343,4 +343,11 @@ func (p *pacer) wait(ctx context.Context) bool {
 	}
 	p.i++
 	return ctx.Err() == nil
+}
+
+// countSet reports whether --count or -C was given.
+func countSet(fs *flagSet) bool {
+	set := false
+	fs.fs.Visit(func(f *flag.Flag) { set = set || f.Name == "count" || f.Name == "C" })
+	return set
 }
