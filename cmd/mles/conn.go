@@ -103,10 +103,14 @@ func (c *connFlags) connect(e env, uid string, extra ...client.Option) (conn *cl
 	return conn, func() { stop(); conn.Close() }, nil
 }
 
+// unwrapClient drops the client's "connecting to ADDR" prefix, which the
+// CLI's own message already says.
 func unwrapClient(err error) error {
 	s := err.Error()
-	if i := strings.Index(s, ": "); i >= 0 && strings.HasPrefix(s, "mles client: connecting to") {
-		return errors.New(s[i+2:])
+	if rest, ok := strings.CutPrefix(s, "mles client: connecting to "); ok {
+		if i := strings.Index(rest, ": "); i >= 0 {
+			return errors.New(rest[i+2:])
+		}
 	}
 	return err
 }

@@ -31,7 +31,7 @@ send the wrong thing. --count N sends the -m, -f or --stdin message N times
 
 The first message is also the join. --rate paces messages evenly (a token
 bucket refilled continuously, sending in small batches; it never bursts
-more than 100 ms worth after a stall). At the end pub flushes, closes its
+more than 1 s worth after a stall). At the end pub flushes, closes its
 sending side and waits (at most 5 s) for the server to close, so that
 every message has been handled before it exits 0.
 
@@ -46,7 +46,7 @@ const (
 	// own (a refused join) after the last message.
 	rejectWindow = 250 * time.Millisecond
 	// maxBurst bounds how far the pacer catches up after a stall.
-	maxBurst = 100 * time.Millisecond
+	maxBurst = time.Second
 )
 
 var pubCommand = command{
