@@ -322,9 +322,11 @@ func (c *Conn) Send(msg []byte) error {
 		return err
 	}
 	c.stats.sent.Add(1)
-	select {
-	case c.kick <- struct{}{}:
-	default:
+	if !c.opts.ManualFlush {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
 	}
 	return nil
 }

@@ -23,6 +23,8 @@ type Options struct {
 	JoinMessage []byte
 	// SendOnly shuts down the receive side after the join.
 	SendOnly bool
+	// ManualFlush leaves flushing to the caller (Flush) and to a full buffer.
+	ManualFlush bool
 	// TLSConfig, when set, makes a tcp address a TLS one (and is used for
 	// tls:// and wss:// addresses).
 	TLSConfig *tls.Config
@@ -94,6 +96,15 @@ func JoinMessage(msg []byte) Option {
 // and discards instead.
 func SendOnly() Option {
 	return func(o *Options) error { o.SendOnly = true; return nil }
+}
+
+// ManualFlush turns the background flusher off: Send only buffers, and
+// frames go out when the write buffer is full, on Flush, or on Close. For
+// publishers that send in bursts and flush at the end of each: fewer,
+// larger writes than the flusher's "soon after each Send". Without it a
+// frame sent alone goes out at once.
+func ManualFlush() Option {
+	return func(o *Options) error { o.ManualFlush = true; return nil }
 }
 
 // Secure sets the TLS configuration (nil: a default one). With it a plain
