@@ -547,3 +547,57 @@ func TestCloseEndsAReceiveInProgress(t *testing.T) {
 }
 
 var _ = filepath.Join
+
+func TestAHandlerMayCloseTheConn(t *testing.T) {
+	addr := freeAddr(t)
+	p := startAt(t, addr)
+	c, err := client.Connect(addr, "u", "h", client.SharedKey("k"), client.MaxReconnects(-1),
+		client.ReconnectWait(10*time.Millisecond, 10*time.Millisecond),
+		client.DisconnectErrHandler(func(c *client.Conn, _ error) { c.Close() }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for range c.Msgs(context.Background()) {
+		}
+	}()
+	p.stop()
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close from DisconnectErrHandler did not close the Conn")
+	}
+	if !errors.Is(c.Err(), client.ErrClosed) {
+		t.Fatalf("Err %v, want ErrClosed", c.Err())
+	}
+}
+
+func TestManualFlushHoldsFramesUntilFlush(t *testing.T) {
+	p := server(t, []string{"MLES_KEY=k"}, "--history-limit", "0")
+	sub, err := client.Connect(p.Addr, "sub", "manual", client.SharedKey("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	// sub is surely joined once a probe's frames reach it.
+	probe, _ := client.Connect(p.Addr, "probe", "manual", client.SharedKey("k"))
+	syncPair(t, sub, probe)
+	probe.Close()
+	pub, err := client.Connect(p.Addr, "mpub", "manual", client.SharedKey("k"), client.ManualFlush())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	ctx := ctxFor(t, 10*time.Second)
+	if m, err := sub.Next(ctx); err != nil || !m.IsJoin() { // mpub's join is written by Connect
+		t.Fatalf("want mpub's join: %v", err)
+	}
+	pub.Send([]byte("held"))
+	if m, err := sub.Next(ctxFor(t, 300*time.Millisecond)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a frame arrived before Flush: %v %v", m, err)
+	}
+	pub.Flush()
+	if m := recv(t, sub); string(m.Message) != "held" {
+		t.Fatalf("got %q", m.Message)
+	}
+}

@@ -73,6 +73,51 @@ type Conn struct {
 	finishOnce sync.Once
 	wg         sync.WaitGroup
 	stats      struct{ sent, received, skipped, reconnects atomic.Uint64 }
+	events     eventQueue // handler calls, in order, on their own goroutine
+}
+
+// eventQueue runs handler calls one at a time, in the order posted, on a
+// goroutine of its own, so that a handler may call any method of the Conn
+// (Close included) and never holds up the Conn. Unbounded, but a Conn
+// posts at most a few events per reconnect.
+type eventQueue struct {
+	mu      sync.Mutex
+	q       []func()
+	running bool
+	ended   bool
+}
+
+// post queues f; nil marks the end (later posts are dropped).
+func (e *eventQueue) post(f func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return
+	}
+	if f == nil {
+		e.ended = true
+		return
+	}
+	e.q = append(e.q, f)
+	if !e.running {
+		e.running = true
+		go e.run()
+	}
+}
+
+func (e *eventQueue) run() {
+	for {
+		e.mu.Lock()
+		if len(e.q) == 0 {
+			e.running = false
+			e.mu.Unlock()
+			return
+		}
+		f := e.q[0]
+		e.q = e.q[1:]
+		e.mu.Unlock()
+		f()
+	}
 }
 
 // Stats are a Conn's counters since Connect.
@@ -411,7 +456,7 @@ func (c *Conn) lost(gen uint64, err error) {
 		c.state, c.err = stateClosed, err
 		c.mu.Unlock()
 		if h := c.opts.DisconnectErrHandler; h != nil && !c.isClosing() {
-			h(c, err)
+			c.events.post(func() { h(c, err) })
 		}
 		c.finish()
 		return
@@ -428,7 +473,7 @@ func (c *Conn) lost(gen uint64, err error) {
 func (c *Conn) reconnect(cause error) {
 	defer c.wg.Done()
 	if h := c.opts.DisconnectErrHandler; h != nil {
-		h(c, cause)
+		c.events.post(func() { h(c, cause) })
 	}
 	wait := c.opts.ReconnectWait
 	last := cause
@@ -463,7 +508,7 @@ func (c *Conn) reconnect(cause error) {
 		c.mu.Unlock()
 		c.stats.reconnects.Add(1)
 		if h := c.opts.ReconnectHandler; h != nil {
-			h(c)
+			c.events.post(func() { h(c) })
 		}
 		return
 	}
@@ -484,8 +529,9 @@ func (c *Conn) finish() {
 	c.finishOnce.Do(func() {
 		close(c.done)
 		if h := c.opts.ClosedHandler; h != nil {
-			h(c)
+			c.events.post(func() { h(c) })
 		}
+		c.events.post(nil) // the last event: the dispatcher ends
 	})
 }
 

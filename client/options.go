@@ -40,8 +40,9 @@ type Options struct {
 	// HistoryWindow is how many delivered and sent frames are remembered
 	// to skip history replayed after a reconnect.
 	HistoryWindow int
-	// Handlers, called from the Conn's own goroutine (never while it holds
-	// a lock); they must not block for long.
+	// Handlers run one at a time, in order, on a goroutine of their own
+	// (never while the Conn holds a lock); they may call any method of the
+	// Conn, Close included.
 	DisconnectErrHandler func(*Conn, error)
 	ReconnectHandler     func(*Conn)
 	ClosedHandler        func(*Conn)

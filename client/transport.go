@@ -203,7 +203,10 @@ func (t *transport) closeRead() error {
 func (t *transport) closeWrite() error {
 	switch nc := t.nc.(type) {
 	case *tls.Conn:
-		return nc.CloseWrite()
+		if err := nc.CloseWrite(); err != nil { // close_notify
+			return err
+		}
+		return t.tcp.CloseWrite() // and a FIN, which every server reads as the end
 	case *net.TCPConn:
 		return nc.CloseWrite()
 	}
