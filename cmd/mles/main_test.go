@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -450,8 +451,8 @@ func TestCompletionScriptsLoad(t *testing.T) {
 		if _, err := exec.LookPath("zsh"); err != nil {
 			t.Skip("zsh is not installed")
 		}
-		out, err := exec.Command("zsh", "-c", fmt.Sprintf(`autoload -U compinit && compinit -u && source <(%q completion zsh)`, mlesBin)).CombinedOutput()
-		if err != nil {
+		out, err := exec.Command("zsh", "-c", fmt.Sprintf(`autoload -U compinit && compinit -u && source <(%q completion zsh) && (( $+functions[_mles] )) && echo "comp=$_comps[mles]"`, mlesBin)).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "comp=_mles") {
 			t.Fatalf("zsh: %v %s", err, out)
 		}
 	})
@@ -556,3 +557,75 @@ func TestBenchReportsRatesLatencyAndLoss(t *testing.T) {
 }
 
 var _ = bytes.Equal
+
+func TestBenchShowsAProgressLineOnATerminal(t *testing.T) {
+	env := keyEnv("k")
+	srv := startMlesd(t, env, "--history-limit", "0")
+	var out, errOut mlestest.SyncBuffer
+	e := envFor(env, &out, &errOut)
+	e.isTerminal = func(io.Writer) bool { return true }
+	if code := run(e, []string{"bench", "-s", srv, "--mles-key", "k", "--subs", "1", "--duration", "1200ms", "--rate", "2000/s"}); code != 0 {
+		t.Fatalf("bench: exit %d %s", code, errOut.String())
+	}
+	if s := errOut.String(); !strings.Contains(s, "\r\x1b[K") || !strings.Contains(s, "received") {
+		t.Fatalf("no progress line on the terminal: %q", s)
+	}
+	if !strings.Contains(out.String(), "loss") {
+		t.Fatalf("no report: %q", out.String())
+	}
+}
+
+func TestSubReconnectRejoinsAfterAServerRestart(t *testing.T) {
+	env := keyEnv("k")
+	addr := freeAddr(t)
+	startAt := func() *exec.Cmd {
+		cmd := exec.Command(mlesdBin, "--listen", addr, "--log-level", "warn")
+		cmd.Env = env
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		waitAddr(t, addr)
+		return cmd
+	}
+	srv := startAt()
+	sub := startMles(t, env, "sub", "-s", addr, "-u", "s", "-c", "re", "--reconnect", "-C", "2")
+	mles(t, env, "", "pub", "-s", addr, "-u", "p", "-c", "re", "-m", "before")
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(sub.out.String(), "p: before") {
+		if time.Now().After(deadline) {
+			t.Fatalf("sub printed %q", sub.out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	srv.Process.Signal(syscall.SIGTERM)
+	srv.Wait()
+	startAt()
+	// pub until the rejoined sub has it (the rejoin's timing is the sub's).
+	for {
+		mles(t, env, "", "pub", "-s", addr, "-u", "p", "-c", "re", "-m", "after")
+		select {
+		case <-sub.done:
+			sub.done <- nil
+			if got := sub.out.String(); got != "p: before\np: after\n" {
+				t.Fatalf("sub printed %q", got)
+			}
+			return
+		case <-time.After(300 * time.Millisecond):
+		}
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatalf("sub did not rejoin: %q %q", sub.out.String(), sub.err.String())
+		}
+	}
+}
+
+func envFor(vars []string, stdout, stderr io.Writer) env {
+	m := map[string]string{}
+	for _, kv := range vars {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return env{stdin: strings.NewReader(""), stdout: stdout, stderr: stderr, ctx: context.Background(),
+		getenv: func(k string) string { return m[k] }}
+}
