@@ -143,7 +143,7 @@ func runBench(e env, cf *connFlags, bc benchConfig) error {
 			return err
 		}
 		s := &benchSub{conn: c, next: make([]uint32, bc.pubs), heard: make([]atomic.Bool, bc.pubs),
-			lat: make([]time.Duration, 0, min(benchMaxSamples, max(1024, bc.count*bc.pubs)))}
+			lat: make([]time.Duration, 0, latencyCap(bc))}
 		subs[i] = s
 		wg.Add(1)
 		go func() { defer wg.Done(); s.run(ctx) }()
@@ -279,6 +279,14 @@ wait:
 	}
 	report(e.stdout, bc, sent.Load(), pubElapsed, subs, recvElapsed)
 	return nil
+}
+
+// latencyCap is how many latency samples one subscriber keeps.
+func latencyCap(bc benchConfig) int {
+	if bc.count > 0 {
+		return min(benchMaxSamples, max(1024, bc.count*bc.pubs))
+	}
+	return benchMaxSamples
 }
 
 func benchLength(bc benchConfig) string {
