@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mlesd/mlesd/client"
+	"github.com/mlesd/mlesd/codec"
 )
 
 // pair joins a subscriber and a publisher on one channel of a real mlesd
@@ -95,6 +96,15 @@ func TestSendingAFrameAllocatesNothing(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%.2f allocations per Send, want 0", allocs)
+	}
+	payload := codec.AppendTriplet(nil, codec.Triplet{UID: "pub", Channel: "alloc", Message: msg})
+	allocs = testing.AllocsPerRun(2000, func() {
+		if err := pub.SendPayload(payload); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%.2f allocations per SendPayload, want 0", allocs)
 	}
 }
 

@@ -687,3 +687,46 @@ func TestWebSocketConnReconnectsAfterTheGatewayRestarts(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+func TestPayloadsPassByteForByte(t *testing.T) {
+	p := server(t, []string{"MLES_KEY=k"})
+	// A valid triplet that is not in the canonical form: keys in another
+	// order, a non-shortest length head.
+	odd := func(uid, ch, msg string) []byte {
+		b := []byte{0xa3, 0x67}
+		b = append(b, "message"...)
+		b = append(b, 0x58, byte(len(msg)))
+		b = append(b, msg...)
+		b = append(b, 0x63)
+		b = append(b, "uid"...)
+		b = append(b, 0x60|byte(len(uid)))
+		b = append(b, uid...)
+		b = append(b, 0x67)
+		b = append(b, "channel"...)
+		b = append(b, 0x60|byte(len(ch)))
+		return append(b, ch...)
+	}
+	join, later := odd("gw", "bytes", "hello"), odd("gw", "bytes", "later")
+	if _, err := client.Connect(p.Addr, "gw", "bytes", client.SharedKey("k"), client.JoinPayload(odd("gw", "other", "x"))); err == nil {
+		t.Fatal("a JoinPayload for another channel was accepted")
+	}
+	gw, err := client.Connect(p.Addr, "gw", "bytes", client.SharedKey("k"), client.JoinPayload(join))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	if err := gw.SendPayload(later); err != nil {
+		t.Fatal(err)
+	}
+	gw.Flush()
+	// Whether sub's join comes before gw's frames or after (history), it
+	// receives both, in order.
+	sub, _ := client.Connect(p.Addr, "sub", "bytes", client.SharedKey("k"))
+	defer sub.Close()
+	for _, want := range [][]byte{join, later} {
+		m := recv(t, sub)
+		if !bytes.Equal(m.Payload(), want) || string(m.UID) != "gw" {
+			t.Fatalf("payload %x, want %x", m.Payload(), want)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -176,7 +177,16 @@ func ConnectContext(ctx context.Context, addr, uid, channel string, opts ...Opti
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
 	defer cancel()
-	tr, key, err := c.dialJoin(ctx, o.JoinMessage)
+	if o.JoinPayload != nil {
+		t, err := codec.DecodeTriplet(o.JoinPayload)
+		if err != nil || t.UID != uid || t.Channel != channel {
+			return nil, fmt.Errorf("mles client: JoinPayload is not a triplet for uid %q channel %q", uid, channel)
+		}
+		if len(o.JoinPayload) > codec.MaxPayloadLen {
+			return nil, codec.ErrPayloadTooLarge
+		}
+	}
+	tr, key, err := c.dialJoin(ctx, o.JoinMessage, o.JoinPayload)
 	if err != nil {
 		return nil, fmt.Errorf("mles client: connecting to %s: %w", addr, err)
 	}
@@ -191,15 +201,21 @@ func (c *Conn) remember() bool { return c.opts.MaxReconnects != 0 && c.opts.Hist
 
 func (c *Conn) hash(frame []byte) uint64 { return maphash.Bytes(c.seed, frame) }
 
-// dialJoin opens a transport and writes the join frame on it.
-func (c *Conn) dialJoin(ctx context.Context, msg []byte) (*transport, uint64, error) {
+// dialJoin opens a transport and writes the join frame on it: msg as the
+// triplet's message, or payload as the whole payload when not nil.
+func (c *Conn) dialJoin(ctx context.Context, msg, payload []byte) (*transport, uint64, error) {
 	tr, err := dial(ctx, c.ep, &c.opts)
 	if err != nil {
 		return nil, 0, err
 	}
 	key := c.opts.Keys.ClientKey(tr.local, c.uid, c.channel)
-	frame, err := codec.AppendFrame(nil, key, codec.Triplet{UID: c.uid, Channel: c.channel, Message: msg})
-	if err != nil {
+	var frame []byte
+	if payload != nil {
+		frame = codec.AppendHeader(make([]byte, 0, codec.HeaderLen+len(payload)),
+			codec.Header{Len: len(payload), CID: codec.CIDOf(key), Key: key})
+		frame = append(frame, payload...)
+		msg = frame // non-empty: remembered below
+	} else if frame, err = codec.AppendFrame(nil, key, codec.Triplet{UID: c.uid, Channel: c.channel, Message: msg}); err != nil {
 		tr.close()
 		return nil, 0, err
 	}
@@ -376,6 +392,74 @@ func (c *Conn) Send(msg []byte) error {
 	return nil
 }
 
+// SendPayload sends payload, an already encoded CBOR triplet, byte for
+// byte behind this connection's header (for a gateway that must pass its
+// clients' bytes unchanged). The server does not look inside frames after
+// the join, so neither does SendPayload. Otherwise as Send: buffered, safe
+// from any goroutine, no allocation in steady state.
+func (c *Conn) SendPayload(payload []byte) error {
+	if len(payload) == 0 {
+		return codec.ErrZeroLength
+	}
+	if len(payload) > codec.MaxPayloadLen {
+		return codec.ErrPayloadTooLarge
+	}
+	n := codec.HeaderLen + len(payload)
+	c.mu.Lock()
+	if err := c.writableLocked(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	h := codec.Header{Len: len(payload), CID: codec.CIDOf(c.key), Key: c.key}
+	var frame []byte
+	var err error
+	switch {
+	case c.tr.ws != nil:
+		c.wbuf = append(codec.AppendHeader(c.wbuf[:0], h), payload...)
+		frame = c.wbuf
+		err = c.tr.writeMessage(frame)
+	case n <= c.bw.Size():
+		if c.bw.Available() < n {
+			err = c.bw.Flush()
+		}
+		if err == nil {
+			frame = append(codec.AppendHeader(c.bw.AvailableBuffer(), h), payload...)
+			_, err = c.bw.Write(frame)
+		}
+	default:
+		var hb [codec.HeaderLen]byte
+		h.Put(hb[:])
+		if err = c.bw.Flush(); err == nil {
+			bufs := net.Buffers{hb[:], payload}
+			_, err = bufs.WriteTo(c.tr.nc)
+		}
+		if err == nil && c.remember() {
+			frame = append(append(c.wbuf[:0], hb[:]...), payload...)
+			c.wbuf = frame
+		}
+	}
+	if err == nil && c.remember() && frame != nil {
+		c.sent.add(c.hash(frame))
+	}
+	if cap(c.wbuf) > 1<<20 {
+		c.wbuf = nil
+	}
+	gen := c.gen
+	c.mu.Unlock()
+	if err != nil {
+		c.lost(gen, err)
+		return err
+	}
+	c.stats.sent.Add(1)
+	if !c.opts.ManualFlush {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
 // writableLocked says why Send cannot send now, if it cannot.
 func (c *Conn) writableLocked() error {
 	switch {
@@ -488,7 +572,7 @@ func (c *Conn) reconnect(cause error) {
 		}
 		wait = min(2*wait, c.opts.MaxReconnectWait)
 		ctx, cancel := context.WithTimeout(c.life, c.opts.DialTimeout)
-		tr, key, err := c.dialJoin(ctx, nil)
+		tr, key, err := c.dialJoin(ctx, nil, nil)
 		cancel()
 		if err != nil {
 			last = err

@@ -21,6 +21,9 @@ type Options struct {
 	// JoinMessage is the message of the first frame (the join). Empty is a
 	// plain join, which the server does not keep in its history.
 	JoinMessage []byte
+	// JoinPayload, when set, is the join frame's whole payload, sent byte
+	// for byte instead of an encoding of (uid, channel, JoinMessage).
+	JoinPayload []byte
 	// SendOnly shuts down the receive side after the join.
 	SendOnly bool
 	// ManualFlush leaves flushing to the caller (Flush) and to a full buffer.
@@ -89,6 +92,15 @@ func Keys(kc codec.KeyConfig) Option {
 // reconnect is always a plain, empty join.
 func JoinMessage(msg []byte) Option {
 	return func(o *Options) error { o.JoinMessage = msg; return nil }
+}
+
+// JoinPayload makes payload, an already encoded CBOR triplet for this
+// Conn's (uid, channel), the join frame's payload, byte for byte (for a
+// gateway that must pass its clients' bytes unchanged). It is checked to
+// be a triplet of this (uid, channel). A rejoin after a reconnect is
+// still a plain, empty join.
+func JoinPayload(payload []byte) Option {
+	return func(o *Options) error { o.JoinPayload = payload; return nil }
 }
 
 // SendOnly makes the Conn send-only: after the join it shuts down its
