@@ -700,7 +700,7 @@ func (c *Conn) Drain(ctx context.Context) error {
 			rd.br.Discard(rd.consumed)
 			rd.consumed = 0
 		}
-		_, err := rd.readFrame()
+		_, _, err := rd.readFrame()
 		switch {
 		case err == nil:
 			continue

@@ -10,17 +10,17 @@ import "unicode/utf8"
 // form (ok false) is left to codec.DecodeTriplet. Hot path: never
 // allocates, never panics.
 func scanTriplet(p []byte) (uid, channel, message []byte, ok bool) {
-	if len(p) == 0 || p[0] != 0xa3 {
+	if len(p) < 1+len(keyUID) || p[0] != 0xa3 || string(p[1:1+len(keyUID)]) != keyUID {
 		return nil, nil, nil, false
 	}
-	i := 1
-	if uid, i, ok = scanEntry(p, i, "uid", 3); !ok {
+	i := 1 + len(keyUID)
+	if uid, i, ok = scanString(p, i, 3); !ok || !hasKey(p, i, keyChannel) {
 		return nil, nil, nil, false
 	}
-	if channel, i, ok = scanEntry(p, i, "channel", 3); !ok {
+	if channel, i, ok = scanString(p, i+len(keyChannel), 3); !ok || !hasKey(p, i, keyMessage) {
 		return nil, nil, nil, false
 	}
-	if message, i, ok = scanEntry(p, i, "message", 2); !ok || i != len(p) {
+	if message, i, ok = scanString(p, i+len(keyMessage), 2); !ok || i != len(p) {
 		return nil, nil, nil, false
 	}
 	if !utf8.Valid(uid) || !utf8.Valid(channel) {
@@ -29,14 +29,16 @@ func scanTriplet(p []byte) (uid, channel, message []byte, ok bool) {
 	return uid, channel, message, true
 }
 
-// scanEntry reads the text key want at p[i:] and then a string of major
-// type maj; it returns the string's bytes and the index after it.
-func scanEntry(p []byte, i int, want string, maj byte) ([]byte, int, bool) {
-	k, i, ok := scanString(p, i, 3)
-	if !ok || string(k) != want {
-		return nil, 0, false
-	}
-	return scanString(p, i, maj)
+// The map keys as every encoder writes them: text heads and names.
+const (
+	keyUID     = "\x63uid"
+	keyChannel = "\x67channel"
+	keyMessage = "\x67message"
+)
+
+// hasKey reports whether p[i:] starts with the encoded key k.
+func hasKey(p []byte, i int, k string) bool {
+	return len(p)-i >= len(k) && string(p[i:i+len(k)]) == k
 }
 
 // scanString reads a definite string of major type maj at p[i:].

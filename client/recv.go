@@ -163,7 +163,7 @@ func (c *Conn) next(ctx context.Context) (*Msg, error) {
 				return nil, err
 			}
 		}
-		frame, err := rd.readFrame()
+		h, frame, err := rd.readFrame()
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if err := ctx.Err(); err != nil {
@@ -185,7 +185,6 @@ func (c *Conn) next(ctx context.Context) (*Msg, error) {
 			continue
 		}
 		c.stats.received.Add(1)
-		h, _ := codec.ParseHeader(frame) // readFrame checked it
 		m := &rd.msg
 		*m = Msg{CID: h.CID, Key: h.Key, Frame: frame}
 		payload := frame[codec.HeaderLen:]
@@ -261,18 +260,18 @@ func (c *Conn) attach(ctx context.Context) error {
 // readFrame reads one whole frame. A frame that fits the read buffer is
 // returned in place (discarded on the next call); a larger one is read
 // into rd.big. A timeout leaves a half-read frame to be resumed.
-func (rd *reader) readFrame() ([]byte, error) {
+func (rd *reader) readFrame() (codec.Header, []byte, error) {
 	if rd.bigN == 0 {
 		hb, err := rd.br.Peek(codec.HeaderLen)
 		if err != nil {
 			if err == io.EOF && len(hb) > 0 {
 				err = io.ErrUnexpectedEOF
 			}
-			return nil, err
+			return codec.Header{}, nil, err
 		}
 		h, err := codec.ParseHeader(hb)
 		if err != nil {
-			return nil, errors.Join(ErrBadFrame, err)
+			return codec.Header{}, nil, errors.Join(ErrBadFrame, err)
 		}
 		n := codec.HeaderLen + h.Len
 		if n <= rd.br.Size() {
@@ -281,10 +280,10 @@ func (rd *reader) readFrame() ([]byte, error) {
 				if err == io.EOF {
 					err = io.ErrUnexpectedEOF
 				}
-				return nil, err
+				return codec.Header{}, nil, err
 			}
 			rd.consumed = n
-			return f, nil
+			return h, f, nil
 		}
 		if cap(rd.big) < n {
 			rd.big = make([]byte, n)
@@ -298,10 +297,11 @@ func (rd *reader) readFrame() ([]byte, error) {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return nil, err
+			return codec.Header{}, nil, err
 		}
 	}
 	f := rd.big[:rd.bigN]
 	rd.bigN, rd.bigOff = 0, 0
-	return f, nil
+	h, _ := codec.ParseHeader(f) // checked when the frame began
+	return h, f, nil
 }
