@@ -247,11 +247,11 @@ func (c *Conn) install(tr *transport, key uint64) {
 	c.tr, c.key, c.state = tr, key, stateUp
 	c.gen++
 	c.trp.Store(tr)
-	if tr.nc != nil {
-		if c.bw == nil {
-			c.bw = bufio.NewWriterSize(tr.nc, c.opts.WriteBufferSize)
-		} else {
+	if c.bw != nil { // else made by the first Send: a receiver never needs one
+		if tr.nc != nil {
 			c.bw.Reset(tr.nc)
+		} else {
+			c.bw = nil
 		}
 	}
 	gen := c.gen
@@ -348,6 +348,7 @@ func (c *Conn) Send(msg []byte) error {
 		c.mu.Unlock()
 		return err
 	}
+	c.ensureWriterLocked()
 	var frame []byte
 	var err error
 	switch {
@@ -410,6 +411,7 @@ func (c *Conn) SendPayload(payload []byte) error {
 		c.mu.Unlock()
 		return err
 	}
+	c.ensureWriterLocked()
 	h := codec.Header{Len: len(payload), CID: codec.CIDOf(c.key), Key: c.key}
 	var frame []byte
 	var err error
@@ -458,6 +460,14 @@ func (c *Conn) SendPayload(payload []byte) error {
 		}
 	}
 	return nil
+}
+
+// ensureWriterLocked makes the write buffer of a stream transport on first
+// use, so that a Conn that only receives never holds one.
+func (c *Conn) ensureWriterLocked() {
+	if c.bw == nil && c.tr.nc != nil {
+		c.bw = bufio.NewWriterSize(c.tr.nc, c.opts.WriteBufferSize)
+	}
 }
 
 // writableLocked says why Send cannot send now, if it cannot.
