@@ -629,3 +629,22 @@ func envFor(vars []string, stdout, stderr io.Writer) env {
 	return env{stdin: strings.NewReader(""), stdout: stdout, stderr: stderr, ctx: context.Background(),
 		getenv: func(k string) string { return m[k] }}
 }
+
+func TestSubExitsWith0OnSIGINT(t *testing.T) {
+	env := keyEnv("k")
+	srv := startMlesd(t, env)
+	sub := startMles(t, env, "sub", "-s", srv, "-u", "b", "-c", "sig")
+	// A message printed proves the sub is running its loop.
+	mles(t, env, "", "pub", "-s", srv, "-u", "a", "-c", "sig", "-m", "up")
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(sub.out.String(), "a: up") {
+		if time.Now().After(deadline) {
+			t.Fatalf("sub printed %q", sub.out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sub.cmd.Process.Signal(os.Interrupt)
+	if code := sub.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("sub after SIGINT: exit %d %s", code, sub.err.String())
+	}
+}
