@@ -1,0 +1,100 @@
+package client_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"testing"
+
+	"github.com/mlesd/mlesd/client"
+	"github.com/mlesd/mlesd/codec"
+)
+
+// blaster is a fake server on loopback: it reads the join and then writes
+// the same frame over and over, as fast as the client takes it. It measures
+// the client's own per-frame cost, without mlesd's.
+func blaster(b *testing.B, frame []byte) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
+	go func() {
+		nc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		go io.Copy(io.Discard, nc)
+		chunk := make([]byte, 0, 256<<10)
+		for len(chunk)+len(frame) <= cap(chunk) {
+			chunk = append(chunk, frame...)
+		}
+		for {
+			if _, err := nc.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	return l.Addr().String()
+}
+
+func benchFrame(b *testing.B) []byte {
+	f, err := codec.AppendFrame(nil, 1, codec.Triplet{UID: "pub-0", Channel: "bench-channel", Message: make([]byte, 128)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return f
+}
+
+// BenchmarkClientReceiveLoop: Msgs over loopback from the fake server.
+func BenchmarkClientReceiveLoop(b *testing.B) {
+	addr := blaster(b, benchFrame(b))
+	c, err := client.Connect(addr, "sub", "bench-channel", client.BufferSizes(256<<10, 0))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.ReportAllocs()
+	b.ResetTimer()
+	n := 0
+	for m, err := range c.Msgs(context.Background()) {
+		if err != nil || len(m.Message) != 128 {
+			b.Fatal(err)
+		}
+		if n++; n == b.N {
+			break
+		}
+	}
+}
+
+// BenchmarkRawReceiveLoop is the floor: bufio.Peek, parse the header,
+// look at the payload's end, discard (what bench/mlesdrv does).
+func BenchmarkRawReceiveLoop(b *testing.B) {
+	addr := blaster(b, benchFrame(b))
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	nc.Write(benchFrame(b))
+	br := bufio.NewReaderSize(nc, 256<<10)
+	b.ReportAllocs()
+	b.ResetTimer()
+	var sink byte
+	for range b.N {
+		hb, err := br.Peek(codec.HeaderLen)
+		if err != nil {
+			b.Fatal(err)
+		}
+		h, _ := codec.ParseHeader(hb)
+		f, err := br.Peek(codec.HeaderLen + h.Len)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sink ^= f[len(f)-1]
+		br.Discard(len(f))
+	}
+	_ = sink
+}
