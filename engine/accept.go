@@ -243,7 +243,13 @@ func (s *Server) register(nc net.Conn, a *adopted, wait bool) error {
 		return err
 	}
 	if wait {
-		return (<-res).Err
+		select {
+		case r := <-res:
+			return r.Err
+		case <-s.shutdown:
+			// gnet never answers a hand-over its stopping loop did not run.
+			return errors.New("engine: shutting down")
+		}
 	}
 	// gnet's Register runs each hand-over on a pooled goroutine that waits
 	// until the loop has taken the connection. Bounding how many are in
@@ -260,7 +266,13 @@ func (s *Server) register(nc net.Conn, a *adopted, wait bool) error {
 func (s *Server) collectRegistrations() {
 	defer close(s.collected)
 	for res := range s.registering {
-		if r := <-res; r.Err != nil && !s.stopping.Load() {
+		var r gnet.RegisteredResult
+		select {
+		case r = <-res:
+		case <-s.shutdown:
+			continue // never answered (see register); drain the queue
+		}
+		if r.Err != nil && !s.stopping.Load() {
 			reason := acceptErrorReason(r.Err)
 			s.countAcceptError(reason)
 			s.rlog.Log(levelWarn, "handover-"+reason, "cannot hand a connection to an event loop; it is closed",

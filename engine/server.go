@@ -64,6 +64,7 @@ type Server struct {
 	loopsUp     chan struct{}
 	registering chan registration // hand-overs in flight (accept.go)
 	collected   chan struct{}     // closed when collectRegistrations has ended
+	shutdown    chan struct{}     // closed when gnet shuts the event loops down
 	booted      atomic.Bool
 
 	loopsMu sync.Mutex
@@ -109,6 +110,7 @@ func New(cfg Config, r *router.Router) (*Server, error) {
 		loopsUp:     make(chan struct{}),
 		registering: make(chan registration, maxRegistering),
 		collected:   make(chan struct{}),
+		shutdown:    make(chan struct{}),
 		start:       time.Now(),
 	}
 	for _, a := range cfg.Listen {
@@ -261,6 +263,10 @@ func (s *Server) serving() {
 		slog.Int("history_limit", s.router.HistoryLimit()))
 	close(s.ready)
 }
+
+// OnShutdown runs once the event loops are stopping: hand-overs still
+// waiting for a loop will never be answered (accept.go).
+func (s *Server) OnShutdown(gnet.Engine) { close(s.shutdown) }
 
 // loopOf returns our state for c's event loop, creating it the first time.
 func (s *Server) loopOf(gc gnet.Conn) *loop {
