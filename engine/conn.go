@@ -20,8 +20,8 @@ const (
 
 // conn is one client connection (or uplink) owned by one event loop. Every
 // field is owned by that loop: only its goroutine reads or writes them, except
-// cid and loop.idx, which are set before the conn is published to the router
-// and never change.
+// cid, uid, up and loop.idx, which are set before the conn is published to the
+// router and never change.
 type conn struct {
 	gc     gnet.Conn
 	loop   *loop

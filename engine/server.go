@@ -560,6 +560,7 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	if s.isOwnUplink(c) {
 		return "peer-is-self"
 	}
+	c.uid = t.UID // before the router publishes c: mergeCatchUp reads members' uids
 	ch, hist, err := s.router.Join(t.Channel, c, nil)
 	switch {
 	case errors.Is(err, router.ErrDuplicateCID):
@@ -569,7 +570,7 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	case err != nil:
 		return "join-failed"
 	}
-	c.ch, c.uid, c.state = ch, t.UID, joined
+	c.ch, c.state = ch, joined
 	c.loop.stats.joins.Add(1)
 	// History first: the joiner gets it before any live frame.
 	for _, f := range hist {
@@ -617,7 +618,7 @@ func (s *Server) mergeResync(c *conn, first codec.Triplet, inner [][]byte) {
 	for _, e := range inner[1:] {
 		frames = append(frames, router.NewFrame(e))
 	}
-	fresh, snap := ch.MergeResync(frames, nil)
+	fresh, snap := s.mergeCatchUp(c, frames, len(first.Message) > 0) // engine/uplink.go
 	for _, f := range fresh {
 		c.loop.fanout(f, snap, c)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/router"
 )
 
@@ -231,4 +232,47 @@ func (s *Server) adopt(nc net.Conn, a *adopted) error {
 	}
 	res := <-ch
 	return res.Err
+}
+
+// mergeCatchUp merges the inner frames of c's resync (its own join first
+// when ownJoin) into the channel's history and returns those to forward,
+// with the snapshot to forward them to.
+//
+// A resync is its sender's history, and some of it may be older than what
+// this server's members have: after this server restarted, a peer's resync
+// brings back the frames its reconnected clients sent before the crash,
+// while they may have sent newer ones here since. So a frame of the resync
+// that this server does not hold is forwarded only when its sender is not
+// a member of the channel here (c aside: its own frames come through it):
+// a member's frames come here directly, so those of them that reach this
+// server again in a peer's resync are older than what the other members
+// have. Those go to nobody (each member keeps seeing every sender's frames
+// in order, and never its own); they only refill the history, in front of
+// the frames it holds and only into the room left, so that a resync never
+// evicts this server's own newer frames. Not the per-frame path: it decodes
+// the uid of every frame of the resync.
+func (s *Server) mergeCatchUp(c *conn, frames []*router.Frame, ownJoin bool) ([]*router.Frame, *router.Snapshot) {
+	here := map[string]bool{}
+	for _, g := range c.ch.Snapshot().Groups {
+		for _, sub := range g.Subs {
+			// A member's uid is set before it is published to the router;
+			// our own uplinks carry no sender of their own.
+			if m := sub.(*conn); m != c && m.up == nil {
+				here[m.uid] = true
+			}
+		}
+	}
+	news := make([]*router.Frame, 0, len(frames))
+	var older []*router.Frame
+	for i, f := range frames {
+		t, err := codec.DecodeTriplet(f.Bytes()[codec.HeaderLen:])
+		if (i == 0 && ownJoin) || err != nil || !here[t.UID] {
+			news = append(news, f)
+		} else {
+			older = append(older, f)
+		}
+	}
+	fresh, snap := c.ch.MergeResync(news, nil)
+	c.ch.AddOlder(older)
+	return fresh, snap
 }
