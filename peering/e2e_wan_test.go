@@ -15,7 +15,10 @@ const (
 	wanPartition   = 10 * time.Second
 	wanBackoff     = 200 * time.Millisecond
 	wanBackoffMax  = time.Second
-	wanDialTimeout = time.Second
+	wanDialTimeout = 3 * time.Second
+	// wanSynRetry is the kernel's first SYN retransmission, which a
+	// redial from the same port needs (see peering.Uplink.reuseFrom).
+	wanSynRetry = time.Second
 )
 
 // requireWAN skips unless the WAN fault tests were asked for (make wan sets
@@ -91,5 +94,60 @@ func TestPeeringWANDelayLossAndPartition(t *testing.T) {
 
 	// And the link still works both ways.
 	sent.send(t, 400, 450, all...)
+	sent.deliver(t, 20*time.Second, all...)
+}
+
+// As above, but the partition also resets B's uplink (its socket is
+// destroyed on B's side, as when a NAT or firewall forgets a connection),
+// while A still holds its end of it, and with it the uplink's CID; and
+// only B's clients send during the partition, so A has nothing to send on
+// that stale end and would not learn it is dead for minutes (keepalive).
+// B redials through the partition with back-off; once the link heals, its
+// uplink must be accepted again within the back-off (a redial from the
+// same port clears A's stale end), and every frame sent during the
+// partition reaches A's clients exactly once, through the resync.
+func TestPeeringWANPartitionThatResetsTheUplink(t *testing.T) {
+	requireWAN(t)
+	w := newWAN(t, wanDelay, wanLoss)
+	addrA, addrB := w.ipA+":8077", w.ipB+":8077"
+	common := []string{"--history-limit", "1000", "--peer-backoff", wanBackoff.String(),
+		"--peer-backoff-max", wanBackoffMax.String(), "--peer-dial-timeout", wanDialTimeout.String()}
+	A := startInNS(t, w.nsA, "A", sharedEnv, append([]string{"--listen", addrA}, common...)...)
+	B := startInNS(t, w.nsB, "B", sharedEnv, append([]string{"--listen", addrB, "--peer", addrA}, common...)...)
+	a1, a2 := joinInNS(t, w.nsA, addrA, "a1", "wanreset"), joinInNS(t, w.nsA, addrA, "a2", "wanreset")
+	b1, b2 := joinInNS(t, w.nsB, addrB, "b1", "wanreset"), joinInNS(t, w.nsB, addrB, "b2", "wanreset")
+	all := []*client{a1, a2, b1, b2}
+	meshSync(t, all...)
+	sent := ledger{}
+	sent.send(t, 0, 100, all...)
+	sent.deliver(t, 20*time.Second, all...)
+	time.Sleep(time.Second) // every byte acknowledged: A has nothing left to send on the link
+
+	downs := B.countLog(`msg="peer uplink down"`)
+	w.cut.Store(true)
+	cut := time.Now()
+	run(t, "ip", "netns", "exec", w.nsB, "ss", "-K", "dst", addrA)
+	B.waitLogCount(t, downs+1, 5*time.Second, `msg="peer uplink down"`)
+	sent.send(t, 100, 200, b1, b2)
+	waitArrived(t, ledger{"b1": sent["b1"], "b2": sent["b2"]}, b1, b2)
+	time.Sleep(wanPartition - time.Since(cut))
+	w.cut.Store(false)
+	healed := time.Now()
+
+	// A dial in flight at the heal may time out; the next one, a back-off
+	// later, connects after one SYN retransmission.
+	limit := wanDialTimeout + wanBackoffMax*12/10 + wanSynRetry + 10*wanDelay
+	onA := ledger{"b1": sent["b1"], "b2": sent["b2"]}
+	for !onA.arrived([]*client{a1, a2}) {
+		if time.Since(healed) > limit {
+			t.Fatalf("B's uplink not accepted by A within %v of the heal (A refused %d reconnects as duplicate-cid):\n%s",
+				limit, A.countLog("reason=duplicate-cid"), onA.status([]*client{a1, a2}))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("B's uplink accepted and the partition's frames at A's clients %v after the heal (limit %v); A refused %d reconnects as duplicate-cid",
+		time.Since(healed).Round(time.Millisecond), limit, A.countLog("reason=duplicate-cid"))
+	sent.deliver(t, 10*time.Second, all...)
+	sent.send(t, 200, 250, all...)
 	sent.deliver(t, 20*time.Second, all...)
 }

@@ -244,7 +244,7 @@ func TestManagerBoundsDialsPerPeer(t *testing.T) {
 		attempts       int
 		release        = make(chan struct{})
 	)
-	m.dialFn = func(ctx context.Context, _, _ string) (net.Conn, error) {
+	m.dialFn = func(ctx context.Context, _ netip.AddrPort, _ string) (net.Conn, error) {
 		mu.Lock()
 		inFlight++
 		attempts++

@@ -249,7 +249,7 @@ func startInNS(t *testing.T, ns, name string, env []string, args ...string) *nsS
 			<-s.done
 			t.Errorf("%s did not stop within 15 s of SIGTERM", name)
 		}
-		if t.Failed() {
+		if t.Failed() || os.Getenv("MLESD_WAN_LOG") != "" { // MLESD_WAN_LOG=1: also when it passes
 			t.Logf("---- log of %s (%s), tail ----\n%s", name, strings.Join(args, " "), tail(s.log.String(), 6000))
 		}
 	})
