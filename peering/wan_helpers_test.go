@@ -39,7 +39,8 @@ type wan struct {
 	delay         time.Duration
 	loss          float64      // fraction of packets dropped, each way
 	cut           atomic.Bool  // partitioned: every packet dropped
-	dropped       atomic.Int64 // packets dropped (loss and partition)
+	lost          atomic.Int64 // packets dropped at random (loss)
+	dropped       atomic.Int64 // packets dropped by the partition or a full queue
 	passed        atomic.Int64
 	fds           []int
 	wg            sync.WaitGroup
@@ -185,8 +186,12 @@ func (w *wan) forward(from, to int) {
 			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
 				continue // what the other direction sent out of this end
 			}
-			if w.cut.Load() || rand.Float64() < w.loss {
+			if w.cut.Load() {
 				w.dropped.Add(1)
+				continue
+			}
+			if rand.Float64() < w.loss {
+				w.lost.Add(1)
 				continue
 			}
 			select {
@@ -309,3 +314,36 @@ func joinInNS(t *testing.T, ns, addr, uid, ch string) *client {
 }
 
 var errNoIP = errors.New("the ip command (iproute2) is not installed")
+
+// sendPaced is ledger.send with a gap between a client's frames, so that
+// each crosses the link in packets of its own.
+func (l ledger) sendPaced(t *testing.T, from, to uint32, gap time.Duration, clients ...*client) {
+	t.Helper()
+	errs := make(chan error, len(clients))
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(gap)
+			defer tick.Stop()
+			for seq := from; seq < to; seq++ {
+				<-tick.C
+				if err := c.Send(dataMsg(c.UID, seq)); err != nil {
+					errs <- fmt.Errorf("%s sending %d: %w", c.UID, seq, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for _, c := range clients {
+		for seq := from; seq < to; seq++ {
+			l[c.UID] = append(l[c.UID], seq)
+		}
+	}
+}
