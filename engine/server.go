@@ -453,7 +453,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		if c.up != nil {
 			c.up.received++
 			fp := router.Fingerprint(data)
-			if c.up.replay != nil && c.up.skipReplayed(fp) {
+			if c.up.replayLeft > 0 && c.up.skipReplayed(c, fp, data) { // engine/uplink.go
 				_, _ = gc.Discard(total)
 				continue
 			}

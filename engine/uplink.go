@@ -69,7 +69,14 @@ type uplinkState struct {
 	// down.
 	replay     map[uint64]int32
 	replayLeft int
-	ends       socketEnds // the uplink socket's addresses; valid once joined
+	// here is the uids of the channel's members on this server, taken when
+	// the first frame comes down: within the replay window, frames of these
+	// senders are the peer's history of them (older than what they sent
+	// here since, after this server restarted, say) and are not forwarded,
+	// as in mergeCatchUp. hereTaken says it was taken.
+	here      map[string]bool
+	hereTaken bool
+	ends      socketEnds // the uplink socket's addresses; valid once joined
 }
 
 // socketEnds is a TCP connection's two addresses, unmapped.
@@ -186,6 +193,7 @@ func (up *uplinkState) expectReplay(hist []*router.Frame, window int) {
 	// are the same frames in nearly the same order; twice the window
 	// covers what was in flight either way when the link broke.
 	up.seen.Init(2 * window)
+	up.replayLeft = window // for the members' own frames (see here), at least
 	if up.seen.Len() == 0 && len(hist) == 0 {
 		return
 	}
@@ -198,23 +206,49 @@ func (up *uplinkState) expectReplay(hist []*router.Frame, window int) {
 			up.replay[fp] = 1
 		}
 	}
-	up.replayLeft = window
 }
 
-// skipReplayed reports whether a frame with fingerprint fp, come down the
-// uplink, is the peer's replay of one this server already had; it then must
-// not be forwarded. Loop-owned; no allocation.
-func (up *uplinkState) skipReplayed(fp uint64) bool {
+// skipReplayed reports whether frame data, with fingerprint fp, come down
+// the uplink c within the replay window, is the peer's replay of one this
+// server already had, or of a sender who is a member here (see here); it
+// then must not be forwarded. Loop-owned. Only the first replayLeft frames
+// after each (re)connection take this path: it decodes their uid
+// (allocating), so it is not the steady state.
+func (up *uplinkState) skipReplayed(c *conn, fp uint64, data []byte) bool {
 	up.replayLeft--
 	skip := false
 	if n := up.replay[fp]; n > 0 {
 		up.replay[fp] = n - 1
 		skip = true
+	} else {
+		if !up.hereTaken {
+			up.hereTaken = true
+			up.here = memberUIDs(c)
+		}
+		if len(up.here) > 0 {
+			t, err := codec.DecodeTriplet(data[codec.HeaderLen:])
+			skip = err == nil && up.here[t.UID]
+		}
 	}
 	if up.replayLeft <= 0 {
-		up.replay = nil
+		up.replay, up.here = nil, nil
 	}
 	return skip
+}
+
+// memberUIDs returns the uids of c's channel's members on this server, c
+// and our own uplinks left out. A member's uid is set before the router
+// publishes it, so reading it from another loop is safe.
+func memberUIDs(c *conn) map[string]bool {
+	here := map[string]bool{}
+	for _, g := range c.ch.Snapshot().Groups {
+		for _, sub := range g.Subs {
+			if m := sub.(*conn); m != c && m.up == nil {
+				here[m.uid] = true
+			}
+		}
+	}
+	return here
 }
 
 // adopt enrolls nc on one of the loops seen so far, round robin.
@@ -252,16 +286,7 @@ func (s *Server) adopt(nc net.Conn, a *adopted) error {
 // evicts this server's own newer frames. Not the per-frame path: it decodes
 // the uid of every frame of the resync.
 func (s *Server) mergeCatchUp(c *conn, frames []*router.Frame, ownJoin bool) ([]*router.Frame, *router.Snapshot) {
-	here := map[string]bool{}
-	for _, g := range c.ch.Snapshot().Groups {
-		for _, sub := range g.Subs {
-			// A member's uid is set before it is published to the router;
-			// our own uplinks carry no sender of their own.
-			if m := sub.(*conn); m != c && m.up == nil {
-				here[m.uid] = true
-			}
-		}
-	}
+	here := memberUIDs(c)
 	news := make([]*router.Frame, 0, len(frames))
 	var older []*router.Frame
 	for i, f := range frames {

@@ -169,3 +169,57 @@ func (c *client) waitFrame(t *testing.T, uid string, seq uint32) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The other way round: A --peer B (through a relay), and A, the server
+// with the uplink, is SIGKILLed and restarted. When its new uplink joins B,
+// B replays its history down it: a1's and a2's frames from before the
+// crash, older than what a1 has sent the restarted A since. They must not
+// reach a1 or a2 (the replay is history, and its senders are here); b1's
+// frames, which they had none of since the restart, reach them once and
+// in order.
+func TestPeeringRestartedUplinkServerKeepsEverySendersOrder(t *testing.T) {
+	const sent, outage = 200, 50
+	addrA := staticAddr(t, "127.0.0.1")
+	B := startServer(t, "B", sharedEnv, "--history-limit", "1000")
+	r := startRelay(t, B.Addr)
+	argsA := []string{"--listen", addrA, "--peer", r.Addr(), "--history-limit", "1000"}
+	A := startServer(t, "A", sharedEnv, argsA...)
+	a1, a2 := join(t, addrA, "a1", "upcrash"), join(t, addrA, "a2", "upcrash")
+	b1 := join(t, B.Addr, "b1", "upcrash")
+	meshSync(t, a1, a2, b1)
+	l := ledger{}
+	l.send(t, 0, sent, a1, a2, b1)
+	l.deliver(t, 10*time.Second, a1, a2, b1)
+
+	r.sever(true)
+	A.waitUp(t, 0)
+	A.kill(t)
+	l.send(t, sent, sent+outage, b1)
+	A = startServer(t, "A (restarted)", sharedEnv, argsA...)
+	a1, a2 = join(t, A.Addr, "a1", "upcrash"), join(t, A.Addr, "a2", "upcrash")
+	newA1 := seqs(sent, sent+5)
+	ledger{}.send(t, sent, sent+5, a1)
+	waitArrived(t, ledger{"a1": newA1}, a2)
+	ups := A.countLog(`msg="peer uplink up"`)
+	r.heal()
+	A.waitLogCount(t, ups+1, 10*time.Second, `msg="peer uplink up"`)
+
+	onA2 := ledger{"a1": newA1, "b1": l["b1"]}
+	onA1 := ledger{"b1": l["b1"]}
+	onA2.deliver(t, 10*time.Second, a2)
+	onA1.deliver(t, 10*time.Second, a1)
+	l["a1"] = append(l["a1"], newA1...)
+	l.deliver(t, 10*time.Second, b1)
+
+	live := ledger{}
+	live.send(t, 1000, 1100, a1, a2, b1)
+	for _, x := range []ledger{onA2, onA1, l} {
+		for uid, s := range live {
+			x[uid] = append(x[uid], s...)
+		}
+	}
+	onA1["a2"] = live["a2"]
+	onA2.deliver(t, 10*time.Second, a2)
+	onA1.deliver(t, 10*time.Second, a1)
+	l.deliver(t, 10*time.Second, b1)
+}

@@ -325,10 +325,14 @@ func TestRedialReusesTheLastLocalAddressWhenFree(t *testing.T) {
 		}
 	}()
 	m := newManager(t, &fakeEngine{}, Config{Peers: []string{ln.Addr().String()}})
+	// From an address of its own, so that no other connection of a busy
+	// test machine takes the port in between.
+	m.netDialer.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 77)}
 	first, err := m.dialTCP(context.Background(), netip.AddrPort{}, ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.netDialer.LocalAddr = nil
 	from := addrPortOf(first.LocalAddr())
 	first.(*net.TCPConn).SetLinger(0) // a reset: no TIME_WAIT left on the port
 	first.Close()
