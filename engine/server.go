@@ -560,7 +560,8 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	if s.isOwnUplink(c) {
 		return "peer-is-self"
 	}
-	c.uid = t.UID // before the router publishes c: mergeCatchUp reads members' uids
+	// Before the router publishes c: memberUIDs (engine/uplink.go) reads them.
+	c.uid, c.peerLink = t.UID, c.cid != codec.CIDOf(key)
 	ch, hist, err := s.router.Join(t.Channel, c, nil)
 	switch {
 	case errors.Is(err, router.ErrDuplicateCID):

@@ -236,14 +236,20 @@ func (up *uplinkState) skipReplayed(c *conn, fp uint64, data []byte) bool {
 	return skip
 }
 
-// memberUIDs returns the uids of c's channel's members on this server, c
-// and our own uplinks left out. A member's uid is set before the router
-// publishes it, so reading it from another loop is safe.
+// memberUIDs returns the uids of c's channel's members on this server:
+// the senders whose frames come here directly. Left out: c, our own
+// uplinks, and other servers' uplinks with a static group CID (their uid is
+// their first member's, who may be anywhere in the group, and the group may
+// reach us by several routes over time). Another server's uplink without a
+// static CID cannot be told from a client; it carries the uid of a sender
+// on its side, whose frames, in the trees such uplinks may form, come here
+// only through it. A member's uid is set before the router publishes it,
+// so reading it from another loop is safe.
 func memberUIDs(c *conn) map[string]bool {
 	here := map[string]bool{}
 	for _, g := range c.ch.Snapshot().Groups {
 		for _, sub := range g.Subs {
-			if m := sub.(*conn); m != c && m.up == nil {
+			if m := sub.(*conn); m != c && m.up == nil && !m.peerLink {
 				here[m.uid] = true
 			}
 		}

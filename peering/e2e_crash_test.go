@@ -20,13 +20,13 @@ import (
 // sent..sent+outage while A is down, and restarts A empty on the same
 // address with the relay still cut, so that the test decides when B's
 // uplink (and its resync) come back.
-func crashedPair(t *testing.T, ch, hist string, sent, outage uint32) (A, B *server, r *relay, b1 *client, l ledger) {
+func crashedPair(t *testing.T, ch, hist string, sent, outage uint32) (A *server, r *relay, b1 *client, l ledger) {
 	t.Helper()
 	addrA := staticAddr(t, "127.0.0.1")
 	argsA := []string{"--listen", addrA, "--history-limit", hist}
 	A = startServer(t, "A", sharedEnv, argsA...)
 	r = startRelay(t, addrA)
-	B = startServer(t, "B", sharedEnv, "--peer", r.Addr(), "--history-limit", hist)
+	B := startServer(t, "B", sharedEnv, "--peer", r.Addr(), "--history-limit", hist)
 	a1, a2 := join(t, addrA, "a1", ch), join(t, addrA, "a2", ch)
 	b1 = join(t, B.Addr, "b1", ch)
 	meshSync(t, a1, a2, b1)
@@ -39,7 +39,7 @@ func crashedPair(t *testing.T, ch, hist string, sent, outage uint32) (A, B *serv
 	A.kill(t)
 	l.send(t, sent, sent+outage, b1) // B holds them; A is down
 	A = startServer(t, "A (restarted)", sharedEnv, argsA...)
-	return A, B, r, b1, l
+	return A, r, b1, l
 }
 
 // seqs returns from, from+1, ..., to-1.
@@ -60,14 +60,12 @@ func seqs(from, to uint32) []uint32 {
 // both ways, exactly once.
 func TestPeeringRestartedServerKeepsEverySendersOrder(t *testing.T) {
 	const sent, outage = 200, 50
-	A, B, r, b1, l := crashedPair(t, "crash", "1000", sent, outage)
+	A, r, b1, l := crashedPair(t, "crash", "1000", sent, outage)
 	a1, a2 := join(t, A.Addr, "a1", "crash"), join(t, A.Addr, "a2", "crash")
 	newA1 := seqs(sent, sent+5)
 	ledger{}.send(t, sent, sent+5, a1)
 	waitArrived(t, ledger{"a1": newA1}, a2)
-	ups := B.countLog(`msg="peer uplink up"`)
-	r.heal()
-	B.waitLogCount(t, ups+1, 10*time.Second, `msg="peer uplink up"`)
+	r.healAndWaitPiped(t)
 
 	// B's history held all of b1's frames (1000 is room enough): A's
 	// clients get them all, once, in order; of a1 and a2 nothing more.
@@ -101,14 +99,12 @@ func TestPeeringRestartedServerKeepsEverySendersOrder(t *testing.T) {
 // frames from the outage, each once and in order.
 func TestPeeringRestartedServerKeepsItsNewestFramesInHistory(t *testing.T) {
 	const sent, outage = 60, 20
-	A, B, r, b1, l := crashedPair(t, "crash100", "100", sent, outage)
+	A, r, b1, l := crashedPair(t, "crash100", "100", sent, outage)
 	a1, a2 := join(t, A.Addr, "a1", "crash100"), join(t, A.Addr, "a2", "crash100")
 	newA1 := seqs(sent, sent+5)
 	ledger{}.send(t, sent, sent+5, a1)
 	waitArrived(t, ledger{"a1": newA1}, a2)
-	ups := B.countLog(`msg="peer uplink up"`)
-	r.heal()
-	B.waitLogCount(t, ups+1, 10*time.Second, `msg="peer uplink up"`)
+	r.healAndWaitPiped(t)
 	// b1 gets a1's new frames once A's history came down B's new uplink;
 	// by then A has merged B's resync.
 	l["a1"] = append(l["a1"], newA1...)
@@ -200,9 +196,7 @@ func TestPeeringRestartedUplinkServerKeepsEverySendersOrder(t *testing.T) {
 	newA1 := seqs(sent, sent+5)
 	ledger{}.send(t, sent, sent+5, a1)
 	waitArrived(t, ledger{"a1": newA1}, a2)
-	ups := A.countLog(`msg="peer uplink up"`)
-	r.heal()
-	A.waitLogCount(t, ups+1, 10*time.Second, `msg="peer uplink up"`)
+	r.healAndWaitPiped(t)
 
 	onA2 := ledger{"a1": newA1, "b1": l["b1"]}
 	onA1 := ledger{"b1": l["b1"]}
