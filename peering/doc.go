@@ -44,12 +44,17 @@
 // frames; the first max(history, 100) frames down a new uplink) whose
 // sender is a client of this server as history only: they are not
 // forwarded (every client keeps each sender's frames in order, exactly
-// once, and never gets its own back), and a resync's ones only fill the
+// once, and never gets its own back); a resync's ones only fill the
 // history's free room, in front, so that they never evict the server's own
-// newer frames. The others (frames of senders elsewhere, those sent during
-// the outage included) are forwarded once, as before. A sender who sent to
-// the restarted server and left before the catch-up came is not known as
-// one: its older frames are then forwarded after its newer ones.
+// newer frames, and those down an uplink are dropped (the peer keeps
+// them). The others (frames of senders elsewhere, those sent during
+// the outage included) are forwarded once, as before. "A client of this
+// server" is a member's uid (another server's static-CID uplink aside: its
+// uid is its first member's). So a sender who sent to the restarted server
+// and left before the catch-up came is not known as one, and its older
+// frames are then forwarded after its newer ones; and a uid connected to
+// two servers at once loses, here, its other connection's frames that come
+// within a catch-up.
 //
 // TLS (Config.TLS): the uplink is a TLS client of the peer; the handshake
 // runs in the dialling goroutine and the engine gets the plaintext through a
