@@ -61,7 +61,7 @@ func newWAN(t *testing.T, delay time.Duration, loss float64) *wan {
 	t.Helper()
 	// Unique per run: names have at most 15 bytes (interfaces), the
 	// subnet is private to the namespaces.
-	id := fmt.Sprintf("%04x", rand.IntN(1<<16))
+	id := fmt.Sprintf("%06x", rand.IntN(1<<24))
 	w := &wan{nsA: "mlesdwan" + id + "a", nsB: "mlesdwan" + id + "b", nsR: "mlesdwan" + id + "r",
 		delay: delay, loss: loss}
 	subnet := fmt.Sprintf("10.%d.%d", 100+rand.IntN(150), rand.IntN(250))
