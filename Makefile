@@ -19,7 +19,7 @@ FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDe
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(CURDIR)/bin/tools/staticcheck
 
-.PHONY: all build run test test-short vet lint fuzz soak microbench install uninstall docker clean help
+.PHONY: all build run test test-short vet lint fuzz soak wan microbench install uninstall docker clean help
 
 all: build
 
@@ -72,6 +72,10 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 SOAK_DURATION ?= 30m
 soak: ## the hostile soaks (one server, then two peered) against the real binary, SOAK_DURATION each (default 30m); not in CI
 	SOAK_DURATION=$(SOAK_DURATION) $(GO) test -tags soak -count=1 -run TestSoak -v -timeout 2h ./internal/hostile
+
+wan: ## the WAN fault tests of peering, in network namespaces made for them (root; installs iproute2 with apt-get when missing)
+	@command -v ip >/dev/null 2>&1 || (apt-get update && apt-get install -y iproute2)
+	MLESD_WAN=1 $(GO) test -race -count=1 -run 'TestPeeringWAN' -v -timeout 5m ./peering
 
 microbench: ## go test benchmarks of codec, router and engine with allocations
 	$(GO) test -run='^$$' -bench=. -benchmem ./codec ./router ./engine

@@ -20,8 +20,8 @@ const (
 
 // conn is one client connection (or uplink) owned by one event loop. Every
 // field is owned by that loop: only its goroutine reads or writes them, except
-// cid and loop.idx, which are set before the conn is published to the router
-// and never change.
+// cid, uid, peerLink, up and loop.idx, which are set before the conn is
+// published to the router and never change.
 type conn struct {
 	gc     gnet.Conn
 	loop   *loop
@@ -33,6 +33,10 @@ type conn struct {
 	up     *uplinkState // nil unless an uplink to a peer
 	ch     *router.Channel
 	uid    string
+	// peerLink: joined with a CID that is not its key's, as another
+	// server's uplink with a static group CID does; its uid is not a
+	// sender here (see memberUIDs).
+	peerLink bool
 
 	// Backlog: references to shared frames not yet handed to the socket layer.
 	q       frameQueue

@@ -512,7 +512,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		if c.up != nil {
 			c.up.received++
 			fp := router.Fingerprint(data)
-			if c.up.replay != nil && c.up.skipReplayed(fp) {
+			if c.up.replayLeft > 0 && c.up.skipReplayed(c, fp, data) { // engine/uplink.go
 				_, _ = gc.Discard(total)
 				continue
 			}
@@ -623,6 +623,8 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	if s.isOwnUplink(c) {
 		return "peer-is-self"
 	}
+	// Before the router publishes c: memberUIDs (engine/uplink.go) reads them.
+	c.uid, c.peerLink = t.UID, c.cid != codec.CIDOf(key)
 	ch, hist, err := s.router.Join(t.Channel, c, nil)
 	switch {
 	case errors.Is(err, router.ErrDuplicateCID):
@@ -632,7 +634,7 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	case err != nil:
 		return "join-failed"
 	}
-	c.ch, c.uid, c.state = ch, t.UID, joined
+	c.ch, c.state = ch, joined
 	c.loop.stats.joins.Add(1)
 	// History first: the joiner gets it before any live frame.
 	for _, f := range hist {
@@ -695,7 +697,7 @@ func (s *Server) mergeResync(c *conn, first codec.Triplet, inner [][]byte) {
 	for _, e := range inner[1:] {
 		frames = append(frames, router.NewFrame(e))
 	}
-	fresh, snap := ch.MergeResync(frames, nil)
+	fresh, snap := s.mergeCatchUp(c, frames, len(first.Message) > 0) // engine/uplink.go
 	for _, f := range fresh {
 		c.loop.fanout(f, snap, c)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/router"
 )
 
@@ -67,7 +68,14 @@ type uplinkState struct {
 	// down.
 	replay     map[uint64]int32
 	replayLeft int
-	ends       socketEnds // the uplink socket's addresses; valid once joined
+	// here is the uids of the channel's members on this server, taken when
+	// the first frame comes down: within the replay window, frames of these
+	// senders are the peer's history of them (older than what they sent
+	// here since, after this server restarted, say) and are not forwarded,
+	// as in mergeCatchUp. hereTaken says it was taken.
+	here      map[string]bool
+	hereTaken bool
+	ends      socketEnds // the uplink socket's addresses; valid once joined
 }
 
 // socketEnds is a TCP connection's two addresses, unmapped.
@@ -184,6 +192,7 @@ func (up *uplinkState) expectReplay(hist []*router.Frame, window int) {
 	// are the same frames in nearly the same order; twice the window
 	// covers what was in flight either way when the link broke.
 	up.seen.Init(2 * window)
+	up.replayLeft = window // for the members' own frames (see here), at least
 	if up.seen.Len() == 0 && len(hist) == 0 {
 		return
 	}
@@ -196,26 +205,92 @@ func (up *uplinkState) expectReplay(hist []*router.Frame, window int) {
 			up.replay[fp] = 1
 		}
 	}
-	up.replayLeft = window
 }
 
-// skipReplayed reports whether a frame with fingerprint fp, come down the
-// uplink, is the peer's replay of one this server already had; it then must
-// not be forwarded. Loop-owned; no allocation.
-func (up *uplinkState) skipReplayed(fp uint64) bool {
+// skipReplayed reports whether frame data, with fingerprint fp, come down
+// the uplink c within the replay window, is the peer's replay of one this
+// server already had, or of a sender who is a member here (see here); it
+// then must not be forwarded. Loop-owned. Only the first replayLeft frames
+// after each (re)connection take this path: it decodes their uid
+// (allocating), so it is not the steady state.
+func (up *uplinkState) skipReplayed(c *conn, fp uint64, data []byte) bool {
 	up.replayLeft--
 	skip := false
 	if n := up.replay[fp]; n > 0 {
 		up.replay[fp] = n - 1
 		skip = true
+	} else {
+		if !up.hereTaken {
+			up.hereTaken = true
+			up.here = memberUIDs(c)
+		}
+		if len(up.here) > 0 {
+			t, err := codec.DecodeTriplet(data[codec.HeaderLen:])
+			skip = err == nil && up.here[t.UID]
+		}
 	}
 	if up.replayLeft <= 0 {
-		up.replay = nil
+		up.replay, up.here = nil, nil
 	}
 	return skip
+}
+
+// memberUIDs returns the uids of c's channel's members on this server:
+// the senders whose frames come here directly. Left out: c, our own
+// uplinks, and other servers' uplinks with a static group CID (their uid is
+// their first member's, who may be anywhere in the group, and the group may
+// reach us by several routes over time). Another server's uplink without a
+// static CID cannot be told from a client; it carries the uid of a sender
+// on its side, whose frames, in the trees such uplinks may form, come here
+// only through it. A member's uid is set before the router publishes it,
+// so reading it from another loop is safe.
+func memberUIDs(c *conn) map[string]bool {
+	here := map[string]bool{}
+	for _, g := range c.ch.Snapshot().Groups {
+		for _, sub := range g.Subs {
+			if m := sub.(*conn); m != c && m.up == nil && !m.peerLink {
+				here[m.uid] = true
+			}
+		}
+	}
+	return here
 }
 
 // adopt hands nc to an event loop, round robin, and waits until it is there.
 func (s *Server) adopt(nc net.Conn, a *adopted) error {
 	return s.register(nc, a, true)
+}
+
+// mergeCatchUp merges the inner frames of c's resync (its own join first
+// when ownJoin) into the channel's history and returns those to forward,
+// with the snapshot to forward them to.
+//
+// A resync is its sender's history, and some of it may be older than what
+// this server's members have: after this server restarted, a peer's resync
+// brings back the frames its reconnected clients sent before the crash,
+// while they may have sent newer ones here since. So a frame of the resync
+// that this server does not hold is forwarded only when its sender is not
+// a member of the channel here (c aside: its own frames come through it):
+// a member's frames come here directly, so those of them that reach this
+// server again in a peer's resync are older than what the other members
+// have. Those go to nobody (each member keeps seeing every sender's frames
+// in order, and never its own); they only refill the history, in front of
+// the frames it holds and only into the room left, so that a resync never
+// evicts this server's own newer frames. Not the per-frame path: it decodes
+// the uid of every frame of the resync.
+func (s *Server) mergeCatchUp(c *conn, frames []*router.Frame, ownJoin bool) ([]*router.Frame, *router.Snapshot) {
+	here := memberUIDs(c)
+	news := make([]*router.Frame, 0, len(frames))
+	var older []*router.Frame
+	for i, f := range frames {
+		t, err := codec.DecodeTriplet(f.Bytes()[codec.HeaderLen:])
+		if (i == 0 && ownJoin) || err != nil || !here[t.UID] {
+			news = append(news, f)
+		} else {
+			older = append(older, f)
+		}
+	}
+	fresh, snap := c.ch.MergeResync(news, nil)
+	c.ch.AddOlder(older)
+	return fresh, snap
 }

@@ -14,7 +14,16 @@
 //   - A failed or closed uplink is dialled again after a wait that starts at
 //     Backoff and doubles up to BackoffMax (with ±20 % jitter, so that a
 //     group of servers does not retry in step). The wait starts over once
-//     an uplink has carried frames or stayed up for stableAfter.
+//     an uplink has carried frames or stayed up for stableAfter. After a
+//     failure (a reset or timeout, not a close by either side) the redial
+//     comes from the last connection's local address: the peer may still
+//     hold its end of that connection (a partition, a middlebox that forgot
+//     it), and with it the uplink's CID, refusing every new connection as a
+//     duplicate until its keepalive gives up, minutes later if it has
+//     nothing to send. A SYN from the same address makes the peer's stack
+//     answer on the old connection, which this side resets, and the SYN's
+//     retransmission (a second later) connects. When the address cannot be
+//     had, the dial takes a fresh port.
 //   - The first frame: the channel's history, when there is any, as a
 //     resync whose first inner frame is the uplink's own freshly keyed join
 //     (empty message); otherwise, on the first connection, the first
@@ -26,6 +35,26 @@
 //     Uplink's SeenLog, which outlives its connections), are not passed on
 //     again (see engine.Uplink), so a reconnect causes no duplicates, with
 //     or without history here.
+//
+// Restarts. A server that restarts empty gets the channel's history back
+// from its peers: in their resync when they peer it, down its own new
+// uplink when it peers them. Its clients, reconnected, may have sent it
+// newer frames meanwhile, so that history is older than what they have.
+// The engine therefore treats frames of such catch-ups (a resync's inner
+// frames; the first max(history, 100) frames down a new uplink) whose
+// sender is a client of this server as history only: they are not
+// forwarded (every client keeps each sender's frames in order, exactly
+// once, and never gets its own back); a resync's ones only fill the
+// history's free room, in front, so that they never evict the server's own
+// newer frames, and those down an uplink are dropped (the peer keeps
+// them). The others (frames of senders elsewhere, those sent during
+// the outage included) are forwarded once, as before. "A client of this
+// server" is a member's uid (another server's static-CID uplink aside: its
+// uid is its first member's). So a sender who sent to the restarted server
+// and left before the catch-up came is not known as one, and its older
+// frames are then forwarded after its newer ones; and a uid connected to
+// two servers at once loses, here, its other connection's frames that come
+// within a catch-up.
 //
 // TLS (Config.TLS): the uplink is a TLS client of the peer; the handshake
 // runs in the dialling goroutine and the engine gets the plaintext through a

@@ -86,6 +86,11 @@ func startServer(t *testing.T, name string, env []string, args ...string) *serve
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("---- log of server %s (%s), tail ----\n%s", name, strings.Join(all, " "), tail(s.Log(), 6000))
+			// MLESD_E2E_LOGDIR=dir: the whole log of every server of a failed test.
+			if dir := os.Getenv("MLESD_E2E_LOGDIR"); dir != "" {
+				f := fmt.Sprintf("%s/%s-%s.log", dir, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()), s.name)
+				_ = os.WriteFile(f, []byte(s.Log()), 0o644)
+			}
 		}
 	})
 	return s
@@ -556,6 +561,7 @@ type relay struct {
 	target string
 	mu     sync.Mutex
 	cut    bool
+	piped  int // connections let through, ever
 	conns  map[net.Conn]bool
 	wg     sync.WaitGroup
 }
@@ -600,6 +606,7 @@ func (r *relay) accept() {
 			continue
 		}
 		r.conns[in], r.conns[out] = true, true
+		r.piped++
 		r.wg.Add(2)
 		r.mu.Unlock()
 		pipe := func(dst, src net.Conn) {
@@ -633,6 +640,28 @@ func (r *relay) heal() {
 	r.mu.Lock()
 	r.cut = false
 	r.mu.Unlock()
+}
+
+// pipedCount is how many connections the relay has let through.
+func (r *relay) pipedCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.piped
+}
+
+// healAndWaitPiped heals r and waits (10 s) until it lets a connection
+// through: the uplink came back only now, not while the link was cut.
+func (r *relay) healAndWaitPiped(t *testing.T) {
+	t.Helper()
+	before := r.pipedCount()
+	r.heal()
+	deadline := time.Now().Add(10 * time.Second)
+	for r.pipedCount() == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection through the relay within 10 s of the heal")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // staticAddr returns host:port with a TCP port free on host right now,

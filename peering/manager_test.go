@@ -244,7 +244,7 @@ func TestManagerBoundsDialsPerPeer(t *testing.T) {
 		attempts       int
 		release        = make(chan struct{})
 	)
-	m.dialFn = func(ctx context.Context, _, _ string) (net.Conn, error) {
+	m.dialFn = func(ctx context.Context, _ netip.AddrPort, _ string) (net.Conn, error) {
 		mu.Lock()
 		inFlight++
 		attempts++
@@ -305,4 +305,58 @@ func TestManagerDoesNotKeepAHugeJoinMessage(t *testing.T) {
 	if err != nil || len(tr.Message) != 0 || tr.UID != "alice" || kept > 100 {
 		t.Fatalf("hello %+v (%v), %d bytes kept: want an empty join and no copy of the message", tr, err, kept)
 	}
+}
+
+// A redial after a failure comes from the last connection's address when
+// that is free, and from a fresh port when it is not.
+func TestRedialReusesTheLastLocalAddressWhenFree(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	m := newManager(t, &fakeEngine{}, Config{Peers: []string{ln.Addr().String()}})
+	// From an address of its own, so that no other connection of a busy
+	// test machine takes the port in between.
+	m.netDialer.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 77)}
+	first, err := m.dialTCP(context.Background(), netip.AddrPort{}, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.netDialer.LocalAddr = nil
+	from := addrPortOf(first.LocalAddr())
+	first.(*net.TCPConn).SetLinger(0) // a reset: no TIME_WAIT left on the port
+	first.Close()
+	again, err := m.dialTCP(context.Background(), from, ln.Addr().String())
+	if err != nil {
+		t.Fatalf("redial from %v: %v", from, err)
+	}
+	if got := addrPortOf(again.LocalAddr()); got != from {
+		t.Errorf("redial came from %v, want the last connection's %v", got, from)
+	}
+	again.Close()
+
+	taken, err := net.Listen("tcp", "127.0.0.1:0") // a port that cannot be bound again
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	busy := addrPortOf(taken.Addr())
+	fresh, err := m.dialTCP(context.Background(), busy, ln.Addr().String())
+	if err != nil {
+		t.Fatalf("redial from a taken address did not fall back to a fresh port: %v", err)
+	}
+	if got := addrPortOf(fresh.LocalAddr()); got == busy {
+		t.Errorf("redial came from the taken address %v", got)
+	}
+	fresh.Close()
 }

@@ -12,7 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/internal/ratelog"
@@ -171,7 +174,7 @@ type Manager struct {
 	cfg       Config
 	log       *slog.Logger
 	rlog      *ratelog.Log
-	dialFn    func(ctx context.Context, network, addr string) (net.Conn, error) // netDialer's, or a test's
+	dialFn    func(ctx context.Context, from netip.AddrPort, addr string) (net.Conn, error) // dialTCP, or a test's
 	netDialer net.Dialer
 	ctx       context.Context // cancelled by Stop: ends dials in flight
 	cancel    context.CancelFunc
@@ -233,7 +236,7 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{cfg: cfg, log: cfg.Logger, rlog: ratelog.New(cfg.Logger, 10), chans: make(map[string]*channelLinks),
 		dialQ: make(map[string][]dialReq), dialers: make(map[string]int)}
 	m.netDialer = net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: keepAlive}
-	m.dialFn = m.netDialer.DialContext
+	m.dialFn = m.dialTCP
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m, nil
 }
@@ -394,7 +397,10 @@ func (m *Manager) dial(u *Uplink, gen uint64) {
 	if stale { // closed while it waited in the queue
 		return
 	}
-	nc, err := m.dialFn(m.ctx, "tcp", u.peer)
+	m.mu.Lock()
+	from := u.reuseFrom
+	m.mu.Unlock()
+	nc, err := m.dialFn(m.ctx, from, u.peer)
 	what := "dial"
 	var engineSide net.Conn
 	if err == nil {
@@ -423,6 +429,7 @@ func (m *Manager) dial(u *Uplink, gen uint64) {
 	}
 	local, remote := addrPortOf(nc.LocalAddr()), addrPortOf(nc.RemoteAddr())
 	u.setKeyLocked(local)
+	u.local, u.reuseFrom = local, netip.AddrPort{}
 	m.mu.Unlock()
 	if err := m.cfg.Adopt(engineSide, local, remote, u); err != nil {
 		engineSide.Close()
@@ -433,6 +440,29 @@ func (m *Manager) dial(u *Uplink, gen uint64) {
 		}
 		m.mu.Unlock()
 	}
+}
+
+// dialTCP connects to addr, from the local address from when it is set
+// (see Uplink.reuseFrom), falling back to a fresh port when that one cannot
+// be had.
+func (m *Manager) dialTCP(ctx context.Context, from netip.AddrPort, addr string) (net.Conn, error) {
+	if !from.IsValid() {
+		return m.netDialer.DialContext(ctx, "tcp", addr)
+	}
+	d := m.netDialer
+	d.LocalAddr = net.TCPAddrFromAddrPort(from)
+	d.Control = func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		})
+		return errors.Join(err, serr)
+	}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) {
+		return m.netDialer.DialContext(ctx, "tcp", addr)
+	}
+	return nc, err
 }
 
 // startTLS runs the TLS handshake on nc (within DialTimeout) and returns

@@ -3,6 +3,7 @@ package peering
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -30,6 +31,17 @@ type Uplink struct {
 	key     uint64 // the join key for the current connection
 	cid     uint32
 	helloed bool // a first frame was sent on some connection
+	// local is the current (or last) connection's local address;
+	// reuseFrom is set to it when that connection failed rather than
+	// being closed by either side: the peer may then still hold its end
+	// (a partition, a middlebox that forgot the connection), and, with it,
+	// the uplink's CID, refusing the next connection as a duplicate until
+	// its own end times out, which for a peer with nothing to send takes
+	// its keepalive, minutes. The next dial comes from the same address:
+	// the peer's stack then answers the SYN on the old connection, which
+	// this side's resets, so the stale end goes at once (RFC 5961's
+	// challenge ACK) and the SYN's retransmission connects.
+	local, reuseFrom netip.AddrPort
 
 	// Not locked: the engine's, on the current connection's event loop
 	// (see engine.Uplink.Seen).
@@ -163,6 +175,9 @@ func (u *Uplink) Down(reason string, err error, received uint64) {
 	}
 	if received > 0 || up >= stableAfter {
 		u.wait = m.cfg.Backoff // it worked: start the back-off over
+	}
+	if reason == "" && err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		u.reuseFrom = u.local // failed, not closed: see reuseFrom
 	}
 	why := reason
 	switch {
