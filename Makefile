@@ -14,7 +14,8 @@ SYSTEMD_DIR ?= /etc/systemd/system
 CONF_DIR ?= /etc/mlesd
 # Every fuzz target as package:Target (the stream parser is the engine's).
 FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDecodeResync \
-                ./engine:FuzzStreamParser ./gateway:FuzzWebSocketMessage
+                ./engine:FuzzStreamParser ./gateway:FuzzWebSocketMessage \
+                ./gateway:FuzzDecodePairMatchesDecodeTriplet ./client:FuzzScanTriplet
 
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(CURDIR)/bin/tools/staticcheck
