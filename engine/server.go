@@ -69,7 +69,6 @@ type Server struct {
 
 	loopsMu sync.Mutex
 	loops   []atomic.Pointer[loop]   // index = loop idx; set once when the loop is first seen
-	adopts  atomic.Uint64            // Adopt's round robin over the loops seen so far
 	byEL    map[gnet.EventLoop]*loop // Lock: loopsMu
 
 	clock     atomic.Int64 // coarse monotonic clock, ns since start
