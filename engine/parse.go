@@ -7,6 +7,8 @@ import "github.com/mlesd/mlesd/codec"
 type inbound interface {
 	InboundBuffered() int
 	Peek(n int) ([]byte, error)
+	Read(p []byte) (int, error)
+	Discard(n int) (int, error)
 }
 
 // nextFrame looks at the buffered bytes without consuming them. It returns the
@@ -16,22 +18,109 @@ type inbound interface {
 // It never reserves memory from a declared length: a frame costs only the
 // bytes that have arrived. Hot path: no allocation.
 func nextFrame(in inbound, maxFrame int) (h codec.Header, total int, reason string) {
-	avail := in.InboundBuffered()
+	h, total, avail, reason := peekHeader(in, maxFrame)
+	if avail < total {
+		return h, 0, reason
+	}
+	return h, total, reason
+}
+
+// peekHeader parses the header at the head of in, if all of it has arrived.
+// total is the whole frame's declared length (0 while the header is
+// incomplete or bad), avail the bytes buffered.
+func peekHeader(in inbound, maxFrame int) (h codec.Header, total, avail int, reason string) {
+	avail = in.InboundBuffered()
 	if avail < codec.HeaderLen {
-		return h, 0, ""
+		return h, 0, avail, ""
 	}
 	hb, err := in.Peek(codec.HeaderLen)
 	if err != nil {
-		return h, 0, ""
+		return h, 0, avail, ""
 	}
 	if h, err = codec.ParseHeader(hb); err != nil {
-		return h, 0, headerReason(err)
+		return h, 0, avail, headerReason(err)
 	}
 	if h.Len > maxFrame {
-		return h, 0, "frame-too-large"
+		return h, 0, avail, "frame-too-large"
 	}
-	if total = codec.HeaderLen + h.Len; avail < total {
-		return h, 0, ""
+	return h, codec.HeaderLen + h.Len, avail, ""
+}
+
+// frameReader takes whole frames off a connection's inbound buffer. Small
+// frames are parsed in place, as gnet buffered them. A frame longer than
+// ownFrom whose first ownFrom bytes have arrived is moved out of gnet's buffer
+// (which would grow by doubling and keep its size in a pool) into an ownedBuf,
+// and the rest of it is read straight into that as it arrives: what it costs
+// is what has arrived, and it is given back when the frame is done.
+//
+// Use: next until it returns no frame; after each frame, handle data (valid
+// only until done) and call done. Loop-owned.
+type frameReader struct {
+	own   ownedBuf
+	want  int // length of the frame being assembled in own; 0 = none
+	inBuf int // length of the frame next returned from in; 0 = none
+}
+
+// next returns the next whole frame at the head of in (data, its bytes,
+// header included), data nil when more bytes are needed, or a reason to close
+// the connection. No allocation for small frames; for large ones, a few
+// system calls per frame and none per read.
+func (r *frameReader) next(in inbound, maxFrame, ownFrom int) (h codec.Header, data []byte, reason string) {
+	if r.want == 0 {
+		var total, avail int
+		h, total, avail, reason = peekHeader(in, maxFrame)
+		switch {
+		case reason != "" || total == 0:
+			return h, nil, reason
+		case avail >= total:
+			data, _ = in.Peek(total)
+			r.inBuf = total
+			return h, data, ""
+		case total <= ownFrom || avail < ownFrom:
+			return h, nil, "" // stays in gnet's buffer until it is worth moving
+		}
+		r.want = total
 	}
-	return h, total, ""
+	n := min(in.InboundBuffered(), r.want-len(r.own.b))
+	if n > 0 {
+		if err := r.own.reserve(len(r.own.b)+n, r.want); err != nil {
+			return h, nil, "out-of-memory"
+		}
+		at := len(r.own.b)
+		r.own.b = r.own.b[:at+n]
+		if got, _ := in.Read(r.own.b[at:]); got != n { // cannot happen: n bytes are buffered
+			r.own.b = r.own.b[:at+got]
+			return h, nil, "read-failed"
+		}
+	}
+	if len(r.own.b) < r.want {
+		return h, nil, ""
+	}
+	h, _ = codec.ParseHeader(r.own.b) // checked when the frame began
+	return h, r.own.b, ""
+}
+
+// done consumes the frame next returned.
+func (r *frameReader) done(in inbound) {
+	if r.want != 0 {
+		r.want = 0
+		r.own.free()
+		return
+	}
+	_, _ = in.Discard(r.inBuf)
+	r.inBuf = 0
+}
+
+// held is the bytes of the incomplete frame at the head: what is buffered in
+// gnet plus what the owned buffer holds.
+func (r *frameReader) held(in inbound) int { return in.InboundBuffered() + len(r.own.b) }
+
+// resident is the memory the incomplete frame occupies, what the partial
+// budget is charged: gnet's buffered bytes plus the owned pages.
+func (r *frameReader) resident(in inbound) int { return in.InboundBuffered() + r.own.resident() }
+
+// release gives back the owned buffer of a closing connection.
+func (r *frameReader) release() {
+	r.want, r.inBuf = 0, 0
+	r.own.free()
 }

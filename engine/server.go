@@ -69,8 +69,9 @@ type Server struct {
 	stopping     atomic.Bool
 	openConns    atomic.Int64
 	accepted     atomic.Uint64
-	partialBytes atomic.Int64 // bytes of incomplete frames, all connections
-	uplinkEnds   sync.Map     // socketEnds → struct{}: the addresses of open uplinks
+	partialBytes atomic.Int64  // memory of incomplete frames, all connections
+	partial      []partialLoop // index = loop idx
+	uplinkEnds   sync.Map      // socketEnds → struct{}: the addresses of open uplinks
 	uplinksOpen  atomic.Int32
 
 	ipMu    sync.Mutex
@@ -95,6 +96,7 @@ func New(cfg Config, r *router.Router) (*Server, error) {
 		ready:  make(chan struct{}),
 		start:  time.Now(),
 	}
+	s.partial = s.newPartialLoops(cfg.Loops)
 	for _, a := range cfg.Listen {
 		pa, err := protoAddr(a)
 		if err != nil {
@@ -325,10 +327,7 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	}
 	c.q.releaseAll()
 	c.queued = 0
-	if c.partial != 0 {
-		s.partialBytes.Add(-int64(c.partial))
-		c.partial = 0
-	}
+	s.dropPartial(c)
 	if c.perIP {
 		ip := c.remote.Addr().Unmap()
 		s.ipMu.Lock()
@@ -381,7 +380,8 @@ func (s *Server) closeConn(c *conn, reason string) {
 // protocol or timed out.
 func reasonLevel(reason string) slog.Level {
 	switch reason {
-	case "max-conns", "max-conns-per-ip", "partial-budget", "too-many-channels", "stalled-and-silent", "peer-is-self":
+	case "max-conns", "max-conns-per-ip", "partial-budget", "too-many-channels", "stalled-and-silent", "peer-is-self",
+		"out-of-memory":
 		return slog.LevelWarn
 	}
 	return slog.LevelInfo
@@ -429,20 +429,22 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c.lastRead = s.now()
 	batchBytes := 0
 	action := gnet.None
+	framed := false // a frame was completed: what is left begins a new one
 	for {
-		h, total, reason := nextFrame(gc, s.cfg.MaxFrame)
+		h, data, reason := c.rd.next(gc, s.cfg.MaxFrame, ownedFrameMin)
 		if reason != "" {
 			c.reason = reason
 			action = gnet.Close
 			break
 		}
-		if total == 0 {
+		if data == nil {
 			break
 		}
-		data, _ := gc.Peek(total)
+		total := len(data)
+		framed = true
 		if c.state == awaitingJoin {
 			reason := s.join(c, h, data)
-			_, _ = gc.Discard(total)
+			c.rd.done(gc)
 			if reason != "" {
 				c.reason = reason
 				action = gnet.Close
@@ -454,13 +456,13 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 			c.up.received++
 			fp := router.Fingerprint(data)
 			if c.up.replay != nil && c.up.skipReplayed(fp) {
-				_, _ = gc.Discard(total)
+				c.rd.done(gc)
 				continue
 			}
 			c.up.seen.AddFingerprint(fp)
 		}
 		f := router.NewFrame(data)
-		_, _ = gc.Discard(total)
+		c.rd.done(gc)
 		l.frames = append(l.frames, f)
 		batchBytes += total
 		if len(l.frames) >= maxBatchFrames || batchBytes >= maxBatchBytes {
@@ -473,15 +475,8 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	}
 	l.flush()
 	if action == gnet.None {
-		// Bytes of a frame still arriving count against a global budget.
-		if partial := gc.InboundBuffered(); partial != c.partial {
-			total := s.partialBytes.Add(int64(partial - c.partial))
-			c.partial = partial
-			if partial > 0 && total > int64(s.cfg.MaxPartialBytes) {
-				c.reason = "partial-budget"
-				action = gnet.Close
-			}
-		}
+		// The frame still arriving counts against a global budget and a clock.
+		action = s.accountPartial(c, gc, framed)
 	}
 	return action
 }

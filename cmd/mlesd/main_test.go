@@ -48,7 +48,7 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 	}
 	for _, want := range []string{"MLES_KEY", "MLES_ADDR_KEY", "-listen", "-history-limit", "-key", "-loops",
 		"-max-frame", "-max-pending", "-max-pending-frames", "-stall-timeout", "-join-timeout", "-idle-timeout", "-max-conns",
-		"-max-conns-per-ip", "-max-uid-len", "-max-channel-len", "-max-partial-bytes", "-history-bytes",
+		"-max-conns-per-ip", "-max-uid-len", "-max-channel-len", "-max-partial-bytes", "-frame-timeout", "-frame-min-rate", "-frame-rate-window", "-history-bytes",
 		"-max-history-bytes", "-max-channels", "-drain-timeout", "-log-level", "-log-format",
 		"-cpuprofile", "-memprofile", "-pprof", "-ws-listen", "[::]:8077",
 		"-peer", "-peer-backoff", "-peer-backoff-max", "-peer-linger", "-peer-dial-timeout", "-cid", "-peer-tls", "-peer-tls-ca", "-peer-tls-cert", "-peer-tls-key", "Peering:"} {
@@ -64,7 +64,8 @@ func TestBadFlagsExitWithUsageError(t *testing.T) {
 		{"--peer", "a:b:c"}, {"--peer", "host:0"}, {"--peer", "x", "--cid", "zz"}, {"--cid", "1"},
 		{"--peer", "x", "--peer-backoff", "0"}, {"--peer", "x", "--peer-backoff", "2s", "--peer-backoff-max", "1s"},
 		{"--peer-tls"}, {"--peer", "x", "--peer-tls-ca", "ca.pem"}, {"--peer", "x", "--peer-tls", "--peer-tls-cert", "c.pem"},
-		{"--peer", "x", "--peer-tls", "--peer-tls-ca", "/nonexistent/ca.pem"}} {
+		{"--peer", "x", "--peer-tls", "--peer-tls-ca", "/nonexistent/ca.pem"},
+		{"--frame-timeout", "-1s"}, {"--frame-min-rate", "-1"}, {"--frame-rate-window", "0"}} {
 		err := exec.Command(mlesdBin, args...).Run()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 			t.Errorf("%v: exit %v, want 2", args, err)
