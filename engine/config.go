@@ -101,6 +101,11 @@ const (
 	// connections hold an owned buffer at once (4,096 at the default, well
 	// under the kernel's 65,530 mappings per process).
 	ownedFrameMin = 64 << 10
+	// spareBufsLen and spareBufMax bound the owned buffers each loop keeps
+	// for reuse (see spareBufs): 4 × 1 MiB per loop at most. Reuse makes a
+	// stream of 256 KiB-1 MiB frames cost what gnet's own buffer cost.
+	spareBufsLen = 4
+	spareBufMax  = 1 << 20
 	// partialSlackDiv: while the connection holding the most partial bytes
 	// is being closed on its own loop, the others may pass MaxPartialBytes by
 	// at most MaxPartialBytes/partialSlackDiv (plus one read per loop); a

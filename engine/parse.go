@@ -54,7 +54,8 @@ func peekHeader(in inbound, maxFrame int) (h codec.Header, total, avail int, rea
 // is what has arrived, and it is given back when the frame is done.
 //
 // Use: next until it returns no frame; after each frame, handle data (valid
-// only until done) and call done. Loop-owned.
+// only until done) and call done. Loop-owned; spare is the loop's cache of
+// owned buffers (may be nil).
 type frameReader struct {
 	own   ownedBuf
 	want  int // length of the frame being assembled in own; 0 = none
@@ -65,7 +66,7 @@ type frameReader struct {
 // header included), data nil when more bytes are needed, or a reason to close
 // the connection. No allocation for small frames; for large ones, a few
 // system calls per frame and none per read.
-func (r *frameReader) next(in inbound, maxFrame, ownFrom int) (h codec.Header, data []byte, reason string) {
+func (r *frameReader) next(in inbound, maxFrame, ownFrom int, spare *spareBufs) (h codec.Header, data []byte, reason string) {
 	if r.want == 0 {
 		var total, avail int
 		h, total, avail, reason = peekHeader(in, maxFrame)
@@ -80,6 +81,9 @@ func (r *frameReader) next(in inbound, maxFrame, ownFrom int) (h codec.Header, d
 			return h, nil, "" // stays in gnet's buffer until it is worth moving
 		}
 		r.want = total
+		if r.own.b == nil {
+			r.own.b = spare.get()
+		}
 	}
 	n := min(in.InboundBuffered(), r.want-len(r.own.b))
 	if n > 0 {
@@ -101,10 +105,13 @@ func (r *frameReader) next(in inbound, maxFrame, ownFrom int) (h codec.Header, d
 }
 
 // done consumes the frame next returned.
-func (r *frameReader) done(in inbound) {
+func (r *frameReader) done(in inbound, spare *spareBufs) {
 	if r.want != 0 {
 		r.want = 0
-		r.own.free()
+		if !spare.put(r.own.b) {
+			r.own.free()
+		}
+		r.own.b = nil
 		return
 	}
 	_, _ = in.Discard(r.inBuf)
@@ -120,7 +127,43 @@ func (r *frameReader) held(in inbound) int { return in.InboundBuffered() + len(r
 func (r *frameReader) resident(in inbound) int { return in.InboundBuffered() + r.own.resident() }
 
 // release gives back the owned buffer of a closing connection.
-func (r *frameReader) release() {
+func (r *frameReader) release(spare *spareBufs) {
 	r.want, r.inBuf = 0, 0
-	r.own.free()
+	if !spare.put(r.own.b) {
+		r.own.free()
+	}
+	r.own.b = nil
+}
+
+// spareBufs keeps a few small owned buffers of finished frames for the next
+// large frames on the same loop: their pages are already resident, so a
+// stream of large frames does not pay a page fault per 4 KiB and an unmap per
+// frame. What it keeps is bounded (spareBufsLen buffers of at most
+// spareBufMax bytes per loop) and is not counted in the partial budget.
+// Buffers over spareBufMax, such as a hoarder's, are always given back to
+// the kernel. Loop-owned.
+type spareBufs struct {
+	bufs [spareBufsLen][]byte
+	n    int
+}
+
+// get returns a kept buffer, empty, or nil.
+func (s *spareBufs) get() []byte {
+	if s == nil || s.n == 0 {
+		return nil
+	}
+	s.n--
+	b := s.bufs[s.n]
+	s.bufs[s.n] = nil
+	return b[:0]
+}
+
+// put keeps b if it is small and there is room, and reports whether it did.
+func (s *spareBufs) put(b []byte) bool {
+	if s == nil || b == nil || cap(b) > spareBufMax || s.n == len(s.bufs) {
+		return false
+	}
+	s.bufs[s.n] = b[:0]
+	s.n++
+	return true
 }

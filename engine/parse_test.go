@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"testing"
 
@@ -38,7 +39,13 @@ func (c *chunkedInbound) Discard(n int) (int, error) {
 func parseChunked(t testing.TB, stream, sizes []byte, maxFrame, ownFrom int) (frames [][]byte, reason string) {
 	in := &chunkedInbound{}
 	var rd frameReader
-	defer rd.release()
+	spare := &spareBufs{}
+	defer rd.release(spare)
+	defer func() {
+		for b := spare.get(); b != nil; b = spare.get() {
+			(&ownedBuf{b}).free()
+		}
+	}()
 	fed, taken := 0, 0
 	for i, pos := 0, 0; pos < len(stream); i++ {
 		n := 1
@@ -50,7 +57,7 @@ func parseChunked(t testing.TB, stream, sizes []byte, maxFrame, ownFrom int) (fr
 		pos += n
 		fed += n
 		for {
-			h, data, r := rd.next(in, maxFrame, ownFrom)
+			h, data, r := rd.next(in, maxFrame, ownFrom, spare)
 			if r != "" {
 				return frames, r
 			}
@@ -62,7 +69,7 @@ func parseChunked(t testing.TB, stream, sizes []byte, maxFrame, ownFrom int) (fr
 			}
 			frames = append(frames, bytes.Clone(data))
 			taken += len(data)
-			rd.done(in)
+			rd.done(in, spare)
 		}
 		if held := rd.held(in); held != fed-taken {
 			t.Fatalf("reader holds %d bytes, want %d", held, fed-taken)
@@ -145,4 +152,69 @@ func FuzzStreamParser(f *testing.F) {
 			}
 		}
 	})
+}
+
+// flatInbound is an inbound buffer with a fixed backing array, for
+// benchmarks: it allocates nothing itself.
+type flatInbound struct {
+	buf  []byte
+	r, w int
+}
+
+func (f *flatInbound) InboundBuffered() int { return f.w - f.r }
+func (f *flatInbound) Peek(n int) ([]byte, error) {
+	if n > f.w-f.r {
+		return nil, io.ErrShortBuffer
+	}
+	return f.buf[f.r : f.r+n], nil
+}
+func (f *flatInbound) Read(p []byte) (int, error) {
+	n := copy(p, f.buf[f.r:f.w])
+	f.Discard(n)
+	return n, nil
+}
+func (f *flatInbound) Discard(n int) (int, error) {
+	if f.r += n; f.r == f.w {
+		f.r, f.w = 0, 0
+	}
+	return n, nil
+}
+func (f *flatInbound) fill(b []byte) { f.w += copy(f.buf[f.w:], b) }
+
+// BenchmarkFrameReader parses frames arriving in 64 KiB reads (gnet's read
+// size): in place (as small frames are), and moved into an owned buffer (as
+// frames over ownedFrameMin are). The owned path costs its mapping's system
+// calls per frame and the copy out of the read buffer (which gnet's own
+// buffer would make too); it must not allocate.
+func BenchmarkFrameReader(b *testing.B) {
+	for _, size := range []int{256 << 10, 4 << 20} {
+		for _, tc := range []struct {
+			name    string
+			ownFrom int
+		}{{"in-place", 1 << 30}, {"owned", ownedFrameMin}} {
+			b.Run(fmt.Sprintf("%dKiB/%s", size>>10, tc.name), func(b *testing.B) {
+				frame, _ := codec.AppendFrame(nil, 1, codec.Triplet{UID: "u", Channel: "c", Message: make([]byte, size)})
+				in := &flatInbound{buf: make([]byte, len(frame))}
+				var rd frameReader
+				spare := &spareBufs{}
+				defer func() {
+					rd.release(nil)
+					for b := spare.get(); b != nil; b = spare.get() {
+						(&ownedBuf{b}).free()
+					}
+				}()
+				b.SetBytes(int64(len(frame)))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					for pos := 0; pos < len(frame); pos += 64 << 10 {
+						in.fill(frame[pos:min(pos+64<<10, len(frame))])
+						if _, data, _ := rd.next(in, codec.MaxPayloadLen, tc.ownFrom, spare); data != nil {
+							rd.done(in, spare)
+						}
+					}
+				}
+			})
+		}
+	}
 }

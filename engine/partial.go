@@ -30,7 +30,8 @@ type partialLoop struct {
 	biggest      atomic.Int64 // any goroutine: the most one of holders has; written on its loop
 	shedArmed    atomic.Bool  // a shed task is queued on the loop
 	shedRunnable gnet.Runnable
-	_            [64]byte // keep the next loop's fields off this cache line
+	spare        spareBufs // loop-owned
+	_            [64]byte  // keep the next loop's fields off this cache line
 }
 
 func (s *Server) newPartialLoops(n int) []partialLoop {
@@ -78,7 +79,7 @@ func (s *Server) accountPartial(c *conn, gc gnet.Conn, newFrame bool) gnet.Actio
 
 // dropPartial gives back what a closing connection held. Loop-owned.
 func (s *Server) dropPartial(c *conn) {
-	c.rd.release()
+	c.rd.release(&s.partial[c.loop.idx].spare)
 	c.held, c.frameStart = 0, 0
 	if c.partial != 0 {
 		old := c.partial

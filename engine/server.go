@@ -430,8 +430,9 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	batchBytes := 0
 	action := gnet.None
 	framed := false // a frame was completed: what is left begins a new one
+	spare := &s.partial[l.idx].spare
 	for {
-		h, data, reason := c.rd.next(gc, s.cfg.MaxFrame, ownedFrameMin)
+		h, data, reason := c.rd.next(gc, s.cfg.MaxFrame, ownedFrameMin, spare)
 		if reason != "" {
 			c.reason = reason
 			action = gnet.Close
@@ -444,7 +445,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		framed = true
 		if c.state == awaitingJoin {
 			reason := s.join(c, h, data)
-			c.rd.done(gc)
+			c.rd.done(gc, spare)
 			if reason != "" {
 				c.reason = reason
 				action = gnet.Close
@@ -456,13 +457,13 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 			c.up.received++
 			fp := router.Fingerprint(data)
 			if c.up.replay != nil && c.up.skipReplayed(fp) {
-				c.rd.done(gc)
+				c.rd.done(gc, spare)
 				continue
 			}
 			c.up.seen.AddFingerprint(fp)
 		}
 		f := router.NewFrame(data)
-		c.rd.done(gc)
+		c.rd.done(gc, spare)
 		l.frames = append(l.frames, f)
 		batchBytes += total
 		if len(l.frames) >= maxBatchFrames || batchBytes >= maxBatchBytes {
