@@ -96,7 +96,7 @@ func TestMaxChannels(t *testing.T) {
 	a.expect(c.frame(nil))
 }
 
-func TestPartialFrameBudgetClosesTheConnectionThatPassesIt(t *testing.T) {
+func TestPartialBudgetWithOnlySmallHoldersClosesTheConnectionThatPassesIt(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys, MaxPartialBytes: 64 << 10, JoinTimeout: -1}, router.Config{})
 	// One client declares a 16 MiB frame and sends 48 KiB of it: within budget.
 	first := dialRaw(t, ts.addr)

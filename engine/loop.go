@@ -318,10 +318,12 @@ func (l *loop) pollBacklog(context.Context) error {
 // The join timeout measures the client, not the server's backlog: a
 // connection that has sent bytes the server has not yet parsed (held in an
 // incomplete frame, or still unread in the kernel because this loop was
-// busy) is not closed by it; the frame deadline and minimum rate govern it.
+// busy) is not closed by it; the frame deadline and minimum rate govern it
+// (when both are off, a partial join frame is the join timeout's again).
 func (l *loop) sweep(context.Context) error {
 	now := l.srv.now()
 	cfg := &l.srv.cfg
+	frameRulesOn := cfg.FrameTimeout > 0 || cfg.FrameMinRate > 0 // else a partial join frame is the join timeout's
 	for c := range l.conns {
 		if c.state >= closing {
 			continue
@@ -334,7 +336,7 @@ func (l *loop) sweep(context.Context) error {
 		}
 		switch {
 		case c.state == awaitingJoin && cfg.JoinTimeout > 0 && now-c.opened > int64(cfg.JoinTimeout):
-			if c.held == 0 && unreadBytes(c.gc.Fd()) == 0 {
+			if (c.held == 0 || !frameRulesOn) && unreadBytes(c.gc.Fd()) == 0 {
 				l.srv.closeConn(c, "join-timeout")
 			}
 		case c.state == joined && cfg.IdleTimeout > 0 && now-c.lastRead > int64(cfg.IdleTimeout):

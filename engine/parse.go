@@ -11,23 +11,11 @@ type inbound interface {
 	Discard(n int) (int, error)
 }
 
-// nextFrame looks at the buffered bytes without consuming them. It returns the
-// header and length of the whole frame at the head (header included) when all
-// of it is buffered, total 0 when more bytes are needed, or a reason to close
-// the connection.
-// It never reserves memory from a declared length: a frame costs only the
-// bytes that have arrived. Hot path: no allocation.
-func nextFrame(in inbound, maxFrame int) (h codec.Header, total int, reason string) {
-	h, total, avail, reason := peekHeader(in, maxFrame)
-	if avail < total {
-		return h, 0, reason
-	}
-	return h, total, reason
-}
-
-// peekHeader parses the header at the head of in, if all of it has arrived.
-// total is the whole frame's declared length (0 while the header is
-// incomplete or bad), avail the bytes buffered.
+// peekHeader parses the header at the head of in, if all of it has arrived,
+// without consuming anything. total is the whole frame's declared length
+// (header included; 0 while the header is incomplete or bad), avail the
+// bytes buffered, reason a reason to close the connection. It never reserves
+// memory from a declared length. Hot path: no allocation.
 func peekHeader(in inbound, maxFrame int) (h codec.Header, total, avail int, reason string) {
 	avail = in.InboundBuffered()
 	if avail < codec.HeaderLen {

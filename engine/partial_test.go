@@ -255,3 +255,12 @@ func TestJoinSentWhileTheLoopIsBusyIsJoined(t *testing.T) {
 	other := ts.join(t, sharedKeys, "other", "ch", nil)
 	c.expect(other.frame(nil))
 }
+
+func TestPartialJoinFrameIsTheJoinTimeoutsWhenFrameRulesAreOff(t *testing.T) {
+	ts := startServer(t, Config{Keys: sharedKeys, JoinTimeout: 300 * time.Millisecond, FrameTimeout: -1, FrameMinRate: -1},
+		router.Config{})
+	nc := dialRaw(t, ts.addr)
+	nc.Write([]byte{'M', 0, 0}) // a slowloris header that never completes
+	expectClosed(t, nc)
+	ts.log.waitFor(t, "reason=join-timeout")
+}

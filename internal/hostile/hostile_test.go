@@ -82,6 +82,16 @@ func TestSlowlorisHeadersAreClosedAsTooSlow(t *testing.T) {
 	recovered(t, p, base, 8<<10)
 }
 
+func TestStalledHalfFrameIsClosedByTheFrameTimeout(t *testing.T) {
+	p, base := start(t, "--frame-timeout", "1s", "--frame-min-rate", "0")
+	c := mlestest.Join(t, p.Addr, key, "staller", "ch")
+	f := c.Frame(make([]byte, 1<<20))
+	c.NC.Write(f[:len(f)/2])
+	mlestest.ExpectClosed(t, c.NC)
+	p.WaitLog(t, "reason=frame-timeout")
+	recovered(t, p, base, 8<<10)
+}
+
 // Issue 11: seventeen joined connections each declare a maximal frame, send
 // 15 MiB of it and stop, filling the 256 MiB partial budget. A publisher of
 // 1 MiB frames still gets every frame through (the biggest hoarder is shed),
