@@ -17,7 +17,8 @@ import (
 //
 // Loop-owned, like the conn that holds it.
 type ownedBuf struct {
-	b []byte // len: bytes held; cap: bytes mapped (page multiple); nil = nothing mapped
+	b       []byte // len: bytes held; cap: bytes mapped (page multiple); nil = nothing mapped
+	touched int    // bytes of the mapping ever written (a reused one may hold more than len)
 }
 
 // pageSize is the unit the kernel gives memory in.
@@ -55,11 +56,14 @@ func (o *ownedBuf) free() {
 		return
 	}
 	_ = unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(o.b)), uintptr(cap(o.b)))
-	o.b = nil
+	o.b, o.touched = nil, 0
 }
 
-// resident is the memory the held bytes occupy: the pages they touched.
-func (o *ownedBuf) resident() int { return roundPage(len(o.b)) }
+// touch records that the bytes up to len have been written.
+func (o *ownedBuf) touch() { o.touched = max(o.touched, roundPage(len(o.b))) }
+
+// resident is the memory the buffer occupies: the pages ever touched.
+func (o *ownedBuf) resident() int { return o.touched }
 
 // unreadBytes is how many bytes the kernel holds for fd that nobody has read
 // yet (the client sent them; the server has not got to them).

@@ -7,7 +7,10 @@ import "golang.org/x/sys/unix"
 // ownedBuf holds the bytes of one large frame while it arrives, outside
 // gnet's inbound buffer. Off Linux (no mremap) it is an ordinary slice that
 // doubles and is left to the garbage collector when done.
-type ownedBuf struct{ b []byte }
+type ownedBuf struct {
+	b       []byte
+	touched int // unused: a slice costs its capacity
+}
 
 func roundPage(n int) int { return n }
 
@@ -23,10 +26,16 @@ func (o *ownedBuf) reserve(need, limit int) error {
 
 func (o *ownedBuf) free() { o.b = nil }
 
+func (o *ownedBuf) touch() {}
+
 func (o *ownedBuf) resident() int { return cap(o.b) }
 
+// fionread is FIONREAD, _IOR('f', 127, int), on the BSDs and macOS (x/sys
+// does not name it there).
+const fionread = 0x4004667f
+
 func unreadBytes(fd int) int {
-	n, err := unix.IoctlGetInt(fd, unix.FIONREAD)
+	n, err := unix.IoctlGetInt(fd, fionread)
 	if err != nil {
 		return 0
 	}

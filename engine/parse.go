@@ -70,7 +70,7 @@ func (r *frameReader) next(in inbound, maxFrame, ownFrom int, spare *spareBufs) 
 		}
 		r.want = total
 		if r.own.b == nil {
-			r.own.b = spare.get()
+			r.own = spare.get()
 		}
 	}
 	n := min(in.InboundBuffered(), r.want-len(r.own.b))
@@ -80,8 +80,10 @@ func (r *frameReader) next(in inbound, maxFrame, ownFrom int, spare *spareBufs) 
 		}
 		at := len(r.own.b)
 		r.own.b = r.own.b[:at+n]
-		if got, _ := in.Read(r.own.b[at:]); got != n { // cannot happen: n bytes are buffered
-			r.own.b = r.own.b[:at+got]
+		got, _ := in.Read(r.own.b[at:])
+		r.own.b = r.own.b[:at+got]
+		r.own.touch()
+		if got != n { // cannot happen: n bytes are buffered
 			return h, nil, "read-failed"
 		}
 	}
@@ -96,10 +98,10 @@ func (r *frameReader) next(in inbound, maxFrame, ownFrom int, spare *spareBufs) 
 func (r *frameReader) done(in inbound, spare *spareBufs) {
 	if r.want != 0 {
 		r.want = 0
-		if !spare.put(r.own.b) {
+		if !spare.put(r.own) {
 			r.own.free()
 		}
-		r.own.b = nil
+		r.own = ownedBuf{}
 		return
 	}
 	_, _ = in.Discard(r.inBuf)
@@ -117,41 +119,45 @@ func (r *frameReader) resident(in inbound) int { return in.InboundBuffered() + r
 // release gives back the owned buffer of a closing connection.
 func (r *frameReader) release(spare *spareBufs) {
 	r.want, r.inBuf = 0, 0
-	if !spare.put(r.own.b) {
+	if !spare.put(r.own) {
 		r.own.free()
 	}
-	r.own.b = nil
+	r.own = ownedBuf{}
 }
 
 // spareBufs keeps a few small owned buffers of finished frames for the next
 // large frames on the same loop: their pages are already resident, so a
 // stream of large frames does not pay a page fault per 4 KiB and an unmap per
 // frame. What it keeps is bounded (spareBufsLen buffers of at most
-// spareBufMax bytes per loop) and is not counted in the partial budget.
+// spareBufMax bytes per loop) and is not counted in the partial budget while
+// kept; a connection that takes one is charged all the pages it ever
+// touched, so reuse never lets a connection hold more than it is charged.
 // Buffers over spareBufMax, such as a hoarder's, are always given back to
 // the kernel. Loop-owned.
 type spareBufs struct {
-	bufs [spareBufsLen][]byte
+	bufs [spareBufsLen]ownedBuf
 	n    int
 }
 
-// get returns a kept buffer, empty, or nil.
-func (s *spareBufs) get() []byte {
+// get returns a kept buffer, empty, or the zero ownedBuf.
+func (s *spareBufs) get() ownedBuf {
 	if s == nil || s.n == 0 {
-		return nil
+		return ownedBuf{}
 	}
 	s.n--
-	b := s.bufs[s.n]
-	s.bufs[s.n] = nil
-	return b[:0]
+	o := s.bufs[s.n]
+	s.bufs[s.n] = ownedBuf{}
+	o.b = o.b[:0]
+	return o
 }
 
-// put keeps b if it is small and there is room, and reports whether it did.
-func (s *spareBufs) put(b []byte) bool {
-	if s == nil || b == nil || cap(b) > spareBufMax || s.n == len(s.bufs) {
+// put keeps o if it is small and there is room, and reports whether it did.
+func (s *spareBufs) put(o ownedBuf) bool {
+	if s == nil || o.b == nil || cap(o.b) > spareBufMax || s.n == len(s.bufs) {
 		return false
 	}
-	s.bufs[s.n] = b[:0]
+	o.b = o.b[:0]
+	s.bufs[s.n] = o
 	s.n++
 	return true
 }

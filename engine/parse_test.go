@@ -42,8 +42,8 @@ func parseChunked(t testing.TB, stream, sizes []byte, maxFrame, ownFrom int) (fr
 	spare := &spareBufs{}
 	defer rd.release(spare)
 	defer func() {
-		for b := spare.get(); b != nil; b = spare.get() {
-			(&ownedBuf{b}).free()
+		for o := spare.get(); o.b != nil; o = spare.get() {
+			o.free()
 		}
 	}()
 	fed, taken := 0, 0
@@ -199,8 +199,8 @@ func BenchmarkFrameReader(b *testing.B) {
 				spare := &spareBufs{}
 				defer func() {
 					rd.release(nil)
-					for b := spare.get(); b != nil; b = spare.get() {
-						(&ownedBuf{b}).free()
+					for o := spare.get(); o.b != nil; o = spare.get() {
+						o.free()
 					}
 				}()
 				b.SetBytes(int64(len(frame)))

