@@ -159,7 +159,7 @@ func TestFrameArrivingBelowTheMinimumRateIsClosed(t *testing.T) {
 	for _, joined := range []bool{false, true} { // the join frame itself; a later frame
 		name := map[bool]string{false: "join-frame", true: "later-frame"}[joined]
 		t.Run(name, func(t *testing.T) {
-			ts := startServer(t, Config{Keys: sharedKeys, JoinTimeout: 200 * time.Millisecond,
+			ts := startServer(t, Config{Keys: sharedKeys, JoinTimeout: 500 * time.Millisecond,
 				FrameMinRate: 4096, FrameRateWindow: 300 * time.Millisecond, FrameTimeout: -1}, router.Config{})
 			var nc net.Conn
 			if joined {
@@ -264,4 +264,28 @@ func TestPartialJoinFrameIsTheJoinTimeoutsWhenFrameRulesAreOff(t *testing.T) {
 	nc.Write([]byte{'M', 0, 0}) // a slowloris header that never completes
 	expectClosed(t, nc)
 	ts.log.waitFor(t, "reason=join-timeout")
+}
+
+// A join frame that is still arriving is not cut by the join timeout (a big
+// resync on a slow link takes longer), but one that stopped arriving is.
+func TestJoinFrameStillArrivingOutlivesTheJoinTimeoutOneThatStoppedDoesNot(t *testing.T) {
+	ts := startServer(t, Config{Keys: sharedKeys, JoinTimeout: 300 * time.Millisecond}, router.Config{})
+	slow := dialRaw(t, ts.addr)
+	k := sharedKeys.ClientKey(localAddrPort(slow), "slow", "ch")
+	f, _ := codec.AppendFrame(nil, k, codec.Triplet{UID: "slow", Channel: "ch", Message: make([]byte, 64<<10)})
+	stopped := dialRaw(t, ts.addr)
+	stopped.Write(f[:4096]) // then nothing
+	began := time.Now()
+	for i := 0; i < len(f); i += 4 << 10 { // 1.6 s for the whole frame, 40 KiB/s
+		if _, err := slow.Write(f[i:min(i+4<<10, len(f))]); err != nil {
+			t.Fatalf("the still-arriving join was closed after %v: %v\n%s", time.Since(began), err, ts.log.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ts.waitJoins(t, 1)
+	expectClosed(t, stopped)
+	ts.log.waitFor(t, "reason=join-timeout")
+	if n := ts.srv.Stats().ClosedByRule["join-timeout"]; n != 1 {
+		t.Fatalf("%d join-timeout closes, want 1 (the stopped one)", n)
+	}
 }
