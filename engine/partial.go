@@ -19,8 +19,9 @@ import (
 // incomplete frame) and publishes the largest one's size; a loop whose
 // connection overflows the budget reads every loop's published size and asks
 // the owner of the largest to close it (one task, at most one queued per
-// loop). Until that has run the others may pass the budget by a bounded slack
-// (partialSlackDiv); a connection that would pass the slack is closed itself.
+// loop), which it does if the budget is still within the slack of full when
+// the task runs. Until then the others may pass the budget by that slack
+// (partialSlackDiv); a connection that would pass it is closed itself.
 // Connections holding less than ownedFrameMin are not tracked: when no
 // tracked one is bigger, the connection that overflowed is closed.
 
@@ -39,7 +40,9 @@ func (s *Server) newPartialLoops(n int) []partialLoop {
 	for i := range pls {
 		pls[i].shedRunnable = gnet.RunnableFunc(func(context.Context) error {
 			pls[i].shedArmed.Store(false)
-			if s.partialBytes.Load() > int64(s.cfg.MaxPartialBytes) {
+			// Still nearly full: the frame that overflowed may have completed
+			// meanwhile, but the next one would overflow again.
+			if budget := int64(s.cfg.MaxPartialBytes); s.partialBytes.Load() > budget-budget/partialSlackDiv {
 				s.shedLocal(i, nil)
 			}
 			return nil
