@@ -169,7 +169,7 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.FrameMinRate, "frame-min-rate", engine.DefaultFrameMinRate, "close a connection whose frame arrives slower than this many `bytes` per second over a\n--frame-rate-window; 0 = no minimum")
 	fs.DurationVar(&o.FrameWindow, "frame-rate-window", engine.DefaultFrameRateWindow, "span --frame-min-rate is measured over, and so the grace a frame gets before the first check")
 	fs.DurationVar(&o.StallTimeout, "stall-timeout", engine.DefaultStallTimeout, "close a receiver that has been dropping frames and silent this long; 0 = never")
-	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not sent its join frame by then; 0 = never")
+	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not joined by then and is silent (one whose join frame is still\narriving is left to --frame-timeout and --frame-min-rate); 0 = never")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close a joined connection that has sent nothing this long; 0 = never (receivers may be silent)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
