@@ -102,10 +102,12 @@ const (
 	// under the kernel's 65,530 mappings per process).
 	ownedFrameMin = 64 << 10
 	// spareBufsLen and spareBufMax bound the owned buffers each loop keeps
-	// for reuse (see spareBufs): 4 × 1 MiB per loop at most. Reuse makes a
-	// stream of 256 KiB-1 MiB frames cost what gnet's own buffer cost.
-	spareBufsLen = 4
-	spareBufMax  = 1 << 20
+	// for reuse (see spareBufs): 2 × 2 MiB per loop at most. Reuse makes a
+	// stream of frames up to 2 MiB (a 1 MiB message with its header and CBOR
+	// is just over 1 MiB) cost about what gnet's own buffer cost; larger
+	// frames pay their page faults afresh, the price of giving memory back.
+	spareBufsLen = 2
+	spareBufMax  = 2 << 20
 	// partialSlackDiv: while the connection holding the most partial bytes
 	// is being closed on its own loop, the others may pass MaxPartialBytes by
 	// at most MaxPartialBytes/partialSlackDiv (plus one read per loop); a

@@ -125,7 +125,7 @@ func (r *frameReader) release(spare *spareBufs) {
 	r.own = ownedBuf{}
 }
 
-// spareBufs keeps a few small owned buffers of finished frames for the next
+// spareBufs keeps a few smaller owned buffers of finished frames for the next
 // large frames on the same loop: their pages are already resident, so a
 // stream of large frames does not pay a page fault per 4 KiB and an unmap per
 // frame. What it keeps is bounded (spareBufsLen buffers of at most
