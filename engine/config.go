@@ -61,24 +61,11 @@ const (
 	// when a client sends a long burst.
 	maxBatchFrames = 256
 	maxBatchBytes  = 1 << 20
-	// backlogPoll is how often receivers with a backlog are offered more bytes
-	// (gnet has no "writable" callback, and the engine writes to sockets
-	// itself so that unsent bytes stay shared references).
-	backlogPoll = 500 * time.Microsecond
-	// maxRetryGap caps the wait between writes to a receiver whose socket is
-	// full (the wait doubles from backlogPoll on each write that makes no
-	// progress and resets as soon as one does): a healthy reader that was
-	// descheduled for a moment waits at most this long for its next bytes
-	// (10 ms doubled bigfan's median; stalled receivers get stalledRetryGap).
-	maxRetryGap = time.Millisecond
-	// stalledAfter: a receiver whose writes made no progress for this long is
-	// stalled. Its backlog is cut to stalledPendingFrames (the newest queued
-	// frames are dropped, whole, and counted) and it is retried only every
-	// stalledRetryGap, so a thousand receivers that never read cost little
-	// memory, GC or syscalls.
-	stalledAfter         = time.Second
-	stalledPendingFrames = 1024
-	stalledRetryGap      = 100 * time.Millisecond
+	// tickInterval is the ticker's period: the resolution of the coarse
+	// clock that timeouts are measured with. Nothing is polled on it (a
+	// receiver with a backlog is woken by its socket, writable.go), so an
+	// idle server wakes only this often.
+	tickInterval = 50 * time.Millisecond
 	// sweepInterval is how often each loop checks timeouts.
 	sweepInterval = 250 * time.Millisecond
 )

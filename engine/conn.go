@@ -39,15 +39,7 @@ type conn struct {
 	headOff int // bytes of q's head already handed over
 	queued  int // bytes in q not yet handed over
 	dirty   bool
-	backlog bool
 	sent    uint64 // bytes written to the socket
-	// retryAt and retryGap pace writes to a receiver whose socket is full:
-	// each write that makes no progress doubles the wait before the next
-	// (up to maxRetryGap), so a thousand stalled receivers do not cost a
-	// thousand failing syscalls per inbound batch.
-	retryAt    int64 // coarse clock, ns
-	retryGap   int64
-	stuckSince int64 // coarse clock, ns: first write without progress since the last with; 0 = none
 
 	opened     int64 // coarse clock, ns
 	lastRead   int64 // coarse clock, ns
@@ -57,6 +49,12 @@ type conn struct {
 	partial    int    // bytes of incomplete frames buffered, counted in Server.partialBytes
 	perIP      bool   // counted in Server.perIP
 	member     bool   // Config.Members was told of its join: tell it of the leave
+
+	// Writable notification (writable.go): wToken names c in its loop's
+	// writable set (0 = never added); wArmed is set while c waits there
+	// for room, and then only that wake-up writes to it.
+	wToken uint64
+	wArmed bool
 }
 
 // DupKey implements router.Subscriber.
@@ -79,18 +77,15 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 func (c *conn) pending() int { return c.queued }
 
 // deliver queues f for the receiver, or drops it for this receiver alone when
-// its backlog is full. Must run on c's loop. Never blocks; allocates only when
-// the ring grows.
+// its backlog would pass Config.MaxPending or Config.MaxPendingFrames. A
+// receiver is never cut for being slow or silent: only what it holds counts.
+// Must run on c's loop. Never blocks; allocates only when the ring grows.
 func (c *conn) deliver(f *router.Frame, force bool) {
 	if c.state != joined {
 		return
 	}
 	cfg := &c.loop.srv.cfg
-	frameLimit := cfg.MaxPendingFrames
-	if c.stalled() {
-		frameLimit = min(frameLimit, stalledPendingFrames)
-	}
-	if p := c.pending(); !force && p > 0 && (p+f.Len() > cfg.MaxPending || c.q.len() >= frameLimit) {
+	if p := c.pending(); !force && p > 0 && (p+f.Len() > cfg.MaxPending || c.q.len() >= cfg.MaxPendingFrames) {
 		c.dropped++
 		c.loop.stats.dropped.Add(1)
 		if c.stallSince == 0 {
@@ -106,13 +101,8 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 	if c.up != nil && !force {
 		c.up.seen.Add(f.Bytes()) // the peer will hold it: recognise its replay later
 	}
-	if !c.dirty && !c.backlog { // a backlogged receiver is written by the poll
+	if !c.dirty && !c.wArmed { // one waiting for room is written when it has room
 		c.dirty = true
 		c.loop.dirty = append(c.loop.dirty, c)
 	}
-}
-
-// stalled reports whether c's writes have made no progress for stalledAfter.
-func (c *conn) stalled() bool {
-	return c.stuckSince != 0 && c.loop.srv.now()-c.stuckSince >= int64(stalledAfter)
 }

@@ -23,22 +23,23 @@ type loop struct {
 	el  gnet.EventLoop // set once when the loop is first seen, before any use elsewhere
 
 	// loop-owned
-	dirty   []*conn         // receivers with new frames to flush
-	backlog []*conn         // receivers with bytes left over, offered more on each poll
-	outbox  []*batch        // per target loop: frames for that loop's subscribers
-	frames  []*router.Frame // scratch: one batch read from one connection
-	iov     []unix.Iovec    // scratch for vectored writes
-	conns   map[*conn]struct{}
+	dirty  []*conn         // receivers with new frames to flush
+	outbox []*batch        // per target loop: frames for that loop's subscribers
+	frames []*router.Frame // scratch: one batch read from one connection
+	iov    []unix.Iovec    // scratch for vectored writes
+	conns  map[*conn]struct{}
 
 	// any goroutine
 	inbox         atomic.Pointer[batch] // LIFO of batches from other loops
 	inboxArmed    atomic.Bool           // a drain task is queued on this loop
-	pollArmed     atomic.Bool           // a backlog poll task is queued
-	backlogCount  atomic.Int32          // len(backlog), for the ticker
 	drainRunnable gnet.Runnable
-	pollRunnable  gnet.Runnable
 	sweepRunnable gnet.Runnable
 	stats         loopStats
+
+	// writable holds the receivers with a backlog, each woken once when
+	// its socket has room (writable.go); its run task is writableRunnable.
+	writable         writableSet
+	writableRunnable gnet.Runnable
 }
 
 // loopStats are counters summed at read time; each is written by one loop.
@@ -73,7 +74,7 @@ var batchPool = sync.Pool{New: func() any { return &batch{items: make([]item, 0,
 func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
 	l := &loop{idx: idx, srv: srv, el: el, outbox: make([]*batch, nloops), conns: make(map[*conn]struct{})}
 	l.drainRunnable = gnet.RunnableFunc(l.drainInbox)
-	l.pollRunnable = gnet.RunnableFunc(l.pollBacklog)
+	l.writableRunnable = gnet.RunnableFunc(l.writeReady)
 	l.sweepRunnable = gnet.RunnableFunc(l.sweep)
 	return l
 }
@@ -189,10 +190,11 @@ func (l *loop) drainInbox(context.Context) error {
 // write writes as much of c's backlog as its socket takes now, with one
 // writev straight from the shared frames. What the socket does not take stays
 // queued as references, never copied (gnet's own write would copy the rest
-// into a per-connection buffer); the ticker's poll offers it again. A write
-// error (the receiver reset or went away) closes c. Loop-owned; no allocation.
+// into a per-connection buffer), and c waits in the loop's writable set until
+// its socket has room. A write error (the receiver reset or went away)
+// closes c. Loop-owned; no allocation.
 func (l *loop) write(c *conn) {
-	if c.state != joined || c.q.len() == 0 {
+	if c.state != joined || c.q.len() == 0 || c.wArmed {
 		return
 	}
 	iov := l.iov[:0]
@@ -214,21 +216,8 @@ func (l *loop) write(c *conn) {
 		}
 		n = 0
 	}
-	if n == 0 {
-		now := l.srv.now()
-		if c.stuckSince == 0 {
-			c.stuckSince = now
-		}
-		if c.stalled() {
-			c.retryGap = int64(stalledRetryGap)
-			l.trimStalled(c)
-		} else {
-			c.retryGap = min(max(2*c.retryGap, int64(backlogPoll)), int64(maxRetryGap))
-		}
-		c.retryAt = now + c.retryGap
-	} else {
-		c.retryGap, c.retryAt, c.stuckSince = 0, 0, 0
-		c.stallSince = 0 // the receiver is reading
+	if n > 0 {
+		c.stallSince = 0 // the receiver is reading: a new drop is a new episode
 		l.stats.bytesOut.Add(uint64(n))
 		c.sent += uint64(n)
 		c.queued -= n
@@ -244,25 +233,29 @@ func (l *loop) write(c *conn) {
 			l.stats.framesOut.Add(1)
 		}
 	}
-	if c.q.len() > 0 {
-		l.markBacklog(c)
-	} else {
+	if c.q.len() == 0 {
 		c.q.shrinkIfIdle()
+		return
+	}
+	if err := l.writable.watch(c); err != nil {
+		// No way to learn when its socket drains (out of descriptors for
+		// the epoll set, or max_user_watches): close rather than hold its
+		// backlog forever.
+		c.reason = "no-writable-watch"
+		l.srv.failWrite(c, err)
 	}
 }
 
-// trimStalled cuts a stalled receiver's backlog to stalledPendingFrames,
-// dropping the newest queued frames (whole: the head, which may be partly
-// written, is always kept) and counting them. Loop-owned.
-func (l *loop) trimStalled(c *conn) {
-	for c.q.len() > stalledPendingFrames {
-		f := c.q.popBack()
-		c.queued -= f.Len()
-		f.Release()
-		c.dropped++
-		l.stats.dropped.Add(1)
+// writeReady runs on this loop, queued by the writable set: writes to every
+// receiver whose socket has room again.
+func (l *loop) writeReady(context.Context) error {
+	defer l.stats.addBusy(time.Now())
+	for _, t := range l.writable.take() {
+		if c := l.writable.fired(t); c != nil {
+			l.write(c)
+		}
 	}
-	c.q.compact()
+	return nil
 }
 
 // iovMax is the most buffers one writev takes (UIO_MAXIOV on Linux).
@@ -278,38 +271,6 @@ func writev(fd int, iov []unix.Iovec) (int, error) {
 		return 0, errno
 	}
 	return int(n), nil
-}
-
-func (l *loop) markBacklog(c *conn) {
-	if c.backlog {
-		return
-	}
-	c.backlog = true
-	l.backlog = append(l.backlog, c)
-	l.backlogCount.Add(1)
-}
-
-// pollBacklog runs on this loop, queued by the ticker: offers every receiver
-// with a backlog more bytes.
-func (l *loop) pollBacklog(context.Context) error {
-	l.pollArmed.Store(false)
-	list := l.backlog
-	l.backlog = nil
-	l.backlogCount.Store(0)
-	now := l.srv.now()
-	for _, c := range list {
-		c.backlog = false
-		if c.state == joined && c.q.len() > 0 && now < c.retryAt {
-			l.markBacklog(c) // its socket was full: not yet
-			continue
-		}
-		l.write(c)
-	}
-	if cap(list) <= 1024 && l.backlog == nil {
-		clear(list) // do not keep closed conns reachable
-		l.backlog = list[:0]
-	}
-	return nil
 }
 
 // sweep runs on this loop, queued by the ticker: closes connections past the

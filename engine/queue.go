@@ -44,33 +44,6 @@ func (q *frameQueue) grow() {
 	q.buf, q.head = nb, 0
 }
 
-// popBack removes the newest frame and returns it (the caller inherits its
-// reference).
-func (q *frameQueue) popBack() *router.Frame {
-	i := (q.head + q.n - 1) & (len(q.buf) - 1)
-	f := q.buf[i]
-	q.buf[i] = nil
-	q.n--
-	return f
-}
-
-// compact reallocates a ring that is mostly empty to fit what it holds, so a
-// trimmed backlog gives its memory back.
-func (q *frameQueue) compact() {
-	if len(q.buf) <= 1024 || q.n > len(q.buf)/4 {
-		return
-	}
-	size := 8
-	for size < q.n*2 {
-		size *= 2
-	}
-	nb := make([]*router.Frame, size)
-	for i := 0; i < q.n; i++ {
-		nb[i] = q.at(i)
-	}
-	q.buf, q.head = nb, 0
-}
-
 // shrinkIfIdle frees a ring that a past backlog grew large, once it is empty,
 // so a receiver that caught up does not keep its peak. Small rings stay: a
 // receiver in steady state never reallocates.

@@ -160,6 +160,11 @@ func (s *Server) serve() error {
 		gnet.WithLogger(gnetLogger{s.log}),
 	}
 	err = gnet.Run(s, engineAddr, opts...)
+	for i := range s.loops { // the loops have ended: nothing watches any more
+		if l := s.loops[i].Load(); l != nil {
+			l.writable.shutdown()
+		}
+	}
 	s.closeListeners()
 	s.acceptWG.Wait()
 	return err
@@ -202,7 +207,7 @@ func (s *Server) Stop(ctx context.Context) error {
 // backlogged reports whether any receiver still has bytes waiting.
 func (s *Server) backlogged() bool {
 	for i := range s.loops {
-		if l := s.loops[i].Load(); l != nil && l.backlogCount.Load() > 0 {
+		if l := s.loops[i].Load(); l != nil && l.writable.waiting.Load() > 0 {
 			return true
 		}
 	}
@@ -353,6 +358,7 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	wasJoined := c.state == joined
 	c.state = closed
 	delete(c.loop.conns, c)
+	c.loop.writable.forget(c) // before gnet closes the fd, which may be reused
 	s.openConns.Add(-1)
 	if c.ch != nil {
 		c.ch.Leave(c)
@@ -666,9 +672,10 @@ func (s *Server) mergeResync(c *conn, first codec.Triplet, inner [][]byte) {
 	}
 }
 
-// OnTick advances the coarse clock, offers backlogs more bytes and, a few
-// times a second, checks timeouts. It runs on its own goroutine, so it only
-// queues tasks on the loops.
+// OnTick advances the coarse clock and, a few times a second, checks
+// timeouts. It runs on its own goroutine, so it only queues tasks on the
+// loops. It polls nothing: receivers with a backlog are woken by their
+// sockets (writable.go).
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	select {
 	case <-s.loopsUp:
@@ -677,32 +684,15 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	}
 	now := int64(time.Since(s.start))
 	s.clock.Store(now)
-	sweep := now-s.lastSweep >= int64(sweepInterval)
-	if sweep {
+	if now-s.lastSweep >= int64(sweepInterval) {
 		s.lastSweep = now
-	}
-	busy := false
-	for i := range s.loops {
-		l := s.loops[i].Load()
-		if l == nil {
-			continue
-		}
-		if l.backlogCount.Load() > 0 {
-			busy = true
-			if l.pollArmed.CompareAndSwap(false, true) {
-				if l.el.Execute(context.Background(), l.pollRunnable) != nil {
-					l.pollArmed.Store(false)
-				}
+		for i := range s.loops {
+			if l := s.loops[i].Load(); l != nil {
+				_ = l.el.Execute(context.Background(), l.sweepRunnable)
 			}
 		}
-		if sweep {
-			_ = l.el.Execute(context.Background(), l.sweepRunnable)
-		}
 	}
-	if busy {
-		return backlogPoll, gnet.None
-	}
-	return 10 * time.Millisecond, gnet.None
+	return tickInterval, gnet.None
 }
 
 // Stats is a point-in-time sum of the server's counters.
