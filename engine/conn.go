@@ -55,6 +55,27 @@ type conn struct {
 	// for room, and then only that wake-up writes to it.
 	wToken uint64
 	wArmed bool
+
+	// Membership on its loop (loop.go): set is the channel's member list
+	// on c's loop and setIdx c's place in it (-1 while parked); joinSeq
+	// is the last history sequence c got in its replay.
+	set     *router.LoopSet
+	setIdx  int
+	joinSeq uint64
+	// Parked (loop.park): c's backlog was full, so it is out of set's walk
+	// and what it misses is counted from set.Frames, not frame by frame.
+	parked      bool
+	parkIdx     int    // c's place in loop.parked
+	parkFrames  uint64 // set.Frames when parked
+	parkOwn     uint64 // frames c sent itself while parked (walked on set, never for c)
+	parkCounted uint64 // frames missed while parked that are already counted as dropped
+}
+
+// Joined implements router.Subscriber: c lists itself in its loop's set.
+// Called on c's loop, in its join.
+func (c *conn) Joined(set *router.LoopSet, seq uint64) {
+	c.set, c.joinSeq = set, seq
+	c.setIdx = set.Add(c)
 }
 
 // DupKey implements router.Subscriber.
@@ -77,15 +98,22 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 func (c *conn) pending() int { return c.queued }
 
 // deliver queues f for the receiver, or drops it for this receiver alone when
-// its backlog would pass Config.MaxPending or Config.MaxPendingFrames. A
-// receiver is never cut for being slow or silent: only what it holds counts.
-// Must run on c's loop. Never blocks; allocates only when the ring grows.
-func (c *conn) deliver(f *router.Frame, force bool) {
+// its backlog would pass Config.MaxPending or Config.MaxPendingFrames, and
+// then reports false: the caller parks it (loop.park). A receiver is never
+// cut for being slow or silent: only what it holds counts. Must run on c's
+// loop. Never blocks; allocates only when the ring grows.
+func (c *conn) deliver(f *router.Frame, force bool) bool {
 	if c.state != joined {
-		return
+		return true
 	}
 	cfg := &c.loop.srv.cfg
-	if p := c.pending(); !force && p > 0 && (p+f.Len() > cfg.MaxPending || c.q.len() >= cfg.MaxPendingFrames) {
+	if !force && c.full(f, cfg) && !c.wArmed {
+		// Frames may have piled up since the last write (a loop drains
+		// many batches before it flushes): the socket decides, not the
+		// batching. Write now, and drop only if that leaves it full.
+		c.loop.write(c)
+	}
+	if !force && c.full(f, cfg) {
 		c.dropped++
 		c.loop.stats.dropped.Add(1)
 		if c.stallSince == 0 {
@@ -93,7 +121,7 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 			c.loop.srv.rlog.Log(levelWarn, "receiver-stalled", "receiver is not keeping up; dropping frames for it alone",
 				connAttrs(c)...)
 		}
-		return
+		return false
 	}
 	f.Ref()
 	c.q.push(f)
@@ -105,4 +133,12 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 		c.dirty = true
 		c.loop.dirty = append(c.loop.dirty, c)
 	}
+	return true
+}
+
+// full reports whether f would take c's backlog past Config.MaxPending or
+// Config.MaxPendingFrames. An empty backlog takes any frame.
+func (c *conn) full(f *router.Frame, cfg *Config) bool {
+	p := c.pending()
+	return p > 0 && (p+f.Len() > cfg.MaxPending || c.q.len() >= cfg.MaxPendingFrames)
 }

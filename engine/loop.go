@@ -23,17 +23,20 @@ type loop struct {
 	el  gnet.EventLoop // set once when the loop is first seen, before any use elsewhere
 
 	// loop-owned
-	dirty  []*conn         // receivers with new frames to flush
-	outbox []*batch        // per target loop: frames for that loop's subscribers
-	frames []*router.Frame // scratch: one batch read from one connection
-	iov    []unix.Iovec    // scratch for vectored writes
-	conns  map[*conn]struct{}
+	dirty   []*conn         // receivers with new frames to flush
+	parked  []*conn         // receivers out of their sets' walks (park)
+	parking []*conn         // scratch: receivers to park after the walk in progress
+	outbox  []*batch        // per target loop: frames for that loop's subscribers
+	frames  []*router.Frame // scratch: one batch read from one connection
+	iov     []unix.Iovec    // scratch for vectored writes
+	conns   map[*conn]struct{}
 
 	// any goroutine
 	inbox         atomic.Pointer[batch] // LIFO of batches from other loops
 	inboxArmed    atomic.Bool           // a drain task is queued on this loop
 	drainRunnable gnet.Runnable
 	sweepRunnable gnet.Runnable
+	foldRunnable  gnet.Runnable
 	stats         loopStats
 
 	// writable holds the receivers with a backlog, each woken once when
@@ -57,10 +60,11 @@ type loopStats struct {
 // addBusy adds the time since began to the loop's busy time.
 func (s *loopStats) addBusy(began time.Time) { s.busyNanos.Add(uint64(time.Since(began))) }
 
-// item is one frame for the subscribers of one channel on one loop.
+// item is one frame for the members of one channel on one loop: the
+// receiving loop walks set as it is when the item arrives.
 type item struct {
-	f    *router.Frame
-	subs []router.Subscriber
+	f   *router.Frame
+	set *router.LoopSet
 }
 
 // batch carries items from one loop to another in one task.
@@ -76,21 +80,18 @@ func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
 	l.drainRunnable = gnet.RunnableFunc(l.drainInbox)
 	l.writableRunnable = gnet.RunnableFunc(l.writeReady)
 	l.sweepRunnable = gnet.RunnableFunc(l.sweep)
+	l.foldRunnable = gnet.RunnableFunc(l.foldAllParked)
 	return l
 }
 
-// fanout hands f to every subscriber of snap except sender: directly to those
-// on this loop, through the outbox to those on other loops. Loop-owned; no
+// fanout hands f to every member of snap except sender: walking this
+// loop's set at once, through the outbox for the other loops. Loop-owned; no
 // lock, no allocation in steady state.
 func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 	for gi := range snap.Groups {
 		g := &snap.Groups[gi]
 		if g.Loop == l.idx {
-			for _, s := range g.Subs {
-				if c := s.(*conn); c != sender {
-					c.deliver(f, false)
-				}
-			}
+			l.walk(f, g.Set, sender)
 			continue
 		}
 		b := l.outbox[g.Loop]
@@ -99,7 +100,112 @@ func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 			l.outbox[g.Loop] = b
 		}
 		f.Ref()
-		b.items = append(b.items, item{f: f, subs: g.Subs})
+		b.items = append(b.items, item{f: f, set: g.Set})
+	}
+}
+
+// walk hands f to every listed member of set (this loop's) except sender,
+// and except those whose history replay held it already (Frame.Seq). A
+// member whose backlog is full is parked after the walk. Parked members are
+// not listed, so they cost nothing here: set.Frames tells them later what
+// they missed. Loop-owned; no lock, no allocation in steady state.
+func (l *loop) walk(f *router.Frame, set *router.LoopSet, sender *conn) {
+	set.Frames++
+	seq := f.Seq()
+	for _, s := range set.Members {
+		c := s.(*conn)
+		if c == sender || (seq != 0 && seq <= c.joinSeq) {
+			continue
+		}
+		if !c.deliver(f, false) {
+			l.parking = append(l.parking, c)
+		}
+	}
+	if sender != nil && sender.parked && sender.set == set {
+		sender.parkOwn++ // walked here, but never for its sender: not missed
+	}
+	if len(l.parking) > 0 {
+		for i, c := range l.parking {
+			l.park(c)
+			l.parking[i] = nil
+		}
+		l.parking = l.parking[:0]
+	}
+}
+
+// park takes c, whose backlog is full, out of its set's walk: from now on
+// what it misses is counted in O(1) from set.Frames, and its byte stream
+// keeps only the whole frames already queued. It comes back (unpark) when
+// its socket has taken half its backlog. Loop-owned; never during a walk
+// of c's set.
+func (l *loop) park(c *conn) {
+	if c.parked || c.setIdx < 0 || c.state != joined {
+		return
+	}
+	if moved := c.set.Remove(c.setIdx); moved != nil {
+		moved.(*conn).setIdx = c.setIdx
+	}
+	c.setIdx = -1
+	c.parked = true
+	c.parkFrames, c.parkOwn, c.parkCounted = c.set.Frames, 0, 0
+	c.parkIdx = len(l.parked)
+	l.parked = append(l.parked, c)
+}
+
+// unpark lists c in its set again, at a frame boundary (its queue holds
+// only whole frames), and counts what it missed. Loop-owned; never during
+// a walk of c's set.
+func (l *loop) unpark(c *conn) {
+	l.unlistParked(c)
+	c.setIdx = c.set.Add(c)
+	c.stallSince = 0 // the next drop is a new episode, logged again
+	l.srv.debug("receiver resumed", c)
+}
+
+// unlistParked counts what parked c missed and takes it off l.parked.
+func (l *loop) unlistParked(c *conn) {
+	l.foldParked(c)
+	last := len(l.parked) - 1
+	if m := l.parked[last]; m != c {
+		l.parked[c.parkIdx] = m
+		m.parkIdx = c.parkIdx
+	}
+	l.parked[last] = nil
+	l.parked = l.parked[:last]
+	c.parked = false
+}
+
+// foldParked counts as dropped the frames parked c has missed since last
+// counted: every frame walked on its set since it parked, but its own.
+// Exact, because every walk, park and unpark of that set runs on this loop.
+func (l *loop) foldParked(c *conn) {
+	missed := c.set.Frames - c.parkFrames - c.parkOwn
+	if d := missed - c.parkCounted; d > 0 {
+		c.parkCounted = missed
+		c.dropped += d
+		l.stats.dropped.Add(d)
+	}
+}
+
+// foldAllParked runs on this loop, queued by the ticker, so that
+// mlesd_frames_dropped_total follows receivers that stay parked.
+func (l *loop) foldAllParked(context.Context) error {
+	for _, c := range l.parked {
+		l.foldParked(c)
+	}
+	return nil
+}
+
+// leaveSet takes c out of its set, or off the parked list, at its leave.
+func (l *loop) leaveSet(c *conn) {
+	switch {
+	case c.parked:
+		l.unlistParked(c)
+	case c.set != nil && c.setIdx >= 0:
+		if moved := c.set.Remove(c.setIdx); moved != nil {
+			moved.(*conn).setIdx = c.setIdx
+		}
+		c.setIdx = -1
 	}
 }
 
@@ -121,6 +227,13 @@ func (l *loop) flush() {
 		l.write(c)
 	}
 	l.dirty = l.dirty[:0]
+	if l.writable.armed.Load() {
+		// Sockets that drained while this loop was busy: write to them
+		// now rather than after every other ready event of this round
+		// (gnet runs tasks only then), so a busy loop does not let a
+		// healthy reader's backlog overflow. The queued task finds none.
+		l.writeReadyNow()
+	}
 }
 
 // post queues b for this loop and makes sure a drain task will run. Safe from
@@ -175,9 +288,7 @@ func (l *loop) drainInbox(context.Context) error {
 	for b := prev; b != nil; {
 		next := b.next
 		for _, it := range b.items {
-			for _, s := range it.subs {
-				s.(*conn).deliver(it.f, false)
-			}
+			l.walk(it.f, it.set, nil)
 			it.f.Release()
 		}
 		recycle(b)
@@ -217,7 +328,6 @@ func (l *loop) write(c *conn) {
 		n = 0
 	}
 	if n > 0 {
-		c.stallSince = 0 // the receiver is reading: a new drop is a new episode
 		l.stats.bytesOut.Add(uint64(n))
 		c.sent += uint64(n)
 		c.queued -= n
@@ -232,6 +342,9 @@ func (l *loop) write(c *conn) {
 			c.q.pop().Release()
 			l.stats.framesOut.Add(1)
 		}
+	}
+	if c.parked && c.pending() <= l.srv.cfg.MaxPending/2 && c.q.len() <= l.srv.cfg.MaxPendingFrames/2 {
+		l.unpark(c)
 	}
 	if c.q.len() == 0 {
 		c.q.shrinkIfIdle()
@@ -250,12 +363,16 @@ func (l *loop) write(c *conn) {
 // receiver whose socket has room again.
 func (l *loop) writeReady(context.Context) error {
 	defer l.stats.addBusy(time.Now())
+	l.writeReadyNow()
+	return nil
+}
+
+func (l *loop) writeReadyNow() {
 	for _, t := range l.writable.take() {
 		if c := l.writable.fired(t); c != nil {
 			l.write(c)
 		}
 	}
-	return nil
 }
 
 // iovMax is the most buffers one writev takes (UIO_MAXIOV on Linux).

@@ -361,6 +361,7 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	c.loop.writable.forget(c) // before gnet closes the fd, which may be reused
 	s.openConns.Add(-1)
 	if c.ch != nil {
+		c.loop.leaveSet(c)
 		c.ch.Leave(c)
 		if c.member { // whatever its state now (a failed write leaves it closing)
 			s.cfg.Members.MemberLeft(c.ch)
@@ -689,6 +690,7 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 		for i := range s.loops {
 			if l := s.loops[i].Load(); l != nil {
 				_ = l.el.Execute(context.Background(), l.sweepRunnable)
+				_ = l.el.Execute(context.Background(), l.foldRunnable)
 			}
 		}
 	}

@@ -24,7 +24,7 @@ func TestHelperReaderProcess(t *testing.T) {
 		t.Skip("helper process only")
 	}
 	n, _ := strconv.Atoi(os.Getenv("MLESD_TEST_READER_N"))
-	nc := dialSmall(t, addr, 16<<10)
+	nc := dialSmall(t, addr, 16<<10, 0)
 	c := &client{t: t, nc: nc, r: bufio.NewReaderSize(nc, 64<<10), uid: "child", channel: "ch"}
 	c.key = sharedKeys.ClientKey(localAddrPort(nc), c.uid, c.channel)
 	c.send(nil)

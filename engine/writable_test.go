@@ -15,14 +15,20 @@ import (
 	"github.com/mlesd/mlesd/router"
 )
 
-// dialSmall connects with a receive buffer of rcvbuf bytes, set before the
-// handshake so that the window the server sees is small too.
-func dialSmall(t testing.TB, addr string, rcvbuf int) net.Conn {
+// dialSmall connects with a receive buffer of rcvbuf bytes and an MSS of
+// mss bytes (0 = the kernel's default for either), set before the handshake
+// so that the window and segments the server sees are small too.
+func dialSmall(t testing.TB, addr string, rcvbuf, mss int) net.Conn {
 	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
+			if rcvbuf > 0 {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
+			}
+			if serr == nil && mss > 0 {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, mss)
+			}
 		})
 		if err != nil {
 			return err
@@ -38,10 +44,10 @@ func dialSmall(t testing.TB, addr string, rcvbuf int) net.Conn {
 }
 
 // joinSmall is ts.join over a connection with a small receive buffer.
-func (ts *testServer) joinSmall(t testing.TB, uid, channel string, rcvbuf int) *client {
+func (ts *testServer) joinSmall(t testing.TB, uid, channel string, rcvbuf, mss int) *client {
 	t.Helper()
 	before := ts.srv.Stats().Joins
-	nc := dialSmall(t, ts.addr, rcvbuf)
+	nc := dialSmall(t, ts.addr, rcvbuf, mss)
 	c := &client{t: t, nc: nc, r: bufio.NewReaderSize(nc, 64<<10), uid: uid, channel: channel}
 	c.key = sharedKeys.ClientKey(localAddrPort(nc), uid, channel)
 	c.send(nil)
@@ -77,7 +83,7 @@ func waitUntil(t testing.TB, what string, timeout time.Duration, cond func() boo
 // in order, nothing dropped (its backlog fits MaxPending).
 func TestResumedReceiverIsFedWithoutPausesAndLosesNothing(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
-	rx := ts.joinSmall(t, "rx", "ch", 16<<10)
+	rx := ts.joinSmall(t, "rx", "ch", 16<<10, 0)
 	pub := ts.join(t, sharedKeys, "pub", "ch", nil)
 	rx.expect(pub.frame(nil))
 	const n, size = 1500, 4000 // 6 MB: within the 8 MiB MaxPending
@@ -148,7 +154,7 @@ func TestIdleServerWithThousandBackloggedMembersUsesNoCPU(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
 	const members = 1000
 	for i := 0; i < members; i++ {
-		ts.joinSmall(t, "m"+strconv.Itoa(i), "idle", 4<<10)
+		ts.joinSmall(t, "m"+strconv.Itoa(i), "idle", 4<<10, 0)
 	}
 	pub := ts.join(t, sharedKeys, "pub", "idle", nil)
 	big := make([]byte, 256<<10)
@@ -166,7 +172,7 @@ func TestIdleServerWithThousandBackloggedMembersUsesNoCPU(t *testing.T) {
 	used, wall := procCPU(t)-before, time.Since(began)
 	share := float64(used) / float64(wall)
 	t.Logf("CPU of the whole test process (server and 1,001 idle clients) over %v: %v = %.2f%% of a core", wall.Round(time.Millisecond), used, 100*share)
-	if share > 0.05 {
+	if share > 0.05 && !raceEnabled {
 		t.Fatalf("idle server with %d backlogged members used %.1f%% of a core, want < 5%%", members, 100*share)
 	}
 	if ts.waiting() != members {
@@ -179,7 +185,7 @@ func TestIdleServerWithThousandBackloggedMembersUsesNoCPU(t *testing.T) {
 // for the old one.
 func TestClosedReceiverLeavesTheWritableSet(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys, Loops: 1}, router.Config{})
-	rx := ts.joinSmall(t, "rx", "ch", 4<<10)
+	rx := ts.joinSmall(t, "rx", "ch", 4<<10, 0)
 	pub := ts.join(t, sharedKeys, "pub", "ch", nil)
 	for ts.waiting() == 0 {
 		pub.send(make([]byte, 64<<10))

@@ -17,6 +17,7 @@ import (
 type Frame struct {
 	refs atomic.Int32
 	buf  *bytebufferpool.ByteBuffer
+	seq  uint64 // the channel's sequence, set when history stores it; 0 = not stored
 }
 
 var framePool = sync.Pool{New: func() any { return new(Frame) }}
@@ -27,9 +28,15 @@ func NewFrame(b []byte) *Frame {
 	f := framePool.Get().(*Frame)
 	f.buf = bytebufferpool.Get()
 	f.buf.B = append(f.buf.B[:0], b...)
+	f.seq = 0
 	f.refs.Store(1)
 	return f
 }
+
+// Seq is the sequence number the channel's history gave the frame when it
+// stored it (under the channel's lock, before the frame is fanned out), or 0
+// if it was not stored. See Subscriber.Joined.
+func (f *Frame) Seq() uint64 { return f.seq }
 
 // Bytes returns the frame's bytes. Callers must not modify them.
 func (f *Frame) Bytes() []byte { return f.buf.B }

@@ -16,6 +16,7 @@ type history struct {
 	bytes    int // total bytes held
 	maxBytes int // per-channel cap; 0 = none
 	budget   *budget
+	seq      uint64 // sequence of the last frame stored (Frame.Seq)
 }
 
 // budget is the byte budget for the history of all channels. Safe for
@@ -39,6 +40,8 @@ func (h *history) add(f *Frame) {
 		h.evictOldest()
 	}
 	f.Ref()
+	h.seq++
+	f.seq = h.seq
 	h.ring[(h.start+h.n)%len(h.ring)] = f
 	h.n++
 	h.bytes += f.Len()
