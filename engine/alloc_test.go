@@ -5,7 +5,10 @@
 
 package engine
 
-import "testing"
+import (
+	"context"
+	"testing"
+)
 
 func TestFanoutPathDoesNotAllocate(t *testing.T) {
 	for _, loops := range []int{1, 2} {
@@ -39,7 +42,7 @@ func TestParkedReceiversAreNotTouchedPerFrameAndTheirDropsAreCounted(t *testing.
 	}
 	for i := range srv.loops {
 		l := srv.loops[i].Load()
-		_ = l.foldAllParked(nil)
+		_ = l.foldAllParked(context.Background())
 	}
 	want := uint64(200 + frames + 1)
 	for _, c := range pc {

@@ -61,6 +61,13 @@ const (
 	// when a client sends a long burst.
 	maxBatchFrames = 256
 	maxBatchBytes  = 1 << 20
+	// maxInboxFrames and maxInboxBytes bound what other loops may have
+	// queued for one loop (references to shared frames). A loop that far
+	// behind is stuck, not busy: past either bound, frames for its members
+	// are dropped and counted (never blocking the sender's loop). 65,536
+	// frames are a quarter of a second of the fastest fan-in measured.
+	maxInboxFrames = 65536
+	maxInboxBytes  = 512 << 20
 	// tickInterval is the ticker's period: the resolution of the coarse
 	// clock that timeouts are measured with. Nothing is polled on it (a
 	// receiver with a backlog is woken by its socket, writable.go), so an

@@ -136,9 +136,9 @@ func (c *conn) deliver(f *router.Frame, force bool) bool {
 	return true
 }
 
-// full reports whether f would take c's backlog past Config.MaxPending or
-// Config.MaxPendingFrames. An empty backlog takes any frame.
+// full reports whether f would take c's backlog past Config.MaxPending
+// (memory the queued frames hold, Frame.Size) or Config.MaxPendingFrames.
+// An empty backlog takes any frame.
 func (c *conn) full(f *router.Frame, cfg *Config) bool {
-	p := c.pending()
-	return p > 0 && (p+f.Len() > cfg.MaxPending || c.q.len() >= cfg.MaxPendingFrames)
+	return c.q.len() > 0 && (c.q.size+f.Size() > cfg.MaxPending || c.q.len() >= cfg.MaxPendingFrames)
 }

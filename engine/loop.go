@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,10 @@ type loop struct {
 	// any goroutine
 	inbox         atomic.Pointer[batch] // LIFO of batches from other loops
 	inboxArmed    atomic.Bool           // a drain task is queued on this loop
+	inboxFrames   atomic.Int64          // frames posted and not yet drained
+	inboxBytes    atomic.Int64          // their memory (Frame.Size)
+	inboxMax      int64                 // bound on inboxFrames (maxInboxFrames; tests lower it)
+	inboxMaxBytes int64                 // bound on inboxBytes (maxInboxBytes)
 	drainRunnable gnet.Runnable
 	sweepRunnable gnet.Runnable
 	foldRunnable  gnet.Runnable
@@ -52,9 +57,12 @@ type loopStats struct {
 	framesOut atomic.Uint64
 	bytesOut  atomic.Uint64
 	dropped   atomic.Uint64
-	busyNanos atomic.Uint64
-	joins     atomic.Uint64
-	_         [64]byte // keep the next loop's counters off this cache line
+	// inboxDropped counts frames other loops could not post to this one
+	// (its inbox was full); each also counts in dropped, once per member.
+	inboxDropped atomic.Uint64
+	busyNanos    atomic.Uint64
+	joins        atomic.Uint64
+	_            [64]byte // keep the next loop's counters off this cache line
 }
 
 // addBusy adds the time since began to the loop's busy time.
@@ -71,12 +79,14 @@ type item struct {
 type batch struct {
 	next  *batch
 	items []item
+	bytes int64 // memory of the items' frames (Frame.Size)
 }
 
 var batchPool = sync.Pool{New: func() any { return &batch{items: make([]item, 0, 64)} }}
 
 func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
-	l := &loop{idx: idx, srv: srv, el: el, outbox: make([]*batch, nloops), conns: make(map[*conn]struct{})}
+	l := &loop{idx: idx, srv: srv, el: el, outbox: make([]*batch, nloops), conns: make(map[*conn]struct{}),
+		inboxMax: maxInboxFrames, inboxMaxBytes: maxInboxBytes}
 	l.drainRunnable = gnet.RunnableFunc(l.drainInbox)
 	l.writableRunnable = gnet.RunnableFunc(l.writeReady)
 	l.sweepRunnable = gnet.RunnableFunc(l.sweep)
@@ -101,6 +111,7 @@ func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 		}
 		f.Ref()
 		b.items = append(b.items, item{f: f, set: g.Set})
+		b.bytes += int64(f.Size())
 	}
 }
 
@@ -110,6 +121,9 @@ func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 // not listed, so they cost nothing here: set.Frames tells them later what
 // they missed. Loop-owned; no lock, no allocation in steady state.
 func (l *loop) walk(f *router.Frame, set *router.LoopSet, sender *conn) {
+	if set.Lost.Load() != 0 {
+		l.countLost(set)
+	}
 	set.Frames++
 	seq := f.Seq()
 	for _, s := range set.Members {
@@ -131,6 +145,17 @@ func (l *loop) walk(f *router.Frame, set *router.LoopSet, sender *conn) {
 		}
 		l.parking = l.parking[:0]
 	}
+}
+
+// countLost counts, for every member of set, the frames another loop could
+// not post here (post). Parked members count them through set.Frames.
+func (l *loop) countLost(set *router.LoopSet) {
+	n := set.Lost.Swap(0)
+	set.Frames += n
+	for _, s := range set.Members {
+		s.(*conn).dropped += n
+	}
+	l.stats.dropped.Add(n * uint64(len(set.Members)))
 }
 
 // park takes c, whose backlog is full, out of its set's walk: from now on
@@ -236,9 +261,27 @@ func (l *loop) flush() {
 	}
 }
 
-// post queues b for this loop and makes sure a drain task will run. Safe from
-// any goroutine.
+// post queues b for this loop and makes sure a drain task will run. When
+// this loop's inbox already holds inboxMax frames or inboxMaxBytes of them
+// (it is far behind), b is dropped instead: the sender's loop never waits,
+// and every member the frames were for counts them as dropped when its
+// loop next walks that channel (LoopSet.Lost). Safe from any goroutine.
 func (l *loop) post(b *batch) {
+	n := int64(len(b.items))
+	frames, bytes := l.inboxFrames.Add(n), l.inboxBytes.Add(b.bytes)
+	if frames > l.inboxMax || bytes > l.inboxMaxBytes {
+		l.inboxFrames.Add(-n)
+		l.inboxBytes.Add(-b.bytes)
+		for _, it := range b.items {
+			it.set.Lost.Add(1)
+			it.f.Release()
+		}
+		l.stats.inboxDropped.Add(uint64(n))
+		l.srv.rlog.Log(levelWarn, "loop-queue-full", "an event loop is far behind; frames for its members are dropped",
+			slog.Int("loop", l.idx), slog.Int64("queued_frames", l.inboxFrames.Load()))
+		recycle(b)
+		return
+	}
 	for {
 		head := l.inbox.Load()
 		b.next = head
@@ -270,6 +313,7 @@ func recycle(b *batch) {
 	clear(b.items)
 	b.items = b.items[:0]
 	b.next = nil
+	b.bytes = 0
 	batchPool.Put(b)
 }
 
@@ -280,11 +324,16 @@ func (l *loop) drainInbox(context.Context) error {
 	l.inboxArmed.Store(false)
 	head := l.inbox.Swap(nil)
 	var prev *batch
+	var frames, bytes int64
 	for head != nil { // reverse the LIFO into posting order
 		next := head.next
 		head.next = prev
 		prev, head = head, next
+		frames += int64(len(prev.items))
+		bytes += prev.bytes
 	}
+	l.inboxFrames.Add(-frames)
+	l.inboxBytes.Add(-bytes)
 	for b := prev; b != nil; {
 		next := b.next
 		for _, it := range b.items {
@@ -343,7 +392,7 @@ func (l *loop) write(c *conn) {
 			l.stats.framesOut.Add(1)
 		}
 	}
-	if c.parked && c.pending() <= l.srv.cfg.MaxPending/2 && c.q.len() <= l.srv.cfg.MaxPendingFrames/2 {
+	if c.parked && c.q.size <= l.srv.cfg.MaxPending/2 && c.q.len() <= l.srv.cfg.MaxPendingFrames/2 {
 		l.unpark(c)
 	}
 	if c.q.len() == 0 {

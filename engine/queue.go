@@ -8,6 +8,7 @@ type frameQueue struct {
 	buf  []*router.Frame // len is a power of two, or 0
 	head int
 	n    int
+	size int // memory the queued frames hold (Frame.Size), shared or not
 }
 
 func (q *frameQueue) len() int { return q.n }
@@ -21,6 +22,7 @@ func (q *frameQueue) push(f *router.Frame) {
 	}
 	q.buf[(q.head+q.n)&(len(q.buf)-1)] = f
 	q.n++
+	q.size += f.Size()
 }
 
 // pop removes the head and returns it (the caller inherits its reference).
@@ -29,6 +31,7 @@ func (q *frameQueue) pop() *router.Frame {
 	q.buf[q.head] = nil
 	q.head = (q.head + 1) & (len(q.buf) - 1)
 	q.n--
+	q.size -= f.Size()
 	return f
 }
 

@@ -699,19 +699,23 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 
 // Stats is a point-in-time sum of the server's counters.
 type Stats struct {
-	OpenConns    int64
-	Accepted     uint64
-	Joins        uint64
-	FramesIn     uint64
-	BytesIn      uint64
-	FramesOut    uint64
-	BytesOut     uint64
-	Dropped      uint64
-	BusyNanos    uint64 // time the event loops spent handling traffic
-	HistoryBytes int64
-	Channels     int
-	ClosedByRule map[string]uint64 // connections the server closed, by reason
-	AcceptErrors map[string]uint64 // accept errors, by reason (accept.go)
+	OpenConns int64
+	Accepted  uint64
+	Joins     uint64
+	FramesIn  uint64
+	BytesIn   uint64
+	FramesOut uint64
+	BytesOut  uint64
+	Dropped   uint64
+	// LoopQueueDropped counts frames one event loop could not queue for
+	// another that was far behind (each also counts in Dropped, once per
+	// member it was for).
+	LoopQueueDropped uint64
+	BusyNanos        uint64 // time the event loops spent handling traffic
+	HistoryBytes     int64
+	Channels         int
+	ClosedByRule     map[string]uint64 // connections the server closed, by reason
+	AcceptErrors     map[string]uint64 // accept errors, by reason (accept.go)
 }
 
 // Stats returns the current counters. Safe from any goroutine.
@@ -731,6 +735,7 @@ func (s *Server) Stats() Stats {
 		st.BytesOut += l.stats.bytesOut.Load()
 		st.BusyNanos += l.stats.busyNanos.Load()
 		st.Dropped += l.stats.dropped.Load()
+		st.LoopQueueDropped += l.stats.inboxDropped.Load()
 	}
 	s.refused.Range(func(k, v any) bool {
 		st.ClosedByRule[k.(string)] = v.(*atomic.Uint64).Load()

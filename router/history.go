@@ -6,8 +6,8 @@ import (
 )
 
 // history is a ring of the last limit frames of a channel, oldest first,
-// bounded also in bytes: per channel (maxBytes) and across all channels
-// (budget, shared).
+// bounded also in bytes of memory held (Frame.Size): per channel (maxBytes)
+// and across all channels (budget, shared).
 // Lock: the owning Channel's mu must be held for every method.
 type history struct {
 	ring     []*Frame
@@ -33,7 +33,7 @@ func (h *history) limit() int { return len(h.ring) }
 // or one that does not fit the global budget even after this channel gave up
 // all its older frames, is not kept.
 func (h *history) add(f *Frame) {
-	if len(h.ring) == 0 || (h.maxBytes > 0 && f.Len() > h.maxBytes) {
+	if len(h.ring) == 0 || (h.maxBytes > 0 && f.Size() > h.maxBytes) {
 		return
 	}
 	if h.n == len(h.ring) {
@@ -44,8 +44,8 @@ func (h *history) add(f *Frame) {
 	f.seq = h.seq
 	h.ring[(h.start+h.n)%len(h.ring)] = f
 	h.n++
-	h.bytes += f.Len()
-	used := h.budget.used.Add(int64(f.Len()))
+	h.bytes += f.Size()
+	used := h.budget.used.Add(int64(f.Size()))
 	for h.n > 0 && ((h.maxBytes > 0 && h.bytes > h.maxBytes) || (h.budget.max > 0 && used > h.budget.max)) {
 		h.evictOldest()
 		used = h.budget.used.Load()
@@ -58,8 +58,8 @@ func (h *history) evictOldest() {
 	h.ring[h.start] = nil
 	h.start = (h.start + 1) % len(h.ring)
 	h.n--
-	h.bytes -= old.Len()
-	h.budget.used.Add(-int64(old.Len()))
+	h.bytes -= old.Size()
+	h.budget.used.Add(-int64(old.Size()))
 	old.Release()
 }
 

@@ -87,6 +87,10 @@ type LoopSet struct {
 	// router never reads it): a member out of the list can tell from it
 	// how many it missed.
 	Frames uint64
+	// Lost counts frames meant for this set that never reached its loop
+	// (the caller's bound on what may queue for a loop); unlike the other
+	// fields it is safe from any goroutine.
+	Lost atomic.Uint64
 }
 
 // Add lists sub and returns its index (until a Remove moves it).

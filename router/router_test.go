@@ -262,21 +262,23 @@ func BenchmarkFanout100(b *testing.B) {
 	}
 }
 
+// History caps count the memory a frame holds (its size class, Size),
+// not its length: 64 bytes for these small frames, 128 for a 100-byte one.
 func TestHistoryByteCaps(t *testing.T) {
 	t.Run("per channel", func(t *testing.T) {
-		r := New(Config{HistoryLimit: 100, HistoryBytes: 10})
+		r := New(Config{HistoryLimit: 100, HistoryBytes: 130})
 		ch, _, _ := r.Join("ch", &fakeSub{cid: 1}, nil)
-		for _, m := range []string{"aaaa", "bbbb", "cccc", "this one is over the cap"} {
+		for _, m := range []string{"aaaa", "bbbb", "cccc", string(make([]byte, 200))} {
 			f := frameOf(m)
 			ch.Append(f)
 			f.Release()
 		}
-		if n, b := ch.HistoryLen(); n != 2 || b != 8 {
-			t.Fatalf("held %d frames, %d bytes; want 2, 8 (bbbb cccc)", n, b)
+		if n, b := ch.HistoryLen(); n != 2 || b != 128 {
+			t.Fatalf("held %d frames, %d bytes; want 2, 128 (bbbb cccc, 64 bytes each)", n, b)
 		}
 	})
 	t.Run("all channels", func(t *testing.T) {
-		r := New(Config{HistoryLimit: 100, MaxHistoryBytes: 12})
+		r := New(Config{HistoryLimit: 100, MaxHistoryBytes: 3 * 64})
 		a, _, _ := r.Join("a", &fakeSub{cid: 1}, nil)
 		b, _, _ := r.Join("b", &fakeSub{cid: 2}, nil)
 		for _, ch := range []*Channel{a, a, b, b} {
@@ -284,8 +286,8 @@ func TestHistoryByteCaps(t *testing.T) {
 			ch.Append(f)
 			f.Release()
 		}
-		if got := r.HistoryBytes(); got > 12 {
-			t.Fatalf("history holds %d bytes, over the 12-byte budget", got)
+		if got := r.HistoryBytes(); got > 3*64 {
+			t.Fatalf("history holds %d bytes, over the %d-byte budget", got, 3*64)
 		}
 		if n, _ := b.HistoryLen(); n != 1 {
 			t.Fatalf("b holds %d frames; want 1 (its own oldest evicted to fit)", n)
@@ -295,6 +297,22 @@ func TestHistoryByteCaps(t *testing.T) {
 			t.Fatalf("after Close, %d history bytes counted", got)
 		}
 	})
+}
+
+// A frame's memory is under twice its length whatever was released before:
+// a small frame never holds a large frame's buffer.
+func TestFrameSizeFollowsItsLengthNotThePool(t *testing.T) {
+	big := make([]byte, 1<<20)
+	for i := 0; i < 8; i++ {
+		frameOf(string(big)).Release()
+	}
+	for _, n := range []int{1, 17, 64, 65, 1000, 1 << 20, 1<<20 + 1, 16 + 0xFFFFFF} {
+		f := NewFrame(make([]byte, n))
+		if f.Len() != n || f.Size() < n || (n > 64 && f.Size() >= 2*n) || (n <= 64 && f.Size() != 64) {
+			t.Errorf("frame of %d bytes holds %d", n, f.Size())
+		}
+		f.Release()
+	}
 }
 
 // A SeenLog keeps the fingerprints of the last n frames, counting repeats.
