@@ -31,6 +31,9 @@ type loop struct {
 	frames  []*router.Frame // scratch: one batch read from one connection
 	iov     []unix.Iovec    // scratch for vectored writes
 	conns   map[*conn]struct{}
+	// flushArmed: a flush task is queued (flushSoon): everything read in
+	// this round of events is written with one writev per receiver.
+	flushArmed bool
 
 	// any goroutine
 	inbox         atomic.Pointer[batch] // LIFO of batches from other loops
@@ -42,6 +45,7 @@ type loop struct {
 	drainRunnable gnet.Runnable
 	sweepRunnable gnet.Runnable
 	foldRunnable  gnet.Runnable
+	flushRunnable gnet.Runnable
 	stats         loopStats
 
 	// writable holds the receivers with a backlog, each woken once when
@@ -91,6 +95,11 @@ func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
 	l.writableRunnable = gnet.RunnableFunc(l.writeReady)
 	l.sweepRunnable = gnet.RunnableFunc(l.sweep)
 	l.foldRunnable = gnet.RunnableFunc(l.foldAllParked)
+	l.flushRunnable = gnet.RunnableFunc(func(context.Context) error {
+		l.flushArmed = false
+		l.flush()
+		return nil
+	})
 	return l
 }
 
@@ -259,6 +268,32 @@ func (l *loop) flush() {
 		// healthy reader's backlog overflow. The queued task finds none.
 		l.writeReadyNow()
 	}
+}
+
+// flushSoon flushes once this round of events is handled: gnet runs tasks
+// after every ready connection of a wake-up has been read, so each
+// receiver gets one writev (and each other loop one batch) for all the
+// frames of the round, not one per sender. A join storm or a fan-in of a
+// thousand publishers costs one write per receiver per round. Loop-owned.
+func (l *loop) flushSoon() {
+	if l.flushArmed || (len(l.dirty) == 0 && !l.outboxFull() && !l.writable.armed.Load()) {
+		return
+	}
+	l.flushArmed = true
+	if err := l.el.Execute(context.Background(), l.flushRunnable); err != nil {
+		l.flushArmed = false // the engine is stopping: write now
+		l.flush()
+	}
+}
+
+// outboxFull reports whether any other loop has frames waiting here.
+func (l *loop) outboxFull() bool {
+	for _, b := range l.outbox {
+		if b != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // post queues b for this loop and makes sure a drain task will run. When

@@ -515,7 +515,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if len(l.frames) > 0 {
 		s.dispatch(c, l)
 	}
-	l.flush()
+	l.flushSoon()
 	if action == gnet.None {
 		// Bytes of a frame still arriving count against a global budget.
 		if partial := gc.InboundBuffered(); partial != c.partial {
