@@ -13,10 +13,12 @@ const (
 	DefaultListen = "[::]:8077"
 	// DefaultMaxFrame is the protocol maximum payload (24-bit length).
 	DefaultMaxFrame = codec.MaxPayloadLen
-	// DefaultMaxPending bounds what one receiver may have waiting (references
-	// to shared frames: nothing is copied per receiver).
-	// A frame that would pass it is dropped for that receiver alone; a frame is
-	// always accepted into an empty backlog, so any frame up to MaxFrame passes.
+	// DefaultMaxPending bounds the memory one receiver's waiting frames hold
+	// (references to shared frames, each counted by its size class, under
+	// twice its length: nothing is copied per receiver). A frame that would
+	// pass it is dropped for that receiver alone, which is then parked until
+	// its socket has taken half; a frame is always accepted into an empty
+	// backlog, so any frame up to MaxFrame passes.
 	DefaultMaxPending = 8 << 20
 	// DefaultMaxPendingFrames bounds the frames waiting per receiver, next to
 	// the byte bound: the backlog holds one 8-byte reference per frame, so a
