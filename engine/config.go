@@ -13,10 +13,12 @@ const (
 	DefaultListen = "[::]:8077"
 	// DefaultMaxFrame is the protocol maximum payload (24-bit length).
 	DefaultMaxFrame = codec.MaxPayloadLen
-	// DefaultMaxPending bounds what one receiver may have waiting (references
-	// to shared frames: nothing is copied per receiver).
-	// A frame that would pass it is dropped for that receiver alone; a frame is
-	// always accepted into an empty backlog, so any frame up to MaxFrame passes.
+	// DefaultMaxPending bounds the memory one receiver's waiting frames hold
+	// (references to shared frames, each counted by its size class, under
+	// twice its length: nothing is copied per receiver). A frame that would
+	// pass it is dropped for that receiver alone, which is then parked until
+	// its socket has taken half; a frame is always accepted into an empty
+	// backlog, so any frame up to MaxFrame passes.
 	DefaultMaxPending = 8 << 20
 	// DefaultMaxPendingFrames bounds the frames waiting per receiver, next to
 	// the byte bound: the backlog holds one 8-byte reference per frame, so a
@@ -87,24 +89,18 @@ const (
 	// when a client sends a long burst.
 	maxBatchFrames = 256
 	maxBatchBytes  = 1 << 20
-	// backlogPoll is how often receivers with a backlog are offered more bytes
-	// (gnet has no "writable" callback, and the engine writes to sockets
-	// itself so that unsent bytes stay shared references).
-	backlogPoll = 500 * time.Microsecond
-	// maxRetryGap caps the wait between writes to a receiver whose socket is
-	// full (the wait doubles from backlogPoll on each write that makes no
-	// progress and resets as soon as one does): a healthy reader that was
-	// descheduled for a moment waits at most this long for its next bytes
-	// (10 ms doubled bigfan's median; stalled receivers get stalledRetryGap).
-	maxRetryGap = time.Millisecond
-	// stalledAfter: a receiver whose writes made no progress for this long is
-	// stalled. Its backlog is cut to stalledPendingFrames (the newest queued
-	// frames are dropped, whole, and counted) and it is retried only every
-	// stalledRetryGap, so a thousand receivers that never read cost little
-	// memory, GC or syscalls.
-	stalledAfter         = time.Second
-	stalledPendingFrames = 1024
-	stalledRetryGap      = 100 * time.Millisecond
+	// maxInboxFrames and maxInboxBytes bound what other loops may have
+	// queued for one loop (references to shared frames). A loop that far
+	// behind is stuck, not busy: past either bound, frames for its members
+	// are dropped and counted (never blocking the sender's loop). 65,536
+	// frames are a quarter of a second of the fastest fan-in measured.
+	maxInboxFrames = 65536
+	maxInboxBytes  = 512 << 20
+	// tickInterval is the ticker's period: the resolution of the coarse
+	// clock that timeouts are measured with. Nothing is polled on it (a
+	// receiver with a backlog is woken by its socket, writable.go), so an
+	// idle server wakes only this often.
+	tickInterval = 50 * time.Millisecond
 	// sweepInterval is how often each loop checks timeouts.
 	sweepInterval = 250 * time.Millisecond
 	// ownedFrameMin: a frame longer than this, once this much of it has

@@ -43,15 +43,7 @@ type conn struct {
 	headOff int // bytes of q's head already handed over
 	queued  int // bytes in q not yet handed over
 	dirty   bool
-	backlog bool
 	sent    uint64 // bytes written to the socket
-	// retryAt and retryGap pace writes to a receiver whose socket is full:
-	// each write that makes no progress doubles the wait before the next
-	// (up to maxRetryGap), so a thousand stalled receivers do not cost a
-	// thousand failing syscalls per inbound batch.
-	retryAt    int64 // coarse clock, ns
-	retryGap   int64
-	stuckSince int64 // coarse clock, ns: first write without progress since the last with; 0 = none
 
 	opened     int64 // coarse clock, ns
 	lastRead   int64 // coarse clock, ns
@@ -67,6 +59,33 @@ type conn struct {
 	rd         frameReader
 	perIP      bool // counted in Server.perIP
 	member     bool // Config.Members was told of its join: tell it of the leave
+
+	// Writable notification (writable.go): wToken names c in its loop's
+	// writable set (0 = never added); wArmed is set while c waits there
+	// for room, and then only that wake-up writes to it.
+	wToken uint64
+	wArmed bool
+
+	// Membership on its loop (loop.go): set is the channel's member list
+	// on c's loop and setIdx c's place in it (-1 while parked); joinSeq
+	// is the last history sequence c got in its replay.
+	set     *router.LoopSet
+	setIdx  int
+	joinSeq uint64
+	// Parked (loop.park): c's backlog was full, so it is out of set's walk
+	// and what it misses is counted from set.Frames, not frame by frame.
+	parked      bool
+	parkIdx     int    // c's place in loop.parked
+	parkFrames  uint64 // set.Frames when parked
+	parkOwn     uint64 // frames c sent itself while parked (walked on set, never for c)
+	parkCounted uint64 // frames missed while parked that are already counted as dropped
+}
+
+// Joined implements router.Subscriber: c lists itself in its loop's set.
+// Called on c's loop, in its join.
+func (c *conn) Joined(set *router.LoopSet, seq uint64) {
+	c.set, c.joinSeq = set, seq
+	c.setIdx = set.Add(c)
 }
 
 // DupKey implements router.Subscriber.
@@ -89,18 +108,22 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 func (c *conn) pending() int { return c.queued }
 
 // deliver queues f for the receiver, or drops it for this receiver alone when
-// its backlog is full. Must run on c's loop. Never blocks; allocates only when
-// the ring grows.
-func (c *conn) deliver(f *router.Frame, force bool) {
+// its backlog would pass Config.MaxPending or Config.MaxPendingFrames, and
+// then reports false: the caller parks it (loop.park). A receiver is never
+// cut for being slow or silent: only what it holds counts. Must run on c's
+// loop. Never blocks; allocates only when the ring grows.
+func (c *conn) deliver(f *router.Frame, force bool) bool {
 	if c.state != joined {
-		return
+		return true
 	}
 	cfg := &c.loop.srv.cfg
-	frameLimit := cfg.MaxPendingFrames
-	if c.stalled() {
-		frameLimit = min(frameLimit, stalledPendingFrames)
+	if !force && c.full(f, cfg) && !c.wArmed {
+		// Frames may have piled up since the last write (a loop drains
+		// many batches before it flushes): the socket decides, not the
+		// batching. Write now, and drop only if that leaves it full.
+		c.loop.write(c)
 	}
-	if p := c.pending(); !force && p > 0 && (p+f.Len() > cfg.MaxPending || c.q.len() >= frameLimit) {
+	if !force && c.full(f, cfg) {
 		c.dropped++
 		c.loop.stats.dropped.Add(1)
 		if c.stallSince == 0 {
@@ -108,7 +131,7 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 			c.loop.srv.rlog.Log(levelWarn, "receiver-stalled", "receiver is not keeping up; dropping frames for it alone",
 				connAttrs(c)...)
 		}
-		return
+		return false
 	}
 	f.Ref()
 	c.q.push(f)
@@ -116,13 +139,16 @@ func (c *conn) deliver(f *router.Frame, force bool) {
 	if c.up != nil && !force {
 		c.up.seen.Add(f.Bytes()) // the peer will hold it: recognise its replay later
 	}
-	if !c.dirty && !c.backlog { // a backlogged receiver is written by the poll
+	if !c.dirty && !c.wArmed { // one waiting for room is written when it has room
 		c.dirty = true
 		c.loop.dirty = append(c.loop.dirty, c)
 	}
+	return true
 }
 
-// stalled reports whether c's writes have made no progress for stalledAfter.
-func (c *conn) stalled() bool {
-	return c.stuckSince != 0 && c.loop.srv.now()-c.stuckSince >= int64(stalledAfter)
+// full reports whether f would take c's backlog past Config.MaxPending
+// (memory the queued frames hold, Frame.Size) or Config.MaxPendingFrames.
+// An empty backlog takes any frame.
+func (c *conn) full(f *router.Frame, cfg *Config) bool {
+	return c.q.len() > 0 && (c.q.size+f.Size() > cfg.MaxPending || c.q.len() >= cfg.MaxPendingFrames)
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,21 +25,33 @@ type loop struct {
 
 	// loop-owned
 	dirty   []*conn         // receivers with new frames to flush
-	backlog []*conn         // receivers with bytes left over, offered more on each poll
+	parked  []*conn         // receivers out of their sets' walks (park)
+	parking []*conn         // scratch: receivers to park after the walk in progress
 	outbox  []*batch        // per target loop: frames for that loop's subscribers
 	frames  []*router.Frame // scratch: one batch read from one connection
 	iov     []unix.Iovec    // scratch for vectored writes
 	conns   map[*conn]struct{}
+	// flushArmed: a flush task is queued (flushSoon): everything read in
+	// this round of events is written with one writev per receiver.
+	flushArmed bool
 
 	// any goroutine
 	inbox         atomic.Pointer[batch] // LIFO of batches from other loops
 	inboxArmed    atomic.Bool           // a drain task is queued on this loop
-	pollArmed     atomic.Bool           // a backlog poll task is queued
-	backlogCount  atomic.Int32          // len(backlog), for the ticker
+	inboxFrames   atomic.Int64          // frames posted and not yet drained
+	inboxBytes    atomic.Int64          // their memory (Frame.Size)
+	inboxMax      int64                 // bound on inboxFrames (maxInboxFrames; tests lower it)
+	inboxMaxBytes int64                 // bound on inboxBytes (maxInboxBytes)
 	drainRunnable gnet.Runnable
-	pollRunnable  gnet.Runnable
 	sweepRunnable gnet.Runnable
+	foldRunnable  gnet.Runnable
+	flushRunnable gnet.Runnable
 	stats         loopStats
+
+	// writable holds the receivers with a backlog, each woken once when
+	// its socket has room (writable.go); its run task is writableRunnable.
+	writable         writableSet
+	writableRunnable gnet.Runnable
 }
 
 // loopStats are counters summed at read time; each is written by one loop.
@@ -48,48 +61,56 @@ type loopStats struct {
 	framesOut atomic.Uint64
 	bytesOut  atomic.Uint64
 	dropped   atomic.Uint64
-	busyNanos atomic.Uint64
-	joins     atomic.Uint64
-	_         [64]byte // keep the next loop's counters off this cache line
+	// inboxDropped counts frames other loops could not post to this one
+	// (its inbox was full); each also counts in dropped, once per member.
+	inboxDropped atomic.Uint64
+	busyNanos    atomic.Uint64
+	joins        atomic.Uint64
+	_            [64]byte // keep the next loop's counters off this cache line
 }
 
 // addBusy adds the time since began to the loop's busy time.
 func (s *loopStats) addBusy(began time.Time) { s.busyNanos.Add(uint64(time.Since(began))) }
 
-// item is one frame for the subscribers of one channel on one loop.
+// item is one frame for the members of one channel on one loop: the
+// receiving loop walks set as it is when the item arrives.
 type item struct {
-	f    *router.Frame
-	subs []router.Subscriber
+	f   *router.Frame
+	set *router.LoopSet
 }
 
 // batch carries items from one loop to another in one task.
 type batch struct {
 	next  *batch
 	items []item
+	bytes int64 // memory of the items' frames (Frame.Size)
 }
 
 var batchPool = sync.Pool{New: func() any { return &batch{items: make([]item, 0, 64)} }}
 
 func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
-	l := &loop{idx: idx, srv: srv, el: el, outbox: make([]*batch, nloops), conns: make(map[*conn]struct{})}
+	l := &loop{idx: idx, srv: srv, el: el, outbox: make([]*batch, nloops), conns: make(map[*conn]struct{}),
+		inboxMax: maxInboxFrames, inboxMaxBytes: maxInboxBytes}
 	l.drainRunnable = gnet.RunnableFunc(l.drainInbox)
-	l.pollRunnable = gnet.RunnableFunc(l.pollBacklog)
+	l.writableRunnable = gnet.RunnableFunc(l.writeReady)
 	l.sweepRunnable = gnet.RunnableFunc(l.sweep)
+	l.foldRunnable = gnet.RunnableFunc(l.foldAllParked)
+	l.flushRunnable = gnet.RunnableFunc(func(context.Context) error {
+		l.flushArmed = false
+		l.flush()
+		return nil
+	})
 	return l
 }
 
-// fanout hands f to every subscriber of snap except sender: directly to those
-// on this loop, through the outbox to those on other loops. Loop-owned; no
+// fanout hands f to every member of snap except sender: walking this
+// loop's set at once, through the outbox for the other loops. Loop-owned; no
 // lock, no allocation in steady state.
 func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 	for gi := range snap.Groups {
 		g := &snap.Groups[gi]
 		if g.Loop == l.idx {
-			for _, s := range g.Subs {
-				if c := s.(*conn); c != sender {
-					c.deliver(f, false)
-				}
-			}
+			l.walk(f, g.Set, sender)
 			continue
 		}
 		b := l.outbox[g.Loop]
@@ -98,7 +119,127 @@ func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 			l.outbox[g.Loop] = b
 		}
 		f.Ref()
-		b.items = append(b.items, item{f: f, subs: g.Subs})
+		b.items = append(b.items, item{f: f, set: g.Set})
+		b.bytes += int64(f.Size())
+	}
+}
+
+// walk hands f to every listed member of set (this loop's) except sender,
+// and except those whose history replay held it already (Frame.Seq). A
+// member whose backlog is full is parked after the walk. Parked members are
+// not listed, so they cost nothing here: set.Frames tells them later what
+// they missed. Loop-owned; no lock, no allocation in steady state.
+func (l *loop) walk(f *router.Frame, set *router.LoopSet, sender *conn) {
+	if set.Lost.Load() != 0 {
+		l.countLost(set)
+	}
+	set.Frames++
+	seq := f.Seq()
+	for _, s := range set.Members {
+		c := s.(*conn)
+		if c == sender || (seq != 0 && seq <= c.joinSeq) {
+			continue
+		}
+		if !c.deliver(f, false) {
+			l.parking = append(l.parking, c)
+		}
+	}
+	if sender != nil && sender.parked && sender.set == set {
+		sender.parkOwn++ // walked here, but never for its sender: not missed
+	}
+	if len(l.parking) > 0 {
+		for i, c := range l.parking {
+			l.park(c)
+			l.parking[i] = nil
+		}
+		l.parking = l.parking[:0]
+	}
+}
+
+// countLost counts, for every member of set, the frames another loop could
+// not post here (post). Parked members count them through set.Frames.
+func (l *loop) countLost(set *router.LoopSet) {
+	n := set.Lost.Swap(0)
+	set.Frames += n
+	for _, s := range set.Members {
+		s.(*conn).dropped += n
+	}
+	l.stats.dropped.Add(n * uint64(len(set.Members)))
+}
+
+// park takes c, whose backlog is full, out of its set's walk: from now on
+// what it misses is counted in O(1) from set.Frames, and its byte stream
+// keeps only the whole frames already queued. It comes back (unpark) when
+// its socket has taken half its backlog. Loop-owned; never during a walk
+// of c's set.
+func (l *loop) park(c *conn) {
+	if c.parked || c.setIdx < 0 || c.state != joined {
+		return
+	}
+	if moved := c.set.Remove(c.setIdx); moved != nil {
+		moved.(*conn).setIdx = c.setIdx
+	}
+	c.setIdx = -1
+	c.parked = true
+	c.parkFrames, c.parkOwn, c.parkCounted = c.set.Frames, 0, 0
+	c.parkIdx = len(l.parked)
+	l.parked = append(l.parked, c)
+}
+
+// unpark lists c in its set again, at a frame boundary (its queue holds
+// only whole frames), and counts what it missed. Loop-owned; never during
+// a walk of c's set.
+func (l *loop) unpark(c *conn) {
+	l.unlistParked(c)
+	c.setIdx = c.set.Add(c)
+	c.stallSince = 0 // the next drop is a new episode, logged again
+	l.srv.debug("receiver resumed", c)
+}
+
+// unlistParked counts what parked c missed and takes it off l.parked.
+func (l *loop) unlistParked(c *conn) {
+	l.foldParked(c)
+	last := len(l.parked) - 1
+	if m := l.parked[last]; m != c {
+		l.parked[c.parkIdx] = m
+		m.parkIdx = c.parkIdx
+	}
+	l.parked[last] = nil
+	l.parked = l.parked[:last]
+	c.parked = false
+}
+
+// foldParked counts as dropped the frames parked c has missed since last
+// counted: every frame walked on its set since it parked, but its own.
+// Exact, because every walk, park and unpark of that set runs on this loop.
+func (l *loop) foldParked(c *conn) {
+	missed := c.set.Frames - c.parkFrames - c.parkOwn
+	if d := missed - c.parkCounted; d > 0 {
+		c.parkCounted = missed
+		c.dropped += d
+		l.stats.dropped.Add(d)
+	}
+}
+
+// foldAllParked runs on this loop, queued by the ticker, so that
+// mlesd_frames_dropped_total follows receivers that stay parked.
+func (l *loop) foldAllParked(context.Context) error {
+	for _, c := range l.parked {
+		l.foldParked(c)
+	}
+	return nil
+}
+
+// leaveSet takes c out of its set, or off the parked list, at its leave.
+func (l *loop) leaveSet(c *conn) {
+	switch {
+	case c.parked:
+		l.unlistParked(c)
+	case c.set != nil && c.setIdx >= 0:
+		if moved := c.set.Remove(c.setIdx); moved != nil {
+			moved.(*conn).setIdx = c.setIdx
+		}
+		c.setIdx = -1
 	}
 }
 
@@ -120,11 +261,62 @@ func (l *loop) flush() {
 		l.write(c)
 	}
 	l.dirty = l.dirty[:0]
+	if l.writable.armed.Load() {
+		// Sockets that drained while this loop was busy: write to them
+		// now rather than after every other ready event of this round
+		// (gnet runs tasks only then), so a busy loop does not let a
+		// healthy reader's backlog overflow. The queued task finds none.
+		l.writeReadyNow()
+	}
 }
 
-// post queues b for this loop and makes sure a drain task will run. Safe from
-// any goroutine.
+// flushSoon flushes once this round of events is handled: gnet runs tasks
+// after every ready connection of a wake-up has been read, so each
+// receiver gets one writev (and each other loop one batch) for all the
+// frames of the round, not one per sender. A join storm or a fan-in of a
+// thousand publishers costs one write per receiver per round. Loop-owned.
+func (l *loop) flushSoon() {
+	if l.flushArmed || (len(l.dirty) == 0 && !l.outboxFull() && !l.writable.armed.Load()) {
+		return
+	}
+	l.flushArmed = true
+	if err := l.el.Execute(context.Background(), l.flushRunnable); err != nil {
+		l.flushArmed = false // the engine is stopping: write now
+		l.flush()
+	}
+}
+
+// outboxFull reports whether any other loop has frames waiting here.
+func (l *loop) outboxFull() bool {
+	for _, b := range l.outbox {
+		if b != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// post queues b for this loop and makes sure a drain task will run. When
+// this loop's inbox already holds inboxMax frames or inboxMaxBytes of them
+// (it is far behind), b is dropped instead: the sender's loop never waits,
+// and every member the frames were for counts them as dropped when its
+// loop next walks that channel (LoopSet.Lost). Safe from any goroutine.
 func (l *loop) post(b *batch) {
+	n := int64(len(b.items))
+	frames, bytes := l.inboxFrames.Add(n), l.inboxBytes.Add(b.bytes)
+	if frames > l.inboxMax || bytes > l.inboxMaxBytes {
+		l.inboxFrames.Add(-n)
+		l.inboxBytes.Add(-b.bytes)
+		for _, it := range b.items {
+			it.set.Lost.Add(1)
+			it.f.Release()
+		}
+		l.stats.inboxDropped.Add(uint64(n))
+		l.srv.rlog.Log(levelWarn, "loop-queue-full", "an event loop is far behind; frames for its members are dropped",
+			slog.Int("loop", l.idx), slog.Int64("queued_frames", l.inboxFrames.Load()))
+		recycle(b)
+		return
+	}
 	for {
 		head := l.inbox.Load()
 		b.next = head
@@ -156,6 +348,7 @@ func recycle(b *batch) {
 	clear(b.items)
 	b.items = b.items[:0]
 	b.next = nil
+	b.bytes = 0
 	batchPool.Put(b)
 }
 
@@ -166,17 +359,20 @@ func (l *loop) drainInbox(context.Context) error {
 	l.inboxArmed.Store(false)
 	head := l.inbox.Swap(nil)
 	var prev *batch
+	var frames, bytes int64
 	for head != nil { // reverse the LIFO into posting order
 		next := head.next
 		head.next = prev
 		prev, head = head, next
+		frames += int64(len(prev.items))
+		bytes += prev.bytes
 	}
+	l.inboxFrames.Add(-frames)
+	l.inboxBytes.Add(-bytes)
 	for b := prev; b != nil; {
 		next := b.next
 		for _, it := range b.items {
-			for _, s := range it.subs {
-				s.(*conn).deliver(it.f, false)
-			}
+			l.walk(it.f, it.set, nil)
 			it.f.Release()
 		}
 		recycle(b)
@@ -189,10 +385,11 @@ func (l *loop) drainInbox(context.Context) error {
 // write writes as much of c's backlog as its socket takes now, with one
 // writev straight from the shared frames. What the socket does not take stays
 // queued as references, never copied (gnet's own write would copy the rest
-// into a per-connection buffer); the ticker's poll offers it again. A write
-// error (the receiver reset or went away) closes c. Loop-owned; no allocation.
+// into a per-connection buffer), and c waits in the loop's writable set until
+// its socket has room. A write error (the receiver reset or went away)
+// closes c. Loop-owned; no allocation.
 func (l *loop) write(c *conn) {
-	if c.state != joined || c.q.len() == 0 {
+	if c.state != joined || c.q.len() == 0 || c.wArmed {
 		return
 	}
 	iov := l.iov[:0]
@@ -214,21 +411,7 @@ func (l *loop) write(c *conn) {
 		}
 		n = 0
 	}
-	if n == 0 {
-		now := l.srv.now()
-		if c.stuckSince == 0 {
-			c.stuckSince = now
-		}
-		if c.stalled() {
-			c.retryGap = int64(stalledRetryGap)
-			l.trimStalled(c)
-		} else {
-			c.retryGap = min(max(2*c.retryGap, int64(backlogPoll)), int64(maxRetryGap))
-		}
-		c.retryAt = now + c.retryGap
-	} else {
-		c.retryGap, c.retryAt, c.stuckSince = 0, 0, 0
-		c.stallSince = 0 // the receiver is reading
+	if n > 0 {
 		l.stats.bytesOut.Add(uint64(n))
 		c.sent += uint64(n)
 		c.queued -= n
@@ -244,25 +427,36 @@ func (l *loop) write(c *conn) {
 			l.stats.framesOut.Add(1)
 		}
 	}
-	if c.q.len() > 0 {
-		l.markBacklog(c)
-	} else {
+	if c.parked && c.q.size <= l.srv.cfg.MaxPending/2 && c.q.len() <= l.srv.cfg.MaxPendingFrames/2 {
+		l.unpark(c)
+	}
+	if c.q.len() == 0 {
 		c.q.shrinkIfIdle()
+		return
+	}
+	if err := l.writable.watch(c); err != nil {
+		// No way to learn when its socket drains (out of descriptors for
+		// the epoll set, or max_user_watches): close rather than hold its
+		// backlog forever.
+		c.reason = "no-writable-watch"
+		l.srv.failWrite(c, err)
 	}
 }
 
-// trimStalled cuts a stalled receiver's backlog to stalledPendingFrames,
-// dropping the newest queued frames (whole: the head, which may be partly
-// written, is always kept) and counting them. Loop-owned.
-func (l *loop) trimStalled(c *conn) {
-	for c.q.len() > stalledPendingFrames {
-		f := c.q.popBack()
-		c.queued -= f.Len()
-		f.Release()
-		c.dropped++
-		l.stats.dropped.Add(1)
+// writeReady runs on this loop, queued by the writable set: writes to every
+// receiver whose socket has room again.
+func (l *loop) writeReady(context.Context) error {
+	defer l.stats.addBusy(time.Now())
+	l.writeReadyNow()
+	return nil
+}
+
+func (l *loop) writeReadyNow() {
+	for _, t := range l.writable.take() {
+		if c := l.writable.fired(t); c != nil {
+			l.write(c)
+		}
 	}
-	c.q.compact()
 }
 
 // iovMax is the most buffers one writev takes (UIO_MAXIOV on Linux).
@@ -278,38 +472,6 @@ func writev(fd int, iov []unix.Iovec) (int, error) {
 		return 0, errno
 	}
 	return int(n), nil
-}
-
-func (l *loop) markBacklog(c *conn) {
-	if c.backlog {
-		return
-	}
-	c.backlog = true
-	l.backlog = append(l.backlog, c)
-	l.backlogCount.Add(1)
-}
-
-// pollBacklog runs on this loop, queued by the ticker: offers every receiver
-// with a backlog more bytes.
-func (l *loop) pollBacklog(context.Context) error {
-	l.pollArmed.Store(false)
-	list := l.backlog
-	l.backlog = nil
-	l.backlogCount.Store(0)
-	now := l.srv.now()
-	for _, c := range list {
-		c.backlog = false
-		if c.state == joined && c.q.len() > 0 && now < c.retryAt {
-			l.markBacklog(c) // its socket was full: not yet
-			continue
-		}
-		l.write(c)
-	}
-	if cap(list) <= 1024 && l.backlog == nil {
-		clear(list) // do not keep closed conns reachable
-		l.backlog = list[:0]
-	}
-	return nil
 }
 
 // sweep runs on this loop, queued by the ticker: closes connections whose

@@ -8,6 +8,7 @@ type frameQueue struct {
 	buf  []*router.Frame // len is a power of two, or 0
 	head int
 	n    int
+	size int // memory the queued frames hold (Frame.Size), shared or not
 }
 
 func (q *frameQueue) len() int { return q.n }
@@ -21,6 +22,7 @@ func (q *frameQueue) push(f *router.Frame) {
 	}
 	q.buf[(q.head+q.n)&(len(q.buf)-1)] = f
 	q.n++
+	q.size += f.Size()
 }
 
 // pop removes the head and returns it (the caller inherits its reference).
@@ -29,6 +31,7 @@ func (q *frameQueue) pop() *router.Frame {
 	q.buf[q.head] = nil
 	q.head = (q.head + 1) & (len(q.buf) - 1)
 	q.n--
+	q.size -= f.Size()
 	return f
 }
 
@@ -36,33 +39,6 @@ func (q *frameQueue) grow() {
 	size := len(q.buf) * 2
 	if size == 0 {
 		size = 8
-	}
-	nb := make([]*router.Frame, size)
-	for i := 0; i < q.n; i++ {
-		nb[i] = q.at(i)
-	}
-	q.buf, q.head = nb, 0
-}
-
-// popBack removes the newest frame and returns it (the caller inherits its
-// reference).
-func (q *frameQueue) popBack() *router.Frame {
-	i := (q.head + q.n - 1) & (len(q.buf) - 1)
-	f := q.buf[i]
-	q.buf[i] = nil
-	q.n--
-	return f
-}
-
-// compact reallocates a ring that is mostly empty to fit what it holds, so a
-// trimmed backlog gives its memory back.
-func (q *frameQueue) compact() {
-	if len(q.buf) <= 1024 || q.n > len(q.buf)/4 {
-		return
-	}
-	size := 8
-	for size < q.n*2 {
-		size *= 2
 	}
 	nb := make([]*router.Frame, size)
 	for i := 0; i < q.n; i++ {

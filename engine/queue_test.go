@@ -6,7 +6,7 @@ import (
 	"github.com/mlesd/mlesd/router"
 )
 
-func TestFrameQueueFIFOAcrossGrowthPopBackAndCompact(t *testing.T) {
+func TestFrameQueueIsFIFOAcrossGrowthAndWrapAndShrinksWhenEmpty(t *testing.T) {
 	var q frameQueue
 	frames := make([]*router.Frame, 5000)
 	first := 0 // frames popped so far: the oldest held is frames[first]
@@ -20,19 +20,14 @@ func TestFrameQueueFIFOAcrossGrowthPopBackAndCompact(t *testing.T) {
 			first++
 		}
 	}
-	for q.len() > 100 {
-		if got, want := q.popBack(), frames[first+q.len()]; got != want {
-			t.Fatal("popBack returned the wrong frame")
-		}
-	}
-	q.compact()
-	if len(q.buf) > 256 {
-		t.Fatalf("compact left a ring of %d for %d frames", len(q.buf), q.len())
-	}
 	for i := 0; q.len() > 0; i++ {
 		if got := q.pop(); got != frames[first+i] {
-			t.Fatalf("after compact, frame %d out of order", i)
+			t.Fatalf("frame %d out of order", first+i)
 		}
+	}
+	q.shrinkIfIdle()
+	if q.buf != nil {
+		t.Fatalf("an empty queue kept a ring of %d", len(q.buf))
 	}
 	for _, f := range frames {
 		f.Release()

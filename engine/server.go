@@ -169,6 +169,11 @@ func (s *Server) serve() error {
 		gnet.WithLogger(gnetLogger{s.log}),
 	}
 	err = gnet.Run(s, engineAddr, opts...)
+	for i := range s.loops { // the loops have ended: nothing watches any more
+		if l := s.loops[i].Load(); l != nil {
+			l.writable.shutdown()
+		}
+	}
 	s.closeListeners()
 	s.acceptWG.Wait()
 	close(s.registering)
@@ -217,7 +222,7 @@ func (s *Server) Stop(ctx context.Context) error {
 // backlogged reports whether any receiver still has bytes waiting.
 func (s *Server) backlogged() bool {
 	for i := range s.loops {
-		if l := s.loops[i].Load(); l != nil && l.backlogCount.Load() > 0 {
+		if l := s.loops[i].Load(); l != nil && l.writable.waiting.Load() > 0 {
 			return true
 		}
 	}
@@ -375,8 +380,10 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	wasJoined := c.state == joined
 	c.state = closed
 	delete(c.loop.conns, c)
+	c.loop.writable.forget(c) // before gnet closes the fd, which may be reused
 	s.openConns.Add(-1)
 	if c.ch != nil {
+		c.loop.leaveSet(c)
 		c.ch.Leave(c)
 		if c.member { // whatever its state now (a failed write leaves it closing)
 			s.cfg.Members.MemberLeft(c.ch)
@@ -531,7 +538,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if len(l.frames) > 0 {
 		s.dispatch(c, l)
 	}
-	l.flush()
+	l.flushSoon()
 	if action == gnet.None {
 		// The frame still arriving counts against a global budget and a clock.
 		action = s.accountPartial(c, gc, framed)
@@ -703,9 +710,10 @@ func (s *Server) mergeResync(c *conn, first codec.Triplet, inner [][]byte) {
 	}
 }
 
-// OnTick advances the coarse clock, offers backlogs more bytes and, a few
-// times a second, checks timeouts. It runs on its own goroutine, so it only
-// queues tasks on the loops.
+// OnTick advances the coarse clock and, a few times a second, checks
+// timeouts. It runs on its own goroutine, so it only queues tasks on the
+// loops. It polls nothing: receivers with a backlog are woken by their
+// sockets (writable.go).
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	select {
 	case <-s.loopsUp:
@@ -714,49 +722,37 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	}
 	now := int64(time.Since(s.start))
 	s.clock.Store(now)
-	sweep := now-s.lastSweep >= int64(sweepInterval)
-	if sweep {
+	if now-s.lastSweep >= int64(sweepInterval) {
 		s.lastSweep = now
-	}
-	busy := false
-	for i := range s.loops {
-		l := s.loops[i].Load()
-		if l == nil {
-			continue
-		}
-		if l.backlogCount.Load() > 0 {
-			busy = true
-			if l.pollArmed.CompareAndSwap(false, true) {
-				if l.el.Execute(context.Background(), l.pollRunnable) != nil {
-					l.pollArmed.Store(false)
-				}
+		for i := range s.loops {
+			if l := s.loops[i].Load(); l != nil {
+				_ = l.el.Execute(context.Background(), l.sweepRunnable)
+				_ = l.el.Execute(context.Background(), l.foldRunnable)
 			}
 		}
-		if sweep {
-			_ = l.el.Execute(context.Background(), l.sweepRunnable)
-		}
 	}
-	if busy {
-		return backlogPoll, gnet.None
-	}
-	return 10 * time.Millisecond, gnet.None
+	return tickInterval, gnet.None
 }
 
 // Stats is a point-in-time sum of the server's counters.
 type Stats struct {
-	OpenConns    int64
-	Accepted     uint64
-	Joins        uint64
-	FramesIn     uint64
-	BytesIn      uint64
-	FramesOut    uint64
-	BytesOut     uint64
-	Dropped      uint64
-	BusyNanos    uint64 // time the event loops spent handling traffic
-	HistoryBytes int64
-	Channels     int
-	ClosedByRule map[string]uint64 // connections the server closed, by reason
-	AcceptErrors map[string]uint64 // accept errors, by reason (accept.go)
+	OpenConns int64
+	Accepted  uint64
+	Joins     uint64
+	FramesIn  uint64
+	BytesIn   uint64
+	FramesOut uint64
+	BytesOut  uint64
+	Dropped   uint64
+	// LoopQueueDropped counts frames one event loop could not queue for
+	// another that was far behind (each also counts in Dropped, once per
+	// member it was for).
+	LoopQueueDropped uint64
+	BusyNanos        uint64 // time the event loops spent handling traffic
+	HistoryBytes     int64
+	Channels         int
+	ClosedByRule     map[string]uint64 // connections the server closed, by reason
+	AcceptErrors     map[string]uint64 // accept errors, by reason (accept.go)
 }
 
 // Stats returns the current counters. Safe from any goroutine.
@@ -776,6 +772,7 @@ func (s *Server) Stats() Stats {
 		st.BytesOut += l.stats.bytesOut.Load()
 		st.BusyNanos += l.stats.busyNanos.Load()
 		st.Dropped += l.stats.dropped.Load()
+		st.LoopQueueDropped += l.stats.inboxDropped.Load()
 	}
 	s.refused.Range(func(k, v any) bool {
 		st.ClosedByRule[k.(string)] = v.(*atomic.Uint64).Load()

@@ -87,8 +87,9 @@ func listenPeer(t *testing.T) string {
 
 type member struct{ cid uint32 }
 
-func (m *member) DupKey() uint64 { return uint64(m.cid) }
-func (m *member) Loop() int      { return 0 }
+func (m *member) DupKey() uint64                 { return uint64(m.cid) }
+func (m *member) Loop() int                      { return 0 }
+func (m *member) Joined(*router.LoopSet, uint64) {}
 
 func newChannel(t *testing.T, name string) *router.Channel {
 	t.Helper()

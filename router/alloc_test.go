@@ -22,7 +22,7 @@ func TestAppendAndSnapshotWalkDoNotAllocate(t *testing.T) {
 			f := NewFrame(data)
 			snap := ch.Append(f)
 			for gi := range snap.Groups {
-				for _, s := range snap.Groups[gi].Subs {
+				for _, s := range snap.Groups[gi].Set.Members {
 					s.(*fakeSub).got++
 				}
 			}

@@ -40,17 +40,17 @@ func (c *Channel) AddOlder(frames []*Frame) int {
 // ring has room and the byte caps allow it; older frames never evict
 // newer ones.
 func (h *history) prepend(f *Frame) bool {
-	if h.n == len(h.ring) || (h.maxBytes > 0 && h.bytes+f.Len() > h.maxBytes) {
+	if h.n == len(h.ring) || (h.maxBytes > 0 && h.bytes+f.Size() > h.maxBytes) {
 		return false
 	}
-	if used := h.budget.used.Add(int64(f.Len())); h.budget.max > 0 && used > h.budget.max {
-		h.budget.used.Add(-int64(f.Len()))
+	if used := h.budget.used.Add(int64(f.Size())); h.budget.max > 0 && used > h.budget.max {
+		h.budget.used.Add(-int64(f.Size()))
 		return false
 	}
 	f.Ref()
 	h.start = (h.start - 1 + len(h.ring)) % len(h.ring)
 	h.ring[h.start] = f
 	h.n++
-	h.bytes += f.Len()
+	h.bytes += f.Size()
 	return true
 }

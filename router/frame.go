@@ -1,10 +1,9 @@
 package router
 
 import (
+	"math/bits"
 	"sync"
 	"sync/atomic"
-
-	"github.com/valyala/bytebufferpool"
 )
 
 // Frame is one whole Mles frame (16-byte header and payload) as it came off the
@@ -15,27 +14,69 @@ import (
 // Frame is safe to Ref and Release from any goroutine; its bytes are immutable
 // from NewFrame until the last Release.
 type Frame struct {
-	refs atomic.Int32
-	buf  *bytebufferpool.ByteBuffer
+	refs  atomic.Int32
+	b     []byte // cap is the frame's size class
+	class int8
+	seq   uint64 // the channel's sequence, set when history stores it; 0 = not stored
 }
 
-var framePool = sync.Pool{New: func() any { return new(Frame) }}
+// Size classes: a frame's buffer is the smallest power of two from
+// minClassSize that holds it, so the memory a frame holds is under twice its
+// length (or minClassSize), and limits that count Size bound real memory. A
+// pool of any-size buffers would not: after large frames were released a
+// small frame could pin a large buffer. Frames past the largest power-of-two
+// class (the protocol's largest frames, 16 bytes over 16 MiB) get a buffer of
+// exactly maxFrameLen.
+const (
+	minClassShift = 6 // 64 B
+	maxClassShift = 24
+	maxFrameLen   = 16 + 0xFFFFFF
+	numClasses    = maxClassShift - minClassShift + 2 // the last one is maxFrameLen
+)
+
+var framePools [numClasses]sync.Pool
+
+// classOf returns the size class of a frame of n bytes and its capacity.
+func classOf(n int) (int, int) {
+	if n <= 1<<minClassShift {
+		return 0, 1 << minClassShift
+	}
+	shift := bits.Len(uint(n - 1)) // smallest power of two ≥ n
+	if shift > maxClassShift {
+		return numClasses - 1, max(n, maxFrameLen)
+	}
+	return shift - minClassShift, 1 << shift
+}
 
 // NewFrame returns a frame holding a copy of b with one reference, the caller's.
-// Hot path: no allocation in steady state (buffers and frames are pooled).
+// Hot path: no allocation in steady state (frames and their buffers are
+// pooled by size class).
 func NewFrame(b []byte) *Frame {
-	f := framePool.Get().(*Frame)
-	f.buf = bytebufferpool.Get()
-	f.buf.B = append(f.buf.B[:0], b...)
+	class, size := classOf(len(b))
+	f, _ := framePools[class].Get().(*Frame)
+	if f == nil || cap(f.b) < len(b) {
+		f = &Frame{b: make([]byte, 0, size), class: int8(class)}
+	}
+	f.b = append(f.b[:0], b...)
+	f.seq = 0
 	f.refs.Store(1)
 	return f
 }
 
+// Seq is the sequence number the channel's history gave the frame when it
+// stored it (under the channel's lock, before the frame is fanned out), or 0
+// if it was not stored. See Subscriber.Joined.
+func (f *Frame) Seq() uint64 { return f.seq }
+
 // Bytes returns the frame's bytes. Callers must not modify them.
-func (f *Frame) Bytes() []byte { return f.buf.B }
+func (f *Frame) Bytes() []byte { return f.b }
 
 // Len returns the frame's length in bytes, header included.
-func (f *Frame) Len() int { return len(f.buf.B) }
+func (f *Frame) Len() int { return len(f.b) }
+
+// Size returns the memory the frame holds: its buffer's capacity, under
+// twice Len (see the size classes). Byte limits count this.
+func (f *Frame) Size() int { return cap(f.b) }
 
 // Ref adds a reference.
 func (f *Frame) Ref() { f.refs.Add(1) }
@@ -45,9 +86,8 @@ func (f *Frame) Ref() { f.refs.Add(1) }
 func (f *Frame) Release() {
 	switch n := f.refs.Add(-1); {
 	case n == 0:
-		bytebufferpool.Put(f.buf)
-		f.buf = nil
-		framePool.Put(f)
+		f.b = f.b[:0]
+		framePools[f.class].Put(f)
 	case n < 0:
 		panic("router: Frame released more times than referenced")
 	}

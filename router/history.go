@@ -6,8 +6,8 @@ import (
 )
 
 // history is a ring of the last limit frames of a channel, oldest first,
-// bounded also in bytes: per channel (maxBytes) and across all channels
-// (budget, shared).
+// bounded also in bytes of memory held (Frame.Size): per channel (maxBytes)
+// and across all channels (budget, shared).
 // Lock: the owning Channel's mu must be held for every method.
 type history struct {
 	ring     []*Frame
@@ -16,6 +16,7 @@ type history struct {
 	bytes    int // total bytes held
 	maxBytes int // per-channel cap; 0 = none
 	budget   *budget
+	seq      uint64 // sequence of the last frame stored (Frame.Seq)
 }
 
 // budget is the byte budget for the history of all channels. Safe for
@@ -33,17 +34,19 @@ func (h *history) limit() int { return len(h.ring) }
 // all its older frames, is not kept. It reports whether f was taken (it may
 // then have been evicted again at once, by the global budget).
 func (h *history) add(f *Frame) bool {
-	if len(h.ring) == 0 || (h.maxBytes > 0 && f.Len() > h.maxBytes) {
+	if len(h.ring) == 0 || (h.maxBytes > 0 && f.Size() > h.maxBytes) {
 		return false
 	}
 	if h.n == len(h.ring) {
 		h.evictOldest()
 	}
 	f.Ref()
+	h.seq++
+	f.seq = h.seq
 	h.ring[(h.start+h.n)%len(h.ring)] = f
 	h.n++
-	h.bytes += f.Len()
-	used := h.budget.used.Add(int64(f.Len()))
+	h.bytes += f.Size()
+	used := h.budget.used.Add(int64(f.Size()))
 	for h.n > 0 && ((h.maxBytes > 0 && h.bytes > h.maxBytes) || (h.budget.max > 0 && used > h.budget.max)) {
 		h.evictOldest()
 		used = h.budget.used.Load()
@@ -57,8 +60,8 @@ func (h *history) evictOldest() {
 	h.ring[h.start] = nil
 	h.start = (h.start + 1) % len(h.ring)
 	h.n--
-	h.bytes -= old.Len()
-	h.budget.used.Add(-int64(old.Len()))
+	h.bytes -= old.Size()
+	h.budget.used.Add(-int64(old.Size()))
 	old.Release()
 }
 

@@ -20,7 +20,7 @@ func TestJoinAndLeaveAllocationsDoNotGrowWithTheChannel(t *testing.T) {
 			if _, _, err := r.Join("ch", s, nil); err != nil {
 				t.Fatal(err)
 			}
-			ch.Leave(s)
+			leave(ch, s)
 		})
 	}
 	small, big := perOp(10), perOp(100_000)

@@ -6,36 +6,22 @@ import (
 	"testing"
 )
 
-// members lists the subscribers of snap that are still members, per the
-// contract: a snapshot may list subscribers that left (at most Len of them).
-func members(snap *Snapshot, left map[Subscriber]bool) []Subscriber {
+// members lists the subscribers listed in snap's sets.
+func members(snap *Snapshot) []Subscriber {
 	var out []Subscriber
 	for _, g := range snap.Groups {
-		for _, s := range g.Subs {
-			if !left[s] {
-				out = append(out, s)
-			}
-		}
+		out = append(out, g.Set.Members...)
 	}
 	return out
 }
 
-func listed(snap *Snapshot) int {
-	n := 0
-	for _, g := range snap.Groups {
-		n += len(g.Subs)
-	}
-	return n
-}
-
-// Joins and leaves in any order keep every member listed exactly once,
-// list at most as many gone subscribers as members, and never change a
-// snapshot already taken.
-func TestJoinAndLeaveKeepSnapshotsExactAndImmutable(t *testing.T) {
+// Joins and leaves in any order keep every member listed exactly once, in
+// its own loop's set; the snapshot changes only when a loop gets its first
+// member or loses its last, and a snapshot already taken never changes.
+func TestJoinAndLeaveKeepMembersExactAndSnapshotsImmutable(t *testing.T) {
 	r := New(Config{})
 	const n = 1000
 	subs := make([]*fakeSub, n)
-	left := map[Subscriber]bool{}
 	var ch *Channel
 	for i := range subs {
 		subs[i] = &fakeSub{cid: uint32(i + 1), loop: i % 3}
@@ -46,48 +32,88 @@ func TestJoinAndLeaveKeepSnapshotsExactAndImmutable(t *testing.T) {
 		ch = c
 	}
 	taken := ch.Snapshot()
-	takenList := fmt.Sprint(members(taken, nil))
+	if len(taken.Groups) != 3 {
+		t.Fatalf("%d groups for 3 loops", len(taken.Groups))
+	}
 	for i := 0; i < n; i += 2 { // every other one leaves
-		ch.Leave(subs[i])
-		left[subs[i]] = true
-		if snap, m := ch.Snapshot(), ch.Members(); listed(snap)-m > m {
-			t.Fatalf("after %d leaves: %d listed for %d members", i/2+1, listed(snap), m)
+		leave(ch, subs[i])
+		if ch.Snapshot() != taken {
+			t.Fatalf("leave %d republished although every loop still has members", i/2+1)
 		}
 	}
-	if fmt.Sprint(members(taken, nil)) != takenList || listed(taken) != n {
-		t.Fatal("a snapshot taken before the leaves changed")
-	}
-	snap := ch.Snapshot()
-	got := members(snap, left)
+	got := members(ch.Snapshot())
 	if ch.Members() != n/2 || len(got) != n/2 {
 		t.Fatalf("Members %d, members listed %d, want %d", ch.Members(), len(got), n/2)
 	}
 	seen := map[Subscriber]bool{}
-	for _, s := range got {
-		if seen[s] {
-			t.Fatalf("member %d listed twice", s.(*fakeSub).cid)
-		}
-		seen[s] = true
-		if s.(*fakeSub).cid%2 != 0 {
-			t.Fatalf("sub %d left but is listed as a member", s.(*fakeSub).cid)
+	for _, g := range ch.Snapshot().Groups {
+		for _, s := range g.Set.Members {
+			if seen[s] {
+				t.Fatalf("member %d listed twice", s.(*fakeSub).cid)
+			}
+			seen[s] = true
+			if s.(*fakeSub).cid%2 != 0 {
+				t.Fatalf("sub %d left but is listed as a member", s.(*fakeSub).cid)
+			}
+			if s.Loop() != g.Loop {
+				t.Fatalf("sub of loop %d in loop %d's set", s.Loop(), g.Loop)
+			}
 		}
 	}
-	// A join after the leaves lands in the right group.
+	// A join on a new loop republishes, with that loop's set.
 	late := &fakeSub{cid: 5000, loop: 7}
 	if _, _, err := r.Join("ch", late, nil); err != nil {
 		t.Fatal(err)
 	}
+	if len(taken.Groups) != 3 {
+		t.Fatal("a snapshot taken before the join changed")
+	}
 	found := false
 	for _, g := range ch.Snapshot().Groups {
-		for _, s := range g.Subs {
+		for _, s := range g.Set.Members {
 			if s == late {
 				found = g.Loop == 7
 			}
 		}
 	}
 	if !found {
-		t.Fatal("late joiner not in its loop's group")
+		t.Fatal("late joiner not in its loop's set")
 	}
+}
+
+// A joiner learns the sequence of the last frame its history holds; frames
+// stored later have higher sequences.
+func TestJoinerLearnsTheLastSequenceOfItsHistory(t *testing.T) {
+	r := New(Config{HistoryLimit: 10})
+	a := &fakeSub{cid: 1}
+	ch, _, _ := r.Join("ch", a, nil)
+	if a.seq != 0 {
+		t.Fatalf("first joiner of an empty channel: seq %d, want 0", a.seq)
+	}
+	f1, f2 := frameOf("one"), frameOf("two")
+	ch.Append(f1, f2)
+	b := &fakeSub{cid: 2}
+	_, hist, _ := r.Join("ch", b, nil)
+	if len(hist) != 2 || b.seq != f2.Seq() || f1.Seq() >= f2.Seq() || f1.Seq() == 0 {
+		t.Fatalf("joiner seq %d, history %d frames, frame seqs %d %d", b.seq, len(hist), f1.Seq(), f2.Seq())
+	}
+	f3 := frameOf("three")
+	ch.Append(f3)
+	if f3.Seq() <= b.seq {
+		t.Fatalf("a frame stored after the join has seq %d, not past the joiner's %d", f3.Seq(), b.seq)
+	}
+	for _, f := range append(hist, f1, f2, f3) {
+		f.Release()
+	}
+	// Without history nothing is numbered: every live frame is for everyone.
+	r0 := New(Config{})
+	c0, _, _ := r0.Join("ch", &fakeSub{cid: 1}, nil)
+	g := frameOf("x")
+	c0.Append(g)
+	if g.Seq() != 0 {
+		t.Fatalf("history off: frame seq %d, want 0", g.Seq())
+	}
+	g.Release()
 }
 
 // The duplicate-CID rule holds through the index: a CID is refused while a
@@ -106,7 +132,7 @@ func TestDuplicateCIDIndexFollowsLeaves(t *testing.T) {
 	if _, _, err := r.Join("ch", &fakeSub{cid: 9}, nil); !errors.Is(err, ErrDuplicateCID) {
 		t.Fatalf("second CID 9: %v, want ErrDuplicateCID", err)
 	}
-	ch.Leave(a)
+	leave(ch, a)
 	ch.Leave(a) // a second Leave changes nothing
 	if _, _, err := r.Join("ch", &fakeSub{cid: 9}, nil); err != nil {
 		t.Fatalf("CID 9 after its member left: %v", err)
@@ -139,7 +165,7 @@ func BenchmarkMillionJoinsAndLeaves(b *testing.B) {
 			ch = c
 		}
 		for i := range subs {
-			ch.Leave(&subs[i])
+			leave(ch, &subs[i])
 		}
 		if r.Channels() != 0 {
 			b.Fatalf("%d channels left after every member left", r.Channels())
@@ -168,7 +194,7 @@ func BenchmarkJoinLeave(b *testing.B) {
 				if _, _, err := r.Join("ch", &subs[i], nil); err != nil {
 					b.Fatal(err)
 				}
-				ch.Leave(&subs[i])
+				leave(ch, &subs[i])
 			}
 		})
 	}

@@ -2,19 +2,22 @@
 // channel, the duplicate-CID rule, and each channel's history.
 //
 // Invariants a caller relies on:
-//   - A channel's subscriber list is an immutable Snapshot behind an atomic
-//     pointer: the per-frame path reads it with one atomic load and never locks
-//     when history is off. Join and Leave cost O(1) amortized on a channel of
-//     any size, under the channel's mutex: a join appends to a per-loop
-//     backing array that older snapshots never read that far into, a leave
-//     only marks the subscriber gone, and the gone are compacted out (one
-//     copy) once they outnumber the members. So a snapshot may still list
-//     subscribers that have left, never more than it has members; a caller
-//     that forwards skips them (the engine's closed connections take
-//     nothing).
-//   - With history on, Append takes the channel's mutex once per batch of frames
-//     so that a joiner gets every frame exactly once: either in its history
-//     replay or live, never both, never neither.
+//   - A channel's members are kept per event loop: each (channel, loop) has
+//     one LoopSet, whose member list is owned by that loop (the router
+//     creates it and never reads or writes the list). A channel's Snapshot,
+//     behind an atomic pointer, only names the loops that have members and
+//     points at their LoopSets: the per-frame path reads it with one atomic
+//     load and never locks when history is off. It is republished only when
+//     a loop gets its first member or loses its last, so a join or a leave
+//     costs O(1) under the channel's mutex (a count and the duplicate-CID
+//     index) plus the owning loop's own list work.
+//   - With history on, Append takes the channel's mutex once per batch of
+//     frames and gives each stored frame the channel's next sequence number
+//     (Frame.Seq); a joiner learns, in the same step as its history replay,
+//     the last sequence that replay holds (Subscriber.Joined). A frame whose
+//     sequence is not past it reached the joiner in the replay: so the
+//     joiner gets every frame exactly once, never both, never neither, even
+//     for frames in flight to its loop while it joined.
 //   - The router never writes to a subscriber: it only tells the caller who
 //     the subscribers are, grouped by the event loop that owns them.
 package router
@@ -38,6 +41,13 @@ type Subscriber interface {
 	// Snapshot groups subscribers by it so that a sender hands each loop
 	// one batch.
 	Loop() int
+	// Joined is called once by Join, under the channel's lock, on the
+	// joiner's goroutine: set is the channel's LoopSet for the joiner's
+	// loop, where the joiner lists itself (set.Add), and seq the sequence
+	// of the last frame its history replay holds (0 when none): a live
+	// frame whose Seq is non-zero and not past seq must be skipped for it.
+	// It must not block or call the router.
+	Joined(set *LoopSet, seq uint64)
 }
 
 // ErrDuplicateCID is returned by Join when the channel already has a
@@ -48,19 +58,59 @@ var ErrDuplicateCID = errors.New("router: a connection with this CID is already 
 // Config.MaxChannels.
 var ErrTooManyChannels = errors.New("router: channel limit reached")
 
-// Snapshot is an immutable view of a channel's subscribers. Never modify one.
+// Snapshot is an immutable view of which loops have members on a channel.
+// Never modify one.
 type Snapshot struct {
-	// Groups holds the subscribers grouped by owning loop, one group per
-	// loop that has any, in no particular order. It may still list
-	// subscribers that have left, never more than the channel has members
-	// (see the package doc).
+	// Groups holds one entry per loop that has members, in no particular
+	// order.
 	Groups []Group
 }
 
-// Group is the subscribers of one channel owned by one event loop.
+// Group is one loop's part of a channel.
 type Group struct {
 	Loop int
-	Subs []Subscriber
+	Set  *LoopSet
+}
+
+// LoopSet is a channel's members on one event loop. The router makes one
+// per (channel, loop) and keeps it for the channel's life; everything in it
+// belongs to that loop: only its goroutine may touch the fields or call the
+// methods, and the router never does (Join only hands it to the joiner).
+// A member may be listed or not (the engine takes a receiver that cannot
+// take more out of the list, and puts it back later): the router counts
+// members itself.
+type LoopSet struct {
+	// Members is who a frame for this loop goes to. Walk it; change it
+	// only with Add and Remove (never during a walk).
+	Members []Subscriber
+	// Frames is the caller's count of frames walked on this set (the
+	// router never reads it): a member out of the list can tell from it
+	// how many it missed.
+	Frames uint64
+	// Lost counts frames meant for this set that never reached its loop
+	// (the caller's bound on what may queue for a loop); unlike the other
+	// fields it is safe from any goroutine.
+	Lost atomic.Uint64
+}
+
+// Add lists sub and returns its index (until a Remove moves it).
+func (s *LoopSet) Add(sub Subscriber) int {
+	s.Members = append(s.Members, sub)
+	return len(s.Members) - 1
+}
+
+// Remove takes the member at index i out of the list by moving the last one
+// into its place, and returns the one moved (nil if none was): its index
+// is now i. O(1).
+func (s *LoopSet) Remove(i int) (moved Subscriber) {
+	last := len(s.Members) - 1
+	if i != last {
+		moved = s.Members[last]
+		s.Members[i] = moved
+	}
+	s.Members[last] = nil
+	s.Members = s.Members[:last]
+	return moved
 }
 
 var emptySnapshot = &Snapshot{}
@@ -144,23 +194,12 @@ type Channel struct {
 	snap   atomic.Pointer[Snapshot]
 
 	mu      sync.Mutex
-	hist    history          // Lock: mu
-	dead    bool             // Lock: mu; removed from the table, joiners must retry
-	members membership       // Lock: mu
-	live    int              // Lock: mu; members that have not left
-	groups  []groupBacking   // Lock: mu; one per loop with subscribers, in the order of the snapshot's Groups
-	dups    map[uint64]int32 // Lock: mu; DupKey → members that have it
-}
-
-// membership records every subscriber in the snapshot: true while a
-// member, false once it has left and until it is compacted out.
-type membership map[Subscriber]bool
-
-// groupBacking is the array behind one Group's Subs. Snapshots hold
-// prefixes of it; only the part past every published prefix is written.
-type groupBacking struct {
-	loop int
-	subs []Subscriber // len = the published prefix; cap = room to append
+	hist    history                 // Lock: mu
+	dead    bool                    // Lock: mu; removed from the table, joiners must retry
+	members map[Subscriber]struct{} // Lock: mu
+	sets    []*LoopSet              // Lock: mu; index = loop, made at the loop's first join
+	counts  []int                   // Lock: mu; index = loop, members on it
+	dups    map[uint64]int32        // Lock: mu; DupKey → members that have it
 }
 
 // Name returns the channel's name.
@@ -221,8 +260,9 @@ func (r *Router) join(name string, sub Subscriber, hist []*Frame, checkDup bool)
 	}
 }
 
-// Leave removes sub from the channel. A channel left with no subscribers
-// and no history is forgotten at once. O(1) amortized.
+// Leave removes sub from the channel (the caller takes it out of its
+// LoopSet itself, on its loop). A channel left with no subscribers and no
+// history is forgotten at once. O(1).
 func (c *Channel) Leave(sub Subscriber) {
 	c.mu.Lock()
 	c.remove(sub)
@@ -230,99 +270,70 @@ func (c *Channel) Leave(sub Subscriber) {
 	c.forgetIfEmpty()
 }
 
-// add makes sub a member and publishes a snapshot with it. One Snapshot
-// and one Groups header per join, plus the amortised growth of one
-// backing array; nothing is copied per member. Lock: mu.
+// add makes sub a member, tells it its LoopSet and the last sequence its
+// replay holds, and republishes the snapshot only if its loop had no
+// member. O(1) amortized; nothing is copied per member. Lock: mu.
 func (c *Channel) add(sub Subscriber) {
 	if c.members == nil {
-		c.members = make(membership)
+		c.members = make(map[Subscriber]struct{})
 		c.dups = make(map[uint64]int32)
 	}
-	if live, known := c.members[sub]; known {
-		if live {
-			return // already a member
-		}
-		// It left and is still listed: it is a member again, where it was.
-		c.members[sub] = true
-		c.dups[sub.DupKey()]++
-		c.live++
-		return
+	if _, known := c.members[sub]; known {
+		return // already a member
 	}
-	c.members[sub] = true
+	c.members[sub] = struct{}{}
 	c.dups[sub.DupKey()]++
-	gi := -1
-	for i := range c.groups {
-		if c.groups[i].loop == sub.Loop() {
-			gi = i
-			break
-		}
+	loop := sub.Loop()
+	for len(c.sets) <= loop {
+		c.sets = append(c.sets, nil)
+		c.counts = append(c.counts, 0)
 	}
-	if gi < 0 {
-		c.groups = append(c.groups, groupBacking{loop: sub.Loop()})
-		gi = len(c.groups) - 1
+	if c.sets[loop] == nil {
+		c.sets[loop] = &LoopSet{}
 	}
-	// append writes past every published prefix, or into a new array.
-	c.groups[gi].subs = append(c.groups[gi].subs, sub)
-	c.live++
-	c.publish()
+	c.counts[loop]++
+	sub.Joined(c.sets[loop], c.hist.seq)
+	if c.counts[loop] == 1 {
+		c.publish()
+	}
 }
 
-// remove marks sub gone; once the gone outnumber the members, one copy
-// drops them all. Lock: mu.
+// remove forgets sub; the snapshot is republished only if its loop has no
+// member left. Lock: mu.
 func (c *Channel) remove(sub Subscriber) {
-	if live, known := c.members[sub]; !known || !live {
+	if _, known := c.members[sub]; !known {
 		return
 	}
-	c.members[sub] = false
+	delete(c.members, sub)
 	if k := sub.DupKey(); c.dups[k] <= 1 {
 		delete(c.dups, k)
 	} else {
 		c.dups[k]--
 	}
-	c.live--
-	// The snapshot stays as it is (a leave costs no copy) until the gone
-	// outnumber the members.
-	if gone := len(c.members) - c.live; gone > c.live {
-		c.compact()
+	loop := sub.Loop()
+	if c.counts[loop]--; c.counts[loop] == 0 {
 		c.publish()
 	}
 }
 
-// compact rebuilds the backing arrays without the subscribers that have
-// left: older snapshots keep the old arrays, which are never written again.
-// Lock: mu.
-func (c *Channel) compact() {
-	groups := c.groups[:0:0]
-	for _, g := range c.groups {
-		var subs []Subscriber
-		for _, s := range g.subs {
-			if c.members[s] {
-				subs = append(subs, s)
-			}
-		}
-		if len(subs) > 0 {
-			groups = append(groups, groupBacking{loop: g.loop, subs: subs})
-		}
-	}
-	for s, live := range c.members {
-		if !live {
-			delete(c.members, s)
-		}
-	}
-	c.groups = groups
-}
-
-// publish stores a snapshot of the backing arrays' current prefixes.
+// publish stores a snapshot naming the loops that have members. O(loops).
 // Lock: mu.
 func (c *Channel) publish() {
-	if len(c.groups) == 0 {
+	n := 0
+	for _, k := range c.counts {
+		if k > 0 {
+			n++
+		}
+	}
+	if n == 0 {
 		c.snap.Store(emptySnapshot)
 		return
 	}
-	snap := &Snapshot{Groups: make([]Group, len(c.groups))}
-	for i, g := range c.groups {
-		// A full slice expression: nobody can append into the backing.
-		snap.Groups[i] = Group{Loop: g.loop, Subs: g.subs[:len(g.subs):len(g.subs)]}
+	snap := &Snapshot{Groups: make([]Group, 0, n)}
+	for loop, k := range c.counts {
+		if k > 0 {
+			snap.Groups = append(snap.Groups, Group{Loop: loop, Set: c.sets[loop]})
+		}
 	}
 	c.snap.Store(snap)
 }
@@ -332,7 +343,7 @@ func (c *Channel) publish() {
 // messages, leaves nothing behind).
 func (c *Channel) forgetIfEmpty() {
 	c.mu.Lock()
-	if c.dead || c.live > 0 || c.hist.n > 0 {
+	if c.dead || len(c.members) > 0 || c.hist.n > 0 {
 		c.mu.Unlock()
 		return
 	}
@@ -347,10 +358,11 @@ func (c *Channel) forgetIfEmpty() {
 	sh.mu.Unlock()
 }
 
-// Append stores frames in the channel's history (when history is on) and
-// returns the snapshot to fan them out to. The frames must not be join frames
-// with an empty message. With history off it is one atomic load; with history
-// on, one lock for the whole batch. Never allocates.
+// Append stores frames in the channel's history (when history is on), each
+// given the channel's next sequence number, and returns the snapshot to fan
+// them out to. The frames must not be join frames with an empty message.
+// With history off it is one atomic load; with history on, one lock for the
+// whole batch. Never allocates.
 func (c *Channel) Append(frames ...*Frame) *Snapshot {
 	if c.hist.limit() == 0 {
 		return c.snap.Load()
@@ -409,20 +421,17 @@ func (c *Channel) MergeResync(frames []*Frame, fresh []*Frame) ([]*Frame, *Snaps
 func (c *Channel) Members() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.live
+	return len(c.members)
 }
 
 // ForEachMember calls fn for every member of the channel, under the
-// channel's lock (fn must not call back into the channel). Unlike a
-// Snapshot it never lists subscribers that have left. O(members): not for
-// the per-frame path.
+// channel's lock (fn must not call back into the channel). O(members): not
+// for the per-frame path.
 func (c *Channel) ForEachMember(fn func(Subscriber)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for s, live := range c.members {
-		if live {
-			fn(s)
-		}
+	for s := range c.members {
+		fn(s)
 	}
 }
 

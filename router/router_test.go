@@ -14,6 +14,26 @@ type fakeSub struct {
 	key  uint64 // DupKey when non-zero, else cid
 	loop int
 	got  int
+	set  *LoopSet
+	idx  int
+	seq  uint64
+}
+
+// Joined lists the fake in its loop's set, as the engine does.
+func (s *fakeSub) Joined(set *LoopSet, seq uint64) {
+	s.set, s.seq = set, seq
+	s.idx = set.Add(s)
+}
+
+// leave takes s out of its loop's set, as the engine does, and leaves ch.
+func leave(ch *Channel, s *fakeSub) {
+	if s.set != nil && s.idx >= 0 {
+		if moved := s.set.Remove(s.idx); moved != nil {
+			moved.(*fakeSub).idx = s.idx
+		}
+		s.idx = -1
+	}
+	ch.Leave(s)
 }
 
 func (s *fakeSub) DupKey() uint64 {
@@ -67,15 +87,15 @@ func TestJoinGroupsSubscribersByLoop(t *testing.T) {
 		t.Fatalf("snapshot %+v", snap)
 	}
 	for _, g := range snap.Groups {
-		for _, s := range g.Subs {
+		for _, s := range g.Set.Members {
 			if s.Loop() != g.Loop {
 				t.Fatalf("sub on loop %d in group %d", s.Loop(), g.Loop)
 			}
 		}
 	}
-	ch.Leave(subs[0])
-	if ch.Members() != 2 || listed(snap) != 3 {
-		t.Fatal("Leave must not modify a snapshot taken before it")
+	leave(ch, subs[1]) // loop 1 loses its only member
+	if ch.Members() != 2 || len(snap.Groups) != 2 || len(ch.Snapshot().Groups) != 1 {
+		t.Fatal("a loop's last leave must republish without it, and leave older snapshots as they were")
 	}
 }
 
@@ -99,7 +119,7 @@ func TestEmptyChannelWithoutHistoryIsForgotten(t *testing.T) {
 	if r.Channels() != 1 {
 		t.Fatal("channel not counted")
 	}
-	ch.Leave(s)
+	leave(ch, s)
 	if r.Channels() != 0 {
 		t.Fatal("empty channel without history kept")
 	}
@@ -110,12 +130,12 @@ func TestEmptyChannelWithoutHistoryIsForgotten(t *testing.T) {
 	f := frameOf("kept")
 	ch2.Append(f)
 	f.Release()
-	ch2.Leave(s)
+	leave(ch2, s)
 	if r2.Channels() != 1 {
 		t.Fatal("channel with history forgotten")
 	}
 	ch3, _, _ := r2.Join("joins-only", s, nil)
-	ch3.Leave(s)
+	leave(ch3, s)
 	if r2.Channels() != 1 {
 		t.Fatal("channel with an empty history kept after its last member left")
 	}
@@ -190,7 +210,7 @@ func TestConcurrentJoinLeaveAndAppend(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 500; i++ {
-				s := &fakeSub{cid: uint32(w<<16 | i), loop: w % 2}
+				s := &fakeSub{cid: uint32(w<<16 | i), loop: w} // one loop per goroutine, as LoopSet requires
 				ch, hist, err := r.Join(fmt.Sprintf("ch%d", i%3), s, nil)
 				if err != nil {
 					t.Error(err)
@@ -202,7 +222,7 @@ func TestConcurrentJoinLeaveAndAppend(t *testing.T) {
 				f := frameOf("data")
 				ch.Append(f)
 				f.Release()
-				ch.Leave(s)
+				leave(ch, s)
 			}
 		}()
 	}
@@ -230,7 +250,7 @@ func BenchmarkFanout100(b *testing.B) {
 				f := NewFrame(data)
 				snap := ch.Append(f)
 				for gi := range snap.Groups {
-					for _, s := range snap.Groups[gi].Subs {
+					for _, s := range snap.Groups[gi].Set.Members {
 						f.Ref()
 						s.(*fakeSub).got++
 						f.Release()
@@ -242,21 +262,23 @@ func BenchmarkFanout100(b *testing.B) {
 	}
 }
 
+// History caps count the memory a frame holds (its size class, Size),
+// not its length: 64 bytes for these small frames, 128 for a 100-byte one.
 func TestHistoryByteCaps(t *testing.T) {
 	t.Run("per channel", func(t *testing.T) {
-		r := New(Config{HistoryLimit: 100, HistoryBytes: 10})
+		r := New(Config{HistoryLimit: 100, HistoryBytes: 130})
 		ch, _, _ := r.Join("ch", &fakeSub{cid: 1}, nil)
-		for _, m := range []string{"aaaa", "bbbb", "cccc", "this one is over the cap"} {
+		for _, m := range []string{"aaaa", "bbbb", "cccc", string(make([]byte, 200))} {
 			f := frameOf(m)
 			ch.Append(f)
 			f.Release()
 		}
-		if n, b := ch.HistoryLen(); n != 2 || b != 8 {
-			t.Fatalf("held %d frames, %d bytes; want 2, 8 (bbbb cccc)", n, b)
+		if n, b := ch.HistoryLen(); n != 2 || b != 128 {
+			t.Fatalf("held %d frames, %d bytes; want 2, 128 (bbbb cccc, 64 bytes each)", n, b)
 		}
 	})
 	t.Run("all channels", func(t *testing.T) {
-		r := New(Config{HistoryLimit: 100, MaxHistoryBytes: 12})
+		r := New(Config{HistoryLimit: 100, MaxHistoryBytes: 3 * 64})
 		a, _, _ := r.Join("a", &fakeSub{cid: 1}, nil)
 		b, _, _ := r.Join("b", &fakeSub{cid: 2}, nil)
 		for _, ch := range []*Channel{a, a, b, b} {
@@ -264,8 +286,8 @@ func TestHistoryByteCaps(t *testing.T) {
 			ch.Append(f)
 			f.Release()
 		}
-		if got := r.HistoryBytes(); got > 12 {
-			t.Fatalf("history holds %d bytes, over the 12-byte budget", got)
+		if got := r.HistoryBytes(); got > 3*64 {
+			t.Fatalf("history holds %d bytes, over the %d-byte budget", got, 3*64)
 		}
 		if n, _ := b.HistoryLen(); n != 1 {
 			t.Fatalf("b holds %d frames; want 1 (its own oldest evicted to fit)", n)
@@ -275,6 +297,22 @@ func TestHistoryByteCaps(t *testing.T) {
 			t.Fatalf("after Close, %d history bytes counted", got)
 		}
 	})
+}
+
+// A frame's memory is under twice its length whatever was released before:
+// a small frame never holds a large frame's buffer.
+func TestFrameSizeFollowsItsLengthNotThePool(t *testing.T) {
+	big := make([]byte, 1<<20)
+	for i := 0; i < 8; i++ {
+		frameOf(string(big)).Release()
+	}
+	for _, n := range []int{1, 17, 64, 65, 1000, 1 << 20, 1<<20 + 1, 16 + 0xFFFFFF} {
+		f := NewFrame(make([]byte, n))
+		if f.Len() != n || f.Size() < n || (n > 64 && f.Size() >= 2*n) || (n <= 64 && f.Size() != 64) {
+			t.Errorf("frame of %d bytes holds %d", n, f.Size())
+		}
+		f.Release()
+	}
 }
 
 // A SeenLog keeps the fingerprints of the last n frames, counting repeats.

@@ -30,6 +30,13 @@ type Config struct {
 	Conns            int // conns: idle joined connections
 	ConnsConcurrency int // conns: connections being opened at once
 
+	JoinstormConns int // joinstorm: connections joining one channel at once
+
+	IdleMembers int           // idle: members that never read, one channel
+	IdleFill    int           // idle: messages published first, to give each a backlog
+	IdlePayload int           // idle: their size
+	IdleWindow  time.Duration // idle: how long nothing happens while CPU is measured
+
 	// peerfan and peerlat: one publisher on mlesd A, PeerSubs subscribers on
 	// mlesd B started with --peer A, against the same publisher and
 	// subscribers on A alone, in the same run.
@@ -68,6 +75,11 @@ func DefaultConfig() Config {
 		LatencySubs:      10,
 		Conns:            10_000,
 		ConnsConcurrency: 32,
+		JoinstormConns:   5000,
+		IdleMembers:      1000,
+		IdleFill:         64,
+		IdlePayload:      64 << 10,
+		IdleWindow:       20 * time.Second,
 		PeerSubs:         100,
 		PeerLatRate:      1_000,
 		PeerLoops:        1,
@@ -117,7 +129,7 @@ func (e *Env) label(scn string) string { return fmt.Sprintf("[%s %s]", e.Driver.
 type Scenario func(ctx context.Context, env *Env) (*Result, error)
 
 // ScenarioOrder is the order of the standard suite, the default set.
-var ScenarioOrder = []string{"fanout", "fanin", "pairs", "bigfan", "latency", "conns"}
+var ScenarioOrder = []string{"fanout", "fanin", "pairs", "bigfan", "latency", "conns", "joinstorm", "idle"}
 
 // ExtraScenarios run only when named: they measure mlesd against itself
 // (through a peer), not side by side with the other servers, so they are not
@@ -126,14 +138,16 @@ var ExtraScenarios = []string{"peerfan", "peerlat"}
 
 // Scenarios by name.
 var Scenarios = map[string]Scenario{
-	"fanout":  Fanout,
-	"fanin":   Fanin,
-	"pairs":   Pairs,
-	"bigfan":  Bigfan,
-	"latency": Latency,
-	"conns":   Conns,
-	"peerfan": Peerfan,
-	"peerlat": Peerlat,
+	"fanout":    Fanout,
+	"fanin":     Fanin,
+	"pairs":     Pairs,
+	"bigfan":    Bigfan,
+	"latency":   Latency,
+	"conns":     Conns,
+	"idle":      Idle,
+	"joinstorm": Joinstorm,
+	"peerfan":   Peerfan,
+	"peerlat":   Peerlat,
 }
 
 // ScenarioServers lists, for scenarios that only some servers can run, those

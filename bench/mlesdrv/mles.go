@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mlesd/mlesd/bench/harness"
@@ -34,6 +35,7 @@ const ioBufSize = 256 << 10
 type Driver struct {
 	Keys codec.KeyConfig
 	name string
+	uids atomic.Uint64 // numbers idle and probe connections: each has its own uid, so its own CID
 }
 
 // New returns the Mles driver with the harness's shared key, for mlesd.
@@ -315,7 +317,7 @@ func (p *pub) Drain(context.Context) error { return p.w.Flush() }
 
 // Idle joins channel and leaves the connection idle.
 func (d *Driver) Idle(ctx context.Context, addr, channel string) (harness.IdleConn, error) {
-	c, err := d.dial(ctx, addr, "idle", channel)
+	c, err := d.dial(ctx, addr, fmt.Sprintf("idle-%d", d.uids.Add(1)), channel)
 	if err != nil {
 		return nil, err
 	}
@@ -330,10 +332,13 @@ type idle struct {
 func (i *idle) Close() error { return i.c.Close() }
 
 // Check proves the idle connection joined: a probe joins the same channel, and
-// the idle connection must receive the probe's join frame. If the server
-// closes the probe instead (a connection limit), Check says so at once.
+// the idle connection must receive the probe's join frame (after the joins
+// of those that joined the channel after it, when it shares it: joinstorm).
+// If the server closes the probe instead (a connection limit), Check says so
+// at once.
 func (i *idle) Check(ctx context.Context, addr string) error {
-	p, err := i.d.dial(ctx, addr, "probe", i.channel)
+	probe := fmt.Sprintf("probe-%d", i.d.uids.Add(1))
+	p, err := i.d.dial(ctx, addr, probe, i.channel)
 	if err != nil {
 		return err
 	}
@@ -344,13 +349,19 @@ func (i *idle) Check(ctx context.Context, addr string) error {
 	}
 	probeClosed := make(chan error, 1)
 	go func() {
-		var b [1]byte
+		// On a shared channel (joinstorm) frames may reach the probe too:
+		// only an error (a close, or the deadline) ends this.
+		b := make([]byte, 4096)
 		p.c.SetReadDeadline(dl)
-		_, err := p.c.Read(b[:]) // nothing is due to the probe: any return is a close or the deadline
-		probeClosed <- err
+		for {
+			if _, err := p.c.Read(b); err != nil {
+				probeClosed <- err
+				return
+			}
+		}
 	}()
 	got := make(chan error, 1)
-	go func() { got <- readJoinFrom(i.c, dl, "probe") }()
+	go func() { got <- readJoinFrom(i.c, dl, probe) }()
 	select {
 	case err := <-got:
 		return err
@@ -364,28 +375,37 @@ func (i *idle) Check(ctx context.Context, addr string) error {
 	}
 }
 
-// readJoinFrom reads one frame from c (until dl) and checks it is the join of uid.
+// readJoinFrom reads frames from c (until dl) until the join of uid; other
+// members' joins before it are skipped, anything else is an error.
 func readJoinFrom(c *net.TCPConn, dl time.Time, uid string) error {
 	c.SetReadDeadline(dl)
 	defer c.SetReadDeadline(time.Time{})
+	for {
+		t, err := readOneFrom(c, uid)
+		if err != nil {
+			return err
+		}
+		if t.UID == uid {
+			return nil
+		}
+		if len(t.Message) != 0 {
+			return errors.New("unexpected frame from " + t.UID)
+		}
+	}
+}
+
+func readOneFrom(c *net.TCPConn, uid string) (codec.Triplet, error) {
 	var hb [codec.HeaderLen]byte
 	if _, err := io.ReadFull(c, hb[:]); err != nil {
-		return fmt.Errorf("no frame from the %s's join: %w", uid, err)
+		return codec.Triplet{}, fmt.Errorf("no frame from the %s's join: %w", uid, err)
 	}
 	h, err := codec.ParseHeader(hb[:])
 	if err != nil {
-		return err
+		return codec.Triplet{}, err
 	}
 	payload := make([]byte, h.Len)
 	if _, err := io.ReadFull(c, payload); err != nil {
-		return err
+		return codec.Triplet{}, err
 	}
-	t, err := codec.DecodeTriplet(payload)
-	if err != nil {
-		return err
-	}
-	if t.UID != uid {
-		return errors.New("unexpected frame from " + t.UID)
-	}
-	return nil
+	return codec.DecodeTriplet(payload)
 }
