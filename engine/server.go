@@ -319,6 +319,13 @@ func (s *Server) Adopt(nc net.Conn, local, remote netip.AddrPort) error {
 // OnOpen sets up a connection's state; it waits for its join frame.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := s.loopOf(gc)
+	if !l.writable.started {
+		// Made with the loop's first connection rather than its first
+		// backlog, so the loop's descriptors are all there from the start
+		// (an fd count taken after warm-up is a baseline). A failure is
+		// retried by the first watch.
+		_ = l.writable.start(l.el, l.writableRunnable)
+	}
 	now := s.now()
 	remote := addrPortOf(gc.RemoteAddr())
 	a, _ := gc.Context().(*adopted)

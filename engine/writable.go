@@ -43,8 +43,9 @@ const writableEvents = 256
 // watch, forget and run are loop-owned; the waiting goroutine only touches
 // mu, ready and armed.
 type writableSet struct {
-	// Made by the first watch (most loops of a healthy server never need
-	// one); only read after that by close, once the loops have ended.
+	// Made with the loop's first connection (OnOpen; or by the first watch
+	// if that failed); only read after that by close, once the loops have
+	// ended.
 	epfd    int
 	stopFd  int           // eventfd: written once to end wait
 	done    chan struct{} // closed when wait returns

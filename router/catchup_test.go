@@ -51,21 +51,23 @@ func TestAddOlderFillsOnlyTheRoomInFront(t *testing.T) {
 		t.Errorf("a full history took %d older frames, want 0", n)
 	}
 	release(more)
-	if frames, bytes := ch.HistoryLen(); frames != 5 || bytes != 10 || r.HistoryBytes() != 10 {
-		t.Fatalf("history holds %d frames, %d bytes (router %d), want 5 and 10", frames, bytes, r.HistoryBytes())
+	// Byte counts are what frames hold: each of these (2 bytes) holds 64.
+	if frames, bytes := ch.HistoryLen(); frames != 5 || bytes != 5*64 || r.HistoryBytes() != 5*64 {
+		t.Fatalf("history holds %d frames, %d bytes (router %d), want 5 and %d", frames, bytes, r.HistoryBytes(), 5*64)
 	}
 }
 
 // The byte caps bound older frames too; with history off nothing is kept.
 func TestAddOlderKeepsTheByteCaps(t *testing.T) {
-	r := New(Config{HistoryLimit: 10, HistoryBytes: 7, MaxHistoryBytes: 100})
+	// Caps count what frames hold: each of these (2 bytes) holds 64.
+	r := New(Config{HistoryLimit: 10, HistoryBytes: 3*64 + 32, MaxHistoryBytes: 100 * 64})
 	ch, _, _ := r.Join("ch", &fakeSub{cid: 1}, nil)
 	held := []*Frame{frameOf("n1")}
 	ch.Append(held...)
 	release(held)
 	older := []*Frame{frameOf("o1"), frameOf("o2"), frameOf("o3")}
 	if n := ch.AddOlder(older); n != 2 {
-		t.Errorf("stored %d, want 2 (7 bytes: three frames of 2 and no more)", n)
+		t.Errorf("stored %d, want 2 (room for three frames and no more)", n)
 	}
 	release(older)
 	if got, want := historyOf(t, ch), []string{"o2", "o3", "n1"}; !slices.Equal(got, want) {

@@ -105,6 +105,9 @@ func checkSameAsOld(t *testing.T, tc mergeCase) {
 	}
 }
 
+// long200 is a frame of 200 bytes (it holds 256).
+var long200 = strings.Repeat("L", 200)
+
 var mergeCases = []mergeCase{
 	{name: "all new, in order", cfg: Config{HistoryLimit: 10},
 		resync: []string{"a", "b", "c"}, wantFresh: []string{"a", "b", "c"}},
@@ -124,11 +127,13 @@ var mergeCases = []mergeCase{
 		resync: []string{"a", "b", "a"}, wantFresh: []string{"a", "b"}},
 	{name: "frames passed in fresh count as seen", cfg: Config{HistoryLimit: 10},
 		freshIn: []string{"p"}, resync: []string{"p", "q"}, wantFresh: []string{"p", "q"}},
-	{name: "frame over the channel's byte cap is fresh but not kept", cfg: Config{HistoryLimit: 10, HistoryBytes: 4},
-		history: []string{"ab"}, resync: []string{"toolong", "ab", "toolong", "cd"}, wantFresh: []string{"toolong", "cd"}},
-	{name: "byte cap evicts held frames during the merge", cfg: Config{HistoryLimit: 10, HistoryBytes: 4},
+	// Byte caps count what frames hold (Size: frames of up to 64 bytes
+	// hold 64, a 200-byte one 256), so these caps are in those units.
+	{name: "frame over the channel's byte cap is fresh but not kept", cfg: Config{HistoryLimit: 10, HistoryBytes: 2 * 64},
+		history: []string{"ab"}, resync: []string{long200, "ab", long200, "cd"}, wantFresh: []string{long200, "cd"}},
+	{name: "byte cap evicts held frames during the merge", cfg: Config{HistoryLimit: 10, HistoryBytes: 2 * 64},
 		history: []string{"ab", "cd"}, resync: []string{"ef", "ab", "cd"}, wantFresh: []string{"ef", "ab", "cd"}},
-	{name: "global budget evicts even the frame just added", cfg: Config{HistoryLimit: 10, MaxHistoryBytes: 3},
+	{name: "global budget evicts even the frame just added", cfg: Config{HistoryLimit: 10, MaxHistoryBytes: 64 + 32},
 		history: []string{"ab"}, resync: []string{"cd", "ab", "cd", "e"}, wantFresh: []string{"cd", "ab", "e"}},
 }
 

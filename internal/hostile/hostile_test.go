@@ -376,7 +376,13 @@ func TestMalformedResyncFromAPeerIsClosed(t *testing.T) {
 // collector what it accepted (a gap-free prefix from every publisher), and
 // exits 0 within its drain timeout plus a margin.
 func TestGracefulShutdownUnderLoad(t *testing.T) {
-	p := mlestest.Start(t, bin, []string{"MLES_KEY=" + key}, "--history-limit", "0", "--drain-timeout", "2s")
+	// --max-pending 64 MiB: this test is about what a shutdown delivers, so
+	// the collector must never lose frames by the backlog rule. A 256-byte
+	// message's frame holds 512 bytes (its size class), so the default 8 MiB
+	// is 0.8 s of this load, and a -race test process on a loaded 2-core
+	// machine fell that far behind now and then.
+	p := mlestest.Start(t, bin, []string{"MLES_KEY=" + key}, "--history-limit", "0", "--drain-timeout", "2s",
+		"--max-pending", "67108864")
 	collector := mlestest.Join(t, p.Addr, key, "collector", "load")
 	mlestest.Sync(t, mlestest.Join(t, p.Addr, key, "probe", "load"), collector)
 	const pubs = 1000
@@ -396,7 +402,11 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 				if c.Send(mlestest.Seq(seq, 256)) != nil {
 					return // the server closed us: shutdown
 				}
-				time.Sleep(20 * time.Millisecond)
+				// 20,000 frames/s in all to the collector: a reader that
+				// keeps up even in a -race build on a loaded 2-core machine,
+				// so any gap is the server's. (At 50,000/s it fell more than
+				// --max-pending behind there and lost frames by the rule.)
+				time.Sleep(50 * time.Millisecond)
 			}
 		}()
 	}
