@@ -29,7 +29,7 @@ help: ## list the targets
 
 build: ## build bin/mlesd (static, version and commit stamped) and the bin/mles client
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mlesd
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/mles ./cmd/mles
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/mles ./cmd/mles
 
 install: build ## install bin/mlesd to PREFIX/bin, the systemd unit and /etc/mlesd/mlesd.toml (kept if present); then see README, "Install as a service"
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mlesd
