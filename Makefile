@@ -57,8 +57,8 @@ $(STATICCHECK):
 lint: vet $(STATICCHECK) ## go vet and staticcheck (installed into bin/tools)
 	$(STATICCHECK) ./...
 
-test: lint ## vet, staticcheck, then every test with the race detector (and the bench module's unit tests)
-	$(GO) test -race -count=1 -timeout 20m ./...
+test: lint ## vet, staticcheck, then every test with the race detector (and the bench module's unit tests); ends with the skipped tests and why
+	$(GO) run .ci/gotest.go -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -run 'Alloc' ./codec ./router ./engine  # allocation counts need a build without -race
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...; fi
 
