@@ -162,7 +162,7 @@ Flags:
 func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	o := Options{}
 	fs := flag.NewFlagSet("mlesd", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are returned; help goes to stdout
 	var listen listFlag
 	fs.Var(&listen, "listen", "`host:port` to listen on; repeat or comma-separate for several.\n\"[::]:8077\" (the default) is dual stack: IPv4 and IPv6")
 	fs.StringVar(&o.Key, "key", "", "shared `key` (default: env MLESD_KEY or MLES_KEY); empty = address-based keys")
@@ -218,15 +218,26 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.ConfigFile, "config", "", "TOML config `file` (default: env MLESD_CONFIG); keys are flag names")
 	fs.BoolVar(&o.PrintConfig, "print-config", false, "print the effective configuration (TOML, with each setting's source) and exit")
 	fs.BoolVar(&o.Version, "version", false, "print the version and commit and exit")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usageHead)
-		fs.PrintDefaults()
+	addShortFlags(fs)
+	fs.Usage = func() {}
+	if len(args) > 0 && args[0] == "completion" {
+		if len(args) != 2 {
+			return o, errors.New("completion: want one shell: bash, zsh or fish")
+		}
+		if err := printCompletion(stdout, fs, args[1]); err != nil {
+			return o, err
+		}
+		return o, errDone
 	}
 	if err := fs.Parse(args); err != nil {
-		return o, err
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, helpText(fs))
+			return o, err
+		}
+		return o, commandLineError(fs, err)
 	}
 	if fs.NArg() > 0 {
-		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	if o.Version {
 		return o, nil
@@ -344,14 +355,17 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// errDone ends a run that has done all it was asked (completion) with exit 0.
+var errDone = errors.New("done")
+
 func run(args []string, stdout, stderr io.Writer) int {
 	o, err := parseOptions(args, stdout, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errDone) {
+		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "mlesd:", err)
-		return 2
+		fmt.Fprintf(stderr, "mlesd: %v\nrun \"mlesd --help\" for usage\n", err)
+		return exitUsage
 	}
 	if o.Version {
 		fmt.Fprintln(stdout, versionString())
