@@ -225,8 +225,13 @@ func tomlValue(v flag.Value) string {
 }
 
 // versionString is what --version prints: version, commit and Go version.
-// Without a stamped commit it falls back to the VCS revision Go recorded.
 func versionString() string {
+	return fmt.Sprintf("mlesd %s (commit %s, %s %s/%s)", version, commitString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// commitString is the stamped commit, else the VCS revision Go recorded
+// (with -dirty for a modified tree), else "unknown".
+func commitString() string {
 	c := commit
 	if c == "" {
 		if bi, ok := debug.ReadBuildInfo(); ok {
@@ -249,5 +254,5 @@ func versionString() string {
 	if c == "" {
 		c = "unknown"
 	}
-	return fmt.Sprintf("mlesd %s (commit %s, %s %s/%s)", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return c
 }

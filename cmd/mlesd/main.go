@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	_ "net/http/pprof" // served only when --pprof is set
 	"net/netip"
 	"os"
@@ -396,12 +395,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 	if o.PprofAddr != "" {
-		go func() {
-			log.Info("pprof listening", slog.String("addr", o.PprofAddr))
-			if err := http.ListenAndServe(o.PprofAddr, nil); err != nil {
-				log.Error("pprof server failed", slog.String("error", err.Error()))
-			}
-		}()
+		if err := startPprof(o.PprofAddr, log); err != nil {
+			return listenFailed(log, err)
+		}
 	}
 
 	r := router.New(router.Config{HistoryLimit: o.HistoryLimit, MaxChannels: o.MaxChannels,
@@ -466,7 +462,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if o.Key != "" {
 		keyMode = "shared"
 	}
-	log.Info("starting mlesd", slog.Any("listen", o.Listen), slog.String("key_mode", keyMode), slog.Any("peers", o.Peers))
+	start := []any{slog.String("version", version), slog.String("commit", commitString()),
+		slog.Any("listen", o.Listen), slog.String("key_mode", keyMode)}
+	if len(o.Peers) > 0 {
+		start = append(start, slog.Any("peers", o.Peers))
+	}
+	log.Info("starting mlesd", start...)
+	warnOpenWithoutKey(o, log)
 	checkFDLimit(o, log)
 	if o.HistoryLimit+1 > o.MaxResync {
 		// A peer configured like this server would be refused on every reconnect.
@@ -504,8 +506,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		stopMetrics, err := startMetrics(o.MetricsAddr, srv, ts, gw, peerStats, ready, log)
 		if err != nil {
-			fmt.Fprintln(stderr, "mlesd:", err)
-			return 2
+			return listenFailed(log, err)
 		}
 		defer stopMetrics()
 	}
@@ -518,9 +519,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if <-srv.Ready(); len(srv.Addrs()) > 0 { // else Serve failed: reported below
 			ts, err := startTLS(o, srv, log)
 			if err != nil {
-				log.Error("tls listener failed", slog.String("error", err.Error()))
 				_ = srv.Stop(context.Background())
-				return 1
+				return listenFailed(log, err)
 			}
 			tlsSrv.Store(ts)
 		}
@@ -533,9 +533,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 				defer stopGateway()
 			}
 			if err != nil {
-				log.Error("websocket gateway failed", slog.String("error", err.Error()))
 				_ = srv.Stop(context.Background())
-				return 1
+				return listenFailed(log, err)
 			}
 		}
 	}
@@ -547,8 +546,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if err == nil {
 			err = errors.New("the engine stopped without being asked to")
 		}
+		if len(srv.Addrs()) == 0 { // it never listened
+			return listenFailed(log, fmt.Errorf("--listen: %w", err))
+		}
 		log.Error("server failed", slog.String("error", err.Error()))
-		return 1
+		return exitFailure
 	case sig := <-sigs:
 		log.Info("shutting down", slog.String("signal", sig.String()))
 		stopping.Store(true)
