@@ -207,3 +207,18 @@ func TestIsLoopback(t *testing.T) {
 		}
 	}
 }
+
+// gnet's own lines (its event loops starting and stopping) are debug lines:
+// at info the log shows none, at debug it does.
+func TestGnetChatterOnlyAtDebug(t *testing.T) {
+	for level, want := range map[string]bool{"info": false, "debug": true} {
+		p := startMlesd(t, "--log-level", level)
+		p.WaitLog(t, "mlesd listening")
+		if err := p.Stop(15 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(p.Log(), "gnet: "); got != want {
+			t.Errorf("--log-level %s: gnet lines in the log: %v, want %v\n%s", level, got, want, p.Log())
+		}
+	}
+}
