@@ -20,7 +20,7 @@ FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDe
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(CURDIR)/bin/tools/staticcheck
 
-.PHONY: all build run test test-short vet lint fuzz soak wan microbench install uninstall docker clean help
+.PHONY: all build run test test-short vet lint fuzz soak wan microbench install uninstall docker man clean help
 
 all: build
 
@@ -38,6 +38,10 @@ install: build ## install bin/mlesd to PREFIX/bin, the systemd unit and /etc/mle
 	@if [ -e $(DESTDIR)$(CONF_DIR)/mlesd.toml ]; then echo "keeping $(DESTDIR)$(CONF_DIR)/mlesd.toml"; \
 	else install -D -m 0644 deploy/mlesd.toml $(DESTDIR)$(CONF_DIR)/mlesd.toml; fi
 	@echo "installed; as root: systemctl daemon-reload && systemctl enable --now mlesd"
+
+man: build ## write man/mlesd.1 and man/mles.1 from the programs' --help (read with man -l man/mlesd.1)
+	$(GO) run .ci/genman.go -bin $(BIN) -o man/mlesd.1
+	$(GO) run .ci/genman.go -bin bin/mles -o man/mles.1 -sub pub,sub,chat,bench,proxy,completion
 
 uninstall: ## remove what install put in place (the config file stays)
 	rm -f $(DESTDIR)$(PREFIX)/bin/mlesd $(DESTDIR)$(SYSTEMD_DIR)/mlesd.service
@@ -82,6 +86,6 @@ microbench: ## go test benchmarks of codec, router and engine with allocations
 	$(GO) test -run='^$$' -bench=. -benchmem ./codec ./router ./engine
 
 clean:
-	rm -rf bin
+	rm -rf bin man
 
 -include bench/bench.mk

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -166,4 +167,33 @@ func TestCompletionScriptsLoad(t *testing.T) {
 			t.Fatalf("fish: %v %s", err, out)
 		}
 	})
+}
+
+// make man's generator turns --help into a page man renders without
+// warnings, with every flag and the exit codes.
+func TestManPageIsGeneratedFromTheHelp(t *testing.T) {
+	page := filepath.Join(t.TempDir(), "mlesd.1")
+	if out, err := exec.Command("go", "run", "../../.ci/genman.go", "-bin", mlesdBin, "-o", page).CombinedOutput(); err != nil {
+		t.Fatalf("genman: %v\n%s", err, out)
+	}
+	if _, err := exec.LookPath("man"); err != nil {
+		t.Skip("man is not installed")
+	}
+	cmd := exec.Command("man", "-l", page)
+	cmd.Env = append(os.Environ(), "MANWIDTH=120")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("man -l: %v\n%s", err, out)
+	}
+	text := regexp.MustCompile(`.\x08`).ReplaceAllString(string(out), "") // bold and underline by overstrike
+	for _, want := range []string{"mlesd - a server for the Mles v1", "-l, --listen HOST:PORT", "--max-conns N", "EXIT CODES", "address already in use"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("man page lacks %q:\n%s", want, text)
+		}
+	}
+	if g, err := exec.LookPath("groff"); err == nil {
+		if out, err := exec.Command(g, "-man", "-ww", "-z", page).CombinedOutput(); err != nil || len(out) > 0 {
+			t.Errorf("groff warnings: %v\n%s", err, out)
+		}
+	}
 }
