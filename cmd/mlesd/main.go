@@ -184,8 +184,8 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not sent its join frame by then; 0 = never")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close a joined connection that has sent nothing this long; 0 = never (receivers may be silent)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing")
-	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.LogLevel, "log-level", defaultLogLevel, "log level: debug, info, warn, error")
+	fs.StringVar(&o.LogFormat, "log-format", defaultLogFormat, "log format: text or json")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `file` until exit")
 	fs.StringVar(&o.MemProfile, "memprofile", "", "write a heap profile to `file` at exit")
 	fs.StringVar(&o.PprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060); off by default")
@@ -558,7 +558,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if peers != nil {
 		peers.Stop() // no redialling while the engine drains and closes
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*o.DrainTimeout+10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*o.DrainTimeout+stopGrace)
 	defer cancel()
 	if err := srv.Stop(ctx); err != nil {
 		log.Error("shutdown incomplete", slog.String("error", err.Error()))
@@ -568,7 +568,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if ts := tlsSrv.Load(); ts != nil {
 		// The engine has closed its side of every TLS connection; give the
 		// bridges a moment to pass on what it sent, then close them.
-		tctx, tcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		tctx, tcancel := context.WithTimeout(context.Background(), tlsBridgeLinger)
 		ts.Close(tctx)
 		tcancel()
 	}
