@@ -33,7 +33,7 @@ func runMlesd(t *testing.T, env []string, args ...string) (stdout, stderr string
 }
 
 func TestHelpGoesToStdoutWithExitZero(t *testing.T) {
-	for _, arg := range []string{"--help", "-h", "-help"} {
+	for _, arg := range []string{"--help", "-h", "-help", "help"} {
 		out, errOut, code := runMlesd(t, nil, arg)
 		if code != 0 || errOut != "" {
 			t.Errorf("%s: exit %d, stderr %q; want 0 and nothing", arg, code, errOut)

@@ -124,7 +124,9 @@ Configuration:
   MLESD_CONFIG) under its flag name, e.g. max-conns = 1000, stall-timeout =
   "5m", listen = ["[::]:8077"], and in the environment as MLESD_<FLAG_NAME>,
   e.g. MLESD_MAX_CONNS=1000. Precedence: flag > environment > file > default.
-  --print-config shows the effective settings and where each came from.
+  A key or MLESD_* variable that names no setting is refused (exit 2), as is
+  a value of the wrong type. --print-config shows the effective settings and
+  where each came from.
 
 Peering:
   With --peer HOST[:PORT] (repeatable) mlesd keeps, for each channel that has
@@ -219,6 +221,10 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.BoolVar(&o.Version, "version", false, "print the version and commit and exit")
 	addShortFlags(fs)
 	fs.Usage = func() {}
+	if len(args) > 0 && args[0] == "help" {
+		fmt.Fprint(stdout, helpText(fs))
+		return o, flag.ErrHelp
+	}
 	if len(args) > 0 && args[0] == "completion" {
 		if len(args) != 2 {
 			return o, errors.New("completion: want one shell: bash, zsh or fish")

@@ -46,14 +46,14 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatalf("--help: %v", err)
 	}
-	for _, want := range []string{"MLES_KEY", "MLES_ADDR_KEY", "-listen", "-history-limit", "-key", "-loops",
-		"-max-frame", "-max-pending", "-max-pending-frames", "-stall-timeout", "-join-timeout", "-idle-timeout", "-max-conns",
-		"-max-conns-per-ip", "-max-uid-len", "-max-channel-len", "-max-partial-bytes", "-max-resync-entries", "-history-bytes",
-		"-max-history-bytes", "-max-channels", "-drain-timeout", "-log-level", "-log-format",
-		"-cpuprofile", "-memprofile", "-pprof", "-ws-listen", "[::]:8077",
-		"-peer", "-peer-backoff", "-peer-backoff-max", "-peer-linger", "-peer-dial-timeout", "-cid", "-peer-tls", "-peer-tls-ca", "-peer-tls-cert", "-peer-tls-key", "Peering:",
-		"-ws-max-message-bytes", "-ws-max-unfinished-bytes", "-ws-max-sessions", "-ws-max-sessions-per-client",
-		"-ws-max-pairs", "-ws-max-pairs-per-client", "-ws-max-queued-bytes"} {
+	for _, want := range []string{"MLES_KEY", "MLES_ADDR_KEY", "--listen", "--history-limit", "--key", "--loops",
+		"--max-frame", "--max-pending", "--max-pending-frames", "--stall-timeout", "--join-timeout", "--idle-timeout", "--max-conns",
+		"--max-conns-per-ip", "--max-uid-len", "--max-channel-len", "--max-partial-bytes", "--max-resync-entries", "--history-bytes",
+		"--max-history-bytes", "--max-channels", "--drain-timeout", "--log-level", "--log-format",
+		"--cpuprofile", "--memprofile", "--pprof", "--ws-listen", "[::]:8077",
+		"--peer", "--peer-backoff", "--peer-backoff-max", "--peer-linger", "--peer-dial-timeout", "--cid", "--peer-tls", "--peer-tls-ca", "--peer-tls-cert", "--peer-tls-key", "Peering:",
+		"--ws-max-message-bytes", "--ws-max-unfinished-bytes", "--ws-max-sessions", "--ws-max-sessions-per-client",
+		"--ws-max-pairs", "--ws-max-pairs-per-client", "--ws-max-queued-bytes"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("--help does not mention %s", want)
 		}
