@@ -48,8 +48,25 @@ const (
 	DefaultMaxNameLen = 4096
 	// DefaultMaxPartialBytes bounds the bytes of frames still arriving, summed
 	// over all connections (a frame costs only what has arrived, never its
-	// declared length).
+	// declared length). When it is full, the connection holding the most is
+	// closed, so that a few hoarders cannot lock out honest large frames.
 	DefaultMaxPartialBytes = 256 << 20
+	// DefaultFrameMinRate is the slowest a frame may arrive, in bytes per
+	// second, measured over each FrameRateWindow once the frame has begun
+	// (as nginx's client_body_timeout measures the gap between reads).
+	// 2 KiB/s is 16 kbit/s, slower than GPRS, the slowest mobile data link
+	// still in service: an honest client on any real link keeps it, while a
+	// client that sends part of a frame and stops is closed within two windows.
+	DefaultFrameMinRate = 2 << 10
+	// DefaultFrameRateWindow is the span the minimum rate is measured over,
+	// and so the grace a frame gets before the first check. A minute (nginx's
+	// default) lets a mobile client ride out a radio handover or a tunnel.
+	DefaultFrameRateWindow = time.Minute
+	// DefaultFrameTimeout bounds how long one frame may take, however it
+	// arrives. A full-size frame (16 MiB) at exactly DefaultFrameMinRate takes
+	// 2 h 17 min, so this deadline never closes a client that keeps the
+	// minimum rate; it caps how long any one frame can hold memory.
+	DefaultFrameTimeout = 150 * time.Minute
 	// DefaultDrainTimeout is how long a shutdown waits for receivers that can
 	// take their backlog.
 	DefaultDrainTimeout = 5 * time.Second
@@ -90,6 +107,25 @@ const (
 	stalledRetryGap      = 100 * time.Millisecond
 	// sweepInterval is how often each loop checks timeouts.
 	sweepInterval = 250 * time.Millisecond
+	// ownedFrameMin: a frame longer than this, once this much of it has
+	// arrived, is moved out of gnet's inbound buffer into memory the engine
+	// owns (see ownedBuf). It is gnet's read size (one read), so a small frame
+	// never pays for the move, and at most MaxPartialBytes/ownedFrameMin
+	// connections hold an owned buffer at once (4,096 at the default, well
+	// under the kernel's 65,530 mappings per process).
+	ownedFrameMin = 64 << 10
+	// spareBufsLen and spareBufMax bound the owned buffers each loop keeps
+	// for reuse (see spareBufs): 2 × 2 MiB per loop at most. Reuse makes a
+	// stream of frames up to 2 MiB (a 1 MiB message with its header and CBOR
+	// is just over 1 MiB) cost about what gnet's own buffer cost; larger
+	// frames pay their page faults afresh, the price of giving memory back.
+	spareBufsLen = 2
+	spareBufMax  = 2 << 20
+	// partialSlackDiv: while the connection holding the most partial bytes
+	// is being closed on its own loop, the others may pass MaxPartialBytes by
+	// at most MaxPartialBytes/partialSlackDiv (plus one read per loop); a
+	// connection that would pass that is closed itself.
+	partialSlackDiv = 8
 )
 
 // Config is every setting of the engine. The zero value of a field means its
@@ -126,11 +162,19 @@ type Config struct {
 	MaxUIDLen     int
 	MaxChannelLen int
 	// MaxPartialBytes bounds bytes of incomplete frames over all connections;
-	// the connection whose bytes pass it is closed.
+	// when it is full, the connection holding the most is closed.
 	MaxPartialBytes int
 	// MaxResyncEntries bounds the inner frames of a resync; a resync with
 	// more is closed ("resync-too-large").
 	MaxResyncEntries int
+	// FrameTimeout closes a connection whose frame has been arriving for this
+	// long (the join frame too); negative = never.
+	FrameTimeout time.Duration
+	// FrameMinRate closes a connection whose frame arrives slower than this
+	// many bytes per second over a FrameRateWindow; negative = no minimum.
+	FrameMinRate int
+	// FrameRateWindow is the span FrameMinRate is measured over.
+	FrameRateWindow time.Duration
 	// DrainTimeout bounds how long Stop flushes backlogs before closing.
 	DrainTimeout time.Duration
 	// Members, when set, learns of every member's join and leave (package
@@ -176,6 +220,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxResyncEntries <= 0 {
 		c.MaxResyncEntries = DefaultMaxResyncEntries
+	}
+	if c.FrameTimeout == 0 {
+		c.FrameTimeout = DefaultFrameTimeout
+	}
+	if c.FrameMinRate == 0 {
+		c.FrameMinRate = DefaultFrameMinRate
+	}
+	if c.FrameRateWindow <= 0 {
+		c.FrameRateWindow = DefaultFrameRateWindow
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = DefaultDrainTimeout

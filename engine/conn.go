@@ -58,9 +58,15 @@ type conn struct {
 	stallSince int64 // coarse clock, ns; 0 = not dropping
 	dropped    uint64
 	reason     string // why the server closed it; "" = the peer did
-	partial    int    // bytes of incomplete frames buffered, counted in Server.partialBytes
-	perIP      bool   // counted in Server.perIP
-	member     bool   // Config.Members was told of its join: tell it of the leave
+	partial    int    // memory of the incomplete frame at the head, counted in Server.partialBytes
+	held       int    // bytes of that frame that have arrived
+	holder     int    // 1 + index in its loop's partialLoop.holders; 0 = not one
+	frameStart int64  // coarse clock, ns: when that frame began; 0 = no incomplete frame
+	rateMark   int64  // coarse clock, ns: start of its current minimum-rate window
+	rateHeld   int    // held at rateMark
+	rd         frameReader
+	perIP      bool // counted in Server.perIP
+	member     bool // Config.Members was told of its join: tell it of the leave
 }
 
 // DupKey implements router.Subscriber.

@@ -312,15 +312,34 @@ func (l *loop) pollBacklog(context.Context) error {
 	return nil
 }
 
-// sweep runs on this loop, queued by the ticker: closes connections past the
-// join or idle timeout and receivers that are stalled and silent.
+// sweep runs on this loop, queued by the ticker: closes connections whose
+// frame is too slow or too late, connections past the join or idle timeout,
+// and receivers that are stalled and silent.
+// The join timeout measures the client, not the server's backlog: it closes
+// a connection that has not joined and is silent, not one whose bytes wait
+// unread in the kernel because this loop was busy, nor one whose join frame
+// is still arriving (bytes within the last join timeout): the frame deadline
+// and minimum rate govern that (when both are off, the join timeout does).
 func (l *loop) sweep(context.Context) error {
 	now := l.srv.now()
 	cfg := &l.srv.cfg
+	frameRulesOn := cfg.FrameTimeout > 0 || cfg.FrameMinRate > 0
 	for c := range l.conns {
+		if c.state >= closing {
+			continue
+		}
+		if c.frameStart != 0 {
+			if reason := l.srv.frameVerdict(c, now); reason != "" {
+				l.srv.closeConn(c, reason)
+				continue
+			}
+		}
 		switch {
 		case c.state == awaitingJoin && cfg.JoinTimeout > 0 && now-c.opened > int64(cfg.JoinTimeout):
-			l.srv.closeConn(c, "join-timeout")
+			arriving := c.held > 0 && frameRulesOn && now-c.lastRead <= int64(cfg.JoinTimeout)
+			if !arriving && unreadBytes(c.gc.Fd()) == 0 {
+				l.srv.closeConn(c, "join-timeout")
+			}
 		case c.state == joined && cfg.IdleTimeout > 0 && now-c.lastRead > int64(cfg.IdleTimeout):
 			l.srv.closeConn(c, "idle-timeout")
 		case c.state == joined && cfg.StallTimeout > 0 && c.stallSince != 0 &&

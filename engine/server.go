@@ -69,7 +69,6 @@ type Server struct {
 
 	loopsMu sync.Mutex
 	loops   []atomic.Pointer[loop]   // index = loop idx; set once when the loop is first seen
-	adopts  atomic.Uint64            // Adopt's round robin over the loops seen so far
 	byEL    map[gnet.EventLoop]*loop // Lock: loopsMu
 
 	clock     atomic.Int64 // coarse monotonic clock, ns since start
@@ -82,8 +81,9 @@ type Server struct {
 	stopping     atomic.Bool
 	openConns    atomic.Int64
 	accepted     atomic.Uint64
-	partialBytes atomic.Int64 // bytes of incomplete frames, all connections
-	uplinkEnds   sync.Map     // socketEnds → struct{}: the addresses of open uplinks
+	partialBytes atomic.Int64  // memory of incomplete frames, all connections
+	partial      []partialLoop // index = loop idx
+	uplinkEnds   sync.Map      // socketEnds → struct{}: the addresses of open uplinks
 	uplinksOpen  atomic.Int32
 
 	ipMu    sync.Mutex
@@ -113,6 +113,7 @@ func New(cfg Config, r *router.Router) (*Server, error) {
 		shutdown:    make(chan struct{}),
 		start:       time.Now(),
 	}
+	s.partial = s.newPartialLoops(cfg.Loops)
 	for _, a := range cfg.Listen {
 		if _, _, err := splitListen(a); err != nil {
 			return nil, err
@@ -383,10 +384,7 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	}
 	c.q.releaseAll()
 	c.queued = 0
-	if c.partial != 0 {
-		s.partialBytes.Add(-int64(c.partial))
-		c.partial = 0
-	}
+	s.dropPartial(c)
 	if c.perIP {
 		ip := c.remote.Addr().Unmap()
 		s.ipMu.Lock()
@@ -440,7 +438,7 @@ func (s *Server) closeConn(c *conn, reason string) {
 func reasonLevel(reason string) slog.Level {
 	switch reason {
 	case "max-conns", "max-conns-per-ip", "out-of-fds", "partial-budget", "too-many-channels", "stalled-and-silent", "peer-is-self",
-		"resync-too-large":
+		"resync-too-large", "out-of-memory":
 		return slog.LevelWarn
 	}
 	return slog.LevelInfo
@@ -488,20 +486,23 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c.lastRead = s.now()
 	batchBytes := 0
 	action := gnet.None
+	framed := false // a frame was completed: what is left begins a new one
+	spare := &s.partial[l.idx].spare
 	for {
-		h, total, reason := nextFrame(gc, s.cfg.MaxFrame)
+		h, data, reason := c.rd.next(gc, s.cfg.MaxFrame, ownedFrameMin, spare)
 		if reason != "" {
 			c.reason = reason
 			action = gnet.Close
 			break
 		}
-		if total == 0 {
+		if data == nil {
 			break
 		}
-		data, _ := gc.Peek(total)
+		total := len(data)
+		framed = true
 		if c.state == awaitingJoin {
 			reason := s.join(c, h, data)
-			_, _ = gc.Discard(total)
+			c.rd.done(gc, spare)
 			if reason != "" {
 				c.reason = reason
 				action = gnet.Close
@@ -513,13 +514,13 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 			c.up.received++
 			fp := router.Fingerprint(data)
 			if c.up.replayLeft > 0 && c.up.skipReplayed(c, fp, data) { // engine/uplink.go
-				_, _ = gc.Discard(total)
+				c.rd.done(gc, spare)
 				continue
 			}
 			c.up.seen.AddFingerprint(fp)
 		}
 		f := router.NewFrame(data)
-		_, _ = gc.Discard(total)
+		c.rd.done(gc, spare)
 		l.frames = append(l.frames, f)
 		batchBytes += total
 		if len(l.frames) >= maxBatchFrames || batchBytes >= maxBatchBytes {
@@ -532,15 +533,8 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	}
 	l.flush()
 	if action == gnet.None {
-		// Bytes of a frame still arriving count against a global budget.
-		if partial := gc.InboundBuffered(); partial != c.partial {
-			total := s.partialBytes.Add(int64(partial - c.partial))
-			c.partial = partial
-			if partial > 0 && total > int64(s.cfg.MaxPartialBytes) {
-				c.reason = "partial-budget"
-				action = gnet.Close
-			}
-		}
+		// The frame still arriving counts against a global budget and a clock.
+		action = s.accountPartial(c, gc, framed)
 	}
 	return action
 }

@@ -246,13 +246,14 @@ func (up *uplinkState) skipReplayed(c *conn, fp uint64, data []byte) bool {
 // so reading it from another loop is safe.
 func memberUIDs(c *conn) map[string]bool {
 	here := map[string]bool{}
-	for _, g := range c.ch.Snapshot().Groups {
-		for _, sub := range g.Subs {
-			if m := sub.(*conn); m != c && m.up == nil && !m.peerLink {
-				here[m.uid] = true
-			}
+	// Members, not a snapshot: a snapshot may still list connections that
+	// have left, such as the peer's previous link that this one replaces,
+	// whose uid would make that peer's senders look local.
+	c.ch.ForEachMember(func(sub router.Subscriber) {
+		if m := sub.(*conn); m != c && m.up == nil && !m.peerLink {
+			here[m.uid] = true
 		}
-	}
+	})
 	return here
 }
 

@@ -412,6 +412,20 @@ func (c *Channel) Members() int {
 	return c.live
 }
 
+// ForEachMember calls fn for every member of the channel, under the
+// channel's lock (fn must not call back into the channel). Unlike a
+// Snapshot it never lists subscribers that have left. O(members): not for
+// the per-frame path.
+func (c *Channel) ForEachMember(fn func(Subscriber)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for s, live := range c.members {
+		if live {
+			fn(s)
+		}
+	}
+}
+
 // HistoryLen returns the number of frames and bytes the history holds.
 func (c *Channel) HistoryLen() (frames, bytes int) {
 	c.mu.Lock()

@@ -58,6 +58,9 @@ type Options struct {
 	MaxChanLen    int
 	MaxPartial    int
 	MaxResync     int
+	FrameTimeout  time.Duration
+	FrameMinRate  int
+	FrameWindow   time.Duration
 	HistoryBytes  int
 	MaxHistBytes  int64
 	LogLevel      string
@@ -180,10 +183,13 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 	fs.BoolVar(&o.LimitLoopback, "max-conns-per-ip-loopback", false, "apply --max-conns-per-ip to loopback clients too")
 	fs.IntVar(&o.MaxUIDLen, "max-uid-len", engine.DefaultMaxNameLen, "longest uid in a join, in `bytes`; a longer one closes the connection")
 	fs.IntVar(&o.MaxChanLen, "max-channel-len", engine.DefaultMaxNameLen, "longest channel name in a join, in `bytes`; a longer one closes the connection")
-	fs.IntVar(&o.MaxPartial, "max-partial-bytes", engine.DefaultMaxPartialBytes, "bytes of frames still arriving, over all connections; the connection that passes it is closed")
+	fs.IntVar(&o.MaxPartial, "max-partial-bytes", engine.DefaultMaxPartialBytes, "memory in `bytes` of frames still arriving, over all connections; when it is full, the connection\nholding the most is closed")
 	fs.IntVar(&o.MaxResync, "max-resync-entries", engine.DefaultMaxResyncEntries, "most inner frames in a resync (a first frame that refills history); a larger one closes its connection.\nA peer's resync holds its --history-limit + 1 frames: keep this above that")
+	fs.DurationVar(&o.FrameTimeout, "frame-timeout", engine.DefaultFrameTimeout, "close a connection whose frame (the join frame too) has been arriving this long; 0 = never.\nThe default lets a 16 MiB frame arrive at the minimum rate")
+	fs.IntVar(&o.FrameMinRate, "frame-min-rate", engine.DefaultFrameMinRate, "close a connection whose frame arrives slower than this many `bytes` per second over a\n--frame-rate-window; 0 = no minimum")
+	fs.DurationVar(&o.FrameWindow, "frame-rate-window", engine.DefaultFrameRateWindow, "span --frame-min-rate is measured over, and so the grace a frame gets before the first check")
 	fs.DurationVar(&o.StallTimeout, "stall-timeout", engine.DefaultStallTimeout, "close a receiver that has been dropping frames and silent this long; 0 = never")
-	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not sent its join frame by then; 0 = never")
+	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not joined by then and is silent (one whose join frame is still\narriving is left to --frame-timeout and --frame-min-rate); 0 = never")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close a joined connection that has sent nothing this long; 0 = never (receivers may be silent)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing")
 	fs.StringVar(&o.LogLevel, "log-level", defaultLogLevel, "log level: debug, info, warn, error")
@@ -280,10 +286,15 @@ func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
 		return o, errors.New("--max-pending must be positive")
 	case o.Loops < 0:
 		return o, errors.New("--loops must be 0 or more")
-	case o.StallTimeout < 0 || o.JoinTimeout < 0 || o.IdleTimeout < 0 || o.DrainTimeout < 0 || o.TLSHandshakeTimeout < 0:
+	case o.StallTimeout < 0 || o.JoinTimeout < 0 || o.IdleTimeout < 0 || o.DrainTimeout < 0 || o.TLSHandshakeTimeout < 0 ||
+		o.FrameTimeout < 0:
 		return o, errors.New("timeouts must be 0 or more")
 	case o.MaxConns < 0 || o.MaxConnsIP < 0 || o.MaxChannels < 0 || o.HistoryBytes < 0 || o.MaxHistBytes < 0:
 		return o, errors.New("limits must be 0 (none) or more")
+	case o.FrameMinRate < 0:
+		return o, errors.New("--frame-min-rate must be 0 (none) or more")
+	case o.FrameWindow <= 0:
+		return o, errors.New("--frame-rate-window must be positive")
 	case o.MaxUIDLen < 1 || o.MaxChanLen < 1 || o.MaxPartial < 1:
 		return o, errors.New("--max-uid-len, --max-channel-len and --max-partial-bytes must be positive")
 	case o.MaxResync < 1:
@@ -458,6 +469,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		MaxChannelLen:    o.MaxChanLen,
 		MaxPartialBytes:  o.MaxPartial,
 		MaxResyncEntries: o.MaxResync,
+		FrameTimeout:     never(o.FrameTimeout),
+		FrameMinRate:     unlimited(o.FrameMinRate),
+		FrameRateWindow:  o.FrameWindow,
 		Logger:           log,
 	}, r)
 	if err != nil {

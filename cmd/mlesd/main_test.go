@@ -48,7 +48,8 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 	}
 	for _, want := range []string{"MLES_KEY", "MLES_ADDR_KEY", "--listen", "--history-limit", "--key", "--loops",
 		"--max-frame", "--max-pending", "--max-pending-frames", "--stall-timeout", "--join-timeout", "--idle-timeout", "--max-conns",
-		"--max-conns-per-ip", "--max-uid-len", "--max-channel-len", "--max-partial-bytes", "--max-resync-entries", "--history-bytes",
+		"--max-conns-per-ip", "--max-uid-len", "--max-channel-len", "--max-partial-bytes", "--max-resync-entries",
+		"--frame-timeout", "--frame-min-rate", "--frame-rate-window", "--history-bytes",
 		"--max-history-bytes", "--max-channels", "--drain-timeout", "--log-level", "--log-format",
 		"--cpuprofile", "--memprofile", "--pprof", "--ws-listen", "[::]:8077",
 		"--peer", "--peer-backoff", "--peer-backoff-max", "--peer-linger", "--peer-dial-timeout", "--cid", "--peer-tls", "--peer-tls-ca", "--peer-tls-cert", "--peer-tls-key", "Peering:",
@@ -69,7 +70,8 @@ func TestBadFlagsExitWithUsageError(t *testing.T) {
 		{"--peer", "x", "--peer-tls", "--peer-tls-ca", "/nonexistent/ca.pem"},
 		{"--ws-max-message-bytes", "0"}, {"--ws-max-message-bytes", "16777216"},
 		{"--ws-max-unfinished-bytes", "1000", "--ws-max-message-bytes", "2000"}, {"--ws-max-sessions", "0"},
-		{"--ws-max-sessions-per-client", "-1"}, {"--ws-max-pairs", "0"}, {"--ws-max-pairs-per-client", "0"}, {"--ws-max-queued-bytes", "0"}} {
+		{"--ws-max-sessions-per-client", "-1"}, {"--ws-max-pairs", "0"}, {"--ws-max-pairs-per-client", "0"}, {"--ws-max-queued-bytes", "0"},
+		{"--frame-timeout", "-1s"}, {"--frame-min-rate", "-1"}, {"--frame-rate-window", "0"}} {
 		err := exec.Command(mlesdBin, args...).Run()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 			t.Errorf("%v: exit %v, want 2", args, err)
