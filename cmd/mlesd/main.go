@@ -40,6 +40,7 @@ func main() {
 // errDone ends a run that has done all it was asked (completion) with exit 0.
 var errDone = errors.New("done")
 
+// run is mlesd: it returns the exit code (exitOK, exitFailure, exitUsage).
 func run(args []string, stdout, stderr io.Writer) int {
 	o, err := parseOptions(args, stdout)
 	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errDone) {
@@ -51,75 +52,104 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if o.Version {
 		fmt.Fprintln(stdout, versionString())
-		return 0
+		return exitOK
 	}
 	if o.PrintConfig {
-		return 0
+		return exitOK
 	}
 	log, err := newLogger(o, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "mlesd:", err)
-		return 2
+		return exitUsage
 	}
 	slog.SetDefault(log)
-
-	var stopProfiles []func()
-	if o.CPUProfile != "" {
-		stopProfiles = append(stopProfiles, startProfile(profile.CPUProfile, o.CPUProfile, "cpu.pprof", log))
-	}
-	if o.MemProfile != "" {
-		// pkg/profile runs one profile at a time, so the heap profile, which is a
-		// snapshot at exit anyway, is written directly.
-		stopProfiles = append(stopProfiles, func() { writeHeapProfile(o.MemProfile, log) })
-	}
-	defer func() {
-		for _, stop := range stopProfiles {
-			stop()
-		}
-	}()
+	defer startProfiles(o, log)()
 	if o.PprofAddr != "" {
 		if err := startPprof(o.PprofAddr, log); err != nil {
 			return listenFailed(log, err)
 		}
 	}
-
 	r := router.New(router.Config{HistoryLimit: o.HistoryLimit, MaxChannels: o.MaxChannels,
 		HistoryBytes: o.HistoryBytes, MaxHistoryBytes: o.MaxHistBytes})
 	defer r.Close()
-	keys := codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}
+	srv, peers, err := newServer(o, r, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "mlesd:", err)
+		return exitUsage
+	}
+	logStart(o, log)
+	return serve(o, srv, peers, log)
+}
+
+// startProfiles starts --cpuprofile and --memprofile; the returned function
+// writes them.
+func startProfiles(o Options, log *slog.Logger) (stop func()) {
+	var stops []func()
+	if o.CPUProfile != "" {
+		stops = append(stops, startProfile(profile.CPUProfile, o.CPUProfile, "cpu.pprof", log))
+	}
+	if o.MemProfile != "" {
+		// pkg/profile runs one profile at a time, so the heap profile, which is a
+		// snapshot at exit anyway, is written directly.
+		stops = append(stops, func() { writeHeapProfile(o.MemProfile, log) })
+	}
+	return func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}
+}
+
+// keysOf is the join-key setting of o.
+func keysOf(o Options) codec.KeyConfig {
+	return codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}
+}
+
+// newServer makes the engine over r and, with --peer, the peering manager
+// that hands its uplinks to the engine. Errors are in the settings.
+func newServer(o Options, r *router.Router, log *slog.Logger) (*engine.Server, *peering.Manager, error) {
 	var (
 		srv   *engine.Server
 		peers *peering.Manager
+		err   error
 	)
 	if len(o.Peers) > 0 {
-		pc := peering.Config{Peers: o.Peers, Keys: keys, Backoff: o.PeerBackoff, BackoffMax: o.PeerBackoffMax,
+		pc := peering.Config{Peers: o.Peers, Keys: keysOf(o), Backoff: o.PeerBackoff, BackoffMax: o.PeerBackoffMax,
 			Linger: o.PeerLinger, DialTimeout: o.PeerDialTimeout, Logger: log,
 			Adopt: func(nc net.Conn, local, remote netip.AddrPort, u *peering.Uplink) error {
 				return srv.AdoptUplink(nc, local, remote, u)
 			}}
 		if o.CID != "" {
-			cid, _ := peering.ParseCID(o.CID) // checked by parseOptions
+			cid, _ := peering.ParseCID(o.CID) // checked by validate
 			pc.StaticCID = &cid
 		}
 		if o.PeerTLS {
 			if pc.TLS, err = peering.ClientTLS(o.PeerTLSCA, o.PeerTLSCert, o.PeerTLSKey); err != nil {
-				fmt.Fprintln(stderr, "mlesd:", err)
-				return 2
+				return nil, nil, err
 			}
 		}
 		if peers, err = peering.New(pc); err != nil {
-			fmt.Fprintln(stderr, "mlesd:", err)
-			return 2
+			return nil, nil, err
 		}
 	}
 	var members engine.MemberObserver
 	if peers != nil {
 		members = peers
 	}
-	srv, err = engine.New(engine.Config{
+	srv, err = engine.New(engineConfig(o, members, log), r)
+	if err != nil {
+		return nil, nil, err
+	}
+	return srv, peers, nil
+}
+
+// engineConfig maps the settings to the engine's Config, whose "off" is a
+// negative value where the flags' is 0.
+func engineConfig(o Options, members engine.MemberObserver, log *slog.Logger) engine.Config {
+	return engine.Config{
 		Listen:           o.Listen,
 		Loops:            o.Loops,
-		Keys:             keys,
+		Keys:             keysOf(o),
 		Members:          members,
 		MaxFrame:         o.MaxFrame,
 		MaxPending:       o.MaxPending,
@@ -139,11 +169,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		FrameMinRate:     unlimited(o.FrameMinRate),
 		FrameRateWindow:  o.FrameWindow,
 		Logger:           log,
-	}, r)
-	if err != nil {
-		fmt.Fprintln(stderr, "mlesd:", err)
-		return 2
 	}
+}
+
+// logStart writes the start-up line and the warnings about the settings.
+func logStart(o Options, log *slog.Logger) {
 	keyMode := "address"
 	if o.Key != "" {
 		keyMode = "shared"
@@ -161,70 +191,102 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Warn("--max-resync-entries is below --history-limit + 1: a peer's resync of that much history is refused",
 			slog.Int("max_resync_entries", o.MaxResync), slog.Int("history_limit", o.HistoryLimit))
 	}
+}
 
-	var (
-		stopping atomic.Bool // readyz says no from the first signal on
-		tlsSrv   atomic.Pointer[tlsserve.Server]
-		gwStats  atomic.Pointer[func() gateway.Stats]
-	)
-	if o.MetricsAddr != "" {
-		ready := func() bool {
-			select {
-			case <-srv.Ready():
-				return len(srv.Addrs()) > 0 && !stopping.Load() &&
-					(o.TLSListen == "" || tlsSrv.Load() != nil)
-			default:
-				return false
-			}
+// sideListeners are the listeners beside the engine's own: metrics, TLS and
+// the WebSocket gateway. The metrics endpoint starts first and reads the
+// others once they are up.
+type sideListeners struct {
+	stopping atomic.Bool // readyz says no from the first signal on
+	tlsSrv   atomic.Pointer[tlsserve.Server]
+	gwStats  atomic.Pointer[func() gateway.Stats]
+	closers  []func()
+}
+
+// close stops the metrics endpoint and the gateway.
+func (sl *sideListeners) close() {
+	for i := len(sl.closers) - 1; i >= 0; i-- {
+		sl.closers[i]()
+	}
+}
+
+// startMetrics serves --metrics for srv (and peers, if any).
+func (sl *sideListeners) startMetrics(o Options, srv *engine.Server, peers *peering.Manager, log *slog.Logger) error {
+	ready := func() bool {
+		select {
+		case <-srv.Ready():
+			return len(srv.Addrs()) > 0 && !sl.stopping.Load() &&
+				(o.TLSListen == "" || sl.tlsSrv.Load() != nil)
+		default:
+			return false
 		}
-		// No TLS or gateway metrics without a TLS listener or a gateway.
-		var ts *atomic.Pointer[tlsserve.Server]
-		var gw *atomic.Pointer[func() gateway.Stats]
-		if o.TLSListen != "" {
-			ts = &tlsSrv
-		}
-		if o.WSListen != "" {
-			gw = &gwStats
-		}
-		var peerStats func() peering.Stats
-		if peers != nil {
-			peerStats = peers.Stats
-		}
-		stopMetrics, err := startMetrics(o.MetricsAddr, srv, ts, gw, peerStats, ready, log)
+	}
+	// No TLS or gateway metrics without a TLS listener or a gateway.
+	var ts *atomic.Pointer[tlsserve.Server]
+	var gw *atomic.Pointer[func() gateway.Stats]
+	if o.TLSListen != "" {
+		ts = &sl.tlsSrv
+	}
+	if o.WSListen != "" {
+		gw = &sl.gwStats
+	}
+	var peerStats func() peering.Stats
+	if peers != nil {
+		peerStats = peers.Stats
+	}
+	stop, err := startMetrics(o.MetricsAddr, srv, ts, gw, peerStats, ready, log)
+	if err != nil {
+		return err
+	}
+	sl.closers = append(sl.closers, stop)
+	return nil
+}
+
+// startOnEngine starts --tls-listen and --ws-listen once srv listens (if it
+// never does, Serve's error is reported by serve).
+func (sl *sideListeners) startOnEngine(o Options, srv *engine.Server, log *slog.Logger) error {
+	if o.TLSListen == "" && o.WSListen == "" {
+		return nil
+	}
+	if <-srv.Ready(); len(srv.Addrs()) == 0 {
+		return nil
+	}
+	if o.TLSListen != "" {
+		ts, err := startTLS(o, srv, log)
 		if err != nil {
+			return err
+		}
+		sl.tlsSrv.Store(ts)
+	}
+	if o.WSListen != "" {
+		stopGateway, stats, err := startGateway(o, srv, keysOf(o), log)
+		if err != nil {
+			return err
+		}
+		sl.gwStats.Store(&stats)
+		sl.closers = append(sl.closers, stopGateway)
+	}
+	return nil
+}
+
+// serve runs srv and its side listeners until SIGTERM or SIGINT, then
+// drains and stops; it returns the exit code.
+func serve(o Options, srv *engine.Server, peers *peering.Manager, log *slog.Logger) int {
+	var side sideListeners
+	defer side.close()
+	if o.MetricsAddr != "" {
+		if err := side.startMetrics(o, srv, peers, log); err != nil {
 			return listenFailed(log, err)
 		}
-		defer stopMetrics()
 	}
-
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
-	if o.TLSListen != "" {
-		if <-srv.Ready(); len(srv.Addrs()) > 0 { // else Serve failed: reported below
-			ts, err := startTLS(o, srv, log)
-			if err != nil {
-				_ = srv.Stop(context.Background())
-				return listenFailed(log, err)
-			}
-			tlsSrv.Store(ts)
-		}
+	if err := side.startOnEngine(o, srv, log); err != nil {
+		_ = srv.Stop(context.Background())
+		return listenFailed(log, err)
 	}
-	if o.WSListen != "" {
-		if <-srv.Ready(); len(srv.Addrs()) > 0 { // else Serve failed: reported below
-			stopGateway, stats, err := startGateway(o, srv, keys, log)
-			if err == nil {
-				gwStats.Store(&stats)
-				defer stopGateway()
-			}
-			if err != nil {
-				_ = srv.Stop(context.Background())
-				return listenFailed(log, err)
-			}
-		}
-	}
-
 	select {
 	case err := <-served:
 		// Nobody asked it to stop: whatever ended it is a failure, so the
@@ -239,8 +301,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	case sig := <-sigs:
 		log.Info("shutting down", slog.String("signal", sig.String()))
-		stopping.Store(true)
+		side.stopping.Store(true)
 	}
+	return shutdown(o, srv, peers, &side, served, log)
+}
+
+// shutdown drains and stops srv after a signal, then the TLS bridges.
+func shutdown(o Options, srv *engine.Server, peers *peering.Manager, side *sideListeners, served <-chan error, log *slog.Logger) int {
 	if peers != nil {
 		peers.Stop() // no redialling while the engine drains and closes
 	}
@@ -248,10 +315,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	if err := srv.Stop(ctx); err != nil {
 		log.Error("shutdown incomplete", slog.String("error", err.Error()))
-		return 1
+		return exitFailure
 	}
 	<-served
-	if ts := tlsSrv.Load(); ts != nil {
+	if ts := side.tlsSrv.Load(); ts != nil {
 		// The engine has closed its side of every TLS connection; give the
 		// bridges a moment to pass on what it sent, then close them.
 		tctx, tcancel := context.WithTimeout(context.Background(), tlsBridgeLinger)
@@ -261,7 +328,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	st := srv.Stats()
 	log.Info("stopped", slog.Uint64("frames_in", st.FramesIn), slog.Uint64("frames_out", st.FramesOut),
 		slog.Uint64("dropped", st.Dropped))
-	return 0
+	return exitOK
 }
 
 // writeHeapProfile writes the live heap to file.
