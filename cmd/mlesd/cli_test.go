@@ -197,3 +197,29 @@ func TestManPageIsGeneratedFromTheHelp(t *testing.T) {
 		}
 	}
 }
+
+// The example config and the container image's environment are settings
+// mlesd accepts (unknown keys and MLESD_* variables are refused).
+func TestDeployConfigAndImageEnvironmentAreAccepted(t *testing.T) {
+	out, errOut, code := runMlesd(t, nil, "--config", "../../deploy/mlesd.toml", "--print-config")
+	if code != 0 || !strings.Contains(out, `metrics = "127.0.0.1:9477"  # file`) {
+		t.Errorf("deploy/mlesd.toml: exit %d, stderr %q, stdout:\n%s", code, errOut, out)
+	}
+	docker, err := os.ReadFile("../../deploy/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env []string
+	for _, line := range strings.Split(string(docker), "\n") {
+		if rest, ok := strings.CutPrefix(line, "ENV "); ok {
+			env = append(env, strings.Fields(rest)...)
+		}
+	}
+	if len(env) == 0 {
+		t.Fatal("no ENV line in deploy/Dockerfile")
+	}
+	out, errOut, code = runMlesd(t, env, "--print-config")
+	if code != 0 || !strings.Contains(out, "# env MLESD_") {
+		t.Errorf("Dockerfile ENV %v: exit %d, stderr %q, stdout:\n%s", env, code, errOut, out)
+	}
+}

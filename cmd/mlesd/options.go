@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -209,7 +210,7 @@ func defineFlags(o *Options, listen, peers *listFlag) *flag.FlagSet {
 	fs := flag.NewFlagSet("mlesd", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned; help goes to stdout
 	fs.Usage = func() {}
-	fs.Var(listen, "listen", "`host:port` to listen on; repeat or comma-separate for several.\n\"[::]:8077\" (the default) is dual stack: IPv4 and IPv6")
+	fs.Var(listen, "listen", "`host:port` to listen on; repeat or comma-separate for several.\n\""+engine.DefaultListen+"\" (the default) is dual stack: IPv4 and IPv6")
 	fs.StringVar(&o.Key, "key", "", "shared `key` (default: env MLESD_KEY or MLES_KEY); empty = address-based keys")
 	fs.IntVar(&o.HistoryLimit, "history-limit", router.DefaultHistoryLimit, "frames of history kept per channel and replayed to each joiner; 0 = none. A channel without members is\nforgotten once it holds no history")
 	fs.IntVar(&o.Loops, "loops", 0, "event loops; 0 = one per CPU core")
@@ -252,7 +253,7 @@ func defineFlags(o *Options, listen, peers *listFlag) *flag.FlagSet {
 	fs.StringVar(&o.TLSClientCA, "tls-client-ca", "", "PEM CA `file`: TLS clients must present a certificate it signed (off: no client certificates)")
 	fs.DurationVar(&o.TLSHandshakeTimeout, "tls-handshake-timeout", tlsserve.DefaultHandshakeTimeout, "close a TLS connection whose handshake has not finished by then (0 = the default)")
 	fs.StringVar(&o.MetricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on `addr` (e.g. 127.0.0.1:9477); off by default")
-	fs.Var(peers, "peer", "peer server `host[:port]` (port 8077 by default; IPv6 as [addr]:port); repeat or comma-separate\nfor several: each channel with members gets one uplink to each")
+	fs.Var(peers, "peer", "peer server `host[:port]` (port "+strconv.Itoa(peering.DefaultPort)+" by default; IPv6 as [addr]:port); repeat or comma-separate\nfor several: each channel with members gets one uplink to each")
 	fs.DurationVar(&o.PeerBackoff, "peer-backoff", peering.DefaultBackoff, "first wait before redialling a failed or lost peer uplink; doubles after each failure")
 	fs.DurationVar(&o.PeerBackoffMax, "peer-backoff-max", peering.DefaultBackoffMax, "longest wait between peer uplink attempts")
 	fs.DurationVar(&o.PeerLinger, "peer-linger", peering.DefaultLinger, "keep a channel's uplinks this long after its last member left (0 = close at once)")
