@@ -157,7 +157,7 @@ func engineConfig(o Options, members engine.MemberObserver, log *slog.Logger) en
 		StallTimeout:     never(o.StallTimeout),
 		JoinTimeout:      never(o.JoinTimeout),
 		IdleTimeout:      o.IdleTimeout,
-		DrainTimeout:     o.DrainTimeout,
+		DrainTimeout:     never(o.DrainTimeout),
 		MaxConns:         unlimited(o.MaxConns),
 		MaxConnsPerIP:    unlimited(o.MaxConnsIP),
 		LimitLoopback:    o.LimitLoopback,

@@ -233,7 +233,7 @@ func defineFlags(o *Options, listen, peers *listFlag) *flag.FlagSet {
 	fs.DurationVar(&o.StallTimeout, "stall-timeout", engine.DefaultStallTimeout, "close a receiver that has been dropping frames and silent this long; 0 = never")
 	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not joined by then and is silent (one whose join frame is still\narriving is left to --frame-timeout and --frame-min-rate); 0 = never")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close a joined connection that has sent nothing this long; 0 = never (receivers may be silent)")
-	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing; 0 = close at once")
 	fs.StringVar(&o.LogLevel, "log-level", defaultLogLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&o.LogFormat, "log-format", defaultLogFormat, "log format: text or json")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `file` until exit")
@@ -251,7 +251,7 @@ func defineFlags(o *Options, listen, peers *listFlag) *flag.FlagSet {
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM server certificate (chain) `file` for --tls-listen")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key `file` for --tls-cert")
 	fs.StringVar(&o.TLSClientCA, "tls-client-ca", "", "PEM CA `file`: TLS clients must present a certificate it signed (off: no client certificates)")
-	fs.DurationVar(&o.TLSHandshakeTimeout, "tls-handshake-timeout", tlsserve.DefaultHandshakeTimeout, "close a TLS connection whose handshake has not finished by then (0 = the default)")
+	fs.DurationVar(&o.TLSHandshakeTimeout, "tls-handshake-timeout", tlsserve.DefaultHandshakeTimeout, "close a TLS connection whose handshake has not finished by then (always on: must be positive)")
 	fs.StringVar(&o.MetricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on `addr` (e.g. 127.0.0.1:9477); off by default")
 	fs.Var(peers, "peer", "peer server `host[:port]` (port "+strconv.Itoa(peering.DefaultPort)+" by default; IPv6 as [addr]:port); repeat or comma-separate\nfor several: each channel with members gets one uplink to each")
 	fs.DurationVar(&o.PeerBackoff, "peer-backoff", peering.DefaultBackoff, "first wait before redialling a failed or lost peer uplink; doubles after each failure")
@@ -312,6 +312,10 @@ func validate(o Options) error {
 		return errors.New("timeouts must be 0 or more")
 	case o.MaxConns < 0 || o.MaxConnsIP < 0 || o.MaxChannels < 0 || o.HistoryBytes < 0 || o.MaxHistBytes < 0:
 		return errors.New("limits must be 0 (none) or more")
+	case o.TLSHandshakeTimeout == 0:
+		// Everywhere else on the command line 0 means off; a handshake
+		// without a deadline would let idle sockets hold handshake slots.
+		return errors.New("--tls-handshake-timeout must be positive")
 	case o.FrameMinRate < 0:
 		return errors.New("--frame-min-rate must be 0 (none) or more")
 	case o.FrameWindow <= 0:
@@ -369,7 +373,7 @@ func newLogger(o Options, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", o.LogFormat)
 }
 
-// never returns a negative timeout as "off" for the engine.
+// never maps the flags' 0 = off to the engine's negative (its 0 is its default).
 func never(d time.Duration) time.Duration {
 	if d == 0 {
 		return -1
