@@ -120,6 +120,10 @@ Configuration:
   a value of the wrong type. --print-config shows the effective settings and
   where each came from.
 
+  Zero: for every limit and timeout that may be 0, 0 means off (no limit,
+  never, none); --loops 0 means one event loop per CPU core. The others
+  must be positive and refuse 0.
+
 Peering:
   With --peer HOST[:PORT] (repeatable) mlesd keeps, for each channel that has
   members, one uplink connection to each peer, joined to the channel as a
