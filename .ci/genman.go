@@ -78,7 +78,7 @@ func fail(err error) {
 }
 
 var (
-	sectionLine = regexp.MustCompile(`^[A-Za-z][A-Za-z /()-]*:$`)
+	sectionLine = regexp.MustCompile(`^[A-Za-z][A-Za-z /()-]{0,38}:$`) // "Flags:", not a sentence ending in a colon
 	flagLine    = regexp.MustCompile(`^  (?:-[A-Za-z], |    )--[a-z0-9]`)
 )
 
@@ -103,9 +103,13 @@ func body(b *strings.Builder, text, first string) {
 	for i := 0; i < len(lines); i++ {
 		l := lines[i]
 		switch {
-		case sectionLine.MatchString(l):
+		case sectionLine.MatchString(l) && !strings.Contains(l, "--"):
 			setPre(false)
-			fmt.Fprintf(b, ".SH %s\n", strings.ToUpper(strings.TrimSuffix(l, ":")))
+			if first == "" { // a subcommand's own headings are subsections of its section
+				fmt.Fprintf(b, ".SS %s\n", strings.TrimSuffix(l, ":"))
+			} else {
+				fmt.Fprintf(b, ".SH %s\n", strings.ToUpper(strings.TrimSuffix(l, ":")))
+			}
 		case flagLine.MatchString(l) && i+1 < len(lines) && strings.HasPrefix(lines[i+1], "        "):
 			// mlesd's layout: the flag on its own line, its text below.
 			setPre(false)
