@@ -29,7 +29,11 @@ type event struct {
 type skip struct{ pkg, test, reason string }
 
 func main() {
-	cmd := exec.Command("go", append([]string{"test", "-json"}, os.Args[1:]...)...)
+	goCmd := os.Getenv("GO") // the Makefile's $(GO); "go" from PATH otherwise
+	if goCmd == "" {
+		goCmd = "go"
+	}
+	cmd := exec.Command(goCmd, append([]string{"test", "-json"}, os.Args[1:]...)...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
