@@ -113,6 +113,14 @@ func newServer(o Options, r *router.Router, log *slog.Logger) (*engine.Server, *
 		peers *peering.Manager
 		err   error
 	)
+	if o.TLSListen != "" {
+		// Unreadable certificates are bad settings (exit 2), found before
+		// anything listens.
+		tc := tlsserve.Config{CertFile: o.TLSCert, KeyFile: o.TLSKey, ClientCAFile: o.TLSClientCA}
+		if _, err := tc.TLSConfig(); err != nil {
+			return nil, nil, fmt.Errorf("--tls-listen: %w", err)
+		}
+	}
 	if len(o.Peers) > 0 {
 		pc := peering.Config{Peers: o.Peers, Keys: keysOf(o), Backoff: o.PeerBackoff, BackoffMax: o.PeerBackoffMax,
 			Linger: o.PeerLinger, DialTimeout: o.PeerDialTimeout, Logger: log,
