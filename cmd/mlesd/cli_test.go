@@ -55,7 +55,8 @@ func TestHelpGoesToStdoutWithExitZero(t *testing.T) {
 // A usage error is the error and one line pointing at --help, on stderr,
 // with exit 2.
 func TestBadFlagPrintsTwoLinesAndExitsTwo(t *testing.T) {
-	for _, args := range [][]string{{"--nope"}, {"--max-conns", "x"}, {"--listen"}, {"extra"}, {"completion", "tcsh"}} {
+	for _, args := range [][]string{{"--nope"}, {"--max-conns", "x"}, {"--listen"}, {"extra"}, {"completion", "tcsh"},
+		{"--log-level", "loud"}, {"--max-frame", "0"}} {
 		out, errOut, code := runMlesd(t, nil, args...)
 		lines := strings.Split(strings.TrimRight(errOut, "\n"), "\n")
 		if code != 2 || out != "" || len(lines) != 2 || !strings.HasPrefix(lines[0], "mlesd: ") ||

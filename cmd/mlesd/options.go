@@ -359,13 +359,17 @@ func validate(o Options) error {
 			return fmt.Errorf("address %q: %v", a, err)
 		}
 	}
+	if _, err := newLogger(o, io.Discard); err != nil {
+		return err
+	}
 	return nil
 }
 
+// newLogger is the logger --log-level and --log-format ask for, writing to w.
 func newLogger(o Options, w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.LogLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.LogLevel)
+		return nil, fmt.Errorf("--log-level: invalid value %q: want debug, info, warn or error", o.LogLevel)
 	}
 	hopts := &slog.HandlerOptions{Level: level}
 	switch o.LogFormat {
@@ -374,7 +378,7 @@ func newLogger(o Options, w io.Writer) (*slog.Logger, error) {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, hopts)), nil
 	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", o.LogFormat)
+	return nil, fmt.Errorf("--log-format: invalid value %q: want text or json", o.LogFormat)
 }
 
 // never maps the flags' 0 = off to the engine's negative (its 0 is its default).
