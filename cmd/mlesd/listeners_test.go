@@ -222,35 +222,3 @@ func TestGnetChatterOnlyAtDebug(t *testing.T) {
 		}
 	}
 }
-
-// --drain-timeout 0 means no drain, as 0 means off for every timeout flag:
-// with a receiver that never reads, mlesd stops at once; with 2 s it keeps
-// trying that long (which shows the backlog was there).
-func TestDrainTimeoutZeroClosesAtOnce(t *testing.T) {
-	for _, tc := range []struct {
-		drain    string
-		min, max time.Duration
-	}{{"0", 0, 1500 * time.Millisecond}, {"2s", 1800 * time.Millisecond, 12 * time.Second}} {
-		maddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))
-		p := startMlesd(t, "--drain-timeout", tc.drain, "--history-limit", "0", "--metrics", maddr)
-		stalled := mlestest.Join(t, p.Addr, key, "stalled", "drain") // never reads
-		pub := mlestest.Join(t, p.Addr, key, "pub", "drain")
-		mlestest.Sync(t, pub, stalled)
-		const frames = 320 // 20 MiB: more than the sockets hold, so a backlog waits
-		msg := make([]byte, 64<<10)
-		for i := 0; i < frames; i++ {
-			if err := pub.Send(msg); err != nil {
-				t.Fatal(err)
-			}
-		}
-		waitMetric(t, maddr, "every frame routed", func(m map[string]float64) bool { return m["mlesd_frames_in_total"] >= frames })
-		began := time.Now()
-		if err := p.Stop(15 * time.Second); err != nil {
-			t.Fatalf("--drain-timeout %s: %v\n%s", tc.drain, err, p.Log())
-		}
-		took := time.Since(began)
-		if took < tc.min || took > tc.max {
-			t.Errorf("--drain-timeout %s: stop took %v, want %v..%v", tc.drain, took.Round(time.Millisecond), tc.min, tc.max)
-		}
-	}
-}
