@@ -20,7 +20,7 @@ FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDe
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(CURDIR)/bin/tools/staticcheck
 
-.PHONY: all build run test test-short vet lint fuzz soak wan microbench install uninstall docker clean help
+.PHONY: all build run test test-short vet lint fuzz soak wan microbench install uninstall docker man clean help
 
 all: build
 
@@ -29,7 +29,7 @@ help: ## list the targets
 
 build: ## build bin/mlesd (static, version and commit stamped) and the bin/mles client
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/mlesd
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/mles ./cmd/mles
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/mles ./cmd/mles
 
 install: build ## install bin/mlesd to PREFIX/bin, the systemd unit and /etc/mlesd/mlesd.toml (kept if present); then see README, "Install as a service"
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mlesd
@@ -38,6 +38,10 @@ install: build ## install bin/mlesd to PREFIX/bin, the systemd unit and /etc/mle
 	@if [ -e $(DESTDIR)$(CONF_DIR)/mlesd.toml ]; then echo "keeping $(DESTDIR)$(CONF_DIR)/mlesd.toml"; \
 	else install -D -m 0644 deploy/mlesd.toml $(DESTDIR)$(CONF_DIR)/mlesd.toml; fi
 	@echo "installed; as root: systemctl daemon-reload && systemctl enable --now mlesd"
+
+man: build ## write man/mlesd.1 and man/mles.1 from the programs' --help (read with man -l man/mlesd.1)
+	$(GO) run .ci/genman.go -bin $(BIN) -o man/mlesd.1
+	$(GO) run .ci/genman.go -bin bin/mles -o man/mles.1 -sub pub,sub,chat,bench,proxy,completion
 
 uninstall: ## remove what install put in place (the config file stays)
 	rm -f $(DESTDIR)$(PREFIX)/bin/mlesd $(DESTDIR)$(SYSTEMD_DIR)/mlesd.service
@@ -57,8 +61,8 @@ $(STATICCHECK):
 lint: vet $(STATICCHECK) ## go vet and staticcheck (installed into bin/tools)
 	$(STATICCHECK) ./...
 
-test: lint ## vet, staticcheck, then every test with the race detector (and the bench module's unit tests)
-	$(GO) test -race -count=1 -timeout 20m ./...
+test: lint ## vet, staticcheck, then every test with the race detector (and the bench module's unit tests); ends with the skipped tests and why
+	GO=$(GO) $(GO) run .ci/gotest.go -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -run 'Alloc' ./codec ./router ./engine  # allocation counts need a build without -race
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...; fi
 
@@ -82,6 +86,6 @@ microbench: ## go test benchmarks of codec, router and engine with allocations
 	$(GO) test -run='^$$' -bench=. -benchmem ./codec ./router ./engine
 
 clean:
-	rm -rf bin
+	rm -rf bin man
 
 -include bench/bench.mk

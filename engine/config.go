@@ -171,7 +171,8 @@ type Config struct {
 	FrameMinRate int
 	// FrameRateWindow is the span FrameMinRate is measured over.
 	FrameRateWindow time.Duration
-	// DrainTimeout bounds how long Stop flushes backlogs before closing.
+	// DrainTimeout bounds how long Stop flushes backlogs before closing;
+	// negative = close at once.
 	DrainTimeout time.Duration
 	// Members, when set, learns of every member's join and leave (package
 	// peering opens and closes uplinks with it).
@@ -226,7 +227,7 @@ func (c *Config) setDefaults() {
 	if c.FrameRateWindow <= 0 {
 		c.FrameRateWindow = DefaultFrameRateWindow
 	}
-	if c.DrainTimeout <= 0 {
+	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.Logger == nil {

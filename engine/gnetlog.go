@@ -6,7 +6,10 @@ import (
 	"os"
 )
 
-// gnetLogger routes gnet's own log lines into slog.
+// gnetLogger routes gnet's own log lines into slog. gnet's info lines
+// ("Launching gnet with N event-loops", a loop "is exiting") describe its
+// internals, not the server, so they and its debug lines go to debug: an
+// operator's info log says only what mlesd does. Warnings and errors stay.
 type gnetLogger struct{ log *slog.Logger }
 
 func (g gnetLogger) Debugf(format string, args ...any) {

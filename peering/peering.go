@@ -26,7 +26,7 @@ import (
 // Defaults (the flags of cmd/mlesd use them).
 const (
 	// DefaultPort is the IANA Mles port, used when a peer has none.
-	DefaultPort = 8077
+	DefaultPort = codec.DefaultPort
 	// DefaultBackoff and DefaultBackoffMax are the original server's waits
 	// before reconnecting: 5 s, doubled each time, at most 10 minutes.
 	DefaultBackoff    = 5 * time.Second

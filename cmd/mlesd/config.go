@@ -49,7 +49,10 @@ func EnvName(flagName string) string {
 // setting came from (flag, env NAME, file, default) in o.Sources.
 func applyLayers(fs *flag.FlagSet, o *Options) error {
 	onCommandLine := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	fs.Visit(func(f *flag.Flag) { onCommandLine[longName(f.Name)] = true })
+	if err := checkEnv(fs); err != nil {
+		return err
+	}
 	if o.ConfigFile == "" {
 		o.ConfigFile = os.Getenv("MLESD_CONFIG")
 	}
@@ -61,7 +64,7 @@ func applyLayers(fs *flag.FlagSet, o *Options) error {
 		}
 		_ = md
 		for name := range file {
-			if f := fs.Lookup(name); f == nil || meta[name] {
+			if !isSetting(fs, name) {
 				return fmt.Errorf("--config %s: unknown setting %q (settings are the flag names, see --help)", o.ConfigFile, name)
 			}
 		}
@@ -69,7 +72,7 @@ func applyLayers(fs *flag.FlagSet, o *Options) error {
 	o.Sources = map[string]string{}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
-		if err != nil || meta[f.Name] {
+		if err != nil || !isSetting(fs, f.Name) {
 			return
 		}
 		if onCommandLine[f.Name] {
@@ -83,7 +86,7 @@ func applyLayers(fs *flag.FlagSet, o *Options) error {
 		for _, env := range envs {
 			if v := os.Getenv(env); v != "" {
 				if serr := fs.Set(f.Name, v); serr != nil {
-					err = fmt.Errorf("env %s: %v", env, serr)
+					err = setError(fs, "env "+env, f.Name, v, serr)
 				}
 				o.Sources[f.Name] = "env " + env
 				return
@@ -91,7 +94,7 @@ func applyLayers(fs *flag.FlagSet, o *Options) error {
 		}
 		if v, ok := file[f.Name]; ok {
 			if serr := setFromFile(fs, f.Name, v); serr != nil {
-				err = fmt.Errorf("--config %s: %s: %v", o.ConfigFile, f.Name, serr)
+				err = fmt.Errorf("--config %s: %w", o.ConfigFile, serr)
 			}
 			o.Sources[f.Name] = "file"
 			return
@@ -102,36 +105,71 @@ func applyLayers(fs *flag.FlagSet, o *Options) error {
 }
 
 // setFromFile sets flag name from a decoded TOML value: strings (durations
-// as "10s"), integers, booleans, and arrays for repeatable flags.
+// as "10s"), integers, booleans, and arrays for repeatable flags. Its errors
+// name the setting, the value and what was expected.
 func setFromFile(fs *flag.FlagSet, name string, v any) error {
+	set := func(s string) error {
+		if err := fs.Set(name, s); err != nil {
+			return setError(fs, name, name, s, err)
+		}
+		return nil
+	}
 	switch v := v.(type) {
 	case string:
-		return fs.Set(name, v)
+		return set(v)
 	case int64:
-		return fs.Set(name, strconv.FormatInt(v, 10))
+		return set(strconv.FormatInt(v, 10))
 	case bool:
-		return fs.Set(name, strconv.FormatBool(v))
+		return set(strconv.FormatBool(v))
 	case float64:
 		if v != math.Trunc(v) {
-			return fmt.Errorf("%v is not a whole number", v)
+			return fmt.Errorf("%s: invalid value %v: want %s", name, v, expected(fs.Lookup(name)))
 		}
-		return fs.Set(name, strconv.FormatInt(int64(v), 10))
+		return set(strconv.FormatInt(int64(v), 10))
 	case []any:
 		if _, ok := fs.Lookup(name).Value.(*listFlag); !ok {
-			return fmt.Errorf("takes one value, not a list")
+			return fmt.Errorf("%s: invalid value %v: takes one value (%s), not a list", name, v, expected(fs.Lookup(name)))
 		}
 		for _, e := range v {
 			s, ok := e.(string)
 			if !ok {
-				return fmt.Errorf("list element %v is not a string", e)
+				return fmt.Errorf("%s: list element %v is not a string", name, e)
 			}
-			if err := fs.Set(name, s); err != nil {
+			if err := set(s); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	return fmt.Errorf("unsupported value %v (%T)", v, v)
+	return fmt.Errorf("%s: invalid value %v (%T): want %s", name, v, v, expected(fs.Lookup(name)))
+}
+
+// toolVariables are MLESD_* variables read by the repository's test and
+// benchmark tools, not by mlesd; mlesd started by those tools inherits them.
+var toolVariables = map[string]bool{"MLESD_WAN": true, "MLESD_WAN_LOG": true, "MLESD_E2E_LOGDIR": true,
+	"MLESD_BENCH_BIN": true, "MLESD_BIN": true}
+
+// isSetting reports whether name is a setting's (long) flag name, which the
+// config file and the environment may set.
+func isSetting(fs *flag.FlagSet, name string) bool {
+	_, alias := shortFlags[name]
+	return fs.Lookup(name) != nil && !meta[name] && !alias
+}
+
+// checkEnv refuses MLESD_* variables that name no setting: a typo would
+// otherwise pass unnoticed. Empty values count as not set.
+func checkEnv(fs *flag.FlagSet) error {
+	for _, kv := range os.Environ() {
+		name, value, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "MLESD_") || value == "" || name == "MLESD_CONFIG" || toolVariables[name] {
+			continue
+		}
+		setting := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(name, "MLESD_"), "_", "-"))
+		if !isSetting(fs, setting) || EnvName(setting) != name {
+			return fmt.Errorf("env %s: unknown setting (variables are MLESD_<FLAG_NAME> for the flags in --help, and MLESD_CONFIG)", name)
+		}
+	}
+	return nil
 }
 
 // printConfig writes the effective settings as a TOML config file, each
@@ -143,7 +181,7 @@ func printConfig(w io.Writer, fs *flag.FlagSet, o Options) {
 	}
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) {
-		if !meta[f.Name] {
+		if isSetting(fs, f.Name) {
 			names = append(names, f.Name)
 		}
 	})
@@ -187,8 +225,13 @@ func tomlValue(v flag.Value) string {
 }
 
 // versionString is what --version prints: version, commit and Go version.
-// Without a stamped commit it falls back to the VCS revision Go recorded.
 func versionString() string {
+	return fmt.Sprintf("mlesd %s (commit %s, %s %s/%s)", version, commitString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// commitString is the stamped commit, else the VCS revision Go recorded
+// (with -dirty for a modified tree), else "unknown".
+func commitString() string {
 	c := commit
 	if c == "" {
 		if bi, ok := debug.ReadBuildInfo(); ok {
@@ -211,5 +254,5 @@ func versionString() string {
 	if c == "" {
 		c = "unknown"
 	}
-	return fmt.Sprintf("mlesd %s (commit %s, %s %s/%s)", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return c
 }

@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	_ "net/http/pprof" // served only when --pprof is set
 	"net/netip"
 	"os"
@@ -21,10 +20,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"strings"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/pkg/profile"
 
@@ -36,408 +33,131 @@ import (
 	"github.com/mlesd/mlesd/tlsserve"
 )
 
-// Options is every setting of mlesd. Flags and environment fill it; nothing
-// else reads flags.
-type Options struct {
-	Listen        []string
-	Key           string // shared key; flag --key or env MLES_KEY
-	AddrKey       string // env MLES_ADDR_KEY
-	HistoryLimit  int
-	Loops         int
-	MaxFrame      int
-	MaxPending    int
-	MaxPendFrames int
-	MaxChannels   int
-	StallTimeout  time.Duration
-	JoinTimeout   time.Duration
-	IdleTimeout   time.Duration
-	DrainTimeout  time.Duration
-	MaxConns      int
-	MaxConnsIP    int
-	LimitLoopback bool
-	MaxUIDLen     int
-	MaxChanLen    int
-	MaxPartial    int
-	MaxResync     int
-	FrameTimeout  time.Duration
-	FrameMinRate  int
-	FrameWindow   time.Duration
-	HistoryBytes  int
-	MaxHistBytes  int64
-	LogLevel      string
-	LogFormat     string
-	CPUProfile    string
-	MemProfile    string
-	PprofAddr     string
-
-	TLSListen           string // --tls-listen: TLS next to the plain listeners
-	TLSCert, TLSKey     string
-	TLSClientCA         string // when set, clients must present a certificate it signed
-	TLSHandshakeTimeout time.Duration
-	MetricsAddr         string // --metrics: /metrics, /healthz, /readyz
-	WSListen            string // --ws-listen: WebSocket gateway and demo page
-	WSMaxMessageBytes   int    // one WebSocket session's unfinished message
-	WSMaxUnfinished     int64  // all sessions' unfinished messages
-	WSMaxQueued         int64  // frames waiting for all WebSocket clients
-	WSMaxSessions       int
-	WSMaxSessionsClient int
-	WSMaxPairs          int
-	WSMaxPairsClient    int
-
-	Peers           []string      // --peer: peer servers, one uplink per channel each
-	PeerBackoff     time.Duration // first wait before redialling a peer
-	PeerBackoffMax  time.Duration // cap of that wait
-	PeerLinger      time.Duration // uplinks outlive their channel's last member this long
-	PeerDialTimeout time.Duration
-	CID             string // --cid: static CID of every uplink (hex); "" = none
-	PeerTLS         bool   // --peer-tls: uplinks are TLS clients
-	PeerTLSCA       string // CA file to verify peers (system roots when empty)
-	PeerTLSCert     string // client certificate for peers that require one
-	PeerTLSKey      string
-
-	ConfigFile  string            // --config or env MLESD_CONFIG
-	PrintConfig bool              // --print-config: print the effective settings and exit
-	Version     bool              // --version: print version and commit and exit
-	Sources     map[string]string // where each setting came from (flag, env, file, default)
-}
-
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-func (l *listFlag) Get() any       { return []string(*l) }
-func (l *listFlag) Set(v string) error {
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*l = append(*l, p)
-		}
-	}
-	return nil
-}
-
-const usageHead = `mlesd: a server for the Mles v1 publish/subscribe protocol.
-
-Clients connect over TCP, join a channel with their first frame and from then
-on every frame they send is forwarded, byte for byte, to every other member of
-that channel. New members first receive the channel's recent history.
-
-Usage:
-  mlesd [flags]
-
-Configuration:
-  Every flag can also be set in a TOML file (--config FILE, or env
-  MLESD_CONFIG) under its flag name, e.g. max-conns = 1000, stall-timeout =
-  "5m", listen = ["[::]:8077"], and in the environment as MLESD_<FLAG_NAME>,
-  e.g. MLESD_MAX_CONNS=1000. Precedence: flag > environment > file > default.
-  --print-config shows the effective settings and where each came from.
-
-Peering:
-  With --peer HOST[:PORT] (repeatable) mlesd keeps, for each channel that has
-  members, one uplink connection to each peer, joined to the channel as a
-  client there: members' frames go up, the peer's frames come down to the
-  members. A lost uplink is redialled after --peer-backoff, doubling up to
-  --peer-backoff-max; on reconnect it first sends the channel's history as a
-  resync. Servers that refuse a joiner whose CID is already on the channel
-  cannot loop in a tree; for rings give every member the same --cid.
-  --peer-tls makes uplinks TLS clients of the peers' --tls-listen ports.
-
-WebSocket gateway:
-  With --ws-listen HOST:PORT mlesd also serves WebSocket clients (subprotocol
-  mles-websocket) and a demo page at /. Each (uid, channel) a WebSocket
-  session uses is one engine connection with the WebSocket client's own
-  address, so --max-conns-per-ip and address keys see the real client.
-  --ws-max-* bound sessions and pairs (in all and per client address) and the
-  memory of messages still arriving.
-
-Environment:
-  MLES_KEY       shared key for first-level authentication: a join frame's key
-                 must be SipHash(MLES_KEY, uid, channel). --key and MLESD_KEY
-                 override it.
-  MLES_ADDR_KEY  when no shared key is set, the key is SipHash(client address,
-                 MLES_ADDR_KEY, uid, channel); without it, SipHash(client
-                 address, uid, channel). Empty values count as not set.
-
-Flags:
-`
-
-// parseOptions reads the command line, the environment and the config file
-// into Options; with --print-config it also prints them to stdout (after
-// checking them).
-func parseOptions(args []string, stdout, stderr io.Writer) (Options, error) {
-	o := Options{}
-	fs := flag.NewFlagSet("mlesd", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var listen listFlag
-	fs.Var(&listen, "listen", "`host:port` to listen on; repeat or comma-separate for several.\n\"[::]:8077\" (the default) is dual stack: IPv4 and IPv6")
-	fs.StringVar(&o.Key, "key", "", "shared `key` (default: env MLESD_KEY or MLES_KEY); empty = address-based keys")
-	fs.IntVar(&o.HistoryLimit, "history-limit", router.DefaultHistoryLimit, "frames of history kept per channel and replayed to each joiner; 0 = none. A channel without members is\nforgotten once it holds no history")
-	fs.IntVar(&o.Loops, "loops", 0, "event loops; 0 = one per CPU core")
-	fs.IntVar(&o.MaxFrame, "max-frame", engine.DefaultMaxFrame, "largest frame payload in `bytes` (1..16777215); a bigger frame closes its connection")
-	fs.IntVar(&o.MaxPending, "max-pending", engine.DefaultMaxPending, "per-receiver backlog bound in `bytes`; frames past it are dropped for that receiver alone and counted")
-	fs.IntVar(&o.MaxPendFrames, "max-pending-frames", engine.DefaultMaxPendingFrames, "per-receiver backlog bound in frames (8 bytes of memory each); past it frames are dropped for that receiver alone")
-	fs.IntVar(&o.MaxChannels, "max-channels", router.DefaultMaxChannels, "most channels at once; a join that would create one more is closed (0 = no limit)")
-	fs.IntVar(&o.HistoryBytes, "history-bytes", router.DefaultHistoryBytes, "history cap per channel in `bytes`; oldest frames go first, a larger frame is not kept (0 = no cap)")
-	fs.Int64Var(&o.MaxHistBytes, "max-history-bytes", router.DefaultMaxHistoryBytes, "history cap over all channels in `bytes`; a channel past it evicts its own oldest frames (0 = no cap)")
-	fs.IntVar(&o.MaxConns, "max-conns", engine.DefaultMaxConns, "most open connections; one more is closed at once (0 = no limit; the process fd limit also applies)")
-	fs.IntVar(&o.MaxConnsIP, "max-conns-per-ip", engine.DefaultMaxConnsPerIP, "most open connections from one IP address (0 = no limit); loopback clients are exempt, TLS and WebSocket clients count by their own address")
-	fs.BoolVar(&o.LimitLoopback, "max-conns-per-ip-loopback", false, "apply --max-conns-per-ip to loopback clients too")
-	fs.IntVar(&o.MaxUIDLen, "max-uid-len", engine.DefaultMaxNameLen, "longest uid in a join, in `bytes`; a longer one closes the connection")
-	fs.IntVar(&o.MaxChanLen, "max-channel-len", engine.DefaultMaxNameLen, "longest channel name in a join, in `bytes`; a longer one closes the connection")
-	fs.IntVar(&o.MaxPartial, "max-partial-bytes", engine.DefaultMaxPartialBytes, "memory in `bytes` of frames still arriving, over all connections; when it is full, the connection\nholding the most is closed")
-	fs.IntVar(&o.MaxResync, "max-resync-entries", engine.DefaultMaxResyncEntries, "most inner frames in a resync (a first frame that refills history); a larger one closes its connection.\nA peer's resync holds its --history-limit + 1 frames: keep this above that")
-	fs.DurationVar(&o.FrameTimeout, "frame-timeout", engine.DefaultFrameTimeout, "close a connection whose frame (the join frame too) has been arriving this long; 0 = never.\nThe default lets a 16 MiB frame arrive at the minimum rate")
-	fs.IntVar(&o.FrameMinRate, "frame-min-rate", engine.DefaultFrameMinRate, "close a connection whose frame arrives slower than this many `bytes` per second over a\n--frame-rate-window; 0 = no minimum")
-	fs.DurationVar(&o.FrameWindow, "frame-rate-window", engine.DefaultFrameRateWindow, "span --frame-min-rate is measured over, and so the grace a frame gets before the first check")
-	fs.DurationVar(&o.StallTimeout, "stall-timeout", engine.DefaultStallTimeout, "close a receiver that has been dropping frames and silent this long; 0 = never")
-	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not joined by then and is silent (one whose join frame is still\narriving is left to --frame-timeout and --frame-min-rate); 0 = never")
-	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close a joined connection that has sent nothing this long; 0 = never (receivers may be silent)")
-	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing")
-	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `file` until exit")
-	fs.StringVar(&o.MemProfile, "memprofile", "", "write a heap profile to `file` at exit")
-	fs.StringVar(&o.PprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060); off by default")
-	fs.StringVar(&o.WSListen, "ws-listen", "", "`host:port` for the WebSocket gateway (subprotocol mles-websocket)\nand the demo page at /; off when empty (the original used :8076)")
-	fs.IntVar(&o.WSMaxMessageBytes, "ws-max-message-bytes", gateway.DefaultMaxMessageBytes, "largest WebSocket message in `bytes`, also while it arrives; a session past it is closed with 1009")
-	fs.Int64Var(&o.WSMaxUnfinished, "ws-max-unfinished-bytes", gateway.DefaultMaxUnfinishedBytes, "memory for WebSocket messages still arriving, over all sessions, in `bytes`; when full, the session\nholding the most is closed with 1013")
-	fs.Int64Var(&o.WSMaxQueued, "ws-max-queued-bytes", gateway.DefaultMaxQueuedBytes, "frames waiting for WebSocket clients, over all sessions, in `bytes`; past it a frame is dropped for\na client that already has one waiting (each client also has its own 8 MiB bound)")
-	fs.IntVar(&o.WSMaxSessions, "ws-max-sessions", gateway.DefaultMaxSessions, "most WebSocket sessions at once; one more handshake is refused with 503")
-	fs.IntVar(&o.WSMaxSessionsClient, "ws-max-sessions-per-client", gateway.DefaultMaxSessionsPerClient, "most WebSocket sessions from one client IP address; one more is refused with 503")
-	fs.IntVar(&o.WSMaxPairs, "ws-max-pairs", gateway.DefaultMaxPairs, "most (uid, channel) pairs over all WebSocket sessions (one engine connection, two fds, each);\na session asking for one more is closed with 1013")
-	fs.IntVar(&o.WSMaxPairsClient, "ws-max-pairs-per-client", gateway.DefaultMaxPairsPerClient, "most (uid, channel) pairs over the WebSocket sessions of one client IP address; one more closes\nits session with 1008")
-	fs.StringVar(&o.TLSListen, "tls-listen", "", "`host:port` for Mles over TLS, next to the plain listeners (e.g. \"[::]:8078\"); needs --tls-cert and --tls-key")
-	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM server certificate (chain) `file` for --tls-listen")
-	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key `file` for --tls-cert")
-	fs.StringVar(&o.TLSClientCA, "tls-client-ca", "", "PEM CA `file`: TLS clients must present a certificate it signed (off: no client certificates)")
-	fs.DurationVar(&o.TLSHandshakeTimeout, "tls-handshake-timeout", tlsserve.DefaultHandshakeTimeout, "close a TLS connection whose handshake has not finished by then (0 = the default)")
-	fs.StringVar(&o.MetricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on `addr` (e.g. 127.0.0.1:9477); off by default")
-	var peers listFlag
-	fs.Var(&peers, "peer", "peer server `host[:port]` (port 8077 by default; IPv6 as [addr]:port); repeat or comma-separate\nfor several: each channel with members gets one uplink to each")
-	fs.DurationVar(&o.PeerBackoff, "peer-backoff", peering.DefaultBackoff, "first wait before redialling a failed or lost peer uplink; doubles after each failure")
-	fs.DurationVar(&o.PeerBackoffMax, "peer-backoff-max", peering.DefaultBackoffMax, "longest wait between peer uplink attempts")
-	fs.DurationVar(&o.PeerLinger, "peer-linger", peering.DefaultLinger, "keep a channel's uplinks this long after its last member left (0 = close at once)")
-	fs.DurationVar(&o.PeerDialTimeout, "peer-dial-timeout", peering.DefaultDialTimeout, "give up one connection attempt to a peer after this long")
-	fs.StringVar(&o.CID, "cid", "", "static CID (1-8 hex digits) for every uplink; servers with the same --cid form a\nload-balancing/protection group, which may be a ring (off: an uplink's CID comes from its key)")
-	fs.BoolVar(&o.PeerTLS, "peer-tls", false, "uplinks speak TLS to their peers (a peer's --tls-listen port); the peer's certificate is verified")
-	fs.StringVar(&o.PeerTLSCA, "peer-tls-ca", "", "PEM CA `file` to verify peers' certificates with (default: the system's roots); needs --peer-tls")
-	fs.StringVar(&o.PeerTLSCert, "peer-tls-cert", "", "PEM client certificate `file` for peers that require one (--tls-client-ca there); needs --peer-tls-key")
-	fs.StringVar(&o.PeerTLSKey, "peer-tls-key", "", "PEM private key `file` for --peer-tls-cert")
-	fs.StringVar(&o.ConfigFile, "config", "", "TOML config `file` (default: env MLESD_CONFIG); keys are flag names")
-	fs.BoolVar(&o.PrintConfig, "print-config", false, "print the effective configuration (TOML, with each setting's source) and exit")
-	fs.BoolVar(&o.Version, "version", false, "print the version and commit and exit")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usageHead)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return o, err
-	}
-	if fs.NArg() > 0 {
-		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
-	}
-	if o.Version {
-		return o, nil
-	}
-	if err := applyLayers(fs, &o); err != nil {
-		return o, err
-	}
-	if len(listen) == 0 {
-		listen = listFlag{engine.DefaultListen}
-	}
-	o.Listen = listen
-	for _, p := range peers {
-		np, err := peering.ParsePeer(p)
-		if err != nil {
-			return o, fmt.Errorf("--peer: %v", err)
-		}
-		o.Peers = append(o.Peers, np)
-	}
-	if o.CID != "" {
-		if _, err := peering.ParseCID(o.CID); err != nil {
-			return o, fmt.Errorf("--cid: %v", err)
-		}
-		if len(o.Peers) == 0 {
-			return o, errors.New("--cid needs --peer")
-		}
-	}
-
-	o.AddrKey = os.Getenv("MLES_ADDR_KEY")
-	switch {
-	case o.HistoryLimit < 0:
-		return o, errors.New("--history-limit must be 0 or more")
-	case o.MaxFrame < 1 || o.MaxFrame > codec.MaxPayloadLen:
-		return o, fmt.Errorf("--max-frame must be 1..%d", codec.MaxPayloadLen)
-	case o.MaxPending < 1 || o.MaxPendFrames < 1:
-		return o, errors.New("--max-pending must be positive")
-	case o.Loops < 0:
-		return o, errors.New("--loops must be 0 or more")
-	case o.StallTimeout < 0 || o.JoinTimeout < 0 || o.IdleTimeout < 0 || o.DrainTimeout < 0 || o.TLSHandshakeTimeout < 0 ||
-		o.FrameTimeout < 0:
-		return o, errors.New("timeouts must be 0 or more")
-	case o.MaxConns < 0 || o.MaxConnsIP < 0 || o.MaxChannels < 0 || o.HistoryBytes < 0 || o.MaxHistBytes < 0:
-		return o, errors.New("limits must be 0 (none) or more")
-	case o.FrameMinRate < 0:
-		return o, errors.New("--frame-min-rate must be 0 (none) or more")
-	case o.FrameWindow <= 0:
-		return o, errors.New("--frame-rate-window must be positive")
-	case o.MaxUIDLen < 1 || o.MaxChanLen < 1 || o.MaxPartial < 1:
-		return o, errors.New("--max-uid-len, --max-channel-len and --max-partial-bytes must be positive")
-	case o.MaxResync < 1:
-		return o, errors.New("--max-resync-entries must be positive")
-	case o.PeerBackoff <= 0 || o.PeerBackoffMax < o.PeerBackoff:
-		return o, errors.New("--peer-backoff must be positive and at most --peer-backoff-max")
-	case o.PeerLinger < 0 || o.PeerDialTimeout <= 0:
-		return o, errors.New("--peer-linger must be 0 or more and --peer-dial-timeout positive")
-	case !o.PeerTLS && (o.PeerTLSCA != "" || o.PeerTLSCert != "" || o.PeerTLSKey != ""):
-		return o, errors.New("--peer-tls-ca, --peer-tls-cert and --peer-tls-key need --peer-tls")
-	case o.PeerTLS && len(o.Peers) == 0:
-		return o, errors.New("--peer-tls needs --peer")
-	case (o.PeerTLSCert == "") != (o.PeerTLSKey == ""):
-		return o, errors.New("--peer-tls-cert and --peer-tls-key go together")
-	case o.WSMaxMessageBytes < 1 || o.WSMaxMessageBytes > gateway.MaxMessage:
-		return o, fmt.Errorf("--ws-max-message-bytes must be 1..%d", gateway.MaxMessage)
-	case o.WSMaxUnfinished < int64(o.WSMaxMessageBytes):
-		return o, errors.New("--ws-max-unfinished-bytes must be at least --ws-max-message-bytes")
-	case o.WSMaxQueued < 1:
-		return o, errors.New("--ws-max-queued-bytes must be positive")
-	case o.WSMaxSessions < 1 || o.WSMaxSessionsClient < 1 || o.WSMaxPairs < 1 || o.WSMaxPairsClient < 1:
-		return o, errors.New("--ws-max-sessions, --ws-max-sessions-per-client, --ws-max-pairs and --ws-max-pairs-per-client must be positive")
-	case o.TLSListen != "" && (o.TLSCert == "" || o.TLSKey == ""):
-		return o, errors.New("--tls-listen needs --tls-cert and --tls-key")
-	case o.TLSListen == "" && (o.TLSCert != "" || o.TLSKey != "" || o.TLSClientCA != ""):
-		return o, errors.New("--tls-cert, --tls-key and --tls-client-ca need --tls-listen")
-	}
-	for _, a := range append(append([]string(nil), o.Listen...), o.TLSListen, o.MetricsAddr, o.WSListen) {
-		if a == "" {
-			continue
-		}
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return o, fmt.Errorf("address %q: %v", a, err)
-		}
-	}
-	if o.PrintConfig {
-		printConfig(stdout, fs, o)
-	}
-	return o, nil
-}
-
-func newLogger(o Options, w io.Writer) (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.LogLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.LogLevel)
-	}
-	hopts := &slog.HandlerOptions{Level: level}
-	switch o.LogFormat {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, hopts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, hopts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", o.LogFormat)
-}
-
-// never returns a negative timeout as "off" for the engine.
-func never(d time.Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return d
-}
-
-// unlimited maps the flags' 0 = no limit to the engine's negative.
-func unlimited(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
-}
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// errDone ends a run that has done all it was asked (completion) with exit 0.
+var errDone = errors.New("done")
+
+// run is mlesd: it returns the exit code (exitOK, exitFailure, exitUsage).
 func run(args []string, stdout, stderr io.Writer) int {
-	o, err := parseOptions(args, stdout, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	o, err := parseOptions(args, stdout)
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errDone) {
+		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "mlesd:", err)
-		return 2
+		fmt.Fprintf(stderr, "mlesd: %v\nrun \"mlesd --help\" for usage\n", err)
+		return exitUsage
 	}
 	if o.Version {
 		fmt.Fprintln(stdout, versionString())
-		return 0
+		return exitOK
 	}
 	if o.PrintConfig {
-		return 0
+		return exitOK
 	}
 	log, err := newLogger(o, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "mlesd:", err)
-		return 2
+		return exitUsage
 	}
 	slog.SetDefault(log)
+	defer startProfiles(o, log)()
+	if o.PprofAddr != "" {
+		if err := startPprof(o.PprofAddr, log); err != nil {
+			return listenFailed(log, err)
+		}
+	}
+	r := router.New(router.Config{HistoryLimit: o.HistoryLimit, MaxChannels: o.MaxChannels,
+		HistoryBytes: o.HistoryBytes, MaxHistoryBytes: o.MaxHistBytes})
+	defer r.Close()
+	srv, peers, err := newServer(o, r, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "mlesd:", err)
+		return exitUsage
+	}
+	logStart(o, log)
+	return serve(o, srv, peers, log)
+}
 
-	var stopProfiles []func()
+// startProfiles starts --cpuprofile and --memprofile; the returned function
+// writes them.
+func startProfiles(o Options, log *slog.Logger) (stop func()) {
+	var stops []func()
 	if o.CPUProfile != "" {
-		stopProfiles = append(stopProfiles, startProfile(profile.CPUProfile, o.CPUProfile, "cpu.pprof", log))
+		stops = append(stops, startProfile(profile.CPUProfile, o.CPUProfile, "cpu.pprof", log))
 	}
 	if o.MemProfile != "" {
 		// pkg/profile runs one profile at a time, so the heap profile, which is a
 		// snapshot at exit anyway, is written directly.
-		stopProfiles = append(stopProfiles, func() { writeHeapProfile(o.MemProfile, log) })
+		stops = append(stops, func() { writeHeapProfile(o.MemProfile, log) })
 	}
-	defer func() {
-		for _, stop := range stopProfiles {
+	return func() {
+		for _, stop := range stops {
 			stop()
 		}
-	}()
-	if o.PprofAddr != "" {
-		go func() {
-			log.Info("pprof listening", slog.String("addr", o.PprofAddr))
-			if err := http.ListenAndServe(o.PprofAddr, nil); err != nil {
-				log.Error("pprof server failed", slog.String("error", err.Error()))
-			}
-		}()
 	}
+}
 
-	r := router.New(router.Config{HistoryLimit: o.HistoryLimit, MaxChannels: o.MaxChannels,
-		HistoryBytes: o.HistoryBytes, MaxHistoryBytes: o.MaxHistBytes})
-	defer r.Close()
-	keys := codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}
+// keysOf is the join-key setting of o.
+func keysOf(o Options) codec.KeyConfig {
+	return codec.KeyConfig{SharedKey: o.Key, AddrKey: o.AddrKey}
+}
+
+// newServer makes the engine over r and, with --peer, the peering manager
+// that hands its uplinks to the engine. Errors are in the settings.
+func newServer(o Options, r *router.Router, log *slog.Logger) (*engine.Server, *peering.Manager, error) {
 	var (
 		srv   *engine.Server
 		peers *peering.Manager
+		err   error
 	)
+	if o.TLSListen != "" {
+		// Unreadable certificates are bad settings (exit 2), found before
+		// anything listens.
+		tc := tlsserve.Config{CertFile: o.TLSCert, KeyFile: o.TLSKey, ClientCAFile: o.TLSClientCA}
+		if _, err := tc.TLSConfig(); err != nil {
+			return nil, nil, fmt.Errorf("--tls-listen: %w", err)
+		}
+	}
 	if len(o.Peers) > 0 {
-		pc := peering.Config{Peers: o.Peers, Keys: keys, Backoff: o.PeerBackoff, BackoffMax: o.PeerBackoffMax,
+		pc := peering.Config{Peers: o.Peers, Keys: keysOf(o), Backoff: o.PeerBackoff, BackoffMax: o.PeerBackoffMax,
 			Linger: o.PeerLinger, DialTimeout: o.PeerDialTimeout, Logger: log,
 			Adopt: func(nc net.Conn, local, remote netip.AddrPort, u *peering.Uplink) error {
 				return srv.AdoptUplink(nc, local, remote, u)
 			}}
 		if o.CID != "" {
-			cid, _ := peering.ParseCID(o.CID) // checked by parseOptions
+			cid, _ := peering.ParseCID(o.CID) // checked by validate
 			pc.StaticCID = &cid
 		}
 		if o.PeerTLS {
 			if pc.TLS, err = peering.ClientTLS(o.PeerTLSCA, o.PeerTLSCert, o.PeerTLSKey); err != nil {
-				fmt.Fprintln(stderr, "mlesd:", err)
-				return 2
+				return nil, nil, err
 			}
 		}
 		if peers, err = peering.New(pc); err != nil {
-			fmt.Fprintln(stderr, "mlesd:", err)
-			return 2
+			return nil, nil, err
 		}
 	}
 	var members engine.MemberObserver
 	if peers != nil {
 		members = peers
 	}
-	srv, err = engine.New(engine.Config{
+	srv, err = engine.New(engineConfig(o, members, log), r)
+	if err != nil {
+		return nil, nil, err
+	}
+	return srv, peers, nil
+}
+
+// engineConfig maps the settings to the engine's Config, whose "off" is a
+// negative value where the flags' is 0.
+func engineConfig(o Options, members engine.MemberObserver, log *slog.Logger) engine.Config {
+	return engine.Config{
 		Listen:           o.Listen,
 		Loops:            o.Loops,
-		Keys:             keys,
+		Keys:             keysOf(o),
 		Members:          members,
 		MaxFrame:         o.MaxFrame,
 		MaxPending:       o.MaxPending,
@@ -445,7 +165,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		StallTimeout:     never(o.StallTimeout),
 		JoinTimeout:      never(o.JoinTimeout),
 		IdleTimeout:      o.IdleTimeout,
-		DrainTimeout:     o.DrainTimeout,
+		DrainTimeout:     never(o.DrainTimeout),
 		MaxConns:         unlimited(o.MaxConns),
 		MaxConnsPerIP:    unlimited(o.MaxConnsIP),
 		LimitLoopback:    o.LimitLoopback,
@@ -457,89 +177,124 @@ func run(args []string, stdout, stderr io.Writer) int {
 		FrameMinRate:     unlimited(o.FrameMinRate),
 		FrameRateWindow:  o.FrameWindow,
 		Logger:           log,
-	}, r)
-	if err != nil {
-		fmt.Fprintln(stderr, "mlesd:", err)
-		return 2
 	}
+}
+
+// logStart writes the start-up line and the warnings about the settings.
+func logStart(o Options, log *slog.Logger) {
 	keyMode := "address"
 	if o.Key != "" {
 		keyMode = "shared"
 	}
-	log.Info("starting mlesd", slog.Any("listen", o.Listen), slog.String("key_mode", keyMode), slog.Any("peers", o.Peers))
+	start := []any{slog.String("version", version), slog.String("commit", commitString()),
+		slog.Any("listen", o.Listen), slog.String("key_mode", keyMode)}
+	if len(o.Peers) > 0 {
+		start = append(start, slog.Any("peers", o.Peers))
+	}
+	log.Info("starting mlesd", start...)
+	warnOpenWithoutKey(o, log)
 	checkFDLimit(o, log)
 	if o.HistoryLimit+1 > o.MaxResync {
 		// A peer configured like this server would be refused on every reconnect.
 		log.Warn("--max-resync-entries is below --history-limit + 1: a peer's resync of that much history is refused",
 			slog.Int("max_resync_entries", o.MaxResync), slog.Int("history_limit", o.HistoryLimit))
 	}
+}
 
-	var (
-		stopping atomic.Bool // readyz says no from the first signal on
-		tlsSrv   atomic.Pointer[tlsserve.Server]
-		gwStats  atomic.Pointer[func() gateway.Stats]
-	)
-	if o.MetricsAddr != "" {
-		ready := func() bool {
-			select {
-			case <-srv.Ready():
-				return len(srv.Addrs()) > 0 && !stopping.Load() &&
-					(o.TLSListen == "" || tlsSrv.Load() != nil)
-			default:
-				return false
-			}
-		}
-		// No TLS or gateway metrics without a TLS listener or a gateway.
-		var ts *atomic.Pointer[tlsserve.Server]
-		var gw *atomic.Pointer[func() gateway.Stats]
-		if o.TLSListen != "" {
-			ts = &tlsSrv
-		}
-		if o.WSListen != "" {
-			gw = &gwStats
-		}
-		var peerStats func() peering.Stats
-		if peers != nil {
-			peerStats = peers.Stats
-		}
-		stopMetrics, err := startMetrics(o.MetricsAddr, srv, ts, gw, peerStats, ready, log)
-		if err != nil {
-			fmt.Fprintln(stderr, "mlesd:", err)
-			return 2
-		}
-		defer stopMetrics()
+// sideListeners are the listeners beside the engine's own: metrics, TLS and
+// the WebSocket gateway. The metrics endpoint starts first and reads the
+// others once they are up.
+type sideListeners struct {
+	stopping atomic.Bool // readyz says no from the first signal on
+	tlsSrv   atomic.Pointer[tlsserve.Server]
+	gwStats  atomic.Pointer[func() gateway.Stats]
+	closers  []func()
+}
+
+// close stops the metrics endpoint and the gateway.
+func (sl *sideListeners) close() {
+	for i := len(sl.closers) - 1; i >= 0; i-- {
+		sl.closers[i]()
 	}
+}
 
+// startMetrics serves --metrics for srv (and peers, if any).
+func (sl *sideListeners) startMetrics(o Options, srv *engine.Server, peers *peering.Manager, log *slog.Logger) error {
+	ready := func() bool {
+		select {
+		case <-srv.Ready():
+			return len(srv.Addrs()) > 0 && !sl.stopping.Load() &&
+				(o.TLSListen == "" || sl.tlsSrv.Load() != nil)
+		default:
+			return false
+		}
+	}
+	// No TLS or gateway metrics without a TLS listener or a gateway.
+	var ts *atomic.Pointer[tlsserve.Server]
+	var gw *atomic.Pointer[func() gateway.Stats]
+	if o.TLSListen != "" {
+		ts = &sl.tlsSrv
+	}
+	if o.WSListen != "" {
+		gw = &sl.gwStats
+	}
+	var peerStats func() peering.Stats
+	if peers != nil {
+		peerStats = peers.Stats
+	}
+	stop, err := startMetrics(o.MetricsAddr, srv, ts, gw, peerStats, ready, log)
+	if err != nil {
+		return err
+	}
+	sl.closers = append(sl.closers, stop)
+	return nil
+}
+
+// startOnEngine starts --tls-listen and --ws-listen once srv listens (if it
+// never does, Serve's error is reported by serve).
+func (sl *sideListeners) startOnEngine(o Options, srv *engine.Server, log *slog.Logger) error {
+	if o.TLSListen == "" && o.WSListen == "" {
+		return nil
+	}
+	if <-srv.Ready(); len(srv.Addrs()) == 0 {
+		return nil
+	}
+	if o.TLSListen != "" {
+		ts, err := startTLS(o, srv, log)
+		if err != nil {
+			return err
+		}
+		sl.tlsSrv.Store(ts)
+	}
+	if o.WSListen != "" {
+		stopGateway, stats, err := startGateway(o, srv, keysOf(o), log)
+		if err != nil {
+			return err
+		}
+		sl.gwStats.Store(&stats)
+		sl.closers = append(sl.closers, stopGateway)
+	}
+	return nil
+}
+
+// serve runs srv and its side listeners until SIGTERM or SIGINT, then
+// drains and stops; it returns the exit code.
+func serve(o Options, srv *engine.Server, peers *peering.Manager, log *slog.Logger) int {
+	var side sideListeners
+	defer side.close()
+	if o.MetricsAddr != "" {
+		if err := side.startMetrics(o, srv, peers, log); err != nil {
+			return listenFailed(log, err)
+		}
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
-	if o.TLSListen != "" {
-		if <-srv.Ready(); len(srv.Addrs()) > 0 { // else Serve failed: reported below
-			ts, err := startTLS(o, srv, log)
-			if err != nil {
-				log.Error("tls listener failed", slog.String("error", err.Error()))
-				_ = srv.Stop(context.Background())
-				return 1
-			}
-			tlsSrv.Store(ts)
-		}
+	if err := side.startOnEngine(o, srv, log); err != nil {
+		_ = srv.Stop(context.Background())
+		return listenFailed(log, err)
 	}
-	if o.WSListen != "" {
-		if <-srv.Ready(); len(srv.Addrs()) > 0 { // else Serve failed: reported below
-			stopGateway, stats, err := startGateway(o, srv, keys, log)
-			if err == nil {
-				gwStats.Store(&stats)
-				defer stopGateway()
-			}
-			if err != nil {
-				log.Error("websocket gateway failed", slog.String("error", err.Error()))
-				_ = srv.Stop(context.Background())
-				return 1
-			}
-		}
-	}
-
 	select {
 	case err := <-served:
 		// Nobody asked it to stop: whatever ended it is a failure, so the
@@ -547,33 +302,41 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if err == nil {
 			err = errors.New("the engine stopped without being asked to")
 		}
+		if len(srv.Addrs()) == 0 { // it never listened
+			return listenFailed(log, fmt.Errorf("--listen: %w", err))
+		}
 		log.Error("server failed", slog.String("error", err.Error()))
-		return 1
+		return exitFailure
 	case sig := <-sigs:
 		log.Info("shutting down", slog.String("signal", sig.String()))
-		stopping.Store(true)
+		side.stopping.Store(true)
 	}
+	return shutdown(o, srv, peers, &side, served, log)
+}
+
+// shutdown drains and stops srv after a signal, then the TLS bridges.
+func shutdown(o Options, srv *engine.Server, peers *peering.Manager, side *sideListeners, served <-chan error, log *slog.Logger) int {
 	if peers != nil {
 		peers.Stop() // no redialling while the engine drains and closes
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*o.DrainTimeout+10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*o.DrainTimeout+stopGrace)
 	defer cancel()
 	if err := srv.Stop(ctx); err != nil {
 		log.Error("shutdown incomplete", slog.String("error", err.Error()))
-		return 1
+		return exitFailure
 	}
 	<-served
-	if ts := tlsSrv.Load(); ts != nil {
+	if ts := side.tlsSrv.Load(); ts != nil {
 		// The engine has closed its side of every TLS connection; give the
 		// bridges a moment to pass on what it sent, then close them.
-		tctx, tcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		tctx, tcancel := context.WithTimeout(context.Background(), tlsBridgeLinger)
 		ts.Close(tctx)
 		tcancel()
 	}
 	st := srv.Stats()
 	log.Info("stopped", slog.Uint64("frames_in", st.FramesIn), slog.Uint64("frames_out", st.FramesOut),
 		slog.Uint64("dropped", st.Dropped))
-	return 0
+	return exitOK
 }
 
 // writeHeapProfile writes the live heap to file.

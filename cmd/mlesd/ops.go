@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"sync/atomic"
-	"time"
 
 	"github.com/mlesd/mlesd/engine"
 	"github.com/mlesd/mlesd/gateway"
@@ -75,7 +74,7 @@ func startMetrics(addr string, srv *engine.Server, tls *atomic.Pointer[tlsserve.
 		}
 	}
 	h := metrics.Handler(src)
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: metricsReadHeaderTimeout}
 	go func() {
 		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server failed", slog.String("error", err.Error()))
