@@ -371,26 +371,7 @@ func (c *Conn) Send(msg []byte) error {
 			_, err = c.tr.nc.Write(frame)
 		}
 	}
-	if err == nil && c.remember() && len(msg) > 0 {
-		c.sent.add(c.hash(frame))
-	}
-	if cap(c.wbuf) > 1<<20 {
-		c.wbuf = nil // do not keep a huge frame's buffer
-	}
-	gen := c.gen
-	c.mu.Unlock()
-	if err != nil {
-		c.lost(gen, err)
-		return err
-	}
-	c.stats.sent.Add(1)
-	if !c.opts.ManualFlush {
-		select {
-		case c.kick <- struct{}{}:
-		default:
-		}
-	}
-	return nil
+	return c.sentLocked(frame, len(msg) > 0, err)
 }
 
 // SendPayload sends payload, an already encoded CBOR triplet, byte for
@@ -440,11 +421,19 @@ func (c *Conn) SendPayload(payload []byte) error {
 			c.wbuf = frame
 		}
 	}
-	if err == nil && c.remember() && frame != nil {
+	return c.sentLocked(frame, frame != nil, err)
+}
+
+// sentLocked finishes a send whose write returned err: it remembers frame
+// for the reconnect filter when keep, drops a huge frame's buffer, unlocks
+// c.mu, then reports a failure as a lost connection or counts the frame and
+// wakes the flusher. c.mu must be held; it is released.
+func (c *Conn) sentLocked(frame []byte, keep bool, err error) error {
+	if err == nil && keep && c.remember() {
 		c.sent.add(c.hash(frame))
 	}
 	if cap(c.wbuf) > 1<<20 {
-		c.wbuf = nil
+		c.wbuf = nil // do not keep a huge frame's buffer
 	}
 	gen := c.gen
 	c.mu.Unlock()

@@ -34,7 +34,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -159,9 +158,7 @@ func (s *Server) acceptLoop(ln net.Listener) {
 				_ = spare.Close()
 				shed = shedBacklog(ln)
 				spare = openSpare()
-				for range shed {
-					s.countRefused("out-of-fds")
-				}
+				s.countRefusedN("out-of-fds", uint64(shed))
 			}
 			if wait == 0 {
 				wait = acceptBackoffMin
@@ -281,13 +278,4 @@ func (s *Server) collectRegistrations() {
 	}
 }
 
-// atomicCounter is one labelled counter's value.
-type atomicCounter = atomic.Uint64
-
-func (s *Server) countAcceptError(reason string) {
-	v, ok := s.acceptErrs.Load(reason)
-	if !ok {
-		v, _ = s.acceptErrs.LoadOrStore(reason, new(atomicCounter))
-	}
-	v.(*atomicCounter).Add(1)
-}
+func (s *Server) countAcceptError(reason string) { addCount(&s.acceptErrs, reason, 1) }

@@ -58,7 +58,7 @@ type Server struct {
 	lnMu        sync.Mutex
 	listeners   []net.Listener
 	acceptWG    sync.WaitGroup
-	acceptErrs  sync.Map   // reason → *atomicCounter
+	acceptErrs  sync.Map   // reason → *atomic.Uint64
 	registerMu  sync.Mutex // gnet's round-robin balancer is not safe from several goroutines
 	engineDir   string     // private directory of gnet's own (never reachable) listener
 	loopsUp     chan struct{}
@@ -458,12 +458,21 @@ func reasonLevel(reason string) slog.Level {
 	return slog.LevelInfo
 }
 
-func (s *Server) countRefused(reason string) {
-	v, ok := s.refused.Load(reason)
-	if !ok {
-		v, _ = s.refused.LoadOrStore(reason, new(atomic.Uint64))
+func (s *Server) countRefused(reason string) { addCount(&s.refused, reason, 1) }
+
+func (s *Server) countRefusedN(reason string, n uint64) {
+	if n > 0 {
+		addCount(&s.refused, reason, n)
 	}
-	v.(*atomic.Uint64).Add(1)
+}
+
+// addCount adds n to the counter under key in m (reason → *atomic.Uint64).
+func addCount(m *sync.Map, key string, n uint64) {
+	v, ok := m.Load(key)
+	if !ok {
+		v, _ = m.LoadOrStore(key, new(atomic.Uint64))
+	}
+	v.(*atomic.Uint64).Add(n)
 }
 
 // debug logs a connection event at debug level; free when debug is off.
@@ -786,7 +795,7 @@ func (s *Server) Stats() Stats {
 		return true
 	})
 	s.acceptErrs.Range(func(k, v any) bool {
-		st.AcceptErrors[k.(string)] = v.(*atomicCounter).Load()
+		st.AcceptErrors[k.(string)] = v.(*atomic.Uint64).Load()
 		return true
 	})
 	return st
