@@ -16,10 +16,22 @@ const (
 	// DefaultMaxPending bounds the memory one receiver's waiting frames hold
 	// (references to shared frames, each counted by its size class, under
 	// twice its length: nothing is copied per receiver). A frame that would
-	// pass it is dropped for that receiver alone, which is then parked until
-	// its socket has taken half; a frame is always accepted into an empty
-	// backlog, so any frame up to MaxFrame passes.
+	// pass it makes the receiver a lagger, reading its channel's shared log
+	// (engine/lag.go), which MaxPending bounds as well: frames are dropped
+	// for a receiver only when that log evicts what it still needed. A frame
+	// is always accepted into an empty backlog, so any frame up to MaxFrame
+	// passes.
 	DefaultMaxPending = 8 << 20
+	// DefaultSendBuffer is each client socket's kernel send buffer
+	// (SO_SNDBUF; Linux doubles it for its bookkeeping). Left to the
+	// kernel's autotuning, the send buffer of a client that stops reading
+	// grows to net.ipv4.tcp_wmem's maximum (4 MiB by default; 3.2 MB
+	// measured with ss -tm): kernel memory per stalled receiver that no
+	// limit of ours counts, and 3 GB of writes before a thousand
+	// send-only devices are known to be full, while their collector waits.
+	// 256 KiB keeps a loopback receiver of 1.6 MB frames at full speed
+	// (BENCHMARKS.md, bigfan) and is 60 ms of a 32 Mbit/s link.
+	DefaultSendBuffer = 256 << 10
 	// DefaultMaxPendingFrames bounds the frames waiting per receiver, next to
 	// the byte bound: the backlog holds one 8-byte reference per frame, so a
 	// stalled receiver costs at most 512 KiB of references besides the shared
@@ -144,6 +156,10 @@ type Config struct {
 	MaxPending int
 	// MaxPendingFrames bounds each receiver's waiting frames.
 	MaxPendingFrames int
+	// SendBuffer is the kernel send buffer (SO_SNDBUF) of each client
+	// socket, in bytes (see DefaultSendBuffer); negative = the kernel's
+	// autotuning. Uplinks to peers keep the kernel's.
+	SendBuffer int
 	// StallTimeout closes receivers that are stalled and silent; negative = never.
 	StallTimeout time.Duration
 	// JoinTimeout closes connections that have not joined; negative = never.
@@ -197,6 +213,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxPendingFrames <= 0 {
 		c.MaxPendingFrames = DefaultMaxPendingFrames
+	}
+	if c.SendBuffer == 0 {
+		c.SendBuffer = DefaultSendBuffer
 	}
 	if c.StallTimeout == 0 {
 		c.StallTimeout = DefaultStallTimeout

@@ -25,12 +25,16 @@ type loop struct {
 
 	// loop-owned
 	dirty   []*conn         // receivers with new frames to flush
-	parked  []*conn         // receivers out of their sets' walks (park)
-	parking []*conn         // scratch: receivers to park after the walk in progress
-	outbox  []*batch        // per target loop: frames for that loop's subscribers
-	frames  []*router.Frame // scratch: one batch read from one connection
-	iov     []unix.Iovec    // scratch for vectored writes
-	conns   map[*conn]struct{}
+	laggers []*conn         // receivers out of their sets' walks, reading their logs (lag.go)
+	toLag   []lagRequest    // scratch: receivers to make laggers after the walk in progress
+	walking *router.LoopSet // the set whose walk is in progress, or nil
+	// minCursor is foldAllLaggers' scratch: the oldest entry any lagger of
+	// a set still needs.
+	minCursor map[*router.LoopSet]uint64
+	outbox    []*batch        // per target loop: frames for that loop's subscribers
+	frames    []*router.Frame // scratch: one batch read from one connection
+	iov       []unix.Iovec    // scratch for vectored writes
+	conns     map[*conn]struct{}
 	// flushArmed: a flush task is queued (flushSoon): everything read in
 	// this round of events is written with one writev per receiver.
 	flushArmed bool
@@ -44,7 +48,7 @@ type loop struct {
 	inboxMaxBytes int64                 // bound on inboxBytes (maxInboxBytes)
 	drainRunnable gnet.Runnable
 	sweepRunnable gnet.Runnable
-	foldRunnable  gnet.Runnable
+	foldRunnable  gnet.Runnable // foldAllLaggers
 	flushRunnable gnet.Runnable
 	stats         loopStats
 
@@ -90,11 +94,12 @@ var batchPool = sync.Pool{New: func() any { return &batch{items: make([]item, 0,
 
 func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
 	l := &loop{idx: idx, srv: srv, el: el, outbox: make([]*batch, nloops), conns: make(map[*conn]struct{}),
-		inboxMax: maxInboxFrames, inboxMaxBytes: maxInboxBytes}
+		minCursor: make(map[*router.LoopSet]uint64),
+		inboxMax:  maxInboxFrames, inboxMaxBytes: maxInboxBytes}
 	l.drainRunnable = gnet.RunnableFunc(l.drainInbox)
 	l.writableRunnable = gnet.RunnableFunc(l.writeReady)
 	l.sweepRunnable = gnet.RunnableFunc(l.sweep)
-	l.foldRunnable = gnet.RunnableFunc(l.foldAllParked)
+	l.foldRunnable = gnet.RunnableFunc(l.foldAllLaggers)
 	l.flushRunnable = gnet.RunnableFunc(func(context.Context) error {
 		l.flushArmed = false
 		l.flush()
@@ -125,116 +130,66 @@ func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 }
 
 // walk hands f to every listed member of set (this loop's) except sender,
-// and except those whose history replay held it already (Frame.Seq). A
-// member whose backlog is full is parked after the walk. Parked members are
-// not listed, so they cost nothing here: set.Frames tells them later what
-// they missed. Loop-owned; no lock, no allocation in steady state.
+// and except those whose history replay held it already (Frame.Seq), and
+// logs it once in set.Log while any member lags (lag.go). A listed member
+// whose socket is full becomes a lagger after the walk: laggers are not
+// listed, so they cost nothing here; they read the log at their sockets'
+// pace. Loop-owned; no lock, no allocation in steady state.
 func (l *loop) walk(f *router.Frame, set *router.LoopSet, sender *conn) {
 	if set.Lost.Load() != 0 {
 		l.countLost(set)
 	}
-	set.Frames++
+	var at uint64 // f's sequence in set.Log, once logged
+	logged := set.Log.Lagging > 0
+	if logged {
+		at = l.logFrame(set, f, sender)
+	}
 	seq := f.Seq()
+	l.walking = set
 	for _, s := range set.Members {
 		c := s.(*conn)
 		if c == sender || (seq != 0 && seq <= c.joinSeq) {
 			continue
 		}
-		if !c.deliver(f, false) {
-			l.parking = append(l.parking, c)
+		ok := c.deliver(f, false)
+		if !ok && !logged { // c reads f from the log
+			at, logged = l.logFrame(set, f, sender), true
+		}
+		if !ok || c.lagSoon {
+			c.lagSoon = false
+			l.toLag = append(l.toLag, lagRequest{c: c, fromF: !ok})
 		}
 	}
-	if sender != nil && sender.parked && sender.set == set {
-		sender.parkOwn++ // walked here, but never for its sender: not missed
-	}
-	if len(l.parking) > 0 {
-		for i, c := range l.parking {
-			l.park(c)
-			l.parking[i] = nil
+	l.walking = nil
+	if len(l.toLag) > 0 {
+		for i, r := range l.toLag {
+			from := set.Log.Head() // after f: c has it queued
+			if r.fromF {
+				from = at
+			}
+			l.lag(r.c, from)
+			l.toLag[i] = lagRequest{}
 		}
-		l.parking = l.parking[:0]
+		l.toLag = l.toLag[:0]
 	}
 }
 
 // countLost counts, for every member of set, the frames another loop could
-// not post here (post). Parked members count them through set.Frames.
+// not post here (post). Laggers count them from set.Log.Lost.
 func (l *loop) countLost(set *router.LoopSet) {
 	n := set.Lost.Swap(0)
-	set.Frames += n
+	set.Log.Lost += n
 	for _, s := range set.Members {
 		s.(*conn).dropped += n
 	}
 	l.stats.dropped.Add(n * uint64(len(set.Members)))
 }
 
-// park takes c, whose backlog is full, out of its set's walk: from now on
-// what it misses is counted in O(1) from set.Frames, and its byte stream
-// keeps only the whole frames already queued. It comes back (unpark) when
-// its socket has taken half its backlog. Loop-owned; never during a walk
-// of c's set.
-func (l *loop) park(c *conn) {
-	if c.parked || c.setIdx < 0 || c.state != joined {
-		return
-	}
-	if moved := c.set.Remove(c.setIdx); moved != nil {
-		moved.(*conn).setIdx = c.setIdx
-	}
-	c.setIdx = -1
-	c.parked = true
-	c.parkFrames, c.parkOwn, c.parkCounted = c.set.Frames, 0, 0
-	c.parkIdx = len(l.parked)
-	l.parked = append(l.parked, c)
-}
-
-// unpark lists c in its set again, at a frame boundary (its queue holds
-// only whole frames), and counts what it missed. Loop-owned; never during
-// a walk of c's set.
-func (l *loop) unpark(c *conn) {
-	l.unlistParked(c)
-	c.setIdx = c.set.Add(c)
-	c.stallSince = 0 // the next drop is a new episode, logged again
-	l.srv.debug("receiver resumed", c)
-}
-
-// unlistParked counts what parked c missed and takes it off l.parked.
-func (l *loop) unlistParked(c *conn) {
-	l.foldParked(c)
-	last := len(l.parked) - 1
-	if m := l.parked[last]; m != c {
-		l.parked[c.parkIdx] = m
-		m.parkIdx = c.parkIdx
-	}
-	l.parked[last] = nil
-	l.parked = l.parked[:last]
-	c.parked = false
-}
-
-// foldParked counts as dropped the frames parked c has missed since last
-// counted: every frame walked on its set since it parked, but its own.
-// Exact, because every walk, park and unpark of that set runs on this loop.
-func (l *loop) foldParked(c *conn) {
-	missed := c.set.Frames - c.parkFrames - c.parkOwn
-	if d := missed - c.parkCounted; d > 0 {
-		c.parkCounted = missed
-		c.dropped += d
-		l.stats.dropped.Add(d)
-	}
-}
-
-// foldAllParked runs on this loop, queued by the ticker, so that
-// mlesd_frames_dropped_total follows receivers that stay parked.
-func (l *loop) foldAllParked(context.Context) error {
-	for _, c := range l.parked {
-		l.foldParked(c)
-	}
-	return nil
-}
-
-// leaveSet takes c out of its set, or off the parked list, at its leave.
+// leaveSet takes c out of its set, or off the laggers, at its leave.
 func (l *loop) leaveSet(c *conn) {
 	switch {
-	case c.parked:
-		l.unlistParked(c)
+	case c.lagging:
+		l.unlistLagger(c)
 	case c.set != nil && c.setIdx >= 0:
 		if moved := c.set.Remove(c.setIdx); moved != nil {
 			moved.(*conn).setIdx = c.setIdx
@@ -382,57 +337,51 @@ func (l *loop) drainInbox(context.Context) error {
 	return nil
 }
 
-// write writes as much of c's backlog as its socket takes now, with one
-// writev straight from the shared frames. What the socket does not take stays
-// queued as references, never copied (gnet's own write would copy the rest
-// into a per-connection buffer), and c waits in the loop's writable set until
-// its socket has room. A write error (the receiver reset or went away)
+// write writes as much of c's backlog as its socket takes now, with
+// writev straight from the shared frames (a lagger's backlog is refilled
+// from its set's log as it goes). What the socket does not take stays queued
+// as references, never copied (gnet's own write would copy the rest into a
+// per-connection buffer); c then becomes a lagger, if it was not one, and
+// waits in the loop's writable set until its socket has room. A lagger that
+// catches up is listed again. At most maxWriteRounds writes per call, so one
+// fast receiver far behind does not hold the loop: the rest is written on
+// its next writable event. A write error (the receiver reset or went away)
 // closes c. Loop-owned; no allocation.
 func (l *loop) write(c *conn) {
-	if c.state != joined || c.q.len() == 0 || c.wArmed {
+	if c.state != joined || c.wArmed {
 		return
 	}
-	iov := l.iov[:0]
-	for i := 0; i < c.q.len() && len(iov) < iovMax; i++ {
-		b := c.q.at(i).Bytes()
-		if i == 0 {
-			b = b[c.headOff:]
+	for round := 0; ; round++ {
+		if c.lagging && c.q.len() < iovMax/2 {
+			l.refill(c)
 		}
-		iov = append(iov, unix.Iovec{Base: &b[0]})
-		iov[len(iov)-1].SetLen(len(b))
-	}
-	n, err := writev(c.gc.Fd(), iov)
-	clear(iov) // keep no pointers into frames
-	l.iov = iov[:0]
-	if err != nil {
-		if err != unix.EAGAIN && err != unix.EINTR {
-			l.srv.failWrite(c, err)
-			return
-		}
-		n = 0
-	}
-	if n > 0 {
-		l.stats.bytesOut.Add(uint64(n))
-		c.sent += uint64(n)
-		c.queued -= n
-		for n > 0 {
-			rest := c.q.at(0).Len() - c.headOff
-			if n < rest {
-				c.headOff += n
-				break
+		if c.q.len() == 0 {
+			c.q.shrinkIfIdle()
+			if c.lagging && l.walking != c.set {
+				l.unlag(c)
+				return
 			}
-			n -= rest
-			c.headOff = 0
-			c.q.pop().Release()
-			l.stats.framesOut.Add(1)
+			if !c.lagging {
+				return
+			}
+			break // cannot be listed during its set's walk: come back
+		}
+		if !l.writeQueue(c) {
+			if c.state != joined {
+				return // failed and closing
+			}
+			break // the socket is full
+		}
+		if round+1 >= maxWriteRounds {
+			break
 		}
 	}
-	if c.parked && c.q.size <= l.srv.cfg.MaxPending/2 && c.q.len() <= l.srv.cfg.MaxPendingFrames/2 {
-		l.unpark(c)
-	}
-	if c.q.len() == 0 {
-		c.q.shrinkIfIdle()
-		return
+	if !c.lagging {
+		if l.walking == c.set {
+			c.lagSoon = true // the walk makes it a lagger at the right frame
+		} else {
+			l.lag(c, c.set.Log.Head())
+		}
 	}
 	if err := l.writable.watch(c); err != nil {
 		// No way to learn when its socket drains (out of descriptors for
@@ -441,6 +390,50 @@ func (l *loop) write(c *conn) {
 		c.reason = "no-writable-watch"
 		l.srv.failWrite(c, err)
 	}
+}
+
+// writeQueue writes c's queue with one writev and reports whether the
+// socket took all of it (false: it is full, or the write failed and c is
+// closing).
+func (l *loop) writeQueue(c *conn) bool {
+	iov := l.iov[:0]
+	total := 0
+	for i := 0; i < c.q.len() && len(iov) < iovMax; i++ {
+		b := c.q.at(i).Bytes()
+		if i == 0 {
+			b = b[c.headOff:]
+		}
+		iov = append(iov, unix.Iovec{Base: &b[0]})
+		iov[len(iov)-1].SetLen(len(b))
+		total += len(b)
+	}
+	n, err := writev(c.gc.Fd(), iov)
+	clear(iov) // keep no pointers into frames
+	l.iov = iov[:0]
+	if err != nil {
+		if err != unix.EAGAIN && err != unix.EINTR {
+			l.srv.failWrite(c, err)
+			return false
+		}
+		n = 0
+	}
+	if n > 0 {
+		l.stats.bytesOut.Add(uint64(n))
+		c.sent += uint64(n)
+		c.queued -= n
+		for m := n; m > 0; {
+			rest := c.q.at(0).Len() - c.headOff
+			if m < rest {
+				c.headOff += m
+				break
+			}
+			m -= rest
+			c.headOff = 0
+			c.q.pop().Release()
+			l.stats.framesOut.Add(1)
+		}
+	}
+	return n == total
 }
 
 // writeReady runs on this loop, queued by the writable set: writes to every

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/internal/ratelog"
@@ -353,6 +354,10 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 			return nil, gnet.Close
 		}
 		return nil, s.openUplink(c, a)
+	}
+	if s.cfg.SendBuffer > 0 {
+		// A failure keeps the kernel's buffer: a cost, not an error.
+		_ = unix.SetsockoptInt(gc.Fd(), unix.SOL_SOCKET, unix.SO_SNDBUF, s.cfg.SendBuffer)
 	}
 	if n := s.openConns.Add(1); s.stopping.Load() {
 		c.reason = "shutting-down"

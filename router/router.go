@@ -83,10 +83,9 @@ type LoopSet struct {
 	// Members is who a frame for this loop goes to. Walk it; change it
 	// only with Add and Remove (never during a walk).
 	Members []Subscriber
-	// Frames is the caller's count of frames walked on this set (the
-	// router never reads it): a member out of the list can tell from it
-	// how many it missed.
-	Frames uint64
+	// Log keeps the recent frames for the members out of the list that
+	// read behind it (the router never reads it).
+	Log FrameLog
 	// Lost counts frames meant for this set that never reached its loop
 	// (the caller's bound on what may queue for a loop); unlike the other
 	// fields it is safe from any goroutine.

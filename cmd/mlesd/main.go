@@ -162,6 +162,7 @@ func engineConfig(o Options, members engine.MemberObserver, log *slog.Logger) en
 		MaxFrame:         o.MaxFrame,
 		MaxPending:       o.MaxPending,
 		MaxPendingFrames: o.MaxPendFrames,
+		SendBuffer:       unlimited(o.SendBuffer),
 		StallTimeout:     never(o.StallTimeout),
 		JoinTimeout:      never(o.JoinTimeout),
 		IdleTimeout:      o.IdleTimeout,
