@@ -101,6 +101,13 @@ const (
 	// when a client sends a long burst.
 	maxBatchFrames = 256
 	maxBatchBytes  = 1 << 20
+	// copyFrameMax: frames up to this length travel to another loop as a
+	// copy in the batch rather than by reference (loop.go, item).
+	copyFrameMax = 1024
+	// batchBufSize is the room for copied frames in one batch: a full
+	// batch is posted at once and the next one started, so a batch's
+	// buffer never grows (64 KiB: about 450 frames of 144 bytes).
+	batchBufSize = 64 << 10
 	// maxInboxFrames and maxInboxBytes bound what other loops may have
 	// queued for one loop (references to shared frames, bytes by size
 	// class). Past either, frames for that loop's members are dropped and
@@ -112,12 +119,11 @@ const (
 	// memory cost of at most 1 GiB of frames plus 16 bytes per reference.
 	maxInboxFrames = 4 << 20
 	maxInboxBytes  = 1 << 30
-	// tickInterval is the ticker's period: the resolution of the coarse
-	// clock that timeouts are measured with. Nothing is polled on it (a
-	// receiver with a backlog is woken by its socket, writable.go), so an
+	// sweepInterval is the ticker's period: how often each loop checks
+	// timeouts and folds its laggers' drop counts. Nothing is polled on it
+	// (a receiver with a backlog is woken by its socket, writable.go) and
+	// times are read from the clock when used, not kept by the tick, so an
 	// idle server wakes only this often.
-	tickInterval = 50 * time.Millisecond
-	// sweepInterval is how often each loop checks timeouts.
 	sweepInterval = 250 * time.Millisecond
 	// ownedFrameMin: a frame longer than this, once this much of it has
 	// arrived, is moved out of gnet's inbound buffer into memory the engine

@@ -45,16 +45,16 @@ type conn struct {
 	dirty   bool
 	sent    uint64 // bytes written to the socket
 
-	opened     int64 // coarse clock, ns
-	lastRead   int64 // coarse clock, ns
-	stallSince int64 // coarse clock, ns; 0 = not dropping
+	opened     int64 // Server.now, ns
+	lastRead   int64 // Server.now, ns
+	stallSince int64 // Server.now, ns; 0 = not dropping
 	dropped    uint64
 	reason     string // why the server closed it; "" = the peer did
 	partial    int    // memory of the incomplete frame at the head, counted in Server.partialBytes
 	held       int    // bytes of that frame that have arrived
 	holder     int    // 1 + index in its loop's partialLoop.holders; 0 = not one
-	frameStart int64  // coarse clock, ns: when that frame began; 0 = no incomplete frame
-	rateMark   int64  // coarse clock, ns: start of its current minimum-rate window
+	frameStart int64  // Server.now, ns: when that frame began; 0 = no incomplete frame
+	rateMark   int64  // Server.now, ns: start of its current minimum-rate window
 	rateHeld   int    // held at rateMark
 	rd         frameReader
 	perIP      bool // counted in Server.perIP

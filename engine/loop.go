@@ -77,20 +77,47 @@ type loopStats struct {
 func (s *loopStats) addBusy(began time.Time) { s.busyNanos.Add(uint64(time.Since(began))) }
 
 // item is one frame for the members of one channel on one loop: the
-// receiving loop walks set as it is when the item arrives.
+// receiving loop walks set as it is when the item arrives. A frame of at
+// most copyFrameMax bytes travels as a copy in its batch's buf (f nil, the
+// bytes at buf[off:off+n], its history sequence in seq) and is made anew on
+// the receiving loop: sharing it would bounce its reference count and its
+// pooled buffer between cores, which cost a pairs workload a quarter of
+// its CPU in cache misses (profile in BENCHMARKS.md).
 type item struct {
 	f   *router.Frame
 	set *router.LoopSet
+	off int32
+	n   int32
+	seq uint64
 }
 
 // batch carries items from one loop to another in one task.
 type batch struct {
 	next  *batch
 	items []item
-	bytes int64 // memory of the items' frames (Frame.Size)
+	buf   []byte // the copied frames' bytes
+	bytes int64  // memory of the items' frames (Frame.Size, or the copy's length)
 }
 
-var batchPool = sync.Pool{New: func() any { return &batch{items: make([]item, 0, 64)} }}
+// frame returns the item's frame: the shared one, or a new one made from the copy
+// in b (the caller releases either).
+func (it *item) frame(b *batch) *router.Frame {
+	if it.f != nil {
+		return it.f
+	}
+	return router.CopyFrame(b.buf[it.off:it.off+it.n], it.seq)
+}
+
+// release drops the item's reference to a shared frame (a copy holds none).
+func (it *item) release() {
+	if it.f != nil {
+		it.f.Release()
+	}
+}
+
+var batchPool = sync.Pool{New: func() any {
+	return &batch{items: make([]item, 0, 64), buf: make([]byte, 0, batchBufSize)}
+}}
 
 func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
 	l := &loop{idx: idx, srv: srv, el: el, outbox: make([]*batch, nloops), conns: make(map[*conn]struct{}),
@@ -122,6 +149,20 @@ func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 		if b == nil {
 			b = batchPool.Get().(*batch)
 			l.outbox[g.Loop] = b
+		}
+		if n := f.Len(); n <= copyFrameMax {
+			if len(b.buf)+n > cap(b.buf) {
+				// Full: send it now rather than grow it (a grown buffer
+				// would be copied, and kept by the pool or collected).
+				l.srv.loops[g.Loop].Load().post(b)
+				b = batchPool.Get().(*batch)
+				l.outbox[g.Loop] = b
+			}
+			off := len(b.buf)
+			b.buf = append(b.buf, f.Bytes()...)
+			b.items = append(b.items, item{set: g.Set, off: int32(off), n: int32(n), seq: f.Seq()})
+			b.bytes += int64(n)
+			continue
 		}
 		f.Ref()
 		b.items = append(b.items, item{f: f, set: g.Set})
@@ -262,9 +303,9 @@ func (l *loop) post(b *batch) {
 	if frames > l.inboxMax || bytes > l.inboxMaxBytes {
 		l.inboxFrames.Add(-n)
 		l.inboxBytes.Add(-b.bytes)
-		for _, it := range b.items {
-			it.set.Lost.Add(1)
-			it.f.Release()
+		for i := range b.items {
+			b.items[i].set.Lost.Add(1)
+			b.items[i].release()
 		}
 		l.stats.inboxDropped.Add(uint64(n))
 		l.srv.rlog.Log(levelWarn, "loop-queue-full", "an event loop is far behind; frames for its members are dropped",
@@ -291,8 +332,8 @@ func (l *loop) post(b *batch) {
 func (l *loop) discardInbox() {
 	for b := l.inbox.Swap(nil); b != nil; {
 		next := b.next
-		for _, it := range b.items {
-			it.f.Release()
+		for i := range b.items {
+			b.items[i].release()
 		}
 		recycle(b)
 		b = next
@@ -302,6 +343,7 @@ func (l *loop) discardInbox() {
 func recycle(b *batch) {
 	clear(b.items)
 	b.items = b.items[:0]
+	b.buf = b.buf[:0]
 	b.next = nil
 	b.bytes = 0
 	batchPool.Put(b)
@@ -326,9 +368,11 @@ func (l *loop) drainInbox(context.Context) error {
 	l.inboxBytes.Add(-bytes)
 	for b := prev; b != nil; {
 		next := b.next
-		for _, it := range b.items {
-			l.walk(it.f, it.set, nil)
-			it.f.Release()
+		for i := range b.items {
+			it := &b.items[i]
+			f := it.frame(b)
+			l.walk(f, it.set, nil)
+			f.Release()
 		}
 		recycle(b)
 		b = next
