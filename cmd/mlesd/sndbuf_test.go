@@ -64,12 +64,19 @@ func TestSendBufferBoundsWhatAStalledSocketHolds(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			// Every reading on the way up is checked against the bound.
-			var q, peak int
-			mlestest.WaitUntil(t, "the stalled socket's send queue to fill", 10*time.Second, func() bool {
+			// Wait until it has filled and stopped growing (20 readings in a
+			// row the same: the server writes whenever the socket has room);
+			// every reading on the way is checked against the bound.
+			q, peak, same, last := 0, 0, 0, -1
+			mlestest.WaitUntil(t, "the stalled socket's send queue to fill and settle", 15*time.Second, func() bool {
 				q = sendQueue(t, serverPort, clientPort)
 				peak = max(peak, q)
-				return q >= bound*3/4
+				if q == last {
+					same++
+				} else {
+					same, last = 0, q
+				}
+				return same >= 20 && q >= bound/2
 			})
 			if peak > bound+slack {
 				t.Fatalf("the stalled socket held %d bytes in the kernel, want at most %d", peak, bound+slack)
