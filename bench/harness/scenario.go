@@ -17,7 +17,8 @@ type Config struct {
 	Payload  int           // message size in bytes (trailer included)
 
 	FanoutSubs int // fanout: subscribers of the one publisher
-	FaninPubs  int // fanin: publisher connections feeding one collector
+	FaninPubs  int // fanin, fanin-rate, fanin-read: publisher connections feeding one collector
+	FaninRate  int // fanin-rate: total messages per second offered, spread over the publishers
 	Pairs      int // pairs: channels, one publisher and one subscriber each
 
 	BigfanSize int // bigfan: message size
@@ -31,6 +32,10 @@ type Config struct {
 	ConnsConcurrency int // conns: connections being opened at once
 
 	JoinstormConns int // joinstorm: connections joining one channel at once
+	// JoinstormSizes, when it has more than one entry, runs joinstorm once
+	// per size (JoinstormConns set to each), rows side by side in one table.
+	JoinstormSizes    []int
+	JoinstormPingRate int // joinstorm: messages per second of the ping pair on another channel
 
 	IdleMembers int           // idle: members that never read, one channel
 	IdleFill    int           // idle: messages published first, to give each a backlog
@@ -63,35 +68,37 @@ type Config struct {
 // DefaultConfig is the standard suite.
 func DefaultConfig() Config {
 	return Config{
-		Duration:         5 * time.Second,
-		Payload:          128,
-		FanoutSubs:       100,
-		FaninPubs:        1000,
-		Pairs:            500,
-		BigfanSize:       1_600_000,
-		BigfanSubs:       100,
-		BigfanReps:       20,
-		LatencyRate:      10_000,
-		LatencySubs:      10,
-		Conns:            10_000,
-		ConnsConcurrency: 32,
-		JoinstormConns:   5000,
-		IdleMembers:      1000,
-		IdleFill:         64,
-		IdlePayload:      64 << 10,
-		IdleWindow:       20 * time.Second,
-		PeerSubs:         100,
-		PeerLatRate:      1_000,
-		PeerLoops:        1,
-		PeerTopologies:   []string{TopoSingle, TopoPeer},
-		PeerSyncTimeout:  30 * time.Second,
-		Window:           4096,
-		WindowBytes:      1 << 20,
-		MinWindow:        16,
-		MaxMsgs:          200_000_000,
-		SetupTimeout:     60 * time.Second,
-		DrainTimeout:     20 * time.Second,
-		DrainStall:       5 * time.Second,
+		Duration:          5 * time.Second,
+		Payload:           128,
+		FanoutSubs:        100,
+		FaninPubs:         1000,
+		FaninRate:         100_000,
+		Pairs:             500,
+		BigfanSize:        1_600_000,
+		BigfanSubs:        100,
+		BigfanReps:        20,
+		LatencyRate:       10_000,
+		LatencySubs:       10,
+		Conns:             10_000,
+		ConnsConcurrency:  32,
+		JoinstormConns:    5000,
+		JoinstormPingRate: 200,
+		IdleMembers:       1000,
+		IdleFill:          64,
+		IdlePayload:       64 << 10,
+		IdleWindow:        20 * time.Second,
+		PeerSubs:          100,
+		PeerLatRate:       1_000,
+		PeerLoops:         1,
+		PeerTopologies:    []string{TopoSingle, TopoPeer},
+		PeerSyncTimeout:   30 * time.Second,
+		Window:            4096,
+		WindowBytes:       1 << 20,
+		MinWindow:         16,
+		MaxMsgs:           200_000_000,
+		SetupTimeout:      60 * time.Second,
+		DrainTimeout:      20 * time.Second,
+		DrainStall:        5 * time.Second,
 	}
 }
 
@@ -138,23 +145,27 @@ var ExtraScenarios = []string{"peerfan", "peerlat"}
 
 // Scenarios by name.
 var Scenarios = map[string]Scenario{
-	"fanout":    Fanout,
-	"fanin":     Fanin,
-	"pairs":     Pairs,
-	"bigfan":    Bigfan,
-	"latency":   Latency,
-	"conns":     Conns,
-	"idle":      Idle,
-	"joinstorm": Joinstorm,
-	"peerfan":   Peerfan,
-	"peerlat":   Peerlat,
+	"fanout":     Fanout,
+	"fanin":      Fanin,
+	"fanin-rate": FaninRate,
+	"fanin-read": FaninRead,
+	"pairs":      Pairs,
+	"bigfan":     Bigfan,
+	"latency":    Latency,
+	"conns":      Conns,
+	"idle":       Idle,
+	"joinstorm":  Joinstorm,
+	"peerfan":    Peerfan,
+	"peerlat":    Peerlat,
 }
 
 // ScenarioServers lists, for scenarios that only some servers can run, those
 // servers; the others are skipped (with a line on the log).
 var ScenarioServers = map[string][]string{
-	"peerfan": {"mlesd"},
-	"peerlat": {"mlesd"},
+	// A Redis connection that subscribes can no longer publish.
+	"fanin-read": {"mlesd", "naive", "nats", "nats-raw"},
+	"peerfan":    {"mlesd"},
+	"peerlat":    {"mlesd"},
 }
 
 // Supports reports whether server can run scenario.
