@@ -243,9 +243,14 @@ func FaninRate(ctx context.Context, env *Env) (*Result, error) {
 // every frame of its channel, so each publisher gets the other publishers'
 // frames; on NATS each publisher subscribes to the subject as well (without
 // echo, as Mles never sends a member its own frames). Only the collector's
-// deliveries are checked and counted.
+// deliveries are checked and counted. The collector's window is --window
+// shared among the publishers (4 each at 1,000), not --min-window: each
+// frame in flight to the collector is in flight to every publisher too, so
+// fanin's 16,000 would be 16 million deliveries queued, minutes of drain.
 func FaninRead(ctx context.Context, env *Env) (*Result, error) {
 	cfg := env.Cfg
+	env.Cfg.MinWindow = 1
+	defer func() { env.Cfg = cfg }()
 	spec := GroupSpec{Channel: "fanin-read", Payload: cfg.Payload, PubsReceive: true}
 	col := NewReceiver(0)
 	for i := range cfg.FaninPubs {

@@ -338,6 +338,9 @@ func addCounters(res *Result, addr, prefix, who string) {
 	if d := vals["mlesd_frames_dropped_total"]; d > 0 {
 		res.Notes = append(res.Notes, fmt.Sprintf("%s's /metrics: %.0f frames dropped for receivers not keeping up (of %.0f out)", who, d, vals["mlesd_frames_out_total"]))
 	}
+	if d := vals["mlesd_loop_queue_dropped_total"]; d > 0 {
+		res.Notes = append(res.Notes, fmt.Sprintf("%s's /metrics: %.0f frames dropped between event loops (mlesd_loop_queue_dropped_total: a loop far behind)", who, d))
+	}
 }
 
 // scrapeMetrics reads a Prometheus text page: series (name with its labels,
