@@ -289,3 +289,21 @@ func TestFaninReadIsNotRunForRedis(t *testing.T) {
 		t.Error("fanin-read: Redis cannot publish on a subscribed connection; everything else runs it, and fanin-rate runs everywhere")
 	}
 }
+
+func TestFaninWindowStaysUnderTheReceiversPendingBound(t *testing.T) {
+	cfg := DefaultConfig()
+	for _, c := range []struct {
+		payload, pubs int
+		want          uint64
+	}{
+		{128, 1, 4096},    // fanout, pairs: the whole window
+		{128, 1000, 16},   // fanin: --min-window each, 16,000 in all
+		{128, 10_000, 3},  // 10,000 publishers: 30,000 in all, not 160,000
+		{128, 100_000, 1}, // never below one
+		{1 << 20, 1, 16},  // big messages: the byte window, at least --min-window
+	} {
+		if got := cfg.windowFor(c.payload, c.pubs); got != c.want {
+			t.Errorf("payload %d, %d publishers: window %d, want %d", c.payload, c.pubs, got, c.want)
+		}
+	}
+}

@@ -58,6 +58,11 @@ type Config struct {
 	Window      int
 	WindowBytes int
 	MinWindow   int // per (publisher, receiver), however many publishers share a receiver
+	// MaxInFlight caps what all the publishers sharing a receiver have in
+	// flight to it, above MinWindow: 10,000 fanin publishers × 16 would be
+	// 160,000, past the 65,536 pending messages a receiver may have in mlesd
+	// (DefaultMaxPendingFrames) and NATS alike, so a drop test again.
+	MaxInFlight int
 
 	MaxMsgs      uint64        // bound on messages per publisher
 	SetupTimeout time.Duration // connecting and joining everything
@@ -95,6 +100,7 @@ func DefaultConfig() Config {
 		Window:            4096,
 		WindowBytes:       1 << 20,
 		MinWindow:         16,
+		MaxInFlight:       32_768,
 		MaxMsgs:           200_000_000,
 		SetupTimeout:      60 * time.Second,
 		DrainTimeout:      20 * time.Second,
@@ -373,8 +379,12 @@ func (c Config) windowFor(payload, pubsPerReceiver int) uint64 {
 	if b := c.WindowBytes / max(payload, 1); b < w {
 		w = b
 	}
-	w /= max(pubsPerReceiver, 1)
-	return uint64(max(w, c.MinWindow, 1))
+	n := max(pubsPerReceiver, 1)
+	w = max(w/n, c.MinWindow, 1)
+	if c.MaxInFlight > 0 && n > 1 {
+		w = min(w, max(c.MaxInFlight/n, 1))
+	}
+	return uint64(w)
 }
 
 // runFlow drives a throughput scenario: specs are opened, every publisher

@@ -124,6 +124,20 @@ func (b *barrier) sawJoin(reader, joiner string) {
 	}
 }
 
+// waitFor waits until n members are known joined, or ctx ends.
+func (b *barrier) waitFor(ctx context.Context, n int) error {
+	for b.count() < n {
+		select {
+		case <-b.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Microsecond):
+		}
+	}
+	return nil
+}
+
 func (b *barrier) count() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -246,12 +260,18 @@ func (d *Driver) Open(ctx context.Context, addr string, spec harness.GroupSpec) 
 			return fail(fmt.Errorf("%s: %w", m.uid, err))
 		}
 		g.AddCloser(c.c)
-		br := bufio.NewReaderSize(c.c, ioBufSize)
-		if m.pub && spec.SendOnly && i != 0 {
+		switch {
+		case m.pub && spec.SendOnly && i > 1:
+			// The anchor is known to be a member (below), so the server
+			// forwards this join to it: no reader is needed, and none reads
+			// the joins of the members after it (with 10,000 publishers that
+			// would be 50 million frames read and decoded while setting up).
 			sendOnly = append(sendOnly, c)
-			go readLoop(g, c, br, nil, b, stopSetupReaders, true)
-		} else {
-			go readLoop(g, c, br, m.rcv, b, nil, m.pub)
+		case m.pub && spec.SendOnly && i != 0:
+			sendOnly = append(sendOnly, c)
+			go readLoop(g, c, bufio.NewReaderSize(c.c, ioBufSize), nil, b, stopSetupReaders, true)
+		default:
+			go readLoop(g, c, bufio.NewReaderSize(c.c, ioBufSize), m.rcv, b, nil, m.pub)
 		}
 		if m.pub {
 			p := &pub{conn: c, w: bufio.NewWriterSize(c.c, ioBufSize)}
@@ -261,6 +281,14 @@ func (d *Driver) Open(ctx context.Context, addr string, spec harness.GroupSpec) 
 			}
 			p.frame = frame
 			g.Pubs = append(g.Pubs, p)
+		}
+		if i == 1 && spec.SendOnly {
+			// Once the first member after the anchor is known joined, the
+			// anchor is a member too (it received that join, or that member
+			// received the anchor's).
+			if err := b.waitFor(ctx, 1); err != nil {
+				return fail(fmt.Errorf("join barrier on %s: the first member: %w", spec.Channel, err))
+			}
 		}
 	}
 	// Publishers must come out in spec.Pubs order.

@@ -84,6 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Window, "window", cfg.Window, "flow control: most messages in flight to one receiver")
 	fs.IntVar(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "flow control: most bytes in flight to one receiver")
 	fs.IntVar(&cfg.MinWindow, "min-window", cfg.MinWindow, "flow control: least messages in flight per (publisher, receiver), however many publishers share a receiver (fanin: 1,000 × 16 = 16,000 to the collector)")
+	fs.IntVar(&cfg.MaxInFlight, "max-in-flight", cfg.MaxInFlight, "flow control: most messages in flight to one receiver from all the publishers sharing it, capping --min-window (10,000 fanin publishers: 3 each); below the 65,536 pending messages mlesd and NATS allow a receiver (0: no cap)")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "longest wait for the last deliveries")
 	fs.DurationVar(&cfg.DrainStall, "drain-stall", cfg.DrainStall, "stop waiting for the last deliveries after this long without one (the rest counts as lost)")
 	fs.DurationVar(&cfg.SetupTimeout, "setup-timeout", cfg.SetupTimeout, "longest wait to connect and join a scenario's connections")
