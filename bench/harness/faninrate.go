@@ -51,6 +51,26 @@ func (p pacer) at(k uint64) time.Duration {
 	return time.Duration((float64(k) + p.phase) / p.rate * 1e9)
 }
 
+// faninSettleMax is the longest fanin-rate waits for the server to finish
+// with the joins before measuring.
+const faninSettleMax = 30 * time.Second
+
+// settleCPU waits until the server used under 5% of a core over a second,
+// at most limit, and returns how long that took.
+func settleCPU(ctx context.Context, s *Server, limit time.Duration) time.Duration {
+	began := time.Now()
+	prev, err := s.CPUTime()
+	for err == nil && time.Since(began) < limit && ctx.Err() == nil {
+		time.Sleep(time.Second)
+		cur, cerr := s.CPUTime()
+		if cerr != nil || cur-prev < 50*time.Millisecond {
+			break
+		}
+		prev = cur
+	}
+	return time.Since(began)
+}
+
 // ratePub is one publisher of fanin-rate.
 type ratePub struct {
 	p      Publisher
@@ -144,6 +164,12 @@ func FaninRate(ctx context.Context, env *Env) (*Result, error) {
 		}
 		return n
 	}
+
+	// Joining is not measured: a Mles server forwards each of the joins to
+	// every member already there (50 million frames at 10,000 publishers).
+	settled := settleCPU(ctx, env.Server, faninSettleMax)
+	res.Add("settle", "s", settled.Seconds(), false)
+	fmt.Fprintf(env.Log, "%s the server settled %v after the joins\n", env.label(scn), settled.Round(time.Millisecond))
 
 	var lastN uint64
 	stopProgress := progress(env, scn, func(time.Duration) string {
