@@ -307,3 +307,16 @@ func TestFaninWindowStaysUnderTheReceiversPendingBound(t *testing.T) {
 		}
 	}
 }
+
+func TestEveryListedScenarioIsRegisteredOnce(t *testing.T) {
+	seen := map[string]bool{}
+	for _, s := range append(append([]string(nil), ScenarioOrder...), ExtraScenarios...) {
+		if Scenarios[s] == nil || seen[s] {
+			t.Errorf("%s: registered %v, listed twice %v", s, Scenarios[s] != nil, seen[s])
+		}
+		seen[s] = true
+	}
+	if len(seen) != len(Scenarios) {
+		t.Errorf("%d scenarios listed, %d registered", len(seen), len(Scenarios))
+	}
+}
