@@ -359,11 +359,13 @@ type idle struct {
 
 func (i *idle) Close() error { return i.c.Close() }
 
-// Check proves the idle connection joined: a probe joins the same channel, and
-// the idle connection must receive the probe's join frame (after the joins
-// of those that joined the channel after it, when it shares it: joinstorm).
-// If the server closes the probe instead (a connection limit), Check says so
-// at once.
+// Check proves the idle connection joined: a probe joins the same channel,
+// and either the idle connection receives the probe's join (after the joins
+// of those that joined the channel after it, when it shares it: joinstorm)
+// or, when the server processed the probe's join first (the two can be
+// handled by different event loops, the idle connection's still waiting in
+// a busy one), the probe receives the idle connection's. If the server
+// closes the probe instead (a connection limit), Check says so at once.
 func (i *idle) Check(ctx context.Context, addr string) error {
 	probe := fmt.Sprintf("probe-%d", i.d.uids.Add(1))
 	p, err := i.d.dial(ctx, addr, probe, i.channel)
@@ -375,15 +377,20 @@ func (i *idle) Check(ctx context.Context, addr string) error {
 	if d, ok := ctx.Deadline(); ok {
 		dl = d
 	}
-	probeClosed := make(chan error, 1)
+	probeSaw := make(chan error, 1)
 	go func() {
-		// On a shared channel (joinstorm) frames may reach the probe too:
-		// only an error (a close, or the deadline) ends this.
-		b := make([]byte, 4096)
+		// On a shared channel (joinstorm) other members' joins may reach
+		// the probe too: only the idle connection's, or an error (a close,
+		// or the deadline), ends this.
 		p.c.SetReadDeadline(dl)
 		for {
-			if _, err := p.c.Read(b); err != nil {
-				probeClosed <- err
+			t, err := readOneFrom(p.c, i.uid)
+			if err != nil {
+				probeSaw <- err
+				return
+			}
+			if t.UID == i.uid && len(t.Message) == 0 {
+				probeSaw <- nil
 				return
 			}
 		}
@@ -393,12 +400,15 @@ func (i *idle) Check(ctx context.Context, addr string) error {
 	select {
 	case err := <-got:
 		return err
-	case err := <-probeClosed:
+	case err := <-probeSaw:
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			return <-got
 		}
 		i.c.SetReadDeadline(time.Now()) // end the other read
 		<-got
+		if err == nil {
+			return nil // the probe got the idle connection's join
+		}
 		return fmt.Errorf("the server closed the probe connection (a connection limit?): %v", err)
 	}
 }
