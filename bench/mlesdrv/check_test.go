@@ -2,6 +2,7 @@ package mlesdrv
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -95,5 +96,41 @@ func TestCheckSeesTheIdleConnectionsJoinAtTheProbe(t *testing.T) {
 func TestCheckFailsWhenNeitherJoinIsForwarded(t *testing.T) {
 	if err := checkIdle(t, "none", 300*time.Millisecond); err == nil {
 		t.Fatal("Check passed though the server forwarded no join")
+	}
+}
+
+// What waited on a connection is read whole frame by whole frame, so the
+// next frame still parses.
+func TestDrainFramesStopsAtAFrameBoundary(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var backlog []byte
+	for i := range 500 {
+		backlog, _ = codec.AppendFrame(backlog, 7, codec.Triplet{UID: fmt.Sprintf("later-%d", i), Channel: "storm"})
+	}
+	if _, err := s.Write(backlog); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // all of it is in c's receive buffer
+	if err := drainFrames(c.(*net.TCPConn), 10*time.Millisecond, time.Now().Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	next, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "probe-1", Channel: "storm"})
+	s.Write(next)
+	if err := readJoinFrom(c.(*net.TCPConn), time.Now().Add(2*time.Second), "probe-1"); err != nil {
+		t.Fatalf("after the drain: %v", err)
 	}
 }

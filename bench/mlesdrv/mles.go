@@ -366,17 +366,25 @@ func (i *idle) Close() error { return i.c.Close() }
 // handled by different event loops, the idle connection's still waiting in
 // a busy one), the probe receives the idle connection's. If the server
 // closes the probe instead (a connection limit), Check says so at once.
+//
+// What already waits on the idle connection (the joins of later members) is
+// read first: a server may drop frames for a member whose socket is full
+// (mlesd does, then waits for it to take half), and the probe's join must
+// not be one of those.
 func (i *idle) Check(ctx context.Context, addr string) error {
+	dl := time.Now().Add(5 * time.Second)
+	if d, ok := ctx.Deadline(); ok {
+		dl = d
+	}
+	if err := drainFrames(i.c, checkQuiet, dl); err != nil {
+		return fmt.Errorf("reading what waited for %s: %w", i.uid, err)
+	}
 	probe := fmt.Sprintf("probe-%d", i.d.uids.Add(1))
 	p, err := i.d.dial(ctx, addr, probe, i.channel)
 	if err != nil {
 		return err
 	}
 	defer p.c.Close()
-	dl := time.Now().Add(5 * time.Second)
-	if d, ok := ctx.Deadline(); ok {
-		dl = d
-	}
 	probeSaw := make(chan error, 1)
 	go func() {
 		// On a shared channel (joinstorm) other members' joins may reach
@@ -401,7 +409,7 @@ func (i *idle) Check(ctx context.Context, addr string) error {
 	case err := <-got:
 		return err
 	case err := <-probeSaw:
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
 			return <-got
 		}
 		i.c.SetReadDeadline(time.Now()) // end the other read
@@ -410,6 +418,42 @@ func (i *idle) Check(ctx context.Context, addr string) error {
 			return nil // the probe got the idle connection's join
 		}
 		return fmt.Errorf("the server closed the probe connection (a connection limit?): %v", err)
+	}
+}
+
+// checkQuiet is how long Check waits for more of what is waiting on an idle
+// connection before it stops reading: frames already there arrive at once.
+const checkQuiet = 2 * time.Millisecond
+
+// drainFrames reads and discards whole frames from c until none begins
+// within quiet (or dl passes): a frame that has begun is read to its end, so
+// the stream stays at a frame boundary.
+func drainFrames(c *net.TCPConn, quiet time.Duration, dl time.Time) error {
+	defer c.SetReadDeadline(time.Time{})
+	var hb [codec.HeaderLen]byte
+	for {
+		t := time.Now().Add(quiet)
+		if t.After(dl) {
+			t = dl
+		}
+		c.SetReadDeadline(t)
+		if _, err := c.Read(hb[:1]); err != nil {
+			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+				return nil
+			}
+			return err
+		}
+		c.SetReadDeadline(dl)
+		if _, err := io.ReadFull(c, hb[1:]); err != nil {
+			return err
+		}
+		h, err := codec.ParseHeader(hb[:])
+		if err != nil {
+			return err
+		}
+		if _, err := io.CopyN(io.Discard, c, int64(h.Len)); err != nil {
+			return err
+		}
 	}
 }
 
