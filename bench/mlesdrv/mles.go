@@ -58,7 +58,6 @@ type conn struct {
 	uid     string
 	channel string
 	key     uint64
-	w       *bufio.Writer
 }
 
 // dial connects, sets TCP_NODELAY and sends the join frame (empty message).
