@@ -730,3 +730,48 @@ func TestPayloadsPassByteForByte(t *testing.T) {
 		}
 	}
 }
+
+// A receive whose context ends returns the context's error and leaves the
+// connection open: the next receive gets the next frame.
+func TestCancelledReceiveLeavesTheConnectionOpen(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ws   bool
+	}{{"tcp", false}, {"websocket", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ws := freeAddr(t)
+			p := server(t, []string{"MLES_KEY=k"}, "--ws-listen", ws)
+			waitFor(t, ws)
+			addr, opts := p.Addr, []client.Option{client.SharedKey("k")}
+			if tc.ws {
+				addr, opts = "ws://"+ws, nil
+			}
+			sub, err := client.Connect(addr, "sub", "cancel", opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			pub, err := client.Connect(p.Addr, "pub", "cancel", client.SharedKey("k"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pub.Close()
+			syncPair(t, sub, pub)
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			if _, err := sub.Next(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("receive with nothing to read: %v, want the context's error", err)
+			}
+			if err := sub.Err(); err != nil {
+				t.Fatalf("the Conn closed after a cancelled receive: %v", err)
+			}
+			pub.Send([]byte("after"))
+			if m := recv(t, sub); string(m.Message) != "after" {
+				t.Fatalf("next frame %q, want %q", m.Message, "after")
+			}
+			if st := sub.Stats(); st.Reconnects != 0 {
+				t.Fatalf("%d reconnects", st.Reconnects)
+			}
+		})
+	}
+}
