@@ -775,3 +775,64 @@ func TestCancelledReceiveLeavesTheConnectionOpen(t *testing.T) {
 		})
 	}
 }
+
+// mlesd's flags keep their meaning over the router's Config rule (0 is the
+// default there, Off is none): --history-limit 0 keeps no history, and
+// the default replays it.
+func TestHistoryLimitZeroReplaysNothingAndTheDefaultReplays(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+	}{{"history-limit-0", []string{"--history-limit", "0"}, 0}, {"default", nil, 3}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := server(t, []string{"MLES_KEY=k"}, tc.args...)
+			sub, err := client.Connect(p.Addr, "sub", "hist", client.SharedKey("k"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			pub, err := client.Connect(p.Addr, "pub", "hist", client.SharedKey("k"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pub.Close()
+			syncPair(t, sub, pub)
+			for _, m := range []string{"a", "b", "c"} {
+				pub.Send([]byte(m))
+			}
+			for string(recv(t, sub).Message) != "c" { // routed, so in the history if it keeps any
+			}
+			late, err := client.Connect(p.Addr, "late", "hist", client.SharedKey("k"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer late.Close()
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() { // live frames until the late joiner has one
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(20 * time.Millisecond):
+						pub.Send([]byte("live"))
+					}
+				}
+			}()
+			got := 0
+			for {
+				m := string(recv(t, late).Message)
+				if m == "live" {
+					break
+				}
+				if m == "a" || m == "b" || m == "c" {
+					got++
+				}
+			}
+			if got != tc.want {
+				t.Fatalf("the late joiner got %d frames of history, want %d", got, tc.want)
+			}
+		})
+	}
+}
