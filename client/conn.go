@@ -40,8 +40,9 @@ const (
 
 // Conn is one Mles connection joined to one (uid, channel).
 //
-// Concurrency: Send, Flush, Stats, Key, UID, Channel and Close are safe
-// from any goroutine. Receiving (Next, Msgs) is for one goroutine at a
+// Concurrency: Send, SendPayload, Flush, Stats, Key, UID, Channel, Close,
+// CloseNow, CloseRead and SetWriteDeadline are safe from any goroutine.
+// Receiving (Next, Msgs, NextFrame, Frames) is for one goroutine at a
 // time, which may run alongside any number of senders. Drain is for the
 // end, with no receive running.
 type Conn struct {

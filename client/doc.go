@@ -38,7 +38,8 @@
 //
 // Send, Flush, Stats and Close are safe from any goroutine; Send buffers,
 // and a flusher goroutine writes what piled up in one system call. One
-// goroutine at a time receives (Next or Msgs). Receiving a frame that fits
+// goroutine at a time receives (Next or Msgs; NextFrame and Frames for
+// code that only passes frames on, which skips decoding the triplet). Receiving a frame that fits
 // the read buffer allocates nothing, over TCP, TLS and WebSocket alike:
 // the Msg aliases the buffer and is valid until the next receive (Clone
 // keeps one). A receive whose context ends returns the context's error
