@@ -93,6 +93,9 @@ const (
 	// at a 16 MiB payload), where a 16 MiB resync can hold 1.2 million tiny
 	// entries (issue 11).
 	DefaultMaxResyncEntries = 10_000
+	// DefaultIdleTimeout is off: a joined receiver may stay silent forever
+	// (Mles has no keepalive of its own; TCP keepalive finds dead peers).
+	DefaultIdleTimeout = 0
 	// DefaultKeepAlive is the TCP keepalive period set on every connection.
 	DefaultKeepAlive = 60 * time.Second
 
@@ -153,59 +156,73 @@ const (
 	partialSlackDiv = 8
 )
 
-// Config is every setting of the engine. The zero value of a field means its
-// default, except where noted.
+// Off, given to a setting that can be off, turns it off: no bound for a
+// limit, never for a timeout. Any negative value means the same.
+const Off = -1
+
+// Config is every setting of the engine. One rule for every field, as in
+// every Config of this project (router, gateway, peering, client): zero
+// means the package's default (the Default constants above), and a
+// negative value (Off) turns the setting off where it can be off (no
+// bound, never, at once). Bounds that keep memory and names in check
+// cannot be off: a negative value gives them their default too.
 type Config struct {
 	// Listen holds the addresses to listen on, host:port. "[::]:port" and
 	// ":port" are dual stack.
 	Listen []string
-	// Loops is the number of event loops; 0 = one per CPU.
+	// Loops is the number of event loops; 0 (or negative) = one per CPU.
 	Loops int
 	// Keys is the first-level authentication setting (MLES_KEY, MLES_ADDR_KEY).
 	Keys codec.KeyConfig
-	// MaxFrame is the largest payload accepted, 1..0xFFFFFF.
+	// MaxFrame is the largest payload accepted, 1..0xFFFFFF; 0 (or out of
+	// range) = DefaultMaxFrame, the protocol's maximum.
 	MaxFrame int
-	// MaxPending bounds each receiver's waiting bytes (see DefaultMaxPending).
+	// MaxPending bounds each receiver's waiting bytes (see DefaultMaxPending;
+	// cannot be off).
 	MaxPending int
-	// MaxPendingFrames bounds each receiver's waiting frames.
+	// MaxPendingFrames bounds each receiver's waiting frames (cannot be off).
 	MaxPendingFrames int
 	// SendBuffer is the kernel send buffer (SO_SNDBUF) of each client
-	// socket, in bytes (see DefaultSendBuffer); negative = the kernel's
+	// socket, in bytes (see DefaultSendBuffer); Off = the kernel's
 	// autotuning. Uplinks to peers keep the kernel's.
 	SendBuffer int
-	// StallTimeout closes receivers that are stalled and silent; negative = never.
+	// StallTimeout closes receivers that are stalled and silent; Off = never.
 	StallTimeout time.Duration
-	// JoinTimeout closes connections that have not joined; negative = never.
+	// JoinTimeout closes connections that have not joined; Off = never.
 	JoinTimeout time.Duration
 	// IdleTimeout closes joined connections that have sent nothing for this
-	// long; 0 = never (the default: receivers may be silent forever).
+	// long. Its default (DefaultIdleTimeout) is off: receivers may be silent
+	// forever; so both 0 and Off mean never.
 	IdleTimeout time.Duration
-	// MaxConns bounds open connections; negative = no bound.
+	// MaxConns bounds open connections; Off = no bound.
 	MaxConns int
-	// MaxConnsPerIP bounds open connections per client IP; negative = no bound.
+	// MaxConnsPerIP bounds open connections per client IP; Off = no bound.
 	MaxConnsPerIP int
 	// LimitLoopback applies MaxConnsPerIP to loopback clients too (by
 	// default they are exempt: they are processes on this host).
 	LimitLoopback bool
-	// MaxUIDLen and MaxChannelLen bound the names in a join, in bytes.
+	// MaxUIDLen and MaxChannelLen bound the names in a join, in bytes
+	// (cannot be off).
 	MaxUIDLen     int
 	MaxChannelLen int
 	// MaxPartialBytes bounds bytes of incomplete frames over all connections;
-	// when it is full, the connection holding the most is closed.
+	// when it is full, the connection holding the most is closed (cannot be
+	// off).
 	MaxPartialBytes int
 	// MaxResyncEntries bounds the inner frames of a resync; a resync with
-	// more is closed ("resync-too-large").
+	// more is closed ("resync-too-large"; cannot be off).
 	MaxResyncEntries int
 	// FrameTimeout closes a connection whose frame has been arriving for this
-	// long (the join frame too); negative = never.
+	// long (the join frame too); Off = never.
 	FrameTimeout time.Duration
 	// FrameMinRate closes a connection whose frame arrives slower than this
-	// many bytes per second over a FrameRateWindow; negative = no minimum.
+	// many bytes per second over a FrameRateWindow; Off = no minimum.
 	FrameMinRate int
-	// FrameRateWindow is the span FrameMinRate is measured over.
+	// FrameRateWindow is the span FrameMinRate is measured over (cannot be
+	// off).
 	FrameRateWindow time.Duration
 	// DrainTimeout bounds how long Stop flushes backlogs before closing;
-	// negative = close at once.
+	// Off = close at once.
 	DrainTimeout time.Duration
 	// Members, when set, learns of every member's join and leave (package
 	// peering opens and closes uplinks with it).
@@ -265,6 +282,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.IdleTimeout < 0 {
+		c.IdleTimeout = DefaultIdleTimeout // off, as 0
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
