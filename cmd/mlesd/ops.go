@@ -41,12 +41,14 @@ func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server
 // startMetrics serves /metrics, /healthz and /readyz on addr. The TLS
 // listener and the gateway's stats, once started, are stored in tls and gw
 // (nil: no TLS listener, no gateway: no such metrics).
-// stop closes the server.
-func startMetrics(addr string, srv *engine.Server, tls *atomic.Pointer[tlsserve.Server],
-	gw *atomic.Pointer[func() gateway.Stats], peers func() peering.Stats, ready func() bool, log *slog.Logger) (stop func(), err error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics %s: %w", addr, err)
+// ln, when set, is the listener inherited from an old process (upgrade).
+// stop closes the server and its listener.
+func startMetrics(addr string, ln net.Listener, srv *engine.Server, tls *atomic.Pointer[tlsserve.Server],
+	gw *atomic.Pointer[func() gateway.Stats], peers func() peering.Stats, ready func() bool, log *slog.Logger) (stop func(), bound net.Listener, err error) {
+	if ln == nil {
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, nil, fmt.Errorf("--metrics %s: %w", addr, err)
+		}
 	}
 	src := metrics.Sources{
 		Engine:  srv.Stats,
@@ -81,5 +83,5 @@ func startMetrics(addr string, srv *engine.Server, tls *atomic.Pointer[tlsserve.
 		}
 	}()
 	log.Info("metrics listening", slog.String("addr", ln.Addr().String()))
-	return func() { _ = hs.Close() }, nil
+	return func() { _ = hs.Close() }, ln, nil
 }
