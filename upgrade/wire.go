@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
@@ -207,9 +208,12 @@ func (s *socket) send(v any, files []*os.File, deadline time.Time) error {
 	if len(files) > 0 {
 		fds := make([]int, len(files))
 		for i, f := range files {
-			fds[i] = int(f.Fd())
+			if fds[i], err = rawFD(f); err != nil {
+				return err
+			}
 		}
 		oob = unix.UnixRights(fds...)
+		defer runtime.KeepAlive(files) // the descriptors stay open until sent
 	}
 	_ = s.uc.SetWriteDeadline(deadline)
 	n, oobn, err := s.uc.WriteMsgUnix(b, oob, nil)
@@ -217,6 +221,24 @@ func (s *socket) send(v any, files []*os.File, deadline time.Time) error {
 		err = io.ErrShortWrite
 	}
 	return err
+}
+
+// rawFD is f's descriptor. Not f.Fd(): for a file from TCPListener.File,
+// Fd puts the descriptor in blocking mode, and the mode belongs to the
+// socket shared with the listener this process still accepts on. A
+// blocking listener ties its accept goroutine up in accept(2), where
+// closing it does not reach it (measured: the old process then never
+// stopped).
+func rawFD(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
 }
 
 // recv reads one message and the descriptors attached to it (as files the
