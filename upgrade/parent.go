@@ -25,15 +25,15 @@ type File struct {
 
 // Options describe the new process.
 type Options struct {
-	Path    string        // the binary to start (Executable)
-	Args    []string      // its arguments, without argv[0]
-	Env     []string      // its environment (EnvFD, if present, is replaced)
-	Dir     string        // its working directory ("": this process's)
-	Stdout  io.Writer     // its standard output and error (os.Stdout and os.Stderr pass the descriptors themselves)
-	Stderr  io.Writer     //
-	Version string        // this process's version string, for the Offer
-	Files   []File        // the listening sockets
-	Timeout time.Duration // from start to ready; 0 = DefaultTimeout
+	Path    string          // the binary to start (Executable)
+	Args    []string        // its arguments, without argv[0]
+	Env     []string        // its environment (EnvFD, if present, is replaced)
+	Dir     string          // its working directory ("": this process's)
+	Stdout  io.Writer       // its standard output and error (os.Stdout and os.Stderr pass the descriptors themselves)
+	Stderr  io.Writer       //
+	Version string          // this process's version string, for the Offer
+	Files   []File          // the listening sockets
+	Timeout time.Duration   // from start to ready; 0 = DefaultTimeout
 	Cancel  <-chan struct{} // closed: give up (the new process is killed)
 }
 
