@@ -148,6 +148,19 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
+	return s.Serve(ln)
+}
+
+// Listener is the listener served (nil before Listen or Serve). Closing it
+// only stops accepting: connections go on (an upgrade hands it over).
+func (s *Server) Listener() net.Listener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ln
+}
+
+// Serve serves ln (a listener handed over by an upgrade) as Listen does.
+func (s *Server) Serve(ln net.Listener) (net.Addr, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

@@ -227,8 +227,10 @@ type sideListeners struct {
 	gwStats  atomic.Pointer[func() gateway.Stats]
 	closers  []func()
 
-	metricsLn   net.Listener // handed over on an upgrade
+	// Handed over on an upgrade (the TLS listener is tlsSrv's).
+	metricsLn   net.Listener
 	stopMetrics func()
+	wsLn        net.Listener
 }
 
 // close stops the metrics endpoint and the gateway.
@@ -273,7 +275,8 @@ func (sl *sideListeners) startMetrics(o Options, srv *engine.Server, peers *peer
 
 // startOnEngine starts --tls-listen and --ws-listen once srv listens (if it
 // never does, Serve's error is reported by serve).
-func (sl *sideListeners) startOnEngine(o Options, srv *engine.Server, log *slog.Logger) error {
+// inherited gives the listeners an old process handed over (nil: none).
+func (sl *sideListeners) startOnEngine(o Options, srv *engine.Server, inherited func(role, addr string) net.Listener, log *slog.Logger) error {
 	if o.TLSListen == "" && o.WSListen == "" {
 		return nil
 	}
@@ -281,17 +284,18 @@ func (sl *sideListeners) startOnEngine(o Options, srv *engine.Server, log *slog.
 		return nil
 	}
 	if o.TLSListen != "" {
-		ts, err := startTLS(o, srv, log)
+		ts, err := startTLS(o, srv, inherited(upgrade.RoleTLS, o.TLSListen), log)
 		if err != nil {
 			return err
 		}
 		sl.tlsSrv.Store(ts)
 	}
 	if o.WSListen != "" {
-		stopGateway, stats, err := startGateway(o, srv, keysOf(o), log)
+		stopGateway, stats, ln, err := startGateway(o, srv, keysOf(o), inherited(upgrade.RoleWS, o.WSListen), log)
 		if err != nil {
 			return err
 		}
+		sl.wsLn = ln
 		sl.gwStats.Store(&stats)
 		sl.closers = append(sl.closers, stopGateway)
 	}
@@ -317,7 +321,7 @@ func serve(o Options, srv *engine.Server, peers *peering.Manager, u *upgrader, l
 	defer signal.Stop(usr2)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
-	if err := side.startOnEngine(o, srv, log); err != nil {
+	if err := side.startOnEngine(o, srv, u.inherited, log); err != nil {
 		_ = srv.Stop(context.Background())
 		return listenFailed(log, err)
 	}

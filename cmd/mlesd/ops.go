@@ -20,7 +20,8 @@ import (
 
 // startTLS serves Mles over TLS on o.TLSListen, bridging every connection to
 // srv (which must be Ready and listening).
-func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server, error) {
+// ln, when set, is the listener inherited from an old process (upgrade).
+func startTLS(o Options, srv *engine.Server, ln net.Listener, log *slog.Logger) (*tlsserve.Server, error) {
 	ts, err := tlsserve.New(tlsserve.Config{
 		CertFile: o.TLSCert, KeyFile: o.TLSKey, ClientCAFile: o.TLSClientCA,
 		HandshakeTimeout: o.TLSHandshakeTimeout,
@@ -29,7 +30,12 @@ func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server
 	if err != nil {
 		return nil, err
 	}
-	addr, err := ts.Listen(o.TLSListen)
+	var addr net.Addr
+	if ln != nil {
+		addr, err = ts.Serve(ln)
+	} else {
+		addr, err = ts.Listen(o.TLSListen)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("--tls-listen %s: %w", o.TLSListen, err)
 	}

@@ -3,7 +3,7 @@ package main
 // Hitless upgrade, phase 1 (package upgrade has the protocol): on SIGUSR2
 // this process starts the binary at the path it was started from, with the
 // same arguments and environment, and hands it its listening sockets (the
-// Mles listeners, --metrics, --pprof). The new process serves on them and
+// Mles listeners, --tls-listen, --ws-listen, --metrics, --pprof). The new process serves on them and
 // says so; only then does this one stop accepting, and it keeps serving the
 // connections it has until they close or --drain-timeout passes, then exits
 // 0. Any failure of the new process leaves this one serving as before.
@@ -147,10 +147,6 @@ func (u *upgrader) signalled() {
 // attempt starts the new process and waits until it serves (or fails).
 func (u *upgrader) attempt(stop <-chan struct{}) attempt {
 	a := attempt{started: time.Now()}
-	if u.o.TLSListen != "" || u.o.WSListen != "" {
-		a.err = errors.New("not yet with --tls-listen or --ws-listen: their listeners cannot be handed over (issue 13, phase 1)")
-		return a
-	}
 	if a.files, a.err = u.listenerFiles(); a.err != nil {
 		return a
 	}
@@ -173,10 +169,7 @@ func (u *upgrader) listenerFiles() ([]upgrade.File, error) {
 			files = append(files, upgrade.File{FileID: upgrade.FileID{Role: upgrade.RoleMles, Addr: a}, F: f})
 		}
 	}
-	for _, side := range []struct {
-		role, addr string
-		ln         net.Listener
-	}{{upgrade.RoleMetrics, u.o.MetricsAddr, u.side.metricsLn}, {upgrade.RolePprof, u.o.PprofAddr, u.pprofLn}} {
+	for _, side := range u.sideListeners() {
 		if side.ln == nil {
 			continue
 		}
@@ -192,6 +185,22 @@ func (u *upgrader) listenerFiles() ([]upgrade.File, error) {
 		files = append(files, upgrade.File{FileID: upgrade.FileID{Role: side.role, Addr: side.addr}, F: f})
 	}
 	return files, nil
+}
+
+// sideListener is a listener beside the engine's that an upgrade hands over.
+type sideListener struct {
+	role, addr string
+	ln         net.Listener
+}
+
+// sideListeners are the metrics, pprof, TLS and WebSocket listeners open.
+func (u *upgrader) sideListeners() []sideListener {
+	var tlsLn net.Listener
+	if ts := u.side.tlsSrv.Load(); ts != nil {
+		tlsLn = ts.Listener()
+	}
+	return []sideListener{{upgrade.RoleMetrics, u.o.MetricsAddr, u.side.metricsLn}, {upgrade.RolePprof, u.o.PprofAddr, u.pprofLn},
+		{upgrade.RoleTLS, u.o.TLSListen, tlsLn}, {upgrade.RoleWS, u.o.WSListen, u.side.wsLn}}
 }
 
 func closeUpgradeFiles(files []upgrade.File) {
@@ -214,12 +223,16 @@ func (u *upgrader) finished(a attempt) bool {
 	}
 	u.busy = true // for good: a handed-over process does not upgrade again
 	ready := time.Since(a.started)
+	// Stop accepting everywhere; connections and sessions go on (the
+	// metrics and pprof servers go: they keep nothing worth draining).
 	u.srv.StopAccepting()
 	if u.side.stopMetrics != nil {
 		u.side.stopMetrics()
 	}
-	if u.pprofLn != nil {
-		_ = u.pprofLn.Close()
+	for _, side := range u.sideListeners() {
+		if side.ln != nil {
+			_ = side.ln.Close()
+		}
 	}
 	// systemd first (MAINPID from the old main process), so that the new
 	// one's READY=1, sent after the Commit, finds it the main process.

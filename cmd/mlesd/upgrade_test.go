@@ -5,6 +5,7 @@ package main
 // while clients keep dialling.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/internal/mlestest"
@@ -552,4 +555,61 @@ func (n *notifySocket) want(t *testing.T, state string) {
 			t.Fatalf("no %q sent to NOTIFY_SOCKET", state)
 		}
 	}
+}
+
+// The TLS and WebSocket listeners move too: after the upgrade new TLS and
+// WebSocket clients are served by the new process, while a TLS client
+// joined before keeps exchanging frames with the old one.
+func TestUpgradeMovesTheTLSAndWebSocketListenersAndKeepsTheirSessions(t *testing.T) {
+	a, b := versionedBuilds(t)
+	pki := newTestPKI(t)
+	tlsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))
+	wsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))
+	r := startRig(t, a, nil, "--tls-listen", tlsAddr, "--tls-cert", pki.server.CertFile, "--tls-key", pki.server.KeyFile,
+		"--ws-listen", wsAddr, "--drain-timeout", "60s")
+	r.waitLog("websocket gateway listening", 1)
+	plain := mlestest.Join(t, r.addr, key, "plain", "mixed")
+	tc, err := dialTLS(t, tlsAddr, pki, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec := tlsClient(tc, "secure", "mixed")
+	if err := sec.Send(nil); err != nil {
+		t.Fatal(err)
+	}
+	mlestest.Sync(t, sec, plain)
+	mlestest.Sync(t, plain, sec)
+
+	oldPID, _ := r.upgradeTo(b, "vB", 1)
+	if !strings.Contains(r.Log(), "handed over 5 listeners") {
+		t.Fatalf("the TLS and WebSocket listeners were not handed over:\n%s", r.Log())
+	}
+	exchange(t, plain, sec, 1) // both still on the old process
+
+	tc2, err := dialTLS(t, tlsAddr, pki, nil)
+	if err != nil {
+		t.Fatalf("TLS after the upgrade: %v", err)
+	}
+	sec2 := tlsClient(tc2, "secure2", "after")
+	if err := sec2.Send(nil); err != nil {
+		t.Fatal(err)
+	}
+	plain2 := mlestest.Join(t, r.addr, key, "plain2", "after")
+	mlestest.Sync(t, sec2, plain2)
+	mlestest.Sync(t, plain2, sec2)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, "ws://"+wsAddr+"/", &websocket.DialOptions{Subprotocols: []string{"mles-websocket"}})
+	if err != nil {
+		t.Fatalf("WebSocket after the upgrade: %v", err)
+	}
+	ws.CloseNow()
+
+	if !alive(oldPID) {
+		t.Fatal("the old process exited while its TLS client was connected")
+	}
+	plain.NC.Close()
+	sec.NC.Close()
+	mlestest.WaitUntil(t, "the old process exits once its clients left", 15*time.Second, func() bool { return !alive(oldPID) })
+	exchange(t, plain2, sec2, 2) // the new process serves on
 }
