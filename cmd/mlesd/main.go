@@ -316,9 +316,7 @@ func serve(o Options, srv *engine.Server, peers *peering.Manager, u *upgrader, l
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	usr2 := make(chan os.Signal, 1)
-	signal.Notify(usr2, syscall.SIGUSR2)
-	defer signal.Stop(usr2)
+	defer signal.Stop(u.usr2)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 	if err := side.startOnEngine(o, srv, u.inherited, log); err != nil {
@@ -349,7 +347,7 @@ func serve(o Options, srv *engine.Server, peers *peering.Manager, u *upgrader, l
 			u.cancel()
 			defer upgrade.RemovePIDFile(o.PIDFile)
 			return shutdown(o, srv, peers, &side, served, log)
-		case <-usr2:
+		case <-u.usr2:
 			u.signalled()
 		case err := <-u.committed:
 			u.tookOver(err)
@@ -359,7 +357,7 @@ func serve(o Options, srv *engine.Server, peers *peering.Manager, u *upgrader, l
 			}
 			// Handed over: serve what is left, then exit.
 			side.stopping.Store(true)
-			if err := u.drain(sigs, usr2, served); err != nil {
+			if err := u.drain(sigs, u.usr2, served); err != nil {
 				log.Error("server failed", slog.String("error", err.Error()))
 				return exitFailure
 			}

@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -42,7 +44,8 @@ type upgrader struct {
 	pprofLn net.Listener
 
 	// Owned by serve's goroutine.
-	busy      bool // an upgrade is under way (either side)
+	usr2      chan os.Signal // SIGUSR2, caught from start-up on (its default action is to exit)
+	busy      bool           // an upgrade is under way (either side)
 	stop      chan struct{}
 	attempts  chan attempt // one per SIGUSR2 that started one
 	committed chan error   // new process: the old one let go (or went)
@@ -56,10 +59,14 @@ type attempt struct {
 	err     error
 }
 
+// newUpgrader resolves the path to start on an upgrade and catches SIGUSR2
+// (a reload sent while this process starts waits until it serves).
 func newUpgrader(o Options, stdout, stderr io.Writer, log *slog.Logger) *upgrader {
 	exe, err := upgrade.Executable(os.Args[0])
-	return &upgrader{o: o, log: log, exe: exe, exeErr: err, stdout: stdout, stderr: stderr,
-		attempts: make(chan attempt, 1), committed: make(chan error, 1)}
+	u := &upgrader{o: o, log: log, exe: exe, exeErr: err, stdout: stdout, stderr: stderr,
+		usr2: make(chan os.Signal, 1), attempts: make(chan attempt, 1), committed: make(chan error, 1)}
+	signal.Notify(u.usr2, syscall.SIGUSR2)
+	return u
 }
 
 // inherited takes the listener of role at addr handed over by the old
