@@ -258,6 +258,7 @@ type dialers struct {
 	ok, fail atomic.Int64
 	mu       sync.Mutex
 	errs     []string
+	slowest  time.Duration // longest dial and join (Lock: mu)
 }
 
 func startDialers(addr string, n int) *dialers {
@@ -283,7 +284,12 @@ func startDialers(addr string, n int) *dialers {
 				if time.Now().After(deadline) {
 					return
 				}
+				began := time.Now()
 				err := dialOnce(addr, join, buf)
+				took := time.Since(began)
+				d.mu.Lock()
+				d.slowest = max(d.slowest, took)
+				d.mu.Unlock()
 				if err != nil {
 					d.fail.Add(1)
 					d.mu.Lock()
@@ -348,7 +354,7 @@ func (d *dialers) finish(t *testing.T) {
 	if d.ok.Load() < 100 {
 		t.Fatalf("only %d dials ran", d.ok.Load())
 	}
-	t.Logf("%d dials, none refused or reset", d.ok.Load())
+	t.Logf("%d dials, none refused or reset; slowest dial, join and 5 ms wait: %v", d.ok.Load(), d.slowest)
 }
 
 // exchange has a and b each send frame number n and receive the other's.
@@ -437,6 +443,11 @@ func TestUpgradesUnderDialLoadRefuseNoConnection(t *testing.T) {
 	}
 	if r.pid() != fourth {
 		t.Fatalf("pid file names %d after the old process exited, want %d", r.pid(), fourth)
+	}
+	for _, line := range strings.Split(r.Log(), "\n") {
+		if strings.Contains(line, "handed over") {
+			t.Log(line[strings.Index(line, "msg="):])
+		}
 	}
 }
 
