@@ -214,9 +214,33 @@ func isMlesd(pid int, bin string) bool {
 	return err == nil && (strings.HasPrefix(string(b), bin+"\x00") || strings.HasPrefix(string(b), "/bin/sh\x00"+bin))
 }
 
+// fdCount counts pid's open descriptors.
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// fdList names pid's open descriptors (for a failure message).
+func fdList(pid int) []string {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	var names []string
+	for _, e := range ents {
+		target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		names = append(names, e.Name()+"→"+target)
+	}
+	return names
+}
+
 // servedVersion is the version label of mlesd_build_info on /metrics.
 func (r *upgradeRig) servedVersion() string {
-	resp, err := http.Get("http://" + r.metrics + "/metrics")
+	// No keep-alive: an idle scrape connection would count as the
+	// server's descriptor.
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + r.metrics + "/metrics")
 	if err != nil {
 		return ""
 	}
@@ -391,6 +415,14 @@ func TestUpgradesUnderDialLoadRefuseNoConnection(t *testing.T) {
 	mlestest.Sync(t, first, second)
 	mlestest.Sync(t, second, first)
 	exchange(t, first, second, 1)
+	// The first process's descriptors without its two clients, once each
+	// event loop has made its writable set (with its first connection).
+	baseFDs, baseList := fdCount(t, r.first.Process.Pid)-2, fdList(r.first.Process.Pid)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("first, with 2 clients: %v\nlast: %v", baseList, fdList(r.pid()))
+		}
+	})
 
 	d := startDialers(r.addr, 4)
 	d.waitFor(t, 20)
@@ -426,6 +458,11 @@ func TestUpgradesUnderDialLoadRefuseNoConnection(t *testing.T) {
 			15*time.Second, func() bool { return !alive(pid) })
 	}
 	mlestest.Exchange(t, r.addr, key) // new clients are served by the last process
+	// Nothing of the handovers stays open in the last process: its
+	// descriptors fall back to what the first had before any client.
+	mlestest.WaitUntil(t, "the last process has no more descriptors than the first had", 10*time.Second, func() bool {
+		return fdCount(t, fourth) <= baseFDs
+	})
 
 	exchange(t, first, second, 4)
 	first.NC.Close()
