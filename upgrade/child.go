@@ -17,17 +17,19 @@ import (
 // listeners it needs, then call Ready once it serves on them; Close
 // releases what was not taken.
 type Handover struct {
-	Offer Offer
-	sock  *socket
-	files []*os.File // index = Offer.Files index; nil once taken
+	Offer   Offer
+	sock    *socket
+	files   []*os.File // index = Offer.Files index; nil once taken
+	version string     // this process's, for the Reply
 }
 
-// Inherited reports whether this process was started by an upgrade (EnvFD
-// is set) and, if so, reads the old process's Offer within timeout. It
+// Inherited reports whether this process (version) was started by an
+// upgrade (EnvFD is set) and, if so, reads the old process's Offer within
+// timeout. It
 // removes EnvFD from the environment. An Offer in a format this build does
 // not read is refused (the old process learns why and keeps serving) and
 // returned as an error wrapping ErrFormat.
-func Inherited(timeout time.Duration) (*Handover, error) {
+func Inherited(version string, timeout time.Duration) (*Handover, error) {
 	v, ok := os.LookupEnv(EnvFD)
 	if !ok {
 		return nil, nil
@@ -55,11 +57,11 @@ func Inherited(timeout time.Duration) (*Handover, error) {
 	}
 	if err != nil {
 		closeFiles(files)
-		h := &Handover{sock: sock}
+		h := &Handover{sock: sock, version: version}
 		h.Refuse(err)
 		return nil, err
 	}
-	return &Handover{Offer: offer, sock: sock, files: files}, nil
+	return &Handover{Offer: offer, sock: sock, files: files, version: version}, nil
 }
 
 // Listener takes the inherited listener of role configured as addr, if the
@@ -105,7 +107,7 @@ func (h *Handover) Refuse(reason error) {
 		return
 	}
 	h.Close()
-	_ = h.sock.send(Reply{Kind: kindReply, Format: FormatVersion, Version: "", PID: os.Getpid(),
+	_ = h.sock.send(Reply{Kind: kindReply, Format: FormatVersion, Version: h.version, PID: os.Getpid(),
 		Error: reason.Error()}, nil, time.Now().Add(time.Second))
 	h.sock.close()
 }
@@ -116,17 +118,17 @@ func (h *Handover) Refuse(reason error) {
 // kills the new one rather than closing the socket.
 var ErrNoCommit = errors.New("the old process closed the handover without confirming it stopped accepting")
 
-// Ready reports that this process (version) serves on the inherited
-// listeners and waits up to timeout for the old process's Commit: from then
-// on the listeners are this process's alone.
-func (h *Handover) Ready(version string, timeout time.Duration) error {
+// Ready reports that this process serves on the inherited listeners and
+// waits up to timeout for the old process's Commit: from then on the
+// listeners are this process's alone.
+func (h *Handover) Ready(timeout time.Duration) error {
 	defer h.sock.close()
 	h.Close()
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
 	deadline := time.Now().Add(timeout)
-	err := h.sock.send(Reply{Kind: kindReply, Format: FormatVersion, Version: version, PID: os.Getpid(), Ready: true},
+	err := h.sock.send(Reply{Kind: kindReply, Format: FormatVersion, Version: h.version, PID: os.Getpid(), Ready: true},
 		nil, deadline)
 	if err != nil {
 		return fmt.Errorf("reporting ready: %w", err)

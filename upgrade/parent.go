@@ -140,7 +140,7 @@ func (c *Child) handover(opts Options, deadline time.Time) error {
 		return fmt.Errorf("the new process (pid %d) sent a reply this build cannot read: %w", c.PID, err)
 	}
 	if !reply.Ready {
-		return fmt.Errorf("the new process (pid %d, version %s) refused the handover: %s", c.PID, reply.Version, reply.Error)
+		return fmt.Errorf("the new process (pid %d, version %q) refused the handover: %s", c.PID, reply.Version, reply.Error)
 	}
 	c.Version = reply.Version
 	return nil

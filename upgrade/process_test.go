@@ -42,8 +42,16 @@ func runChild(role string) int {
 	case "hang":
 		time.Sleep(time.Minute)
 		return 0
+	case "refuse":
+		h, err := Inherited("child-version", 5*time.Second)
+		if err != nil || h == nil {
+			return 1
+		}
+		h.Refuse(errors.New("no thanks"))
+		time.Sleep(time.Minute) // the old process kills it
+		return 0
 	}
-	h, err := Inherited(5 * time.Second)
+	h, err := Inherited("child-version", 5*time.Second)
 	if err != nil || h == nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		return 1
@@ -63,7 +71,7 @@ func runChild(role string) int {
 			c.Close()
 		}
 	}()
-	if err := h.Ready("child-version", 5*time.Second); err != nil {
+	if err := h.Ready(5 * time.Second); err != nil {
 		fmt.Fprintln(os.Stderr, "child: no commit:", err)
 		return 1
 	}
@@ -161,6 +169,13 @@ func TestAFailedHandoverLeavesTheListeningSocketNonBlocking(t *testing.T) {
 	}
 }
 
+func TestNewProcessThatRefusesFailsTheUpgradeAndSaysWhy(t *testing.T) {
+	_, _, err := startChild(t, "refuse", 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), `version "child-version") refused the handover: no thanks`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 func TestNewProcessThatExitsFailsTheUpgrade(t *testing.T) {
 	_, _, err := startChild(t, "exit", 10*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "exited before it was ready: exit status 3") {
@@ -248,7 +263,7 @@ func TestMlesdRefusesAnOfferInAnUnknownFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	if reply.Ready || !strings.Contains(reply.Error, "unknown handover format 99 (this build reads 1)") ||
-		reply.Format != FormatVersion {
+		reply.Format != FormatVersion || reply.Version != "dev" {
 		t.Fatalf("reply %+v, want a refusal naming format 99 and the format it reads", reply)
 	}
 	select {

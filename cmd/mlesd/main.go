@@ -65,7 +65,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	slog.SetDefault(log)
 	u := newUpgrader(o, stdout, stderr, log)
-	ho, err := upgrade.Inherited(o.UpgradeTimeout)
+	ho, err := upgrade.Inherited(version, o.UpgradeTimeout)
 	if err != nil {
 		log.Error("refusing the handover: the old process keeps serving", slog.String("error", err.Error()))
 		return exitFailure

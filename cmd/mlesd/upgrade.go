@@ -104,7 +104,7 @@ func (u *upgrader) serving() error {
 	if u.ho != nil {
 		u.busy = true
 		ho := u.ho
-		go func() { u.committed <- ho.Ready(version, u.o.UpgradeTimeout) }()
+		go func() { u.committed <- ho.Ready(u.o.UpgradeTimeout) }()
 		return nil
 	}
 	if u.o.PIDFile != "" {
