@@ -25,10 +25,6 @@ import (
 	"github.com/mlesd/mlesd/upgrade"
 )
 
-// drainPoll is how often the old process looks whether its last
-// connection has closed.
-const drainPoll = 50 * time.Millisecond
-
 // upgrader is the upgrade side of one mlesd process: as the old process
 // (SIGUSR2) and, when it was started by one, as the new.
 type upgrader struct {
