@@ -39,7 +39,16 @@
 // serving every connection it has (plain TCP, TLS, WebSocket, uplinks)
 // until it closes or --drain-timeout passes, then exits 0. Clients of
 // those connections reconnect when it closes them; new connections go to
-// the new process from the moment it serves.
+// the new process from the moment it serves. Until then a channel is split
+// between the two processes: frames do not cross from a client of the old
+// process to a client of the new one (unless both are peered to the same
+// server), and a joiner of the new process gets the new process's history,
+// which starts empty. With --peer and a static --cid, the new process's
+// uplink is refused by the peer as a duplicate CID while the old one's is
+// open. A cure short of phase 2: the old process could open uplinks to the
+// new one for its channels during the drain (a resync carrying its
+// history), which needs the engine's member observer to be attachable
+// after start.
 //
 // # Phase 2 (designed here, not built): moving live plain-TCP connections
 //
