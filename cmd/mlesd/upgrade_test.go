@@ -443,6 +443,10 @@ func TestUpgradesUnderDialLoadRefuseNoConnection(t *testing.T) {
 		t.Fatalf("the old process %d exited with connections open", oldPID)
 	}
 	exchange(t, first, second, 2)
+	if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	r.waitLog("SIGUSR2 ignored: this process has handed over and is draining", 1)
 	d.waitFor(t, 200)
 
 	_, third := r.upgradeTo(a, "vA", 2)
@@ -660,4 +664,27 @@ func TestUpgradeMovesTheTLSAndWebSocketListenersAndKeepsTheirSessions(t *testing
 	sec.NC.Close()
 	mlestest.WaitUntil(t, "the old process exits once its clients left", 15*time.Second, func() bool { return !alive(oldPID) })
 	exchange(t, plain2, sec2, 2) // the new process serves on
+}
+
+// A pid file that cannot be written fails the start (exit 1, saying why);
+// one that can is removed at a normal stop.
+func TestPIDFileIsWrittenAtStartAndRemovedAtStop(t *testing.T) {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))
+	out, code := runToExit(t, "--listen", addr, "--pid-file", filepath.Join(t.TempDir(), "missing", "mlesd.pid"))
+	if code != 1 || !strings.Contains(out, "pid file") {
+		t.Fatalf("unwritable pid file: exit %d, log:\n%s", code, out)
+	}
+	a, _ := versionedBuilds(t)
+	r := startRig(t, a, nil)
+	if err := syscall.Kill(r.first.Process.Pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.firstDone:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no exit after SIGTERM")
+	}
+	if _, err := os.Stat(r.pidFile); !os.IsNotExist(err) {
+		t.Fatalf("pid file after a normal stop: %v", err)
+	}
 }
