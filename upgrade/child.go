@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -19,8 +20,10 @@ import (
 type Handover struct {
 	Offer   Offer
 	sock    *socket
-	files   []*os.File // index = Offer.Files index; nil once taken
-	version string     // this process's, for the Reply
+	version string // this process's, for the Reply
+
+	mu    sync.Mutex // Ready's goroutine and the caller's Close may meet
+	files []*os.File // Lock: mu; index = Offer.Files index; nil once taken
 }
 
 // Inherited reports whether this process (version) was started by an
@@ -70,6 +73,8 @@ func (h *Handover) Listener(role, addr string) (net.Listener, error) {
 	if h == nil {
 		return nil, nil
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	for i, id := range h.Offer.Files {
 		if id.Role != role || id.Addr != addr || h.files[i] == nil {
 			continue
@@ -92,6 +97,8 @@ func (h *Handover) Close() {
 	if h == nil {
 		return
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	for i, f := range h.files {
 		if f != nil {
 			_ = f.Close()
