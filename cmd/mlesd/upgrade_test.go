@@ -492,8 +492,9 @@ func TestUpgradesUnderDialLoadRefuseNoConnection(t *testing.T) {
 	}
 }
 
-// A new binary that exits 1 at start leaves the old process serving (same
-// pid file, same connections), and a later SIGUSR2 upgrades.
+// A new binary that cannot be run, or exits 1 at start, leaves the old
+// process serving (same pid file, same connections), and a later SIGUSR2
+// upgrades.
 func TestNewBinaryThatExitsAtStartLeavesTheOldServing(t *testing.T) {
 	a, b := versionedBuilds(t)
 	r := startRig(t, a, nil)
@@ -501,9 +502,15 @@ func TestNewBinaryThatExitsAtStartLeavesTheOldServing(t *testing.T) {
 	c2 := mlestest.Join(t, r.addr, key, "c2", "stay")
 	mlestest.Sync(t, c1, c2)
 	mlestest.Sync(t, c2, c1)
-	r.installBytes([]byte("#!/bin/sh\necho broken build >&2\nexit 1\n"))
+	r.installBytes([]byte("not a program"))
 	pid := r.signal(syscall.SIGUSR2)
 	r.waitLog("upgrade failed: still serving", 1)
+	if !strings.Contains(r.Log(), "exec format error") {
+		t.Fatalf("the failure does not say the binary cannot run:\n%s", r.Log())
+	}
+	r.installBytes([]byte("#!/bin/sh\necho broken build >&2\nexit 1\n"))
+	r.signal(syscall.SIGUSR2)
+	r.waitLog("upgrade failed: still serving", 2)
 	if !strings.Contains(r.Log(), "exited before it was ready: exit status 1") {
 		t.Fatalf("the failure does not say the new process exited 1:\n%s", r.Log())
 	}
