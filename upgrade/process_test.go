@@ -61,6 +61,22 @@ func runChild(role string) int {
 		fmt.Fprintln(os.Stderr, "child: no listener", err)
 		return 1
 	}
+	if role == "serve-after-commit" {
+		// Accept nothing until the old process has let go: whatever was
+		// queued meanwhile must still be there.
+		if err := h.Ready(5 * time.Second); err != nil {
+			fmt.Fprintln(os.Stderr, "child: no commit:", err)
+			return 1
+		}
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return 1
+			}
+			fmt.Fprintf(c, "%d\n", os.Getpid())
+			c.Close()
+		}
+	}
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -142,6 +158,57 @@ func TestStartHandsTheListeningSocketToAProcessThatServesOnIt(t *testing.T) {
 	}
 	if err := c.Commit(time.Second); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Connections waiting in the kernel's accept queue when the old process
+// closes its copy of the listening socket are neither refused nor reset:
+// the queue belongs to the socket, which the new process holds, and it
+// accepts them all once it has taken over.
+func TestQueuedConnectionsSurviveTheOldProcessClosingItsListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	var queued []net.Conn
+	dial := func(n int) {
+		for range n {
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			t.Cleanup(func() { c.Close() })
+			queued = append(queued, c)
+		}
+	}
+	dial(10) // queued before the handover, never accepted by the old process
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Start(Options{Path: os.Args[0], Env: append(os.Environ(), childRole+"=serve-after-commit"),
+		Stderr: os.Stderr, Files: []File{{FileID{RoleMles, "test"}, f}}, Timeout: 10 * time.Second})
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Kill)
+	dial(10) // queued while both hold the socket
+	ln.Close()
+	dial(10) // queued after the old process let go, before the new one accepts
+	if err := c.Commit(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for i, q := range queued {
+		_ = q.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(q).ReadString('\n')
+		if err != nil {
+			t.Fatalf("queued connection %d: %v", i, err)
+		}
+		if strings.TrimSpace(line) != fmt.Sprint(c.PID) {
+			t.Fatalf("queued connection %d served by %s, want %d", i, line, c.PID)
+		}
 	}
 }
 
