@@ -64,7 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	slog.SetDefault(log)
-	u := newUpgrader(o, stdout, stderr, log)
+	u := newUpgrader(o, args, stdout, stderr, log)
 	ho, err := upgrade.Inherited(version, o.UpgradeTimeout)
 	if err != nil {
 		log.Error("refusing the handover: the old process keeps serving", slog.String("error", err.Error()))

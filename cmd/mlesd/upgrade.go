@@ -30,8 +30,9 @@ import (
 type upgrader struct {
 	o              Options
 	log            *slog.Logger
-	exe            string // resolved at start-up (upgrade.Executable)
-	exeErr         error
+	exe            string   // resolved at start-up (upgrade.Executable)
+	exeErr         error    //
+	args           []string // this process's arguments, passed on unchanged
 	stdout, stderr io.Writer
 
 	ho      *upgrade.Handover // set when started by an upgrade
@@ -57,9 +58,9 @@ type attempt struct {
 
 // newUpgrader resolves the path to start on an upgrade and catches SIGUSR2
 // (a reload sent while this process starts waits until it serves).
-func newUpgrader(o Options, stdout, stderr io.Writer, log *slog.Logger) *upgrader {
+func newUpgrader(o Options, args []string, stdout, stderr io.Writer, log *slog.Logger) *upgrader {
 	exe, err := upgrade.Executable(os.Args[0])
-	u := &upgrader{o: o, log: log, exe: exe, exeErr: err, stdout: stdout, stderr: stderr,
+	u := &upgrader{o: o, log: log, exe: exe, exeErr: err, args: args, stdout: stdout, stderr: stderr,
 		usr2: make(chan os.Signal, 1), attempts: make(chan attempt, 1), committed: make(chan error, 1)}
 	signal.Notify(u.usr2, syscall.SIGUSR2)
 	return u
@@ -154,7 +155,7 @@ func (u *upgrader) attempt(stop <-chan struct{}) attempt {
 		return a
 	}
 	a.child, a.err = upgrade.Start(upgrade.Options{
-		Path: u.exe, Args: os.Args[1:], Env: os.Environ(), Stdout: u.stdout, Stderr: u.stderr,
+		Path: u.exe, Args: u.args, Env: os.Environ(), Stdout: u.stdout, Stderr: u.stderr,
 		Version: version, Files: a.files, Timeout: u.o.UpgradeTimeout, Cancel: stop,
 	})
 	return a
