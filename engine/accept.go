@@ -269,7 +269,11 @@ func (s *Server) register(nc net.Conn, a *adopted, wait bool) error {
 	// until the loop has taken the connection. Bounding how many are in
 	// flight bounds those goroutines (a storm of connects otherwise spawned
 	// thousands, each holding a stack) and makes the acceptor wait for busy
-	// loops instead of queueing without limit.
+	// loops instead of queueing without limit. Each one in flight counts in
+	// acceptWG (the acceptor's own count is held, so this Add never starts
+	// from zero) until collected: whoever waits for the acceptors also waits
+	// until every connection they accepted has been opened (StopAccepting).
+	s.acceptWG.Add(1)
 	s.registering <- res
 	return nil
 }
@@ -284,9 +288,12 @@ func (s *Server) collectRegistrations() {
 		select {
 		case r = <-res:
 		case <-s.shutdown:
-			continue // never answered (see register); drain the queue
 		}
-		if r.Err != nil && !s.stopping.Load() {
+		s.acceptWG.Done() // opened, failed, or never answered (see register)
+		if r.Err == nil {
+			continue
+		}
+		if !s.stopping.Load() {
 			reason := acceptErrorReason(r.Err)
 			s.countAcceptError(reason)
 			s.rlog.Log(levelWarn, "handover-"+reason, "cannot hand a connection to an event loop; it is closed",

@@ -86,8 +86,10 @@ func (s *Server) ListenerFiles() (map[string]*os.File, error) {
 
 // StopAccepting closes this process's listeners and ends its accept loops,
 // without touching any connection: after a handover the new process
-// accepts on the same sockets. The server keeps serving what it has until
-// Stop.
+// accepts on the same sockets. It returns once every connection accepted
+// before has been opened on its event loop, so Stats().OpenConns counts
+// them all (a drain that waits for it to reach 0 closes none in flight).
+// The server keeps serving what it has until Stop.
 func (s *Server) StopAccepting() {
 	s.closeListeners()
 	s.acceptWG.Wait()

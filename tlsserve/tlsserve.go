@@ -97,6 +97,7 @@ type Stats struct {
 	HandshakesOK     uint64
 	HandshakesFailed map[string]uint64 // by reason: timeout, no-client-cert, bad-client-cert, not-tls, busy, adopt, other
 	Open             int64             // bridged connections now
+	Conns            int               // client connections now: handshaking or bridged
 }
 
 // Server accepts TLS connections and bridges them to an Adopter.
@@ -320,6 +321,9 @@ func (s *Server) fail(reason string, remote net.Addr, err error) {
 // Stats returns the counters now.
 func (s *Server) Stats() Stats {
 	st := Stats{HandshakesOK: s.ok.Load(), HandshakesFailed: map[string]uint64{}, Open: s.open.Load()}
+	s.mu.Lock()
+	st.Conns = len(s.conns)
+	s.mu.Unlock()
 	s.failed.Range(func(k, v any) bool {
 		st.HandshakesFailed[k.(string)] = v.(*atomic.Uint64).Load()
 		return true

@@ -228,8 +228,9 @@ func (u *upgrader) finished(a attempt) bool {
 	u.busy = true // for good: a handed-over process does not upgrade again
 	ready := time.Since(a.started)
 	// Stop accepting everywhere; connections and sessions go on (the
-	// metrics and pprof servers go: they keep nothing worth draining).
-	u.srv.StopAccepting()
+	// metrics and pprof servers go: they keep nothing worth draining). The
+	// TLS and WebSocket listeners first: what they accepted reaches the
+	// engine as adopted connections.
 	if u.side.stopMetrics != nil {
 		u.side.stopMetrics()
 	}
@@ -238,6 +239,7 @@ func (u *upgrader) finished(a attempt) bool {
 			_ = side.ln.Close()
 		}
 	}
+	u.srv.StopAccepting()
 	// systemd first (MAINPID from the old main process), so that the new
 	// one's READY=1, sent after the Commit, finds it the main process.
 	u.notify(fmt.Sprintf("MAINPID=%d", a.child.PID))
@@ -258,7 +260,7 @@ func (u *upgrader) finished(a attempt) bool {
 // they have all closed or --drain-timeout passes (or SIGTERM/SIGINT comes).
 // It returns the engine's error if the engine stopped by itself meanwhile.
 func (u *upgrader) drain(sigs, usr2 <-chan os.Signal, served <-chan error) (engineErr error) {
-	open := u.srv.Stats().OpenConns
+	open := u.remaining()
 	u.log.Info("serving the remaining connections until they close", slog.Int64("connections", open),
 		slog.Duration("drain_timeout", u.o.DrainTimeout))
 	deadline := time.NewTimer(u.o.DrainTimeout)
@@ -270,7 +272,7 @@ wait:
 	for open > 0 {
 		select {
 		case <-tick.C:
-			open = u.srv.Stats().OpenConns
+			open = u.remaining()
 			continue
 		case <-usr2:
 			u.log.Warn("SIGUSR2 ignored: this process has handed over and is draining")
@@ -289,6 +291,21 @@ wait:
 	}
 	u.log.Info("old process exiting after upgrade", slog.String("reason", why), slog.Int64("connections_closed", open))
 	return engineErr
+}
+
+// remaining counts what a drain waits for: the engine's connections
+// (accepted, adopted TLS and WebSocket pairs, uplinks), TLS connections
+// still in their handshake, and WebSocket sessions (one without a pair
+// yet holds no engine connection).
+func (u *upgrader) remaining() int64 {
+	n := u.srv.Stats().OpenConns
+	if ts := u.side.tlsSrv.Load(); ts != nil {
+		n += int64(ts.Stats().Conns)
+	}
+	if gw := u.side.gwStats.Load(); gw != nil {
+		n += (*gw)().Sessions
+	}
+	return n
 }
 
 // cancel gives up an upgrade under way (this process is stopping).
