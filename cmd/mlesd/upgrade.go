@@ -3,10 +3,11 @@ package main
 // Hitless upgrade, phase 1 (package upgrade has the protocol): on SIGUSR2
 // this process starts the binary at the path it was started from, with the
 // same arguments and environment, and hands it its listening sockets (the
-// Mles listeners, --tls-listen, --ws-listen, --metrics, --pprof). The new process serves on them and
-// says so; only then does this one stop accepting, and it keeps serving the
-// connections it has until they close or --drain-timeout passes, then exits
-// 0. Any failure of the new process leaves this one serving as before.
+// Mles listeners, --tls-listen, --ws-listen, --metrics, --pprof). The new
+// process serves on them and says so; only then does this one stop
+// accepting, and it keeps serving the connections it has until they close
+// or --drain-timeout passes, then exits 0. Any failure of the new process
+// leaves this one serving as before.
 
 import (
 	"errors"
@@ -31,7 +32,7 @@ type upgrader struct {
 	o              Options
 	log            *slog.Logger
 	exe            string   // resolved at start-up (upgrade.Executable)
-	exeErr         error    //
+	exeErr         error    // why exe could not be resolved (no upgrade then)
 	args           []string // this process's arguments, passed on unchanged
 	stdout, stderr io.Writer
 
