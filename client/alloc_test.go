@@ -159,3 +159,45 @@ func BenchmarkSend(b *testing.B) {
 	}
 	pub.Flush()
 }
+
+// wsPair joins a WebSocket subscriber (through mlesd's gateway) and a TCP
+// publisher on one channel of a real mlesd without history.
+func wsPair(t testing.TB) (sub, pub *client.Conn) {
+	ws := freeAddr(t)
+	p := server(t, []string{"MLES_KEY=k"}, "--history-limit", "0", "--ws-listen", ws)
+	waitFor(t, ws)
+	sub, err := client.Connect("ws://"+ws, "sub", "alloc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Close() })
+	pub, err = client.Connect(p.Addr, "pub", "alloc", client.SharedKey("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pub.Close() })
+	syncPair(t, sub, pub)
+	return sub, pub
+}
+
+func TestReceivingAFrameOverWebSocketAllocatesNothing(t *testing.T) {
+	sub, pub := wsPair(t)
+	const runs = 1000
+	msg := make([]byte, 100)
+	for range runs + 1 {
+		if err := pub.Send(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.Flush()
+	ctx := context.Background()
+	allocs := testing.AllocsPerRun(runs, func() {
+		m, err := sub.Next(ctx)
+		if err != nil || len(m.Message) != len(msg) {
+			t.Fatalf("Next: %v", err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%.2f allocations per frame received over WebSocket, want 0", allocs)
+	}
+}

@@ -730,3 +730,109 @@ func TestPayloadsPassByteForByte(t *testing.T) {
 		}
 	}
 }
+
+// A receive whose context ends returns the context's error and leaves the
+// connection open: the next receive gets the next frame.
+func TestCancelledReceiveLeavesTheConnectionOpen(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ws   bool
+	}{{"tcp", false}, {"websocket", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ws := freeAddr(t)
+			p := server(t, []string{"MLES_KEY=k"}, "--ws-listen", ws)
+			waitFor(t, ws)
+			addr, opts := p.Addr, []client.Option{client.SharedKey("k")}
+			if tc.ws {
+				addr, opts = "ws://"+ws, nil
+			}
+			sub, err := client.Connect(addr, "sub", "cancel", opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			pub, err := client.Connect(p.Addr, "pub", "cancel", client.SharedKey("k"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pub.Close()
+			syncPair(t, sub, pub)
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			if _, err := sub.Next(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("receive with nothing to read: %v, want the context's error", err)
+			}
+			if err := sub.Err(); err != nil {
+				t.Fatalf("the Conn closed after a cancelled receive: %v", err)
+			}
+			pub.Send([]byte("after"))
+			if m := recv(t, sub); string(m.Message) != "after" {
+				t.Fatalf("next frame %q, want %q", m.Message, "after")
+			}
+			if st := sub.Stats(); st.Reconnects != 0 {
+				t.Fatalf("%d reconnects", st.Reconnects)
+			}
+		})
+	}
+}
+
+// mlesd's flags keep their meaning over the router's Config rule (0 is the
+// default there, Off is none): --history-limit 0 keeps no history, and
+// the default replays it.
+func TestHistoryLimitZeroReplaysNothingAndTheDefaultReplays(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+	}{{"history-limit-0", []string{"--history-limit", "0"}, 0}, {"default", nil, 3}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := server(t, []string{"MLES_KEY=k"}, tc.args...)
+			sub, err := client.Connect(p.Addr, "sub", "hist", client.SharedKey("k"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			pub, err := client.Connect(p.Addr, "pub", "hist", client.SharedKey("k"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pub.Close()
+			syncPair(t, sub, pub)
+			for _, m := range []string{"a", "b", "c"} {
+				pub.Send([]byte(m))
+			}
+			for string(recv(t, sub).Message) != "c" { // routed, so in the history if it keeps any
+			}
+			late, err := client.Connect(p.Addr, "late", "hist", client.SharedKey("k"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer late.Close()
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() { // live frames until the late joiner has one
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(20 * time.Millisecond):
+						pub.Send([]byte("live"))
+					}
+				}
+			}()
+			got := 0
+			for {
+				m := string(recv(t, late).Message)
+				if m == "live" {
+					break
+				}
+				if m == "a" || m == "b" || m == "c" {
+					got++
+				}
+			}
+			if got != tc.want {
+				t.Fatalf("the late joiner got %d frames of history, want %d", got, tc.want)
+			}
+		})
+	}
+}

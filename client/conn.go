@@ -40,8 +40,9 @@ const (
 
 // Conn is one Mles connection joined to one (uid, channel).
 //
-// Concurrency: Send, Flush, Stats, Key, UID, Channel and Close are safe
-// from any goroutine. Receiving (Next, Msgs) is for one goroutine at a
+// Concurrency: Send, SendPayload, Flush, Stats, Key, UID, Channel, Close,
+// CloseNow, CloseRead and SetWriteDeadline are safe from any goroutine.
+// Receiving (Next, Msgs, NextFrame, Frames) is for one goroutine at a
 // time, which may run alongside any number of senders. Drain is for the
 // end, with no receive running.
 type Conn struct {
@@ -61,12 +62,16 @@ type Conn struct {
 	up    chan struct{} // closed when the current reconnect ends, either way
 	sent  hashRing      // hashes of the last frames sent (with reconnect)
 	drain bool          // Drain has begun: no more sends, no reconnect
+	// sentUncounted is frames sent and not yet in stats.sent (sentBatch).
+	sentUncounted uint64
 
 	trp        atomic.Pointer[transport] // tr, for interrupting a read without mu
 	readBusy   atomic.Bool
-	rd         reader // owned by the goroutine holding readBusy
+	readShut   atomic.Bool // CloseRead was called: send-only from then on
+	rd         reader      // owned by the goroutine holding readBusy
 	kick       chan struct{}
 	closing    chan struct{}   // closed by Close
+	closed     atomic.Bool     // set by Close just before closing is closed
 	life       context.Context // cancelled by Close: bounds reconnect dials
 	endLife    context.CancelFunc
 	closeOnce  sync.Once
@@ -124,7 +129,7 @@ func (e *eventQueue) run() {
 // Stats are a Conn's counters since Connect.
 type Stats struct {
 	Sent       uint64 // frames handed to the connection (the join included)
-	Received   uint64 // frames read, skipped ones included
+	Received   uint64 // frames read, skipped ones included (while frames stream in, up to 63 behind)
 	Skipped    uint64 // replayed history frames skipped after reconnects
 	Reconnects uint64 // successful reconnects
 }
@@ -175,15 +180,22 @@ func ConnectContext(ctx context.Context, addr, uid, channel string, opts ...Opti
 		c.sent = newHashRing(o.HistoryWindow)
 		c.rd.recv = newHashRing(o.HistoryWindow)
 	}
-	ctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
+	ctx, cancel := withTimeout(ctx, o.DialTimeout)
 	defer cancel()
 	if o.JoinPayload != nil {
-		t, err := codec.DecodeTriplet(o.JoinPayload)
-		if err != nil || t.UID != uid || t.Channel != channel {
-			return nil, fmt.Errorf("mles client: JoinPayload is not a triplet for uid %q channel %q", uid, channel)
-		}
 		if len(o.JoinPayload) > codec.MaxPayloadLen {
 			return nil, codec.ErrPayloadTooLarge
+		}
+		// scanTriplet does not copy a message of up to 16 MiB; other forms
+		// of CBOR are decoded.
+		u, ch, _, ok := scanTriplet(o.JoinPayload)
+		if !ok {
+			if t, err := codec.DecodeTriplet(o.JoinPayload); err == nil {
+				u, ch, ok = []byte(t.UID), []byte(t.Channel), true
+			}
+		}
+		if !ok || string(u) != uid || string(ch) != channel {
+			return nil, fmt.Errorf("mles client: JoinPayload is not a triplet for uid %q channel %q", uid, channel)
 		}
 	}
 	tr, key, err := c.dialJoin(ctx, o.JoinMessage, o.JoinPayload)
@@ -191,9 +203,19 @@ func ConnectContext(ctx context.Context, addr, uid, channel string, opts ...Opti
 		return nil, fmt.Errorf("mles client: connecting to %s: %w", addr, err)
 	}
 	c.install(tr, key)
-	c.wg.Add(1)
-	go c.flusher()
+	if !o.ManualFlush {
+		c.wg.Add(1)
+		go c.flusher()
+	}
 	return c, nil
+}
+
+// withTimeout bounds ctx by d, unless d is 0 (DialTimeout off).
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d == 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // remember reports whether frames are hashed for the history filter.
@@ -209,23 +231,29 @@ func (c *Conn) dialJoin(ctx context.Context, msg, payload []byte) (*transport, u
 		return nil, 0, err
 	}
 	key := c.opts.Keys.ClientKey(tr.local, c.uid, c.channel)
-	var frame []byte
+	var hdr [codec.HeaderLen]byte
+	var frame []byte // the join frame; nil for JoinPayload, which goes out behind hdr uncopied
 	if payload != nil {
-		frame = codec.AppendHeader(make([]byte, 0, codec.HeaderLen+len(payload)),
-			codec.Header{Len: len(payload), CID: codec.CIDOf(key), Key: key})
-		frame = append(frame, payload...)
-		msg = frame // non-empty: remembered below
+		codec.Header{Len: len(payload), CID: codec.CIDOf(key), Key: key}.Put(hdr[:])
 	} else if frame, err = codec.AppendFrame(nil, key, codec.Triplet{UID: c.uid, Channel: c.channel, Message: msg}); err != nil {
 		tr.close()
 		return nil, 0, err
 	}
-	if tr.ws != nil {
+	switch {
+	case tr.ws != nil && payload != nil:
+		err = tr.ws.Write(context.Background(), websocket.MessageBinary, payload)
+	case tr.ws != nil:
 		err = tr.writeMessage(frame)
-	} else {
+	default:
 		if dl, ok := ctx.Deadline(); ok {
 			tr.setWriteDeadline(dl)
 		}
-		_, err = tr.nc.Write(frame)
+		if payload != nil {
+			bufs := net.Buffers{hdr[:], payload}
+			_, err = bufs.WriteTo(tr.nc)
+		} else {
+			_, err = tr.nc.Write(frame)
+		}
 		tr.setWriteDeadline(time.Time{})
 	}
 	if err != nil {
@@ -233,9 +261,19 @@ func (c *Conn) dialJoin(ctx context.Context, msg, payload []byte) (*transport, u
 		return nil, 0, fmt.Errorf("join: %w", err)
 	}
 	c.stats.sent.Add(1)
-	if len(msg) > 0 && c.remember() {
+	if (len(msg) > 0 || payload != nil) && c.remember() {
+		var h uint64
+		if payload != nil {
+			var mh maphash.Hash
+			mh.SetSeed(c.seed)
+			mh.Write(hdr[:])
+			mh.Write(payload)
+			h = mh.Sum64()
+		} else {
+			h = c.hash(frame)
+		}
 		c.mu.Lock()
-		c.sent.add(c.hash(frame))
+		c.sent.add(h)
 		c.mu.Unlock()
 	}
 	return tr, key, nil
@@ -256,7 +294,7 @@ func (c *Conn) install(tr *transport, key uint64) {
 	}
 	gen := c.gen
 	c.mu.Unlock()
-	if c.opts.SendOnly {
+	if c.opts.SendOnly || c.readShut.Load() {
 		if tr.ws != nil {
 			c.wg.Add(1)
 			go c.discard(tr, gen)
@@ -300,6 +338,10 @@ func (c *Conn) Key() uint64 {
 
 // Stats returns the counters. Safe from any goroutine.
 func (c *Conn) Stats() Stats {
+	if c.mu.TryLock() { // not behind a Send blocked on a full socket
+		c.publishSentLocked()
+		c.mu.Unlock()
+	}
 	return Stats{
 		Sent:       c.stats.sent.Load(),
 		Received:   c.stats.received.Load(),
@@ -435,13 +477,19 @@ func (c *Conn) sentLocked(frame []byte, keep bool, err error) error {
 	if cap(c.wbuf) > 1<<20 {
 		c.wbuf = nil // do not keep a huge frame's buffer
 	}
+	if err == nil {
+		// Counted under mu, published now and then: an atomic add
+		// per frame costs a seventh of a Send.
+		if c.sentUncounted++; c.sentUncounted >= sentBatch {
+			c.publishSentLocked()
+		}
+	}
 	gen := c.gen
 	c.mu.Unlock()
 	if err != nil {
 		c.lost(gen, err)
 		return err
 	}
-	c.stats.sent.Add(1)
 	if !c.opts.ManualFlush {
 		select {
 		case c.kick <- struct{}{}:
@@ -449,6 +497,17 @@ func (c *Conn) sentLocked(frame []byte, keep bool, err error) error {
 		}
 	}
 	return nil
+}
+
+// sentBatch bounds how far Stats.Sent may lag behind Sends not yet flushed.
+const sentBatch = 64
+
+// publishSentLocked brings Stats.Sent up to date. c.mu must be held.
+func (c *Conn) publishSentLocked() {
+	if c.sentUncounted > 0 {
+		c.stats.sent.Add(c.sentUncounted)
+		c.sentUncounted = 0
+	}
 }
 
 // ensureWriterLocked makes the write buffer of a stream transport on first
@@ -474,14 +533,9 @@ func (c *Conn) writableLocked() error {
 
 func (c *Conn) closingLocked() bool { return c.isClosing() }
 
-func (c *Conn) isClosing() bool {
-	select {
-	case <-c.closing:
-		return true
-	default:
-		return false
-	}
-}
+// isClosing reports whether Close (or CloseNow) has begun: a load, cheaper
+// than a select on c.closing on the Send path.
+func (c *Conn) isClosing() bool { return c.closed.Load() }
 
 // Flush writes every buffered frame now. Safe from any goroutine.
 func (c *Conn) Flush() error {
@@ -494,6 +548,7 @@ func (c *Conn) Flush() error {
 	if c.bw != nil {
 		err = c.bw.Flush()
 	}
+	c.publishSentLocked()
 	gen := c.gen
 	c.mu.Unlock()
 	if err != nil {
@@ -517,6 +572,7 @@ func (c *Conn) flusher() {
 		if c.state == stateUp && c.bw != nil && c.bw.Buffered() > 0 {
 			err = c.bw.Flush()
 		}
+		c.publishSentLocked()
 		gen := c.gen
 		c.mu.Unlock()
 		if err != nil {
@@ -536,6 +592,9 @@ func (c *Conn) lost(gen uint64, err error) {
 	}
 	c.tr.close()
 	if c.opts.MaxReconnects == 0 || c.isClosing() || c.drain {
+		if c.isClosing() {
+			err = ErrClosed // the failure Close (or CloseNow) caused
+		}
 		c.state, c.err = stateClosed, err
 		c.mu.Unlock()
 		if h := c.opts.DisconnectErrHandler; h != nil && !c.isClosing() {
@@ -570,7 +629,7 @@ func (c *Conn) reconnect(cause error) {
 			return
 		}
 		wait = min(2*wait, c.opts.MaxReconnectWait)
-		ctx, cancel := context.WithTimeout(c.life, c.opts.DialTimeout)
+		ctx, cancel := withTimeout(c.life, c.opts.DialTimeout)
 		tr, key, err := c.dialJoin(ctx, nil, nil)
 		cancel()
 		if err != nil {
@@ -620,19 +679,39 @@ func (c *Conn) finish() {
 
 // Close flushes what Send buffered (waiting at most 5 s for the server to
 // take it), closes the connection and stops reconnecting. A receive in
-// progress returns ErrClosed. Safe from any goroutine; later calls do
-// nothing.
+// progress returns ErrClosed. Safe from any goroutine; later calls (and
+// CloseNow) do nothing.
 func (c *Conn) Close() error {
+	c.shut(true)
+	return nil
+}
+
+// CloseNow closes the connection at once and stops reconnecting, dropping
+// whatever Send buffered: a Send or Flush blocked on a server that does
+// not read returns (ErrClosed), and so does a receive in progress. For a
+// gateway or proxy tearing down many connections, where Close's goodbye
+// could wait. Safe from any goroutine; later calls (and Close) do nothing.
+func (c *Conn) CloseNow() error {
+	c.shut(false)
+	return nil
+}
+
+func (c *Conn) shut(flush bool) {
 	c.closeOnce.Do(func() {
+		c.closed.Store(true)
 		close(c.closing)
 		c.endLife()
 		if tr := c.trp.Load(); tr != nil {
-			tr.setWriteDeadline(time.Now().Add(closeFlushTimeout))
-			tr.interruptRead()
+			if flush {
+				tr.setWriteDeadline(time.Now().Add(closeFlushTimeout))
+				tr.interruptRead()
+			} else {
+				tr.close() // unblocks a Send holding mu
+			}
 		}
 		c.mu.Lock()
 		if c.state == stateUp {
-			if c.bw != nil {
+			if c.bw != nil && flush {
 				c.bw.Flush()
 			}
 			c.tr.close()
@@ -642,6 +721,44 @@ func (c *Conn) Close() error {
 		c.wg.Wait()
 		c.finish()
 	})
+}
+
+// CloseRead makes a stream (TCP or TLS) Conn send-only from now on, as the
+// SendOnly option does from the start: it shuts down the receive side, the
+// protocol's way to say so. A receive in progress, and every later one,
+// returns ErrSendOnly; a reconnect shuts down the new connection's
+// receive side too. For a client that must read until it knows it joined
+// (the joins of others) and then only sends. Over WebSocket it is not
+// supported (the gateway cannot be told): use SendOnly. Safe from any
+// goroutine.
+func (c *Conn) CloseRead() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.writableLocked(); err != nil && !errors.Is(err, ErrReconnecting) {
+		return err
+	}
+	if c.tr.ws != nil {
+		return errors.New("mles client: CloseRead over WebSocket; use the SendOnly option")
+	}
+	if c.readShut.Swap(true) || c.opts.SendOnly {
+		return nil
+	}
+	if c.state != stateUp {
+		return nil // the reconnect's install shuts it down
+	}
+	return c.tr.closeRead()
+}
+
+// SetWriteDeadline bounds in time every later write of the current
+// connection (t zero: no bound), like net.Conn's: a Send, Flush or flush
+// that passes it fails, and the connection is lost (or reconnected). A
+// reconnected connection has no deadline. For a publisher that must not
+// hang on a server that stopped reading. Over WebSocket it does nothing.
+// Safe from any goroutine.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if tr := c.trp.Load(); tr != nil && tr.nc != nil {
+		return tr.nc.SetWriteDeadline(t)
+	}
 	return nil
 }
 
@@ -678,28 +795,18 @@ func (c *Conn) Drain(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if c.opts.SendOnly && tr.ws == nil {
+	if (c.opts.SendOnly || c.readShut.Load()) && tr.ws == nil {
 		return nil
 	}
 	stop := context.AfterFunc(ctx, c.interruptRead)
 	defer stop()
 	rd := &c.rd
 	if rd.tr != tr {
-		rd.tr, rd.gen = tr, gen
-		if rd.br == nil {
-			rd.br = bufio.NewReaderSize(tr.r, c.opts.ReadBufferSize)
-		} else {
-			rd.br.Reset(tr.r)
-		}
-		rd.consumed, rd.bigN, rd.bigOff = 0, 0, 0
+		rd.point(tr, gen, c.opts.ReadBufferSize)
 	}
 	tr.clearReadDeadline()
 	for {
-		if rd.consumed > 0 {
-			rd.br.Discard(rd.consumed)
-			rd.consumed = 0
-		}
-		_, _, err := rd.readFrame()
+		_, _, err := rd.readFrame(ctx, c.closing)
 		switch {
 		case err == nil:
 			continue

@@ -6,6 +6,13 @@ import (
 	"github.com/mlesd/mlesd/codec"
 )
 
+// Off, given to an option that can be off, turns it off: DialTimeout(Off)
+// leaves connecting to the context, HistoryWindow(Off) remembers nothing,
+// MaxReconnects(Off) takes the limit off (reconnects forever). Any
+// negative value means the same. As in every Config of the project, 0
+// keeps the default.
+const Off = -1
+
 // Every default of the package, in one place.
 const (
 	// DefaultPort is the port used when an address names none: Mles's IANA

@@ -38,9 +38,20 @@
 //
 // Send, Flush, Stats and Close are safe from any goroutine; Send buffers,
 // and a flusher goroutine writes what piled up in one system call. One
-// goroutine at a time receives (Next or Msgs). On TCP and TLS, receiving a
-// frame that fits the read buffer allocates nothing: the Msg aliases the
-// buffer and is valid until the next receive (Clone keeps one).
+// goroutine at a time receives (Next or Msgs; NextFrame and Frames for
+// code that only passes frames on, which skips decoding the triplet). Receiving a frame that fits
+// the read buffer allocates nothing, over TCP, TLS and WebSocket alike:
+// the Msg aliases the buffer and is valid until the next receive (Clone
+// keeps one). A receive whose context ends returns the context's error
+// and leaves the connection open.
+//
+// # Options
+//
+// As in every Config of the project, an option given 0 keeps its default
+// (the Default constants), and Off (any negative value) turns off what can
+// be off: DialTimeout(Off) leaves connecting to the context,
+// HistoryWindow(Off) remembers nothing, MaxReconnects(Off) takes the limit
+// off (reconnecting forever).
 //
 // # Reconnecting
 //

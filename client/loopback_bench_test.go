@@ -98,3 +98,77 @@ func BenchmarkRawReceiveLoop(b *testing.B) {
 	}
 	_ = sink
 }
+
+// sink is a fake server on loopback that reads and discards everything.
+func sink(b *testing.B) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				io.Copy(io.Discard, nc)
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// flushEvery is how many frames a publisher benchmark buffers between
+// flushes (the bench harness flushes once per window's worth).
+const flushEvery = 64
+
+// BenchmarkClientSendPayload: SendPayload of a pre-encoded 128-byte
+// message's triplet, flushed every flushEvery frames, as bench/mlesdrv's
+// publishers send.
+func BenchmarkClientSendPayload(b *testing.B) {
+	c, err := client.Connect(sink(b), "pub-0", "bench-channel", client.ManualFlush(), client.BufferSizes(256<<10, 256<<10))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	payload := benchFrame(b)[codec.HeaderLen:]
+	b.ReportAllocs()
+	b.SetBytes(int64(codec.HeaderLen + len(payload)))
+	b.ResetTimer()
+	for i := range b.N {
+		if err := c.SendPayload(payload); err != nil {
+			b.Fatal(err)
+		}
+		if i%flushEvery == flushEvery-1 {
+			c.Flush()
+		}
+	}
+	c.Flush()
+}
+
+// BenchmarkRawSend is the floor: one pre-encoded frame copied into a
+// bufio.Writer, flushed every flushEvery frames.
+func BenchmarkRawSend(b *testing.B) {
+	nc, err := net.Dial("tcp", sink(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	frame := benchFrame(b)
+	w := bufio.NewWriterSize(nc, 256<<10)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(frame)))
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := w.Write(frame); err != nil {
+			b.Fatal(err)
+		}
+		if i%flushEvery == flushEvery-1 {
+			w.Flush()
+		}
+	}
+	w.Flush()
+}

@@ -1,10 +1,13 @@
 package client
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -31,7 +34,13 @@ type Options struct {
 	// TLSConfig, when set, makes a tcp address a TLS one (and is used for
 	// tls:// and wss:// addresses).
 	TLSConfig *tls.Config
-	// DialTimeout bounds connecting.
+	// Dialer, when set, opens the byte stream of tcp and tls addresses
+	// instead of a net.Dialer.
+	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+	// KeyAddr, when valid, is the address the server sees this client
+	// at, hashed by address keys instead of the connection's own.
+	KeyAddr netip.AddrPort
+	// DialTimeout bounds connecting (0: only the context does).
 	DialTimeout time.Duration
 	// ReadBufferSize and WriteBufferSize size the buffers.
 	ReadBufferSize, WriteBufferSize int
@@ -177,11 +186,44 @@ func InsecureSkipVerify() Option {
 	return func(o *Options) error { o.tlsConfig().InsecureSkipVerify = true; return nil }
 }
 
-// DialTimeout bounds connecting (default DefaultDialTimeout).
+// Dialer makes the Conn open the byte stream of tcp and tls addresses
+// (for the first connection and every reconnect) with dial instead of a
+// net.Dialer: through a proxy, in another network namespace, or to a
+// server in the same process over a socketpair (the gateway hands one end
+// to mlesd's engine). dial gets the address as "host:port". The stream is
+// used as it is: TCP_NODELAY is set only on a *net.TCPConn, and a send-only
+// or draining Conn shuts down one direction only of a stream that has
+// CloseRead and CloseWrite (*net.TCPConn, *net.UnixConn). Unused over
+// WebSocket.
+func Dialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
+	return func(o *Options) error { o.Dialer = dial; return nil }
+}
+
+// KeyAddr makes address keys hash addr, the address the server sees this
+// client at, instead of the connection's own local address: for a stream
+// from Dialer that the server is told comes from addr (a socketpair the
+// engine adopts with the WebSocket client's address). An IPv4-mapped
+// address is hashed in its IPv4 form, as the server accepts. Unused with a
+// shared key.
+func KeyAddr(addr netip.AddrPort) Option {
+	return func(o *Options) error {
+		if !addr.IsValid() {
+			return errors.New("mles client: KeyAddr wants a valid address and port")
+		}
+		o.KeyAddr = addr
+		return nil
+	}
+}
+
+// DialTimeout bounds connecting (0: DefaultDialTimeout; Off: only the
+// context given to Connect bounds it).
 func DialTimeout(d time.Duration) Option {
 	return func(o *Options) error {
-		if d <= 0 {
-			return errors.New("mles client: DialTimeout must be positive")
+		switch {
+		case d == 0:
+			d = DefaultDialTimeout
+		case d < 0:
+			d = 0 // off
 		}
 		o.DialTimeout = d
 		return nil
@@ -190,6 +232,7 @@ func DialTimeout(d time.Duration) Option {
 
 // BufferSizes sets the read and write buffer sizes (defaults
 // DefaultReadBufferSize, DefaultWriteBufferSize); 0 keeps a default.
+// Buffers cannot be off: a negative size is an error.
 func BufferSizes(read, write int) Option {
 	return func(o *Options) error {
 		if read < 0 || write < 0 {
@@ -208,17 +251,25 @@ func BufferSizes(read, write int) Option {
 // MaxReconnects turns reconnecting on: after losing its connection the Conn
 // makes up to n attempts (n < 0: forever) with a growing wait, rejoins the
 // same (uid, channel), and skips replayed history it has already delivered
-// (see the package documentation for exactly what is guaranteed). n = 0,
-// the default, turns it off.
+// (see the package documentation for exactly what is guaranteed). n = 0
+// is the default, DefaultMaxReconnects: no reconnecting; a negative n
+// (Off, the limit off) reconnects forever.
 func MaxReconnects(n int) Option {
 	return func(o *Options) error { o.MaxReconnects = n; return nil }
 }
 
 // ReconnectWait sets the first wait before reconnecting and its cap; each
-// failed attempt doubles the wait.
+// failed attempt doubles the wait. 0 keeps a default (DefaultReconnectWait,
+// DefaultMaxReconnectWait); neither can be off.
 func ReconnectWait(first, maxWait time.Duration) Option {
 	return func(o *Options) error {
-		if first <= 0 || maxWait < first {
+		if first == 0 {
+			first = DefaultReconnectWait
+		}
+		if maxWait == 0 {
+			maxWait = max(DefaultMaxReconnectWait, first)
+		}
+		if first < 0 || maxWait < first {
 			return errors.New("mles client: ReconnectWait wants 0 < first <= max")
 		}
 		o.ReconnectWait, o.MaxReconnectWait = first, maxWait
@@ -228,11 +279,15 @@ func ReconnectWait(first, maxWait time.Duration) Option {
 
 // HistoryWindow sets how many delivered and sent frames are remembered to
 // skip replayed history after a reconnect; it should be at least the
-// server's --history-limit (default DefaultHistoryWindow).
+// server's --history-limit (0: DefaultHistoryWindow; Off: none remembered,
+// so a reconnect delivers the whole replay again).
 func HistoryWindow(n int) Option {
 	return func(o *Options) error {
-		if n < 0 {
-			return errors.New("mles client: HistoryWindow must not be negative")
+		switch {
+		case n == 0:
+			n = DefaultHistoryWindow
+		case n < 0:
+			n = 0 // off
 		}
 		o.HistoryWindow = n
 		return nil

@@ -10,6 +10,15 @@ import "unicode/utf8"
 // form (ok false) is left to codec.DecodeTriplet. Hot path: never
 // allocates, never panics.
 func scanTriplet(p []byte) (uid, channel, message []byte, ok bool) {
+	if uid, channel, message, ok = scanTripletForm(p); !ok || !utf8.Valid(uid) || !utf8.Valid(channel) {
+		return nil, nil, nil, false
+	}
+	return uid, channel, message, true
+}
+
+// scanTripletForm is scanTriplet without the UTF-8 check of uid and
+// channel, which the caller must make.
+func scanTripletForm(p []byte) (uid, channel, message []byte, ok bool) {
 	if len(p) < 1+len(keyUID) || p[0] != 0xa3 || string(p[1:1+len(keyUID)]) != keyUID {
 		return nil, nil, nil, false
 	}
@@ -21,9 +30,6 @@ func scanTriplet(p []byte) (uid, channel, message []byte, ok bool) {
 		return nil, nil, nil, false
 	}
 	if message, i, ok = scanString(p, i+len(keyMessage), 2); !ok || i != len(p) {
-		return nil, nil, nil, false
-	}
-	if !utf8.Valid(uid) || !utf8.Valid(channel) {
 		return nil, nil, nil, false
 	}
 	return uid, channel, message, true

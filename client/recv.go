@@ -2,11 +2,14 @@ package client
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"iter"
 	"os"
+	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/mlesd/mlesd/codec"
 )
@@ -49,14 +52,13 @@ func (m *Msg) Clone() *Msg {
 // reader is the receive side's state; it belongs to the one goroutine that
 // holds Conn.readBusy.
 type reader struct {
-	tr       *transport
-	gen      uint64 // the connection generation tr belongs to
-	br       *bufio.Reader
-	consumed int // bytes of the last in-place frame still to discard
+	tr     *transport
+	gen    uint64       // the connection generation tr belongs to
+	fr     *FrameReader // stream transports
+	wsHeld []byte       // WebSocket: the frame handed out, given back to the pump on the next receive
 
-	big    []byte // frame larger than the read buffer, kept for the next
-	bigN   int    // its length, while it is being read
-	bigOff int    // bytes of it read so far
+	okUID, okChannel []byte // the last names found valid UTF-8 (validNames)
+	uncounted        uint64 // frames received not yet in Conn.stats.received
 
 	msg Msg
 
@@ -87,8 +89,10 @@ var ErrNotTriplet = codec.ErrNotTriplet
 // ErrConcurrentRead). A context that can be cancelled costs one small
 // allocation per call; Msgs registers it once for the whole loop.
 //
-// Errors: ctx's error when it ends (over WebSocket that also closes the
-// connection); ErrClosed after Close; io.EOF or the network error when the
+// Errors: ctx's error when it ends first, with the connection left open:
+// the next receive goes on where this one stopped (a frame half read over
+// TCP or TLS is resumed, a WebSocket message being read is delivered
+// then); ErrClosed after Close; ErrSendOnly after CloseRead; io.EOF or the network error when the
 // server closed the connection and the Conn does not (or no longer)
 // reconnect; an error wrapping ErrNotTriplet together with a Msg for a
 // frame that is not a triplet, after which receiving may go on.
@@ -101,7 +105,25 @@ func (c *Conn) Next(ctx context.Context) (*Msg, error) {
 		stop := context.AfterFunc(ctx, c.interruptRead)
 		defer stop()
 	}
-	return c.next(ctx)
+	return c.next(ctx, true)
+}
+
+// NextFrame is Next without looking at the triplet: the Msg has CID, Key
+// and Frame, and its UID, Channel and Message are nil (unless the Conn
+// reconnects, whose history filter decodes every frame). For proxies and
+// load generators that pass frames on or read their bytes (the bench
+// harness's trailer, the gateway's payloads): it saves the per-frame
+// scan. A frame that is not a triplet is no error here. Otherwise as Next.
+func (c *Conn) NextFrame(ctx context.Context) (*Msg, error) {
+	if !c.readBusy.CompareAndSwap(false, true) {
+		return nil, ErrConcurrentRead
+	}
+	defer c.readBusy.Store(false)
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, c.interruptRead)
+		defer stop()
+	}
+	return c.next(ctx, false)
 }
 
 // Msgs returns the received frames as a sequence, for a range loop:
@@ -115,7 +137,14 @@ func (c *Conn) Next(ctx context.Context) (*Msg, error) {
 // ErrNotTriplet comes with its Msg and the sequence goes on; any other error
 // is the last element. Breaking out of the loop leaves the Conn open. Only
 // one goroutine may receive at a time. In steady state no step allocates.
-func (c *Conn) Msgs(ctx context.Context) iter.Seq2[*Msg, error] {
+func (c *Conn) Msgs(ctx context.Context) iter.Seq2[*Msg, error] { return c.seq(ctx, true) }
+
+// Frames is NextFrame as a sequence, for a range loop, as Msgs is Next:
+// each Msg has CID, Key and Frame only, and any error is the last element.
+// In steady state no step allocates.
+func (c *Conn) Frames(ctx context.Context) iter.Seq2[*Msg, error] { return c.seq(ctx, false) }
+
+func (c *Conn) seq(ctx context.Context, decode bool) iter.Seq2[*Msg, error] {
 	return func(yield func(*Msg, error) bool) {
 		if !c.readBusy.CompareAndSwap(false, true) {
 			yield(nil, ErrConcurrentRead)
@@ -127,7 +156,7 @@ func (c *Conn) Msgs(ctx context.Context) iter.Seq2[*Msg, error] {
 			defer stop()
 		}
 		for {
-			m, err := c.next(ctx)
+			m, err := c.next(ctx, decode)
 			if err != nil && !errors.Is(err, ErrNotTriplet) {
 				yield(nil, err)
 				return
@@ -146,24 +175,21 @@ func (c *Conn) interruptRead() {
 	}
 }
 
-// next is the receive loop behind Next and Msgs. Hot path: in steady state
-// it never allocates and takes no lock.
-func (c *Conn) next(ctx context.Context) (*Msg, error) {
-	if c.opts.SendOnly {
-		return nil, ErrSendOnly
-	}
+// next is the receive loop behind Next, Msgs and NextFrame (decode false:
+// the triplet is not looked at). Hot path: in steady state it never
+// allocates and takes no lock.
+func (c *Conn) next(ctx context.Context, decode bool) (*Msg, error) {
 	rd := &c.rd
 	for {
-		if rd.consumed > 0 {
-			rd.br.Discard(rd.consumed)
-			rd.consumed = 0
+		if c.opts.SendOnly || c.readShut.Load() {
+			return nil, ErrSendOnly
 		}
 		if rd.tr == nil {
 			if err := c.attach(ctx); err != nil {
 				return nil, err
 			}
 		}
-		h, frame, err := rd.readFrame()
+		h, frame, err := rd.readFrame(ctx, c.closing)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if err := ctx.Err(); err != nil {
@@ -175,28 +201,39 @@ func (c *Conn) next(ctx context.Context) (*Msg, error) {
 				rd.tr.clearReadDeadline() // a stale interrupt from an earlier context
 				continue
 			}
-			if ctx.Err() != nil && rd.tr.ws != nil {
-				c.lost(rd.gen, err)
-				rd.tr = nil
-				return nil, ctx.Err()
+			if rd.tr.ws != nil && (err == ErrClosed || err == ctx.Err()) {
+				return nil, err // the connection stays open (a cancelled receive)
+			}
+			if c.readShut.Load() {
+				return nil, ErrSendOnly // CloseRead ended this receive
 			}
 			c.lost(rd.gen, err)
 			rd.tr = nil
 			continue
 		}
-		c.stats.received.Add(1)
+		rd.countReceived(&c.stats.received)
+		// Field by field: assigning a whole Msg (pointers, in the heap)
+		// costs a bulk write barrier per frame.
 		m := &rd.msg
-		*m = Msg{CID: h.CID, Key: h.Key, Frame: frame}
+		m.CID, m.Key, m.Frame = h.CID, h.Key, frame
 		payload := frame[codec.HeaderLen:]
+		remember := c.remember()
+		if !decode && !remember {
+			if m.UID != nil || m.Channel != nil || m.Message != nil {
+				m.UID, m.Channel, m.Message = nil, nil, nil
+			}
+			return m, nil
+		}
 		var perr error
-		if uid, ch, msg, ok := scanTriplet(payload); ok {
+		if uid, ch, msg, ok := scanTripletForm(payload); ok && rd.validNames(uid, ch) {
 			m.UID, m.Channel, m.Message = uid, ch, msg
 		} else if t, err := codec.DecodeTriplet(payload); err == nil {
 			m.UID, m.Channel, m.Message = []byte(t.UID), []byte(t.Channel), t.Message
 		} else {
+			m.UID, m.Channel, m.Message = nil, nil, nil
 			perr = err
 		}
-		if c.remember() && perr == nil && len(m.Message) > 0 {
+		if remember && perr == nil && len(m.Message) > 0 {
 			hash := c.hash(frame)
 			if rd.skipping {
 				if rd.seen[hash] > 0 {
@@ -207,6 +244,9 @@ func (c *Conn) next(ctx context.Context) (*Msg, error) {
 				rd.skipping, rd.seen = false, nil
 			}
 			rd.recv.add(hash)
+		}
+		if !decode {
+			perr = nil // NextFrame: not its business
 		}
 		return m, perr
 	}
@@ -223,14 +263,7 @@ func (c *Conn) attach(ctx context.Context) error {
 			return ErrClosed
 		case c.state == stateUp:
 			rd := &c.rd
-			rd.tr, rd.gen = c.tr, c.gen
-			rd.tr.clearReadDeadline()
-			if rd.br == nil {
-				rd.br = bufio.NewReaderSize(rd.tr.r, c.opts.ReadBufferSize)
-			} else {
-				rd.br.Reset(rd.tr.r)
-			}
-			rd.bigN, rd.bigOff, rd.consumed = 0, 0, 0
+			rd.point(c.tr, c.gen, c.opts.ReadBufferSize)
 			rd.skipping, rd.seen = false, nil
 			if rd.gen > 1 && c.remember() {
 				rd.seen = make(map[uint64]int, rd.recv.len()+c.sent.len())
@@ -257,12 +290,142 @@ func (c *Conn) attach(ctx context.Context) error {
 	}
 }
 
-// readFrame reads one whole frame. A frame that fits the read buffer is
-// returned in place (discarded on the next call); a larger one is read
-// into rd.big. A timeout leaves a half-read frame to be resumed.
-func (rd *reader) readFrame() (codec.Header, []byte, error) {
-	if rd.bigN == 0 {
-		hb, err := rd.br.Peek(codec.HeaderLen)
+// countReceived counts a frame received. The shared counter (an atomic
+// add costs a tenth of a frame's handling) is brought up to date once per
+// receivedBatch frames, and whenever no further frame is buffered, so
+// Stats lags only while frames stream in, by less than a batch.
+func (rd *reader) countReceived(n *atomic.Uint64) {
+	rd.uncounted++
+	if rd.uncounted >= receivedBatch || rd.tr.ws != nil || rd.fr.buffered() < codec.HeaderLen {
+		n.Add(rd.uncounted)
+		rd.uncounted = 0
+	}
+}
+
+// receivedBatch bounds how far Stats.Received may lag.
+const receivedBatch = 64
+
+// buffered is how many bytes past the frame returned last are buffered.
+func (fr *FrameReader) buffered() int { return fr.br.Buffered() - fr.consumed }
+
+// validNames reports whether uid and channel are valid UTF-8. The last
+// valid pair is remembered (copied into buffers kept for it), so that a
+// stream of frames from one sender costs two short comparisons per frame.
+// Hot path: no allocation once the buffers have grown.
+func (rd *reader) validNames(uid, channel []byte) bool {
+	if bytes.Equal(uid, rd.okUID) && bytes.Equal(channel, rd.okChannel) {
+		return true
+	}
+	if !utf8.Valid(uid) || !utf8.Valid(channel) {
+		return false
+	}
+	if len(uid) <= maxRememberedName && len(channel) <= maxRememberedName {
+		rd.okUID = append(rd.okUID[:0], uid...)
+		rd.okChannel = append(rd.okChannel[:0], channel...)
+	}
+	return true
+}
+
+// maxRememberedName bounds the names validNames keeps a copy of.
+const maxRememberedName = 256
+
+// point makes the reader read from tr, of generation gen.
+func (rd *reader) point(tr *transport, gen uint64, size int) {
+	rd.tr, rd.gen, rd.wsHeld = tr, gen, nil
+	if tr.ws != nil {
+		return
+	}
+	tr.clearReadDeadline()
+	if rd.fr == nil {
+		rd.fr = NewFrameReader(tr.nc, size)
+	} else {
+		rd.fr.Reset(tr.nc)
+	}
+}
+
+// readFrame reads the next whole frame from the transport. On a stream
+// that is FrameReader.ReadFrame, which a deadline (interruptRead)
+// interrupts. Over WebSocket it takes the pump's next frame, giving back
+// the one handed out before, and returns ctx's error when ctx ends first
+// or ErrClosed when closing is closed, with the connection left as it was.
+// Hot path: never allocates.
+func (rd *reader) readFrame(ctx context.Context, closing <-chan struct{}) (codec.Header, []byte, error) {
+	if rd.tr.ws == nil {
+		return rd.fr.ReadFrame()
+	}
+	p := rd.tr.wsr
+	p.run()
+	if rd.wsHeld != nil {
+		p.free <- rd.wsHeld // never blocks: two buffers, and this is one
+		rd.wsHeld = nil
+	}
+	select {
+	case r := <-p.full:
+		if r.err != nil {
+			return codec.Header{}, nil, r.err
+		}
+		rd.wsHeld = r.frame
+		return codec.Header{Len: len(r.frame) - codec.HeaderLen}, r.frame, nil
+	case <-ctx.Done():
+		return codec.Header{}, nil, ctx.Err()
+	case <-closing:
+		return codec.Header{}, nil, ErrClosed
+	}
+}
+
+// FrameReader reads whole Mles frames from a byte stream (TCP or TLS):
+// the receive side of a Conn, for code that holds a stream of its own (a
+// test that must also write malformed bytes, a proxy). Not safe for
+// concurrent use.
+type FrameReader struct {
+	br       *bufio.Reader
+	consumed int // bytes of the last in-place frame still to discard
+
+	big    []byte // frame larger than the read buffer, kept for the next
+	bigN   int    // its length, while it is being read
+	bigOff int    // bytes of it read so far
+}
+
+// NewFrameReader reads frames from r with a read buffer of size bytes (at
+// least a header; DefaultReadBufferSize when 0). An r that is already a
+// *bufio.Reader at least that large is used as it is.
+func NewFrameReader(r io.Reader, size int) *FrameReader {
+	if size <= 0 {
+		size = DefaultReadBufferSize
+	}
+	return &FrameReader{br: bufio.NewReaderSize(r, max(size, codec.HeaderLen))}
+}
+
+// Reset makes fr read from r, forgetting what it had buffered.
+func (fr *FrameReader) Reset(r io.Reader) {
+	fr.br.Reset(r)
+	fr.consumed, fr.bigN, fr.bigOff = 0, 0, 0
+}
+
+// Release lets go of the frame the last ReadFrame returned in place, so
+// that the stream under fr stands right after it: for code that reads the
+// stream itself between frames. ReadFrame releases the previous frame
+// anyway.
+func (fr *FrameReader) Release() {
+	if fr.consumed > 0 {
+		fr.br.Discard(fr.consumed)
+		fr.consumed = 0
+	}
+}
+
+// ReadFrame reads the next whole frame and returns its header and the
+// frame, header included. The frame is valid until the next call: one
+// that fits the read buffer is returned in place, a larger one is read
+// into a buffer kept for the next large frame. An error from the stream
+// inside a frame (a read deadline) leaves the part read so far buffered:
+// the next call resumes it. At the end of the stream it returns io.EOF,
+// or io.ErrUnexpectedEOF inside a frame; a header that is not a frame's
+// is an error wrapping ErrBadFrame, after which the stream cannot be
+// resynchronized. Hot path: in steady state it never allocates.
+func (fr *FrameReader) ReadFrame() (codec.Header, []byte, error) {
+	fr.Release()
+	if fr.bigN == 0 {
+		hb, err := fr.br.Peek(codec.HeaderLen)
 		if err != nil {
 			if err == io.EOF && len(hb) > 0 {
 				err = io.ErrUnexpectedEOF
@@ -274,25 +437,25 @@ func (rd *reader) readFrame() (codec.Header, []byte, error) {
 			return codec.Header{}, nil, errors.Join(ErrBadFrame, err)
 		}
 		n := codec.HeaderLen + h.Len
-		if n <= rd.br.Size() {
-			f, err := rd.br.Peek(n)
+		if n <= fr.br.Size() {
+			f, err := fr.br.Peek(n)
 			if err != nil {
 				if err == io.EOF {
 					err = io.ErrUnexpectedEOF
 				}
 				return codec.Header{}, nil, err
 			}
-			rd.consumed = n
+			fr.consumed = n
 			return h, f, nil
 		}
-		if cap(rd.big) < n {
-			rd.big = make([]byte, n)
+		if cap(fr.big) < n {
+			fr.big = make([]byte, n)
 		}
-		rd.bigN, rd.bigOff = n, 0
+		fr.bigN, fr.bigOff = n, 0
 	}
-	for rd.bigOff < rd.bigN {
-		k, err := rd.br.Read(rd.big[rd.bigOff:rd.bigN])
-		rd.bigOff += k
+	for fr.bigOff < fr.bigN {
+		k, err := fr.br.Read(fr.big[fr.bigOff:fr.bigN])
+		fr.bigOff += k
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
@@ -300,8 +463,8 @@ func (rd *reader) readFrame() (codec.Header, []byte, error) {
 			return codec.Header{}, nil, err
 		}
 	}
-	f := rd.big[:rd.bigN]
-	rd.bigN, rd.bigOff = 0, 0
+	f := fr.big[:fr.bigN]
+	fr.bigN, fr.bigOff = 0, 0
 	h, _ := codec.ParseHeader(f) // checked when the frame began
 	return h, f, nil
 }

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -91,25 +92,39 @@ func parseAddr(addr string, secure bool) (endpoint, error) {
 // transport is one live connection: a byte stream of frames (TCP or TLS),
 // or a WebSocket whose binary messages are triplets without the header.
 type transport struct {
-	nc    net.Conn     // TCP or TLS; nil for WebSocket
-	tcp   *net.TCPConn // the socket under nc (TCP_NODELAY, shutdowns)
+	nc    net.Conn // TCP or TLS (or a Dialer's stream); nil for WebSocket
 	ws    *websocket.Conn
-	r     io.Reader // the frame stream: nc, or wsFrames over ws
+	wsr   *wsPump // WebSocket messages as frames, started by the first receive
 	local netip.AddrPort
+}
+
+// halfCloser is a stream that can shut down one direction (*net.TCPConn,
+// *net.UnixConn).
+type halfCloser interface {
+	CloseRead() error
+	CloseWrite() error
 }
 
 // dial opens a transport to ep.
 func dial(ctx context.Context, ep endpoint, o *Options) (*transport, error) {
 	var d net.Dialer
+	dialStream := d.DialContext
+	if o.Dialer != nil {
+		dialStream = o.Dialer
+	}
 	switch ep.scheme {
 	case schemeTCP, schemeTLS:
-		nc, err := d.DialContext(ctx, "tcp", ep.hostport)
+		nc, err := dialStream(ctx, "tcp", ep.hostport)
 		if err != nil {
 			return nil, err
 		}
-		tc := nc.(*net.TCPConn)
-		tc.SetNoDelay(true) // Mles frames are small and latency matters; we batch ourselves
-		tr := &transport{nc: nc, tcp: tc, r: nc, local: localAddrPort(nc)}
+		tr := &transport{nc: nc, local: localAddrPort(nc)}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetNoDelay(true) // Mles frames are small and latency matters; we batch ourselves
+		}
+		if o.KeyAddr.IsValid() {
+			tr.local = netip.AddrPortFrom(o.KeyAddr.Addr().Unmap().WithZone(""), o.KeyAddr.Port())
+		}
 		if ep.scheme == schemeTLS {
 			cfg := o.tlsConfig().Clone()
 			if cfg.ServerName == "" {
@@ -121,7 +136,7 @@ func dial(ctx context.Context, ep endpoint, o *Options) (*transport, error) {
 				nc.Close()
 				return nil, fmt.Errorf("TLS handshake: %w", err)
 			}
-			tr.nc, tr.r = tc, tc
+			tr.nc = tc
 		}
 		return tr, nil
 	default:
@@ -145,7 +160,7 @@ func dial(ctx context.Context, ep endpoint, o *Options) (*transport, error) {
 			return nil, fmt.Errorf("WebSocket handshake: the server did not accept subprotocol %q", Subprotocol)
 		}
 		ws.SetReadLimit(codec.MaxPayloadLen)
-		return &transport{ws: ws, r: &wsFrames{ws: ws}}, nil
+		return &transport{ws: ws, wsr: newWSPump(ws, o.ReadBufferSize)}, nil
 	}
 }
 
@@ -166,15 +181,14 @@ func (t *transport) writeMessage(frame []byte) error {
 	return t.ws.Write(context.Background(), websocket.MessageBinary, frame[codec.HeaderLen:])
 }
 
-// interruptRead makes a blocked read return. Safe from any goroutine.
-// Over WebSocket it closes the connection: the library cannot abandon a
-// read otherwise.
+// interruptRead makes a blocked read of a stream return (a deadline in
+// the past; the reader resumes a half-read frame later). Safe from any
+// goroutine. A WebSocket receive waits on a channel beside the context
+// instead, so that a cancelled receive leaves the connection open.
 func (t *transport) interruptRead() {
 	if t.nc != nil {
 		t.nc.SetReadDeadline(time.Unix(1, 0))
-		return
 	}
-	t.ws.CloseNow()
 }
 
 // clearReadDeadline undoes interruptRead (stream transports).
@@ -192,8 +206,12 @@ func (t *transport) setWriteDeadline(d time.Time) {
 
 // closeRead shuts down the receive side (stream transports).
 func (t *transport) closeRead() error {
-	if t.tcp != nil {
-		return t.tcp.CloseRead()
+	nc := t.nc
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if h, ok := nc.(halfCloser); ok {
+		return h.CloseRead()
 	}
 	return nil
 }
@@ -206,8 +224,11 @@ func (t *transport) closeWrite() error {
 		if err := nc.CloseWrite(); err != nil { // close_notify
 			return err
 		}
-		return t.tcp.CloseWrite() // and a FIN, which every server reads as the end
-	case *net.TCPConn:
+		if h, ok := nc.NetConn().(halfCloser); ok {
+			return h.CloseWrite() // and a FIN, which every server reads as the end
+		}
+		return nil
+	case halfCloser:
 		return nc.CloseWrite()
 	}
 	if t.ws != nil {
@@ -222,49 +243,99 @@ func (t *transport) close() {
 		return
 	}
 	t.ws.CloseNow()
+	t.wsr.stop()
 }
 
-// wsFrames turns a WebSocket's binary messages into the byte stream of
-// frames a TCP connection would carry, with a header (CID and key 0: the
-// gateway strips the real ones) in front of each triplet. Text messages
-// and empty ones (which no frame can carry) are skipped. Owned by the
-// reader.
-type wsFrames struct {
-	ws  *websocket.Conn
-	buf []byte // the current frame
-	off int    // how much of buf was read
+// wsPump reads a WebSocket's messages on a goroutine of its own and hands
+// them to the receiver as frames: a header (CID and key 0: the gateway
+// strips the real ones) and the triplet, read straight into one of two
+// buffers that the two sides pass back and forth. So a receive waits on a
+// channel beside its context, and a cancelled one leaves the connection
+// open and the message in progress for the next receive (coder/websocket
+// closes a connection whose read context ends), and in steady state
+// nothing allocates. Text messages and empty ones (which no frame can
+// carry) are skipped.
+type wsPump struct {
+	ws       *websocket.Conn
+	size     int           // a buffer's first capacity, and the most a grown one keeps
+	free     chan []byte   // buffers for the pump (capacity 2)
+	full     chan wsResult // a frame, or the error that ended the pump (capacity 1)
+	quit     chan struct{} // closed by stop
+	start    sync.Once
+	stopOnce sync.Once
 }
 
-func (w *wsFrames) Read(p []byte) (int, error) {
-	for w.off == len(w.buf) {
+type wsResult struct {
+	frame []byte
+	err   error
+}
+
+func newWSPump(ws *websocket.Conn, size int) *wsPump {
+	return &wsPump{ws: ws, size: max(size, codec.HeaderLen+512), free: make(chan []byte, 2),
+		full: make(chan wsResult, 1), quit: make(chan struct{})}
+}
+
+// run starts the pump once, with two buffers.
+func (w *wsPump) run() {
+	w.start.Do(func() {
+		w.free <- nil // made on first use, at the size of the first message
+		w.free <- nil
+		go w.loop()
+	})
+}
+
+func (w *wsPump) stop() { w.stopOnce.Do(func() { close(w.quit) }) }
+
+func (w *wsPump) loop() {
+	for {
+		var buf []byte
+		select {
+		case buf = <-w.free:
+		case <-w.quit:
+			return
+		}
+		frame, err := w.readMessage(buf)
+		select {
+		case w.full <- wsResult{frame, err}:
+		case <-w.quit:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// readMessage reads the next binary message into buf behind a header.
+func (w *wsPump) readMessage(buf []byte) ([]byte, error) {
+	if cap(buf) > w.size && cap(buf) > 1<<20 {
+		buf = nil // do not keep a huge message's buffer
+	}
+	if cap(buf) < w.size {
+		buf = make([]byte, 0, w.size)
+	}
+	for {
 		typ, r, err := w.ws.Reader(context.Background())
 		if err != nil {
-			return 0, err
+			return buf[:0], err
 		}
-		if cap(w.buf) < codec.HeaderLen+512 {
-			w.buf = make([]byte, codec.HeaderLen, 64<<10)
-		}
-		w.buf, w.off = w.buf[:codec.HeaderLen], 0
+		buf = buf[:codec.HeaderLen]
 		for {
-			if len(w.buf) == cap(w.buf) {
-				w.buf = append(w.buf, 0)[:len(w.buf)]
+			if len(buf) == cap(buf) {
+				buf = append(buf, 0)[:len(buf)]
 			}
-			n, err := r.Read(w.buf[len(w.buf):cap(w.buf)])
-			w.buf = w.buf[:len(w.buf)+n]
+			n, err := r.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+n]
 			if err == io.EOF {
 				break
 			}
 			if err != nil {
-				return 0, err
+				return buf[:0], err
 			}
 		}
-		if typ != websocket.MessageBinary || len(w.buf) == codec.HeaderLen {
-			w.buf = w.buf[:0]
-			continue
+		if typ == websocket.MessageBinary && len(buf) > codec.HeaderLen {
+			codec.Header{Len: len(buf) - codec.HeaderLen}.Put(buf)
+			return buf, nil
 		}
-		codec.Header{Len: len(w.buf) - codec.HeaderLen}.Put(w.buf)
 	}
-	n := copy(p, w.buf[w.off:])
-	w.off += n
-	return n, nil
 }

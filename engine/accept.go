@@ -57,7 +57,7 @@ const (
 	// maxRegistering bounds accepted connections being handed to their
 	// event loop at once; past it the acceptor waits (the kernel's backlog
 	// holds the rest).
-	maxRegistering = 16
+	maxRegistering = 128
 )
 
 // acceptErrorReason is the label of an accept error in

@@ -16,10 +16,22 @@ const (
 	// DefaultMaxPending bounds the memory one receiver's waiting frames hold
 	// (references to shared frames, each counted by its size class, under
 	// twice its length: nothing is copied per receiver). A frame that would
-	// pass it is dropped for that receiver alone, which is then parked until
-	// its socket has taken half; a frame is always accepted into an empty
-	// backlog, so any frame up to MaxFrame passes.
+	// pass it makes the receiver a lagger, reading its channel's shared log
+	// (engine/lag.go), which MaxPending bounds as well: frames are dropped
+	// for a receiver only when that log evicts what it still needed. A frame
+	// is always accepted into an empty backlog, so any frame up to MaxFrame
+	// passes.
 	DefaultMaxPending = 8 << 20
+	// DefaultSendBuffer is each client socket's kernel send buffer
+	// (SO_SNDBUF; Linux doubles it for its bookkeeping). Left to the
+	// kernel's autotuning, the send buffer of a client that stops reading
+	// grows to net.ipv4.tcp_wmem's maximum (4 MiB by default; 3.2 MB
+	// measured with ss -tm): kernel memory per stalled receiver that no
+	// limit of ours counts, and 3 GB of writes before a thousand
+	// send-only devices are known to be full, while their collector waits.
+	// 256 KiB keeps a loopback receiver of 1.6 MB frames at full speed
+	// (BENCHMARKS.md, bigfan) and is 60 ms of a 32 Mbit/s link.
+	DefaultSendBuffer = 256 << 10
 	// DefaultMaxPendingFrames bounds the frames waiting per receiver, next to
 	// the byte bound: the backlog holds one 8-byte reference per frame, so a
 	// stalled receiver costs at most 512 KiB of references besides the shared
@@ -81,6 +93,9 @@ const (
 	// at a 16 MiB payload), where a 16 MiB resync can hold 1.2 million tiny
 	// entries (issue 11).
 	DefaultMaxResyncEntries = 10_000
+	// DefaultIdleTimeout is off: a joined receiver may stay silent forever
+	// (Mles has no keepalive of its own; TCP keepalive finds dead peers).
+	DefaultIdleTimeout = 0
 	// DefaultKeepAlive is the TCP keepalive period set on every connection.
 	DefaultKeepAlive = 60 * time.Second
 
@@ -89,6 +104,20 @@ const (
 	// when a client sends a long burst.
 	maxBatchFrames = 256
 	maxBatchBytes  = 1 << 20
+	// flushCoalesceMin and flushCoalesceCost: a loop with at least this many
+	// receivers to write whose last flush took at least this long delays its
+	// next flush by as long (at most maxFlushDelay), see loop.flushSoon.
+	// Channels of a hundred (fanout, bigfan, latency) never reach it.
+	flushCoalesceMin  = 256
+	flushCoalesceCost = time.Millisecond
+	maxFlushDelay     = 10 * time.Millisecond
+	// copyFrameMax: frames up to this length travel to another loop as a
+	// copy in the batch rather than by reference (loop.go, item).
+	copyFrameMax = 1024
+	// batchBufSize is the room for copied frames in one batch: a full
+	// batch is posted at once and the next one started, so a batch's
+	// buffer never grows (64 KiB: about 450 frames of 144 bytes).
+	batchBufSize = 64 << 10
 	// maxInboxFrames and maxInboxBytes bound what other loops may have
 	// queued for one loop (references to shared frames, bytes by size
 	// class). Past either, frames for that loop's members are dropped and
@@ -100,12 +129,11 @@ const (
 	// memory cost of at most 1 GiB of frames plus 16 bytes per reference.
 	maxInboxFrames = 4 << 20
 	maxInboxBytes  = 1 << 30
-	// tickInterval is the ticker's period: the resolution of the coarse
-	// clock that timeouts are measured with. Nothing is polled on it (a
-	// receiver with a backlog is woken by its socket, writable.go), so an
+	// sweepInterval is the ticker's period: how often each loop checks
+	// timeouts and folds its laggers' drop counts. Nothing is polled on it
+	// (a receiver with a backlog is woken by its socket, writable.go) and
+	// times are read from the clock when used, not kept by the tick, so an
 	// idle server wakes only this often.
-	tickInterval = 50 * time.Millisecond
-	// sweepInterval is how often each loop checks timeouts.
 	sweepInterval = 250 * time.Millisecond
 	// ownedFrameMin: a frame longer than this, once this much of it has
 	// arrived, is moved out of gnet's inbound buffer into memory the engine
@@ -128,55 +156,73 @@ const (
 	partialSlackDiv = 8
 )
 
-// Config is every setting of the engine. The zero value of a field means its
-// default, except where noted.
+// Off, given to a setting that can be off, turns it off: no bound for a
+// limit, never for a timeout. Any negative value means the same.
+const Off = -1
+
+// Config is every setting of the engine. One rule for every field, as in
+// every Config of this project (router, gateway, peering, client): zero
+// means the package's default (the Default constants above), and a
+// negative value (Off) turns the setting off where it can be off (no
+// bound, never, at once). Bounds that keep memory and names in check
+// cannot be off: a negative value gives them their default too.
 type Config struct {
 	// Listen holds the addresses to listen on, host:port. "[::]:port" and
 	// ":port" are dual stack.
 	Listen []string
-	// Loops is the number of event loops; 0 = one per CPU.
+	// Loops is the number of event loops; 0 (or negative) = one per CPU.
 	Loops int
 	// Keys is the first-level authentication setting (MLES_KEY, MLES_ADDR_KEY).
 	Keys codec.KeyConfig
-	// MaxFrame is the largest payload accepted, 1..0xFFFFFF.
+	// MaxFrame is the largest payload accepted, 1..0xFFFFFF; 0 (or out of
+	// range) = DefaultMaxFrame, the protocol's maximum.
 	MaxFrame int
-	// MaxPending bounds each receiver's waiting bytes (see DefaultMaxPending).
+	// MaxPending bounds each receiver's waiting bytes (see DefaultMaxPending;
+	// cannot be off).
 	MaxPending int
-	// MaxPendingFrames bounds each receiver's waiting frames.
+	// MaxPendingFrames bounds each receiver's waiting frames (cannot be off).
 	MaxPendingFrames int
-	// StallTimeout closes receivers that are stalled and silent; negative = never.
+	// SendBuffer is the kernel send buffer (SO_SNDBUF) of each client
+	// socket, in bytes (see DefaultSendBuffer); Off = the kernel's
+	// autotuning. Uplinks to peers keep the kernel's.
+	SendBuffer int
+	// StallTimeout closes receivers that are stalled and silent; Off = never.
 	StallTimeout time.Duration
-	// JoinTimeout closes connections that have not joined; negative = never.
+	// JoinTimeout closes connections that have not joined; Off = never.
 	JoinTimeout time.Duration
 	// IdleTimeout closes joined connections that have sent nothing for this
-	// long; 0 = never (the default: receivers may be silent forever).
+	// long. Its default (DefaultIdleTimeout) is off: receivers may be silent
+	// forever; so both 0 and Off mean never.
 	IdleTimeout time.Duration
-	// MaxConns bounds open connections; negative = no bound.
+	// MaxConns bounds open connections; Off = no bound.
 	MaxConns int
-	// MaxConnsPerIP bounds open connections per client IP; negative = no bound.
+	// MaxConnsPerIP bounds open connections per client IP; Off = no bound.
 	MaxConnsPerIP int
 	// LimitLoopback applies MaxConnsPerIP to loopback clients too (by
 	// default they are exempt: they are processes on this host).
 	LimitLoopback bool
-	// MaxUIDLen and MaxChannelLen bound the names in a join, in bytes.
+	// MaxUIDLen and MaxChannelLen bound the names in a join, in bytes
+	// (cannot be off).
 	MaxUIDLen     int
 	MaxChannelLen int
 	// MaxPartialBytes bounds bytes of incomplete frames over all connections;
-	// when it is full, the connection holding the most is closed.
+	// when it is full, the connection holding the most is closed (cannot be
+	// off).
 	MaxPartialBytes int
 	// MaxResyncEntries bounds the inner frames of a resync; a resync with
-	// more is closed ("resync-too-large").
+	// more is closed ("resync-too-large"; cannot be off).
 	MaxResyncEntries int
 	// FrameTimeout closes a connection whose frame has been arriving for this
-	// long (the join frame too); negative = never.
+	// long (the join frame too); Off = never.
 	FrameTimeout time.Duration
 	// FrameMinRate closes a connection whose frame arrives slower than this
-	// many bytes per second over a FrameRateWindow; negative = no minimum.
+	// many bytes per second over a FrameRateWindow; Off = no minimum.
 	FrameMinRate int
-	// FrameRateWindow is the span FrameMinRate is measured over.
+	// FrameRateWindow is the span FrameMinRate is measured over (cannot be
+	// off).
 	FrameRateWindow time.Duration
 	// DrainTimeout bounds how long Stop flushes backlogs before closing;
-	// negative = close at once.
+	// Off = close at once.
 	DrainTimeout time.Duration
 	// Members, when set, learns of every member's join and leave (package
 	// peering opens and closes uplinks with it).
@@ -197,6 +243,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxPendingFrames <= 0 {
 		c.MaxPendingFrames = DefaultMaxPendingFrames
+	}
+	if c.SendBuffer == 0 {
+		c.SendBuffer = DefaultSendBuffer
 	}
 	if c.StallTimeout == 0 {
 		c.StallTimeout = DefaultStallTimeout
@@ -233,6 +282,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.IdleTimeout < 0 {
+		c.IdleTimeout = DefaultIdleTimeout // off, as 0
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -45,16 +45,16 @@ type conn struct {
 	dirty   bool
 	sent    uint64 // bytes written to the socket
 
-	opened     int64 // coarse clock, ns
-	lastRead   int64 // coarse clock, ns
-	stallSince int64 // coarse clock, ns; 0 = not dropping
+	opened     int64 // Server.now, ns
+	lastRead   int64 // Server.now, ns
+	stallSince int64 // Server.now, ns; 0 = not dropping
 	dropped    uint64
 	reason     string // why the server closed it; "" = the peer did
 	partial    int    // memory of the incomplete frame at the head, counted in Server.partialBytes
 	held       int    // bytes of that frame that have arrived
 	holder     int    // 1 + index in its loop's partialLoop.holders; 0 = not one
-	frameStart int64  // coarse clock, ns: when that frame began; 0 = no incomplete frame
-	rateMark   int64  // coarse clock, ns: start of its current minimum-rate window
+	frameStart int64  // Server.now, ns: when that frame began; 0 = no incomplete frame
+	rateMark   int64  // Server.now, ns: start of its current minimum-rate window
 	rateHeld   int    // held at rateMark
 	rd         frameReader
 	perIP      bool // counted in Server.perIP
@@ -67,18 +67,19 @@ type conn struct {
 	wArmed bool
 
 	// Membership on its loop (loop.go): set is the channel's member list
-	// on c's loop and setIdx c's place in it (-1 while parked); joinSeq
+	// on c's loop and setIdx c's place in it (-1 while lagging); joinSeq
 	// is the last history sequence c got in its replay.
 	set     *router.LoopSet
 	setIdx  int
 	joinSeq uint64
-	// Parked (loop.park): c's backlog was full, so it is out of set's walk
-	// and what it misses is counted from set.Frames, not frame by frame.
-	parked      bool
-	parkIdx     int    // c's place in loop.parked
-	parkFrames  uint64 // set.Frames when parked
-	parkOwn     uint64 // frames c sent itself while parked (walked on set, never for c)
-	parkCounted uint64 // frames missed while parked that are already counted as dropped
+	// Lagging (lag.go): c's socket was full, so it is out of set's walk
+	// and reads set.Log from cursor as its socket takes it.
+	lagging    bool
+	lagSoon    bool   // its socket filled during its set's walk: lag when the walk ends
+	lagIdx     int    // c's place in loop.laggers
+	cursor     uint64 // sequence of the next set.Log entry c needs
+	ownEvicted uint64 // c's own entries evicted from set.Log at or past cursor
+	lostMark   uint64 // set.Log.Lost when last counted
 }
 
 // Joined implements router.Subscriber: c lists itself in its loop's set.
@@ -107,31 +108,29 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 // references: the engine never hands gnet more than the socket takes.
 func (c *conn) pending() int { return c.queued }
 
-// deliver queues f for the receiver, or drops it for this receiver alone when
-// its backlog would pass Config.MaxPending or Config.MaxPendingFrames, and
-// then reports false: the caller parks it (loop.park). A receiver is never
-// cut for being slow or silent: only what it holds counts. Must run on c's
-// loop. Never blocks; allocates only when the ring grows.
+// deliver queues f for the receiver and reports true, or reports false
+// when f would take its backlog past Config.MaxPending or
+// Config.MaxPendingFrames even after writing what its socket takes now: the
+// caller then makes it a lagger from f on (loop.walk), and it reads f from
+// its set's log. Nothing is dropped here: only a lagger loses frames, when
+// its set's log evicts what it still needed (lag.go). force (history
+// replay at its join) queues whatever the backlog holds. Must run on c's
+// loop. Never blocks; allocates only when the queue grows.
 func (c *conn) deliver(f *router.Frame, force bool) bool {
 	if c.state != joined {
 		return true
 	}
 	cfg := &c.loop.srv.cfg
-	if !force && c.full(f, cfg) && !c.wArmed {
-		// Frames may have piled up since the last write (a loop drains
-		// many batches before it flushes): the socket decides, not the
-		// batching. Write now, and drop only if that leaves it full.
-		c.loop.write(c)
-	}
 	if !force && c.full(f, cfg) {
-		c.dropped++
-		c.loop.stats.dropped.Add(1)
-		if c.stallSince == 0 {
-			c.stallSince = c.loop.srv.now()
-			c.loop.srv.rlog.Log(levelWarn, "receiver-stalled", "receiver is not keeping up; dropping frames for it alone",
-				connAttrs(c)...)
+		if !c.wArmed {
+			// Frames may have piled up since the last write (a loop
+			// drains many batches before it flushes): the socket
+			// decides, not the batching.
+			c.loop.write(c)
 		}
-		return false
+		if c.full(f, cfg) {
+			return false
+		}
 	}
 	f.Ref()
 	c.q.push(f)

@@ -25,15 +25,23 @@ type loop struct {
 
 	// loop-owned
 	dirty   []*conn         // receivers with new frames to flush
-	parked  []*conn         // receivers out of their sets' walks (park)
-	parking []*conn         // scratch: receivers to park after the walk in progress
-	outbox  []*batch        // per target loop: frames for that loop's subscribers
-	frames  []*router.Frame // scratch: one batch read from one connection
-	iov     []unix.Iovec    // scratch for vectored writes
-	conns   map[*conn]struct{}
+	laggers []*conn         // receivers out of their sets' walks, reading their logs (lag.go)
+	toLag   []lagRequest    // scratch: receivers to make laggers after the walk in progress
+	walking *router.LoopSet // the set whose walk is in progress, or nil
+	// minCursor is foldAllLaggers' scratch: the oldest entry any lagger of
+	// a set still needs.
+	minCursor map[*router.LoopSet]uint64
+	outbox    []*batch        // per target loop: frames for that loop's subscribers
+	frames    []*router.Frame // scratch: one batch read from one connection
+	iov       []unix.Iovec    // scratch for vectored writes
+	conns     map[*conn]struct{}
 	// flushArmed: a flush task is queued (flushSoon): everything read in
 	// this round of events is written with one writev per receiver.
 	flushArmed bool
+	// lastFlushCost is how long the last flush took; flushTimer delays the
+	// next one when that was long (flushSoon).
+	lastFlushCost time.Duration
+	flushTimer    *time.Timer
 
 	// any goroutine
 	inbox         atomic.Pointer[batch] // LIFO of batches from other loops
@@ -44,7 +52,7 @@ type loop struct {
 	inboxMaxBytes int64                 // bound on inboxBytes (maxInboxBytes)
 	drainRunnable gnet.Runnable
 	sweepRunnable gnet.Runnable
-	foldRunnable  gnet.Runnable
+	foldRunnable  gnet.Runnable // foldAllLaggers
 	flushRunnable gnet.Runnable
 	stats         loopStats
 
@@ -73,28 +81,56 @@ type loopStats struct {
 func (s *loopStats) addBusy(began time.Time) { s.busyNanos.Add(uint64(time.Since(began))) }
 
 // item is one frame for the members of one channel on one loop: the
-// receiving loop walks set as it is when the item arrives.
+// receiving loop walks set as it is when the item arrives. A frame of at
+// most copyFrameMax bytes travels as a copy in its batch's buf (f nil, the
+// bytes at buf[off:off+n], its history sequence in seq) and is made anew on
+// the receiving loop: sharing it would bounce its reference count and its
+// pooled buffer between cores, which cost a pairs workload a quarter of
+// its CPU in cache misses (profile in BENCHMARKS.md).
 type item struct {
 	f   *router.Frame
 	set *router.LoopSet
+	off int32
+	n   int32
+	seq uint64
 }
 
 // batch carries items from one loop to another in one task.
 type batch struct {
 	next  *batch
 	items []item
-	bytes int64 // memory of the items' frames (Frame.Size)
+	buf   []byte // the copied frames' bytes
+	bytes int64  // memory of the items' frames (Frame.Size, or the copy's length)
 }
 
-var batchPool = sync.Pool{New: func() any { return &batch{items: make([]item, 0, 64)} }}
+// frame returns the item's frame: the shared one, or a new one made from the copy
+// in b (the caller releases either).
+func (it *item) frame(b *batch) *router.Frame {
+	if it.f != nil {
+		return it.f
+	}
+	return router.CopyFrame(b.buf[it.off:it.off+it.n], it.seq)
+}
+
+// release drops the item's reference to a shared frame (a copy holds none).
+func (it *item) release() {
+	if it.f != nil {
+		it.f.Release()
+	}
+}
+
+var batchPool = sync.Pool{New: func() any {
+	return &batch{items: make([]item, 0, 64), buf: make([]byte, 0, batchBufSize)}
+}}
 
 func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
 	l := &loop{idx: idx, srv: srv, el: el, outbox: make([]*batch, nloops), conns: make(map[*conn]struct{}),
-		inboxMax: maxInboxFrames, inboxMaxBytes: maxInboxBytes}
+		minCursor: make(map[*router.LoopSet]uint64),
+		inboxMax:  maxInboxFrames, inboxMaxBytes: maxInboxBytes}
 	l.drainRunnable = gnet.RunnableFunc(l.drainInbox)
 	l.writableRunnable = gnet.RunnableFunc(l.writeReady)
 	l.sweepRunnable = gnet.RunnableFunc(l.sweep)
-	l.foldRunnable = gnet.RunnableFunc(l.foldAllParked)
+	l.foldRunnable = gnet.RunnableFunc(l.foldAllLaggers)
 	l.flushRunnable = gnet.RunnableFunc(func(context.Context) error {
 		l.flushArmed = false
 		l.flush()
@@ -118,6 +154,20 @@ func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 			b = batchPool.Get().(*batch)
 			l.outbox[g.Loop] = b
 		}
+		if n := f.Len(); n <= copyFrameMax {
+			if len(b.buf)+n > cap(b.buf) {
+				// Full: send it now rather than grow it (a grown buffer
+				// would be copied, and kept by the pool or collected).
+				l.srv.loops[g.Loop].Load().post(b)
+				b = batchPool.Get().(*batch)
+				l.outbox[g.Loop] = b
+			}
+			off := len(b.buf)
+			b.buf = append(b.buf, f.Bytes()...)
+			b.items = append(b.items, item{set: g.Set, off: int32(off), n: int32(n), seq: f.Seq()})
+			b.bytes += int64(n)
+			continue
+		}
 		f.Ref()
 		b.items = append(b.items, item{f: f, set: g.Set})
 		b.bytes += int64(f.Size())
@@ -125,116 +175,66 @@ func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 }
 
 // walk hands f to every listed member of set (this loop's) except sender,
-// and except those whose history replay held it already (Frame.Seq). A
-// member whose backlog is full is parked after the walk. Parked members are
-// not listed, so they cost nothing here: set.Frames tells them later what
-// they missed. Loop-owned; no lock, no allocation in steady state.
+// and except those whose history replay held it already (Frame.Seq), and
+// logs it once in set.Log while any member lags (lag.go). A listed member
+// whose socket is full becomes a lagger after the walk: laggers are not
+// listed, so they cost nothing here; they read the log at their sockets'
+// pace. Loop-owned; no lock, no allocation in steady state.
 func (l *loop) walk(f *router.Frame, set *router.LoopSet, sender *conn) {
 	if set.Lost.Load() != 0 {
 		l.countLost(set)
 	}
-	set.Frames++
+	var at uint64 // f's sequence in set.Log, once logged
+	logged := set.Log.Lagging > 0
+	if logged {
+		at = l.logFrame(set, f, sender)
+	}
 	seq := f.Seq()
+	l.walking = set
 	for _, s := range set.Members {
 		c := s.(*conn)
 		if c == sender || (seq != 0 && seq <= c.joinSeq) {
 			continue
 		}
-		if !c.deliver(f, false) {
-			l.parking = append(l.parking, c)
+		ok := c.deliver(f, false)
+		if !ok && !logged { // c reads f from the log
+			at, logged = l.logFrame(set, f, sender), true
+		}
+		if !ok || c.lagSoon {
+			c.lagSoon = false
+			l.toLag = append(l.toLag, lagRequest{c: c, fromF: !ok})
 		}
 	}
-	if sender != nil && sender.parked && sender.set == set {
-		sender.parkOwn++ // walked here, but never for its sender: not missed
-	}
-	if len(l.parking) > 0 {
-		for i, c := range l.parking {
-			l.park(c)
-			l.parking[i] = nil
+	l.walking = nil
+	if len(l.toLag) > 0 {
+		for i, r := range l.toLag {
+			from := set.Log.Head() // after f: c has it queued
+			if r.fromF {
+				from = at
+			}
+			l.lag(r.c, from)
+			l.toLag[i] = lagRequest{}
 		}
-		l.parking = l.parking[:0]
+		l.toLag = l.toLag[:0]
 	}
 }
 
 // countLost counts, for every member of set, the frames another loop could
-// not post here (post). Parked members count them through set.Frames.
+// not post here (post). Laggers count them from set.Log.Lost.
 func (l *loop) countLost(set *router.LoopSet) {
 	n := set.Lost.Swap(0)
-	set.Frames += n
+	set.Log.Lost += n
 	for _, s := range set.Members {
 		s.(*conn).dropped += n
 	}
 	l.stats.dropped.Add(n * uint64(len(set.Members)))
 }
 
-// park takes c, whose backlog is full, out of its set's walk: from now on
-// what it misses is counted in O(1) from set.Frames, and its byte stream
-// keeps only the whole frames already queued. It comes back (unpark) when
-// its socket has taken half its backlog. Loop-owned; never during a walk
-// of c's set.
-func (l *loop) park(c *conn) {
-	if c.parked || c.setIdx < 0 || c.state != joined {
-		return
-	}
-	if moved := c.set.Remove(c.setIdx); moved != nil {
-		moved.(*conn).setIdx = c.setIdx
-	}
-	c.setIdx = -1
-	c.parked = true
-	c.parkFrames, c.parkOwn, c.parkCounted = c.set.Frames, 0, 0
-	c.parkIdx = len(l.parked)
-	l.parked = append(l.parked, c)
-}
-
-// unpark lists c in its set again, at a frame boundary (its queue holds
-// only whole frames), and counts what it missed. Loop-owned; never during
-// a walk of c's set.
-func (l *loop) unpark(c *conn) {
-	l.unlistParked(c)
-	c.setIdx = c.set.Add(c)
-	c.stallSince = 0 // the next drop is a new episode, logged again
-	l.srv.debug("receiver resumed", c)
-}
-
-// unlistParked counts what parked c missed and takes it off l.parked.
-func (l *loop) unlistParked(c *conn) {
-	l.foldParked(c)
-	last := len(l.parked) - 1
-	if m := l.parked[last]; m != c {
-		l.parked[c.parkIdx] = m
-		m.parkIdx = c.parkIdx
-	}
-	l.parked[last] = nil
-	l.parked = l.parked[:last]
-	c.parked = false
-}
-
-// foldParked counts as dropped the frames parked c has missed since last
-// counted: every frame walked on its set since it parked, but its own.
-// Exact, because every walk, park and unpark of that set runs on this loop.
-func (l *loop) foldParked(c *conn) {
-	missed := c.set.Frames - c.parkFrames - c.parkOwn
-	if d := missed - c.parkCounted; d > 0 {
-		c.parkCounted = missed
-		c.dropped += d
-		l.stats.dropped.Add(d)
-	}
-}
-
-// foldAllParked runs on this loop, queued by the ticker, so that
-// mlesd_frames_dropped_total follows receivers that stay parked.
-func (l *loop) foldAllParked(context.Context) error {
-	for _, c := range l.parked {
-		l.foldParked(c)
-	}
-	return nil
-}
-
-// leaveSet takes c out of its set, or off the parked list, at its leave.
+// leaveSet takes c out of its set, or off the laggers, at its leave.
 func (l *loop) leaveSet(c *conn) {
 	switch {
-	case c.parked:
-		l.unlistParked(c)
+	case c.lagging:
+		l.unlistLagger(c)
 	case c.set != nil && c.setIdx >= 0:
 		if moved := c.set.Remove(c.setIdx); moved != nil {
 			moved.(*conn).setIdx = c.setIdx
@@ -247,6 +247,8 @@ func (l *loop) leaveSet(c *conn) {
 // that loop already has a drain queued) and writes to every dirty receiver.
 // Loop-owned.
 func (l *loop) flush() {
+	began := time.Now()
+	defer func() { l.lastFlushCost = time.Since(began) }()
 	for i, b := range l.outbox {
 		if b == nil {
 			continue
@@ -275,11 +277,30 @@ func (l *loop) flush() {
 // receiver gets one writev (and each other loop one batch) for all the
 // frames of the round, not one per sender. A join storm or a fan-in of a
 // thousand publishers costs one write per receiver per round. Loop-owned.
+//
+// A flush to many receivers can cost more than a round of reads (a join
+// storm on a channel of thousands: one writev per member per join frame,
+// 80 % of the server's CPU in the profile): then the next flush waits as
+// long as the last one took (up to maxFlushDelay), so that it carries the
+// frames of every round in between, and the writes per frame fall as the
+// channel grows instead of staying one per member. A receiver whose backlog
+// fills meanwhile is written at once (deliver), so nothing is lost to it.
 func (l *loop) flushSoon() {
 	if l.flushArmed || (len(l.dirty) == 0 && !l.outboxFull() && !l.writable.armed.Load()) {
 		return
 	}
 	l.flushArmed = true
+	if len(l.dirty) >= flushCoalesceMin && l.lastFlushCost >= flushCoalesceCost {
+		if l.flushTimer == nil {
+			l.flushTimer = time.AfterFunc(time.Hour, func() {
+				if err := l.el.Execute(context.Background(), l.flushRunnable); err != nil {
+					return // the engine is stopping
+				}
+			})
+		}
+		l.flushTimer.Reset(min(l.lastFlushCost, maxFlushDelay))
+		return
+	}
 	if err := l.el.Execute(context.Background(), l.flushRunnable); err != nil {
 		l.flushArmed = false // the engine is stopping: write now
 		l.flush()
@@ -307,9 +328,9 @@ func (l *loop) post(b *batch) {
 	if frames > l.inboxMax || bytes > l.inboxMaxBytes {
 		l.inboxFrames.Add(-n)
 		l.inboxBytes.Add(-b.bytes)
-		for _, it := range b.items {
-			it.set.Lost.Add(1)
-			it.f.Release()
+		for i := range b.items {
+			b.items[i].set.Lost.Add(1)
+			b.items[i].release()
 		}
 		l.stats.inboxDropped.Add(uint64(n))
 		l.srv.rlog.Log(levelWarn, "loop-queue-full", "an event loop is far behind; frames for its members are dropped",
@@ -336,8 +357,8 @@ func (l *loop) post(b *batch) {
 func (l *loop) discardInbox() {
 	for b := l.inbox.Swap(nil); b != nil; {
 		next := b.next
-		for _, it := range b.items {
-			it.f.Release()
+		for i := range b.items {
+			b.items[i].release()
 		}
 		recycle(b)
 		b = next
@@ -347,6 +368,7 @@ func (l *loop) discardInbox() {
 func recycle(b *batch) {
 	clear(b.items)
 	b.items = b.items[:0]
+	b.buf = b.buf[:0]
 	b.next = nil
 	b.bytes = 0
 	batchPool.Put(b)
@@ -371,68 +393,64 @@ func (l *loop) drainInbox(context.Context) error {
 	l.inboxBytes.Add(-bytes)
 	for b := prev; b != nil; {
 		next := b.next
-		for _, it := range b.items {
-			l.walk(it.f, it.set, nil)
-			it.f.Release()
+		for i := range b.items {
+			it := &b.items[i]
+			f := it.frame(b)
+			l.walk(f, it.set, nil)
+			f.Release()
 		}
 		recycle(b)
 		b = next
 	}
-	l.flush()
+	l.flushSoon()
 	return nil
 }
 
-// write writes as much of c's backlog as its socket takes now, with one
-// writev straight from the shared frames. What the socket does not take stays
-// queued as references, never copied (gnet's own write would copy the rest
-// into a per-connection buffer), and c waits in the loop's writable set until
-// its socket has room. A write error (the receiver reset or went away)
+// write writes as much of c's backlog as its socket takes now, with
+// writev straight from the shared frames (a lagger's backlog is refilled
+// from its set's log as it goes). What the socket does not take stays queued
+// as references, never copied (gnet's own write would copy the rest into a
+// per-connection buffer); c then becomes a lagger, if it was not one, and
+// waits in the loop's writable set until its socket has room. A lagger that
+// catches up is listed again. At most maxWriteRounds writes per call, so one
+// fast receiver far behind does not hold the loop: the rest is written on
+// its next writable event. A write error (the receiver reset or went away)
 // closes c. Loop-owned; no allocation.
 func (l *loop) write(c *conn) {
-	if c.state != joined || c.q.len() == 0 || c.wArmed {
+	if c.state != joined || c.wArmed {
 		return
 	}
-	iov := l.iov[:0]
-	for i := 0; i < c.q.len() && len(iov) < iovMax; i++ {
-		b := c.q.at(i).Bytes()
-		if i == 0 {
-			b = b[c.headOff:]
+	for round := 0; ; round++ {
+		if c.lagging && c.q.len() < iovMax/2 {
+			l.refill(c)
 		}
-		iov = append(iov, unix.Iovec{Base: &b[0]})
-		iov[len(iov)-1].SetLen(len(b))
-	}
-	n, err := writev(c.gc.Fd(), iov)
-	clear(iov) // keep no pointers into frames
-	l.iov = iov[:0]
-	if err != nil {
-		if err != unix.EAGAIN && err != unix.EINTR {
-			l.srv.failWrite(c, err)
-			return
-		}
-		n = 0
-	}
-	if n > 0 {
-		l.stats.bytesOut.Add(uint64(n))
-		c.sent += uint64(n)
-		c.queued -= n
-		for n > 0 {
-			rest := c.q.at(0).Len() - c.headOff
-			if n < rest {
-				c.headOff += n
-				break
+		if c.q.len() == 0 {
+			c.q.shrinkIfIdle()
+			if c.lagging && l.walking != c.set {
+				l.unlag(c)
+				return
 			}
-			n -= rest
-			c.headOff = 0
-			c.q.pop().Release()
-			l.stats.framesOut.Add(1)
+			if !c.lagging {
+				return
+			}
+			break // cannot be listed during its set's walk: come back
+		}
+		if !l.writeQueue(c) {
+			if c.state != joined {
+				return // failed and closing
+			}
+			break // the socket is full
+		}
+		if round+1 >= maxWriteRounds {
+			break
 		}
 	}
-	if c.parked && c.q.size <= l.srv.cfg.MaxPending/2 && c.q.len() <= l.srv.cfg.MaxPendingFrames/2 {
-		l.unpark(c)
-	}
-	if c.q.len() == 0 {
-		c.q.shrinkIfIdle()
-		return
+	if !c.lagging {
+		if l.walking == c.set {
+			c.lagSoon = true // the walk makes it a lagger at the right frame
+		} else {
+			l.lag(c, c.set.Log.Head())
+		}
 	}
 	if err := l.writable.watch(c); err != nil {
 		// No way to learn when its socket drains (out of descriptors for
@@ -441,6 +459,50 @@ func (l *loop) write(c *conn) {
 		c.reason = "no-writable-watch"
 		l.srv.failWrite(c, err)
 	}
+}
+
+// writeQueue writes c's queue with one writev and reports whether the
+// socket took all of it (false: it is full, or the write failed and c is
+// closing).
+func (l *loop) writeQueue(c *conn) bool {
+	iov := l.iov[:0]
+	total := 0
+	for i := 0; i < c.q.len() && len(iov) < iovMax; i++ {
+		b := c.q.at(i).Bytes()
+		if i == 0 {
+			b = b[c.headOff:]
+		}
+		iov = append(iov, unix.Iovec{Base: &b[0]})
+		iov[len(iov)-1].SetLen(len(b))
+		total += len(b)
+	}
+	n, err := writev(c.gc.Fd(), iov)
+	clear(iov) // keep no pointers into frames
+	l.iov = iov[:0]
+	if err != nil {
+		if err != unix.EAGAIN && err != unix.EINTR {
+			l.srv.failWrite(c, err)
+			return false
+		}
+		n = 0
+	}
+	if n > 0 {
+		l.stats.bytesOut.Add(uint64(n))
+		c.sent += uint64(n)
+		c.queued -= n
+		for m := n; m > 0; {
+			rest := c.q.at(0).Len() - c.headOff
+			if m < rest {
+				c.headOff += m
+				break
+			}
+			m -= rest
+			c.headOff = 0
+			c.q.pop().Release()
+			l.stats.framesOut.Add(1)
+		}
+	}
+	return n == total
 }
 
 // writeReady runs on this loop, queued by the writable set: writes to every

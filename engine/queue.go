@@ -51,7 +51,7 @@ func (q *frameQueue) grow() {
 // so a receiver that caught up does not keep its peak. Small rings stay: a
 // receiver in steady state never reallocates.
 func (q *frameQueue) shrinkIfIdle() {
-	if q.n == 0 && len(q.buf) > 1024 {
+	if q.n == 0 && len(q.buf) > 4096 {
 		q.buf, q.head = nil, 0
 	}
 }

@@ -8,8 +8,8 @@ import (
 
 func TestFrameQueueIsFIFOAcrossGrowthAndWrapAndShrinksWhenEmpty(t *testing.T) {
 	var q frameQueue
-	frames := make([]*router.Frame, 5000)
-	first := 0 // frames popped so far: the oldest held is frames[first]
+	frames := make([]*router.Frame, 15000) // grows past what an empty queue keeps
+	first := 0                             // frames popped so far: the oldest held is frames[first]
 	for i := range frames {
 		frames[i] = router.NewFrame([]byte{byte(i), byte(i >> 8)})
 		q.push(frames[i])

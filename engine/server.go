@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/internal/ratelog"
@@ -71,9 +72,7 @@ type Server struct {
 	loops   []atomic.Pointer[loop]   // index = loop idx; set once when the loop is first seen
 	byEL    map[gnet.EventLoop]*loop // Lock: loopsMu
 
-	clock     atomic.Int64 // coarse monotonic clock, ns since start
-	start     time.Time
-	lastSweep int64
+	start time.Time // now() counts from it
 
 	ready        chan struct{}
 	boundMu      sync.Mutex
@@ -229,7 +228,9 @@ func (s *Server) backlogged() bool {
 	return false
 }
 
-func (s *Server) now() int64 { return s.clock.Load() }
+// now is the time since the server started, in ns (monotonic; a vDSO
+// call, cheap enough for every read event).
+func (s *Server) now() int64 { return int64(time.Since(s.start)) }
 
 // OnBoot records the engine. gnet has bound its own listener by now, so
 // its private directory goes: nothing can ever connect to it. Serving starts
@@ -238,7 +239,6 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 	s.eng = eng
 	s.booted.Store(true)
 	_ = os.RemoveAll(s.engineDir)
-	s.clock.Store(int64(time.Since(s.start)))
 	if s.stopping.Load() {
 		return gnet.Shutdown // Stop came first: do not start
 	}
@@ -353,6 +353,10 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 			return nil, gnet.Close
 		}
 		return nil, s.openUplink(c, a)
+	}
+	if s.cfg.SendBuffer > 0 {
+		// A failure keeps the kernel's buffer: a cost, not an error.
+		_ = unix.SetsockoptInt(gc.Fd(), unix.SOL_SOCKET, unix.SO_SNDBUF, s.cfg.SendBuffer)
 	}
 	if n := s.openConns.Add(1); s.stopping.Load() {
 		c.reason = "shutting-down"
@@ -506,7 +510,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	}
 	began := time.Now()
 	defer l.stats.addBusy(began)
-	c.lastRead = s.now()
+	c.lastRead = int64(began.Sub(s.start))
 	batchBytes := 0
 	action := gnet.None
 	framed := false // a frame was completed: what is left begins a new one
@@ -726,7 +730,7 @@ func (s *Server) mergeResync(c *conn, first codec.Triplet, inner [][]byte) {
 	}
 }
 
-// OnTick advances the coarse clock and, a few times a second, checks
+// OnTick, a few times a second, has every loop check
 // timeouts. It runs on its own goroutine, so it only queues tasks on the
 // loops. It polls nothing: receivers with a backlog are woken by their
 // sockets (writable.go).
@@ -736,18 +740,13 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	default:
 		s.serving()
 	}
-	now := int64(time.Since(s.start))
-	s.clock.Store(now)
-	if now-s.lastSweep >= int64(sweepInterval) {
-		s.lastSweep = now
-		for i := range s.loops {
-			if l := s.loops[i].Load(); l != nil {
-				_ = l.el.Execute(context.Background(), l.sweepRunnable)
-				_ = l.el.Execute(context.Background(), l.foldRunnable)
-			}
+	for i := range s.loops {
+		if l := s.loops[i].Load(); l != nil {
+			_ = l.el.Execute(context.Background(), l.sweepRunnable)
+			_ = l.el.Execute(context.Background(), l.foldRunnable)
 		}
 	}
-	return tickInterval, gnet.None
+	return sweepInterval, gnet.None
 }
 
 // Stats is a point-in-time sum of the server's counters.

@@ -6,6 +6,10 @@ import (
 	"github.com/mlesd/mlesd/codec"
 )
 
+// Off, given to a Config setting that can be off, turns it off (no
+// limit). Any negative value means the same.
+const Off = -1
+
 // Every default of the gateway, in one place.
 const (
 	// Subprotocol is the WebSocket subprotocol a client must offer in
@@ -74,10 +78,11 @@ const (
 	// client IP address, for the same reason: a tenth of DefaultMaxPairs.
 	DefaultMaxPairsPerClient = 1_000
 
-	// pairReadBuf is each pair's read buffer: frames larger than it are
-	// read straight into their payload, so it only batches small frames;
-	// 4 KiB keeps ten thousand idle pairs at 40 MiB.
-	pairReadBuf = 4 << 10
+	// pairBufSize is each pair's read buffer, and its write buffer once it
+	// sends more than its join: larger frames are read into a buffer of
+	// their own, or written straight from the message, so it only batches
+	// small frames; 4 KiB keeps ten thousand idle pairs at 40 MiB.
+	pairBufSize = 4 << 10
 
 	// shedWait bounds how long a session needing memory waits for shed
 	// sessions to give theirs back before it gives up (and is shed).

@@ -37,7 +37,12 @@
 //     that one session; nothing in the gateway ends the process.
 //
 // Because the gateway is an ordinary Mles client of the server, the server's
-// limits, back-pressure, history and duplicate-CID rule apply to it unchanged.
+// limits, back-pressure, history and duplicate-CID rule apply to it
+// unchanged; its connections to the server are github.com/mlesd/mlesd/client
+// Conns.
+//
+// Config follows the project's one rule for settings: zero means the
+// default, and Off (any negative value) turns a setting off where it can be.
 package gateway
 
 import (
@@ -48,6 +53,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -58,8 +64,8 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/mlesd/mlesd/client"
 	"github.com/mlesd/mlesd/codec"
-	"github.com/mlesd/mlesd/gateway/client"
 	"github.com/mlesd/mlesd/gateway/demo"
 	"github.com/mlesd/mlesd/internal/ratelog"
 	"github.com/mlesd/mlesd/internal/tlsbridge"
@@ -71,8 +77,12 @@ type Adopter interface {
 	Adopt(nc net.Conn, local, remote netip.AddrPort) error
 }
 
-// Config holds every setting of a Gateway. Zero values take the defaults
-// in const.go.
+// Config holds every setting of a Gateway. As in every Config of the
+// project, zero takes the default (const.go), and Off (any negative value)
+// turns a setting off where it can be off: the counts of sessions and
+// pairs (MaxChannels, MaxSessions, MaxSessionsPerClient, MaxPairs,
+// MaxPairsPerClient) then have no limit. The memory bounds and DialTimeout
+// cannot be off: a negative value gives them their default too.
 type Config struct {
 	// Server is the Mles server's TCP address (host:port). Required unless
 	// Adopter is set.
@@ -110,14 +120,22 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	def := func(v *int, d int) {
+	def := func(v *int, d int) { // a bound that cannot be off
 		if *v <= 0 {
 			*v = d
 		}
 	}
+	count := func(v *int, d int) { // a count that can be off
+		switch {
+		case *v == 0:
+			*v = d
+		case *v < 0:
+			*v = math.MaxInt
+		}
+	}
 	def(&c.QueueFrames, DefaultQueueFrames)
 	def(&c.QueueBytes, DefaultQueueBytes)
-	def(&c.MaxChannels, DefaultMaxChannels)
+	count(&c.MaxChannels, DefaultMaxChannels)
 	def(&c.MaxMessageBytes, DefaultMaxMessageBytes)
 	c.MaxMessageBytes = min(c.MaxMessageBytes, MaxMessage)
 	if c.MaxQueuedBytes <= 0 {
@@ -126,10 +144,10 @@ func (c *Config) setDefaults() {
 	if c.MaxUnfinishedBytes <= 0 {
 		c.MaxUnfinishedBytes = DefaultMaxUnfinishedBytes
 	}
-	def(&c.MaxSessions, DefaultMaxSessions)
-	def(&c.MaxSessionsPerClient, DefaultMaxSessionsPerClient)
-	def(&c.MaxPairs, DefaultMaxPairs)
-	def(&c.MaxPairsPerClient, DefaultMaxPairsPerClient)
+	count(&c.MaxSessions, DefaultMaxSessions)
+	count(&c.MaxSessionsPerClient, DefaultMaxSessionsPerClient)
+	count(&c.MaxPairs, DefaultMaxPairs)
+	count(&c.MaxPairsPerClient, DefaultMaxPairsPerClient)
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = DefaultDialTimeout
 	}
@@ -626,11 +644,15 @@ func (s *session) forward(data []byte) error {
 		if n >= s.g.cfg.MaxChannels {
 			return closeErr{code: websocket.StatusPolicyViolation, reason: fmt.Sprintf("more than %d (uid, channel) pairs on one connection", s.g.cfg.MaxChannels)}
 		}
-		if u, err = s.open(p); err != nil {
-			return err
-		}
+		// The first message of a pair is its join, sent by connecting.
+		_, err := s.open(p, data)
+		return err
 	}
-	if err := u.c.SendPayload(data); err != nil {
+	err = u.c.SendPayload(data)
+	if err == nil {
+		err = u.c.Flush()
+	}
+	if err != nil {
 		return fmt.Errorf("mles server write failed for uid %q channel %q: %v", p.uid, p.channel, err)
 	}
 	return nil
@@ -664,12 +686,13 @@ func (s *session) releasePair() {
 	s.g.mu.Unlock()
 }
 
-// open connects a pair for p and starts its reader.
-func (s *session) open(p pair) (*uplink, error) {
+// open connects a pair for p, joining with join (the first message of p,
+// passed unchanged), and starts its reader.
+func (s *session) open(p pair, join []byte) (*uplink, error) {
 	if err := s.reservePair(); err != nil {
 		return nil, err
 	}
-	c, err := s.connect(p)
+	c, err := s.connect(p, join)
 	if err != nil {
 		s.releasePair()
 		return nil, err
@@ -678,7 +701,7 @@ func (s *session) open(p pair) (*uplink, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		c.Close()
+		c.CloseNow()
 		s.releasePair()
 		return nil, closeErr{code: websocket.StatusGoingAway, reason: "closing"}
 	}
@@ -690,26 +713,42 @@ func (s *session) open(p pair) (*uplink, error) {
 	return u, nil
 }
 
-// connect opens the connection for pair p: a socketpair end adopted by the
-// engine, or a TCP connection to Config.Server.
-func (s *session) connect(p pair) (*client.Conn, error) {
+// connect opens the connection for pair p and sends join, byte for byte,
+// behind the header as its join frame: a socketpair end adopted by the
+// engine, or a TCP connection to Config.Server. The pair's Conn flushes on
+// each message (forward), so it has no flusher goroutine, and its buffers
+// are small (pairBufSize).
+func (s *session) connect(p pair, join []byte) (*client.Conn, error) {
 	g := s.g
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.DialTimeout)
+	defer cancel()
+	opts := []client.Option{client.Keys(g.cfg.Keys), client.JoinPayload(join), client.ManualFlush(),
+		client.BufferSizes(pairBufSize, pairBufSize)}
 	if g.cfg.Adopter == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), g.cfg.DialTimeout)
-		defer cancel()
-		var d net.Dialer
-		nc, err := d.DialContext(ctx, "tcp", client.ServerAddr(g.cfg.Server))
+		c, err := client.ConnectContext(ctx, g.cfg.Server, p.uid, p.channel, opts...)
 		if err != nil {
 			g.rlog.Log(slog.LevelWarn, limitPairFailed, "cannot reach mles server", slog.String("server", g.cfg.Server),
 				slog.String("remote", s.remote.String()), slog.String("error", err.Error()))
 			return nil, closeErr{code: websocket.StatusBadGateway, reason: "cannot reach the mles server", limit: limitPairFailed}
 		}
-		return client.NewAs(nc, client.LocalAddrPort(nc), pairReadBuf, g.cfg.Keys, p.uid, p.channel), nil
+		return c, nil
 	}
 	mine, engines, err := tlsbridge.Socketpair()
 	if err == nil {
 		if err = g.cfg.Adopter.Adopt(engines, s.local, s.remote); err != nil {
 			engines.Close()
+			mine.Close()
+		}
+	}
+	var c *client.Conn
+	if err == nil {
+		// The engine sees the pair as coming from the WebSocket client's
+		// address: address keys hash that one.
+		opts = append(opts, client.Dialer(func(context.Context, string, string) (net.Conn, error) { return mine, nil }))
+		if s.remote.IsValid() {
+			opts = append(opts, client.KeyAddr(s.remote))
+		}
+		if c, err = client.ConnectContext(ctx, "engine", p.uid, p.channel, opts...); err != nil {
 			mine.Close()
 		}
 	}
@@ -719,7 +758,7 @@ func (s *session) connect(p pair) (*client.Conn, error) {
 			slog.String("remote", s.remote.String()), slog.String("error", err.Error()))
 		return nil, closeErr{code: websocket.StatusTryAgainLater, reason: "the gateway cannot open a connection now; try again later", limit: limitPairFailed}
 	}
-	return client.NewAs(mine, s.remote, pairReadBuf, g.cfg.Keys, p.uid, p.channel), nil
+	return c, nil
 }
 
 // readLoop moves frames from one uplink to the outbound queue. It never
@@ -728,15 +767,16 @@ func (s *session) readLoop(u *uplink) {
 	defer s.wg.Done()
 	defer s.releasePair()
 	defer s.g.nUplinks.Add(-1)
-	defer u.c.Close()
-	for {
-		_, payload, err := u.c.ReadFrame()
+	defer u.c.CloseNow()
+	// Frames pass byte for byte, not looked at (Frames). The queue keeps
+	// its own copy.
+	for m, err := range u.c.Frames(context.Background()) {
 		if err != nil {
 			reason := fmt.Sprintf("mles server closed uid %q channel %q", u.p.uid, u.p.channel)
 			s.shutdown(websocket.StatusBadGateway, reason)
 			return
 		}
-		s.enqueue(payload)
+		s.enqueue(append([]byte(nil), m.Payload()...))
 	}
 }
 
@@ -821,7 +861,7 @@ func (s *session) shutdown(code websocket.StatusCode, reason string) {
 		s.mu.Lock()
 		s.closed = true
 		for _, u := range s.uplinks {
-			u.c.Close()
+			u.c.CloseNow()
 		}
 		s.mu.Unlock()
 		if len(reason) > maxCloseReason {

@@ -23,9 +23,9 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/mlesd/mlesd/client"
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/gateway"
-	"github.com/mlesd/mlesd/gateway/client"
 	"github.com/mlesd/mlesd/internal/mlestest"
 )
 
@@ -262,50 +262,50 @@ func dialTCP(t *testing.T, h harness, uid, channel string) *client.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, h.mles, h.keys(), uid, channel)
+	c, err := client.ConnectContext(ctx, h.mles, uid, channel, client.Keys(h.keys()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	if err := c.Send(nil); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { c.CloseNow() })
 	return c
 }
 
-// readTCP reads the next frame, skipping empty-message join frames.
+// readTCP reads the next frame, skipping empty-message join frames, and
+// returns its header and a copy of its payload.
 func readTCP(t *testing.T, c *client.Conn) (codec.Header, []byte) {
 	t.Helper()
-	c.NetConn().SetReadDeadline(time.Now().Add(20 * time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
 	for {
-		h, p, err := c.ReadFrame()
-		if err != nil {
+		m, err := c.Next(ctx)
+		if err != nil && !errors.Is(err, client.ErrNotTriplet) {
 			t.Fatalf("%s: tcp read: %v", c.UID(), err)
 		}
-		if tr, err := codec.DecodeTriplet(p); err == nil && len(tr.Message) == 0 {
+		if err == nil && m.IsJoin() {
 			continue
 		}
-		return h, p
+		p := append([]byte(nil), m.Payload()...)
+		return codec.Header{Len: len(p), CID: m.CID, Key: m.Key}, p
 	}
 }
 
 // expectNoTCP asserts nothing but join frames arrive within d.
 func expectNoTCP(t *testing.T, c *client.Conn, d time.Duration) {
 	t.Helper()
-	c.NetConn().SetReadDeadline(time.Now().Add(d))
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
 	for {
-		_, p, err := c.ReadFrame()
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		m, err := c.Next(ctx)
+		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, client.ErrNotTriplet) {
 			t.Fatalf("%s: tcp read: %v", c.UID(), err)
 		}
-		if tr, err := codec.DecodeTriplet(p); err == nil && len(tr.Message) == 0 {
+		if err == nil && m.IsJoin() {
 			continue
 		}
-		t.Fatalf("%s: unexpected frame %q", c.UID(), p)
+		t.Fatalf("%s: unexpected frame %q", c.UID(), m.Payload())
 	}
 }
 

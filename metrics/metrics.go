@@ -53,6 +53,7 @@ var (
 	descFramesOu = desc("frames_out_total", "Frames handed to receivers' sockets whole (forwarded joins and history included).")
 	descBytesOut = desc("bytes_out_total", "Bytes handed to receivers' sockets.")
 	descDropped  = desc("frames_dropped_total", "Frames dropped for receivers that were not keeping up (each receiver counted once per frame).")
+	descLoopDrop = desc("loop_queue_dropped_total", "Frames one event loop could not queue for another loop that was far behind (its queue bound reached); each also counts in frames_dropped_total, once per member it was for.")
 	descHistory  = desc("history_bytes", "Bytes of frames held in channel history.")
 	descBusy     = desc("event_loop_busy_seconds_total", "Time the event loops spent handling traffic, summed over loops.")
 	descTLS      = desc("tls_handshakes_total", "TLS handshakes that succeeded.")
@@ -86,7 +87,7 @@ func NewCollector(src Sources) *Collector { return &Collector{src: src} }
 // Describe sends every metric's description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descOpen, descAccepted, descClosed, descAcceptEr, descAuthFail, descJoins,
-		descChannels, descFramesIn, descBytesIn, descFramesOu, descBytesOut, descDropped, descHistory,
+		descChannels, descFramesIn, descBytesIn, descFramesOu, descBytesOut, descDropped, descLoopDrop, descHistory,
 		descBusy, descTLS, descTLSFail, descWSOpen, descWSUp, descWSUnfin, descWSQueued, descWSLimit, descWSIn, descWSOut, descWSDrop, descWSRef,
 		descPeerUp, descPeerUps, descPeerDown, descPeerDial, descBuild} {
 		ch <- d
@@ -118,6 +119,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descFramesOu, float64(st.FramesOut))
 	counter(descBytesOut, float64(st.BytesOut))
 	counter(descDropped, float64(st.Dropped))
+	counter(descLoopDrop, float64(st.LoopQueueDropped))
 	gauge(descHistory, float64(st.HistoryBytes))
 	counter(descBusy, float64(st.BusyNanos)/1e9)
 	if c.src.TLS != nil {

@@ -31,7 +31,7 @@ func TestMetricsShowTheEngineStatsAtScrapeTime(t *testing.T) {
 	h := Handler(Sources{
 		Engine: func() engine.Stats {
 			return engine.Stats{OpenConns: 3, Accepted: 7, Joins: 5, FramesIn: frames.Load(), BytesIn: 1600,
-				FramesOut: 200, BytesOut: 3200, Dropped: 9, BusyNanos: 1_500_000_000, HistoryBytes: 4096,
+				FramesOut: 200, BytesOut: 3200, Dropped: 9, LoopQueueDropped: 11, BusyNanos: 1_500_000_000, HistoryBytes: 4096,
 				Channels: 2, ClosedByRule: map[string]uint64{"wrong-key": 2, "max-conns": 1},
 				AcceptErrors: map[string]uint64{"emfile": 6}}
 		},
@@ -52,7 +52,7 @@ func TestMetricsShowTheEngineStatsAtScrapeTime(t *testing.T) {
 	for _, want := range []string{
 		"mlesd_connections_open 3", "mlesd_connections_accepted_total 7", "mlesd_joins_total 5",
 		"mlesd_frames_in_total 100", "mlesd_bytes_in_total 1600", "mlesd_frames_out_total 200",
-		"mlesd_bytes_out_total 3200", "mlesd_frames_dropped_total 9", "mlesd_event_loop_busy_seconds_total 1.5",
+		"mlesd_bytes_out_total 3200", "mlesd_frames_dropped_total 9", "mlesd_loop_queue_dropped_total 11", "mlesd_event_loop_busy_seconds_total 1.5",
 		"mlesd_history_bytes 4096", "mlesd_channels 2", "mlesd_auth_failures_total 2",
 		`mlesd_connections_closed_by_server_total{reason="wrong-key"} 2`,
 		`mlesd_connections_closed_by_server_total{reason="max-conns"} 1`,
@@ -68,6 +68,9 @@ func TestMetricsShowTheEngineStatsAtScrapeTime(t *testing.T) {
 		if !hasSample(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	if !strings.Contains(body, "# HELP mlesd_loop_queue_dropped_total Frames one event loop could not queue") {
+		t.Error("mlesd_loop_queue_dropped_total has no help line")
 	}
 	if hasSample(body, "mlesd_frames_in_total 10") || hasSample(body, "mlesd_frames_in_total 1000") {
 		t.Error("hasSample matches a prefix of the value")

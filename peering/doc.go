@@ -90,4 +90,8 @@
 // group, the rule can leave the group split into arcs, each loop-free: use
 // rings of three, or group members peered to common servers outside the
 // group.
+//
+// Config follows the project's one rule for settings: zero means the
+// default (DefaultBackoff, DefaultLinger, ...), and Off (any negative
+// value) turns a setting off where it can be off.
 package peering

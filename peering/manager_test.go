@@ -93,7 +93,7 @@ func (m *member) Joined(*router.LoopSet, uint64) {}
 
 func newChannel(t *testing.T, name string) *router.Channel {
 	t.Helper()
-	ch, _, err := router.New(router.Config{}).Join(name, &member{cid: 1}, nil)
+	ch, _, err := router.New(router.Config{HistoryLimit: router.Off}).Join(name, &member{cid: 1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestManagerOpensAndLingers(t *testing.T) {
 func TestManagerBackoff(t *testing.T) {
 	e := &fakeEngine{}
 	m := newManager(t, e, Config{Peers: []string{listenPeer(t)}, Keys: codec.KeyConfig{SharedKey: "k"},
-		Backoff: 10 * time.Millisecond, BackoffMax: 40 * time.Millisecond})
+		Backoff: 10 * time.Millisecond, BackoffMax: 40 * time.Millisecond, Linger: Off})
 	ch := newChannel(t, "ch")
 	join, _ := codec.AppendFrame(nil, codec.Key("k", "alice", "ch"), codec.Triplet{UID: "alice", Channel: "ch"})
 	m.MemberJoined(ch, join)
@@ -198,7 +198,7 @@ func TestManagerBackoff(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := ln.Addr().String()
 	ln.Close()
-	m2 := newManager(t, &fakeEngine{}, Config{Peers: []string{dead}, Backoff: 10 * time.Millisecond, BackoffMax: 20 * time.Millisecond})
+	m2 := newManager(t, &fakeEngine{}, Config{Peers: []string{dead}, Backoff: 10 * time.Millisecond, BackoffMax: 20 * time.Millisecond, Linger: Off})
 	m2.MemberJoined(ch, join)
 	waitStats(t, m2, "dial failures", func(s Stats) bool { return s.DialFailures >= 3 && s.Up == 0 })
 }
@@ -208,7 +208,7 @@ func TestManagerBackoff(t *testing.T) {
 // socket's own.
 func TestManagerHelloKeys(t *testing.T) {
 	e := &fakeEngine{}
-	m := newManager(t, e, Config{Peers: []string{listenPeer(t)}, Backoff: 10 * time.Millisecond, BackoffMax: 10 * time.Millisecond})
+	m := newManager(t, e, Config{Peers: []string{listenPeer(t)}, Backoff: 10 * time.Millisecond, BackoffMax: 10 * time.Millisecond, Linger: Off})
 	ch := newChannel(t, "ch")
 	join, _ := codec.AppendFrame(nil, 12345, codec.Triplet{UID: "alice", Channel: "ch", Message: []byte("hi")})
 	m.MemberJoined(ch, join)

@@ -57,6 +57,10 @@ const (
 	maxKeptJoinMessage = 64 << 10
 )
 
+// Off, given to a setting that can be off (Linger), turns it off. Any
+// negative value means the same.
+const Off = -1
+
 // Config sets up a Manager. Adopt is required.
 type Config struct {
 	// Peers are the peer servers, host:port (see ParsePeer).
@@ -65,11 +69,15 @@ type Config struct {
 	Keys codec.KeyConfig
 	// StaticCID, when set, is the CID of every uplink (see the package doc).
 	StaticCID *uint32
-	// Backoff is the first wait before redialling, BackoffMax its cap.
+	// Backoff is the first wait before redialling (0: DefaultBackoff),
+	// BackoffMax its cap (0: DefaultBackoffMax; never below Backoff).
+	// Neither can be off.
 	Backoff, BackoffMax time.Duration
-	// Linger keeps a channel's uplinks this long after its last member left.
+	// Linger keeps a channel's uplinks this long after its last member
+	// left (0: DefaultLinger; Off: close them at once).
 	Linger time.Duration
-	// DialTimeout bounds one connection attempt.
+	// DialTimeout bounds one connection attempt (0: DefaultDialTimeout;
+	// cannot be off).
 	DialTimeout time.Duration
 	// Adopt hands a dialled connection to the engine as the uplink u
 	// (engine.Server.AdoptUplink); local and remote are the TCP
@@ -212,14 +220,20 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Backoff <= 0 {
 		cfg.Backoff = DefaultBackoff
 	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = DefaultBackoffMax
+	}
 	if cfg.BackoffMax < cfg.Backoff {
 		cfg.BackoffMax = cfg.Backoff
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
-	if cfg.Linger < 0 {
-		cfg.Linger = 0
+	switch {
+	case cfg.Linger == 0:
+		cfg.Linger = DefaultLinger
+	case cfg.Linger < 0:
+		cfg.Linger = 0 // off: at once
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

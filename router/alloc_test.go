@@ -11,7 +11,7 @@ import (
 )
 
 func TestAppendAndSnapshotWalkDoNotAllocate(t *testing.T) {
-	for _, limit := range []int{0, 100} {
+	for _, limit := range []int{Off, 100} {
 		r := New(Config{HistoryLimit: limit})
 		var ch *Channel
 		for i := 0; i < 100; i++ {

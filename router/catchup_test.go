@@ -74,7 +74,7 @@ func TestAddOlderKeepsTheByteCaps(t *testing.T) {
 		t.Fatalf("history %v, want %v", got, want)
 	}
 
-	off := New(Config{})
+	off := New(Config{HistoryLimit: Off})
 	ch, _, _ = off.Join("ch", &fakeSub{cid: 1}, nil)
 	older = []*Frame{frameOf("o1")}
 	if n := ch.AddOlder(older); n != 0 || off.HistoryBytes() != 0 {

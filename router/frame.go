@@ -63,6 +63,16 @@ func NewFrame(b []byte) *Frame {
 	return f
 }
 
+// CopyFrame returns a new frame holding a copy of f's bytes (b) and its
+// sequence seq (f.Seq()): the engine carries small frames to another event
+// loop as bytes and makes them anew there, so that a frame's reference
+// count and pooled buffer stay on the core that uses them.
+func CopyFrame(b []byte, seq uint64) *Frame {
+	f := NewFrame(b)
+	f.seq = seq
+	return f
+}
+
 // Seq is the sequence number the channel's history gave the frame when it
 // stored it (under the channel's lock, before the frame is fanned out), or 0
 // if it was not stored. See Subscriber.Joined.

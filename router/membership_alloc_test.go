@@ -8,7 +8,7 @@ import "testing"
 // one of 100,000: nothing is copied per member.
 func TestJoinAndLeaveAllocationsDoNotGrowWithTheChannel(t *testing.T) {
 	perOp := func(size int) float64 {
-		r := New(Config{})
+		r := New(Config{HistoryLimit: Off})
 		var ch *Channel
 		for i := 0; i < size; i++ {
 			ch, _, _ = r.Join("ch", &fakeSub{cid: uint32(i + 1), loop: i % 2}, nil)

@@ -19,7 +19,7 @@ func members(snap *Snapshot) []Subscriber {
 // its own loop's set; the snapshot changes only when a loop gets its first
 // member or loses its last, and a snapshot already taken never changes.
 func TestJoinAndLeaveKeepMembersExactAndSnapshotsImmutable(t *testing.T) {
-	r := New(Config{})
+	r := New(Config{HistoryLimit: Off})
 	const n = 1000
 	subs := make([]*fakeSub, n)
 	var ch *Channel
@@ -106,7 +106,7 @@ func TestJoinerLearnsTheLastSequenceOfItsHistory(t *testing.T) {
 		f.Release()
 	}
 	// Without history nothing is numbered: every live frame is for everyone.
-	r0 := New(Config{})
+	r0 := New(Config{HistoryLimit: Off})
 	c0, _, _ := r0.Join("ch", &fakeSub{cid: 1}, nil)
 	g := frameOf("x")
 	c0.Append(g)
@@ -119,7 +119,7 @@ func TestJoinerLearnsTheLastSequenceOfItsHistory(t *testing.T) {
 // The duplicate-CID rule holds through the index: a CID is refused while a
 // member has it and admitted again once that member has left.
 func TestDuplicateCIDIndexFollowsLeaves(t *testing.T) {
-	r := New(Config{})
+	r := New(Config{HistoryLimit: Off})
 	a := &fakeSub{cid: 9}
 	ch, _, err := r.Join("ch", a, nil)
 	if err != nil {
@@ -155,7 +155,7 @@ func BenchmarkMillionJoinsAndLeaves(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for range b.N {
-		r := New(Config{})
+		r := New(Config{HistoryLimit: Off})
 		var ch *Channel
 		for i := range subs {
 			c, _, err := r.Join("big", &subs[i], nil)
@@ -178,7 +178,7 @@ func BenchmarkMillionJoinsAndLeaves(b *testing.B) {
 func BenchmarkJoinLeave(b *testing.B) {
 	for _, size := range []int{10, 1000, 100_000} {
 		b.Run(fmt.Sprint(size), func(b *testing.B) {
-			r := New(Config{})
+			r := New(Config{HistoryLimit: Off})
 			var ch *Channel
 			for i := 0; i < size; i++ {
 				c, _, _ := r.Join("ch", &fakeSub{cid: uint32(i + 1), loop: i % 2}, nil)

@@ -123,7 +123,7 @@ var mergeCases = []mergeCase{
 		history: []string{"a", "b"}, resync: []string{"x", "y", "a", "b"}, wantFresh: []string{"x", "y", "a", "b"}},
 	{name: "evicted fresh frame still counts as seen", cfg: Config{HistoryLimit: 1},
 		resync: []string{"a", "b", "a"}, wantFresh: []string{"a", "b"}},
-	{name: "history off: every distinct frame is fresh", cfg: Config{HistoryLimit: 0},
+	{name: "history off: every distinct frame is fresh", cfg: Config{HistoryLimit: Off},
 		resync: []string{"a", "b", "a"}, wantFresh: []string{"a", "b"}},
 	{name: "frames passed in fresh count as seen", cfg: Config{HistoryLimit: 10},
 		freshIn: []string{"p"}, resync: []string{"p", "q"}, wantFresh: []string{"p", "q"}},
@@ -135,6 +135,15 @@ var mergeCases = []mergeCase{
 		history: []string{"ab", "cd"}, resync: []string{"ef", "ab", "cd"}, wantFresh: []string{"ef", "ab", "cd"}},
 	{name: "global budget evicts even the frame just added", cfg: Config{HistoryLimit: 10, MaxHistoryBytes: 64 + 32},
 		history: []string{"ab"}, resync: []string{"cd", "ab", "cd", "e"}, wantFresh: []string{"cd", "ab", "e"}},
+}
+
+// offIfZero turns a drawn history length of 0 into Off (Config's 0 is the
+// default).
+func offIfZero(n int) int {
+	if n == 0 {
+		return Off
+	}
+	return n
 }
 
 func TestMergeResyncMatchesTheQuadraticAlgorithm(t *testing.T) {
@@ -153,7 +162,7 @@ func TestMergeResyncMatchesTheQuadraticAlgorithmOnRandomInput(t *testing.T) {
 	}
 	for i := 0; i < 3000; i++ {
 		tc := mergeCase{name: fmt.Sprintf("random %d", i)}
-		tc.cfg.HistoryLimit = rng.IntN(6)
+		tc.cfg.HistoryLimit = offIfZero(rng.IntN(6))
 		if rng.IntN(4) == 0 {
 			tc.cfg.HistoryBytes = 2 + rng.IntN(12)
 		}
@@ -184,7 +193,7 @@ func TestMergeResyncIsExactWhenFingerprintsCollide(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	for i := 0; i < 500; i++ {
-		tc := mergeCase{name: fmt.Sprintf("colliding %d", i), cfg: Config{HistoryLimit: rng.IntN(5)}}
+		tc := mergeCase{name: fmt.Sprintf("colliding %d", i), cfg: Config{HistoryLimit: offIfZero(rng.IntN(5))}}
 		for range rng.IntN(6) {
 			tc.history = append(tc.history, strconv.Itoa(rng.IntN(20)))
 		}

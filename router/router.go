@@ -20,6 +20,10 @@
 //     for frames in flight to its loop while it joined.
 //   - The router never writes to a subscriber: it only tells the caller who
 //     the subscribers are, grouped by the event loop that owns them.
+//
+// Config follows the project's one rule for settings: zero means the
+// default (DefaultHistoryLimit, ...), and Off (any negative value) turns a
+// setting off: no history, no cap.
 package router
 
 import (
@@ -83,10 +87,9 @@ type LoopSet struct {
 	// Members is who a frame for this loop goes to. Walk it; change it
 	// only with Add and Remove (never during a walk).
 	Members []Subscriber
-	// Frames is the caller's count of frames walked on this set (the
-	// router never reads it): a member out of the list can tell from it
-	// how many it missed.
-	Frames uint64
+	// Log keeps the recent frames for the members out of the list that
+	// read behind it (the router never reads it).
+	Log FrameLog
 	// Lost counts frames meant for this set that never reached its loop
 	// (the caller's bound on what may queue for a loop); unlike the other
 	// fields it is safe from any goroutine.
@@ -115,36 +118,6 @@ func (s *LoopSet) Remove(i int) (moved Subscriber) {
 
 var emptySnapshot = &Snapshot{}
 
-// Defaults for the router's limits (used by cmd/mlesd's flags).
-const (
-	// DefaultHistoryLimit is the original server's history length.
-	DefaultHistoryLimit = 100
-	// DefaultMaxChannels bounds channels: a channel that holds history
-	// outlives its members, so their number must be bounded.
-	DefaultMaxChannels = 100_000
-	// DefaultHistoryBytes caps one channel's history (room for a few
-	// maximum-size frames).
-	DefaultHistoryBytes = 64 << 20
-	// DefaultMaxHistoryBytes caps the history of all channels together.
-	DefaultMaxHistoryBytes = 1 << 30
-)
-
-// Config sets the router's limits.
-type Config struct {
-	// HistoryLimit is how many frames each channel keeps for new joiners;
-	// 0 turns history off. A channel with no members is forgotten at once
-	// when it holds no history.
-	HistoryLimit int
-	// MaxChannels caps the number of channels (0 = no cap).
-	MaxChannels int
-	// HistoryBytes caps one channel's history in bytes (0 = no cap); older
-	// frames are evicted first, and a frame larger than the cap is not kept.
-	HistoryBytes int
-	// MaxHistoryBytes caps the history of all channels together (0 = no
-	// cap). A channel that would pass it evicts its own oldest frames.
-	MaxHistoryBytes int64
-}
-
 const shardCount = 64
 
 // Router is the channel table, sharded by channel name. Safe for concurrent use.
@@ -163,9 +136,7 @@ type shard struct {
 
 // New returns an empty router.
 func New(cfg Config) *Router {
-	if cfg.HistoryLimit < 0 {
-		cfg.HistoryLimit = 0
-	}
+	cfg = cfg.resolved()
 	r := &Router{cfg: cfg, seed: maphash.MakeSeed()}
 	r.budget.max = cfg.MaxHistoryBytes
 	for i := range r.shards {

@@ -50,7 +50,7 @@ func frameOf(s string) *Frame { return NewFrame([]byte(s)) }
 // admitted, and with the peer bit set it refuses nobody. An uplink with a
 // static group CID is admitted too, but refuses joiners with that CID.
 func TestUplinkDupKeys(t *testing.T) {
-	r := New(Config{})
+	r := New(Config{HistoryLimit: Off})
 	if _, _, err := r.Join("ch", &fakeSub{cid: 7}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestUplinkDupKeys(t *testing.T) {
 }
 
 func TestJoinGroupsSubscribersByLoop(t *testing.T) {
-	r := New(Config{})
+	r := New(Config{HistoryLimit: Off})
 	subs := []*fakeSub{{cid: 1, loop: 0}, {cid: 2, loop: 1}, {cid: 3, loop: 0}}
 	var ch *Channel
 	for _, s := range subs {
@@ -100,7 +100,7 @@ func TestJoinGroupsSubscribersByLoop(t *testing.T) {
 }
 
 func TestDuplicateCIDIsRefused(t *testing.T) {
-	r := New(Config{})
+	r := New(Config{HistoryLimit: Off})
 	if _, _, err := r.Join("ch", &fakeSub{cid: 7}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestDuplicateCIDIsRefused(t *testing.T) {
 }
 
 func TestEmptyChannelWithoutHistoryIsForgotten(t *testing.T) {
-	r := New(Config{HistoryLimit: 0})
+	r := New(Config{HistoryLimit: Off})
 	s := &fakeSub{cid: 1}
 	ch, _, _ := r.Join("ch", s, nil)
 	if r.Channels() != 1 {
@@ -233,7 +233,7 @@ func TestConcurrentJoinLeaveAndAppend(t *testing.T) {
 // BenchmarkFanout100: store a frame and walk the snapshot of 100 subscribers
 // on two loops, as the engine does per frame. Must report 0 allocs/op.
 func BenchmarkFanout100(b *testing.B) {
-	for _, limit := range []int{0, 100} {
+	for _, limit := range []int{Off, 100} {
 		b.Run(fmt.Sprintf("history=%d", limit), func(b *testing.B) {
 			r := New(Config{HistoryLimit: limit})
 			var ch *Channel
@@ -352,5 +352,27 @@ func TestSeenLogKeepsTheLastFrames(t *testing.T) {
 		if held := counts[Fingerprint([]byte(strconv.Itoa(i)))] == 1; held != (i >= 60) {
 			t.Fatalf("frame %d held: %v; want the last 40 (60..99)", i, held)
 		}
+	}
+}
+
+// Zero takes each default and Off turns each setting off, which inside the
+// router is a length or cap of 0.
+func TestConfigZeroIsTheDefaultAndOffIsOff(t *testing.T) {
+	if got, want := (Config{}).resolved(), (Config{HistoryLimit: DefaultHistoryLimit, MaxChannels: DefaultMaxChannels,
+		HistoryBytes: DefaultHistoryBytes, MaxHistoryBytes: DefaultMaxHistoryBytes}); got != want {
+		t.Fatalf("zero Config resolves to %+v, want the defaults %+v", got, want)
+	}
+	if got := (Config{HistoryLimit: Off, MaxChannels: Off, HistoryBytes: -5, MaxHistoryBytes: Off}).resolved(); got != (Config{}) {
+		t.Fatalf("Off resolves to %+v, want every setting off (0 inside)", got)
+	}
+	if got := (Config{HistoryLimit: 7, MaxChannels: 8, HistoryBytes: 9, MaxHistoryBytes: 10}).resolved(); got.HistoryLimit != 7 ||
+		got.MaxChannels != 8 || got.HistoryBytes != 9 || got.MaxHistoryBytes != 10 {
+		t.Fatalf("explicit values changed: %+v", got)
+	}
+	if n := New(Config{}).HistoryLimit(); n != DefaultHistoryLimit {
+		t.Fatalf("New(Config{}) keeps %d frames of history, want %d", n, DefaultHistoryLimit)
+	}
+	if n := New(Config{HistoryLimit: Off}).HistoryLimit(); n != 0 {
+		t.Fatalf("New with HistoryLimit Off keeps %d frames, want none", n)
 	}
 }

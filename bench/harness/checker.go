@@ -246,6 +246,12 @@ func (e *errList) add(s string) {
 	e.mu.Unlock()
 }
 
+func (e *errList) addAll(ss []string) {
+	for _, s := range ss {
+		e.add(s)
+	}
+}
+
 func (e *errList) list() []string {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -45,9 +45,90 @@ func Conns(ctx context.Context, env *Env) (*Result, error) {
 // Joinstorm: JoinstormConns connections join one channel as fast as the
 // harness opens them (ConnsConcurrency at a time): the time per join (p50,
 // p99) and for all, and the server's RSS growth per member. A server whose
-// join copies the member list pays O(n) per join here.
+// join copies the member list pays O(n) per join here. Meanwhile a ping pair
+// on another channel sends JoinstormPingRate stamped messages a second, from
+// the first connect until the last joiner is proven joined: its latency
+// says whether the storm stalls everyone else.
 func Joinstorm(ctx context.Context, env *Env) (*Result, error) {
 	return idleConns(ctx, env, "joinstorm", env.Cfg.JoinstormConns, func(int) string { return "storm" })
+}
+
+// pingPair is a publisher and a subscriber on a channel of their own, the
+// publisher sending stamped messages at a fixed rate until stopped.
+type pingPair struct {
+	rec    *latencyRecorder
+	sub    *Receiver
+	groups []*Group
+	pub    Publisher
+	sent   atomic.Uint64
+	stop   chan struct{}
+	done   chan error
+}
+
+// openPingPair opens the pair on channel (not yet sending).
+func openPingPair(ctx context.Context, env *Env, channel string) (*pingPair, error) {
+	pp := &pingPair{rec: newLatencyRecorder(0, 0), stop: make(chan struct{}), done: make(chan error, 1)}
+	pp.sub = pp.rec.receiver(0, 0)
+	groups, err := openGroups(ctx, env, []GroupSpec{{Channel: channel, Pubs: []uint32{0}, Subs: []*Receiver{pp.sub}, Payload: env.Cfg.Payload}})
+	if err != nil {
+		return nil, err
+	}
+	pp.groups, pp.pub = groups, groups[0].Pubs[0]
+	return pp, nil
+}
+
+// start sends at rate msgs/s from now until stopped, at most for limit.
+func (pp *pingPair) start(rate int, limit time.Duration) {
+	pace := newPacer(float64(rate), 0, limit)
+	begin := time.Now()
+	boundWrites([]Publisher{pp.pub}, begin.Add(limit+10*time.Second))
+	go func() {
+		timer := time.NewTimer(time.Hour)
+		defer timer.Stop()
+		var seq uint64
+		for seq < pace.total {
+			now := time.Since(begin)
+			if due := pace.dueBy(now); due > seq {
+				for ; seq < due; seq++ {
+					if err := pp.pub.Send(Trailer{Pub: 0, Seq: seq, TS: Now()}); err != nil {
+						pp.done <- err
+						return
+					}
+				}
+				if err := pp.pub.Flush(); err != nil {
+					pp.done <- err
+					return
+				}
+				pp.sent.Store(seq)
+				continue
+			}
+			timer.Reset(pace.at(seq) - now)
+			select {
+			case <-timer.C:
+			case <-pp.stop:
+				pp.done <- nil
+				return
+			}
+		}
+		pp.done <- nil
+	}()
+}
+
+// finish stops sending, waits for the last deliveries and closes the pair:
+// its delivery verdict and send error, if any.
+func (pp *pingPair) finish(ctx context.Context, cfg Config) (Delivery, error) {
+	close(pp.stop)
+	err := <-pp.done
+	dctx, cancel := context.WithTimeout(ctx, cfg.DrainTimeout)
+	defer cancel()
+	if derr := pp.pub.Drain(dctx); derr != nil && err == nil {
+		err = derr
+	}
+	sent := pp.sent.Load()
+	waitDeliveries(dctx, []*Receiver{pp.sub}, sent, cfg.DrainStall)
+	time.Sleep(50 * time.Millisecond)
+	closeGroups(pp.groups)
+	return Tally([]*Receiver{pp.sub}, []uint64{sent}), err
 }
 
 // idleConns opens n idle connections, connection i joined to channel(i).
@@ -79,8 +160,19 @@ func idleConns(ctx context.Context, env *Env, scn string, n int, channel func(i 
 			}
 		}
 	}()
+	var ping *pingPair
+	if scn == "joinstorm" && cfg.JoinstormPingRate > 0 {
+		if ping, err = openPingPair(ctx, env, "joinstorm-ping"); err != nil {
+			return nil, fmt.Errorf("%s: the ping pair: %w", scn, err)
+		}
+		defer closeGroups(ping.groups)
+		res.Params["ping-rate"] = strconv.Itoa(cfg.JoinstormPingRate)
+	}
 	env.measuring()
 	start := time.Now()
+	if ping != nil { // the storm and its checks last at most SetupTimeout + 30 s
+		ping.start(cfg.JoinstormPingRate, cfg.SetupTimeout+30*time.Second)
+	}
 	var wg sync.WaitGroup
 	for range max(cfg.ConnsConcurrency, 1) {
 		wg.Add(1)
@@ -133,6 +225,14 @@ func idleConns(ctx context.Context, env *Env, scn string, n int, channel func(i 
 		ccancel()
 		allJoined = time.Since(start).Seconds()
 	}
+	var pingDelivery Delivery
+	if ping != nil {
+		var perr error
+		if pingDelivery, perr = ping.finish(ctx, cfg); perr != nil {
+			errs.add(fmt.Sprintf("ping pair: %v", perr))
+		}
+		errs.addAll(groupErrors(ping.groups))
+	}
 	// Prove a sample is joined (for protocols without an acknowledgement).
 	var checked, bad int
 	for i := 0; i < cfg.Conns && checked < 20; i += max(cfg.Conns/20, 1) {
@@ -161,6 +261,17 @@ func idleConns(ctx context.Context, env *Env, scn string, n int, channel func(i 
 	if scn == "joinstorm" {
 		res.SetPrimary("per join", "µs", 1e6*allJoined/float64(opens), false)
 		res.Add("all joined", "s", allJoined, false)
+		if ping != nil {
+			h := ping.rec.merged()
+			q := func(p float64) float64 { return float64(h.ValueAtQuantile(p)) / 1e9 }
+			res.Add("ping p50", "s", q(50), false)
+			res.Add("ping p99", "s", q(99), false)
+			res.Add("ping max", "s", float64(h.Max())/1e9, false)
+			res.AddDetail("ping samples", "", float64(h.TotalCount()), true)
+			res.Delivery = pingDelivery
+			res.Notes = append(res.Notes, fmt.Sprintf("ping: a pair on another channel, %d msgs/s from the first connect until the last joiner was proven joined (%d sent); lost/dup/reord are its deliveries",
+				cfg.JoinstormPingRate, pingDelivery.Expected))
+		}
 		res.Add("RSS/conn", "KB", float64(rss1-rss0)/float64(opens)/1024, false)
 	} else {
 		res.SetPrimary("RSS/conn", "KB", float64(rss1-rss0)/float64(opens)/1024, false)

@@ -16,6 +16,10 @@ type GroupSpec struct {
 	Subs     []*Receiver // one receiving connection each
 	Payload  int         // message size in bytes, trailer included (>= TrailerLen)
 	SendOnly bool        // publishers need not receive anything (Mles: shut down their receive side)
+	// PubsReceive: publishers also receive the channel's messages, and
+	// discard them (Mles: every member does anyway, unless SendOnly; NATS:
+	// each publisher's connection subscribes to the subject too, without echo).
+	PubsReceive bool
 }
 
 // Publisher is one publishing connection. Not safe for concurrent use.

@@ -28,12 +28,12 @@ func (natsDriver) Name() string { return "nats" }
 
 func natsSubject(channel string) string { return "bench." + channel }
 
-func natsConnect(ctx context.Context, addr, name string, g *Group) (*nats.Conn, error) {
+func natsConnect(ctx context.Context, addr, name string, g *Group, extra ...nats.Option) (*nats.Conn, error) {
 	to := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		to = time.Until(dl)
 	}
-	return nats.Connect("nats://"+addr,
+	return nats.Connect("nats://"+addr, append([]nats.Option{
 		nats.Name(name),
 		nats.NoReconnect(),
 		nats.Timeout(to),
@@ -46,7 +46,7 @@ func natsConnect(ctx context.Context, addr, name string, g *Group) (*nats.Conn, 
 				g.ReportErr(name, fmt.Errorf("closed: %w", err))
 			}
 		}),
-	)
+	}, extra...)...)
 }
 
 func (natsDriver) Open(ctx context.Context, addr string, spec GroupSpec) (*Group, error) {
@@ -73,11 +73,27 @@ func (natsDriver) Open(ctx context.Context, addr string, spec GroupSpec) (*Group
 		}
 	}
 	for _, id := range spec.Pubs {
-		nc, err := natsConnect(ctx, addr, fmt.Sprintf("pub-%d", id), g)
+		var opts []nats.Option
+		if spec.PubsReceive {
+			opts = append(opts, nats.NoEcho()) // as Mles: a member never gets its own frames
+		}
+		nc, err := natsConnect(ctx, addr, fmt.Sprintf("pub-%d", id), g, opts...)
 		if err != nil {
 			return fail(err)
 		}
 		g.AddCloser(closerFunc(func() error { nc.Close(); return nil }))
+		if spec.PubsReceive {
+			sub, err := nc.Subscribe(subj, func(*nats.Msg) {}) // read and discard
+			if err != nil {
+				return fail(err)
+			}
+			if err := sub.SetPendingLimits(-1, -1); err != nil {
+				return fail(err)
+			}
+			if err := nc.FlushWithContext(ctx); err != nil {
+				return fail(err)
+			}
+		}
 		g.Pubs = append(g.Pubs, &natsPub{nc: nc, subj: subj, msg: make([]byte, spec.Payload)})
 	}
 	return g, nil

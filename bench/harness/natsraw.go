@@ -166,7 +166,21 @@ func (natsRawDriver) Open(ctx context.Context, addr string, spec GroupSpec) (*Gr
 			return fail(err)
 		}
 		g.AddCloser(nc.c)
-		go nc.readLoop(g, fmt.Sprintf("pub-%d", id), nil)
+		go nc.readLoop(g, fmt.Sprintf("pub-%d", id), nil) // reads and discards any MSG
+		// Subscribed publishers: CONNECT said "echo":false, as Mles never
+		// sends a member its own frames.
+		if spec.PubsReceive {
+			nc.mu.Lock() // the reader may be answering a PING
+			fmt.Fprintf(nc.w, "SUB %s 1\r\n", subj)
+			nc.mu.Unlock()
+			n, err := nc.ping()
+			if err != nil {
+				return fail(err)
+			}
+			if err := nc.waitPong(ctx, n); err != nil {
+				return fail(err)
+			}
+		}
 		p := &natsRawPub{nc: nc, msg: make([]byte, spec.Payload)}
 		p.prefix = fmt.Appendf(nil, "PUB %s %d\r\n", subj, spec.Payload)
 		g.Pubs = append(g.Pubs, p)

@@ -165,6 +165,9 @@ func TestCheckTopologies(t *testing.T) {
 
 func TestPeerScenariosAreMlesdOnlyAndNotInTheDefaultSet(t *testing.T) {
 	for _, s := range ExtraScenarios {
+		if !isPeerScenario(s) {
+			continue
+		}
 		if Scenarios[s] == nil || Supports(s, "nats") || !Supports(s, "mlesd") {
 			t.Errorf("%s: registered %v, nats %v, mlesd %v", s, Scenarios[s] != nil, Supports(s, "nats"), Supports(s, "mlesd"))
 		}

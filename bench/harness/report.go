@@ -21,14 +21,20 @@ type Metric struct {
 
 // Result is one scenario run against one server.
 type Result struct {
-	Scenario string            `json:"scenario"`
-	Server   string            `json:"server"`
-	Params   map[string]string `json:"params"`
-	Primary  Metric            `json:"primary"`
-	Metrics  []Metric          `json:"metrics"`
-	Delivery Delivery          `json:"delivery"`
-	Errors   []string          `json:"errors,omitempty"`
-	Notes    []string          `json:"notes,omitempty"`
+	Scenario string `json:"scenario"`
+	Server   string `json:"server"`
+	// Variant is one size of a scenario run at several (joinstorm with
+	// --joinstorm-conns 1000,5000,15000): VariantKey names the parameter
+	// ("conns"), Variant its value here. Rows of one variant are compared with
+	// the NATS row of the same variant; the table shows it in a column of its own.
+	VariantKey string            `json:"variant_key,omitempty"`
+	Variant    string            `json:"variant,omitempty"`
+	Params     map[string]string `json:"params"`
+	Primary    Metric            `json:"primary"`
+	Metrics    []Metric          `json:"metrics"`
+	Delivery   Delivery          `json:"delivery"`
+	Errors     []string          `json:"errors,omitempty"`
+	Notes      []string          `json:"notes,omitempty"`
 	// VsNATS is how many times better than NATS the primary metric is (> 1:
 	// better), 0 when there is no NATS row to compare with.
 	VsNATS float64 `json:"vs_nats,omitempty"`
@@ -86,31 +92,56 @@ func Ratio(a, b Metric) float64 {
 }
 
 // FillRatios sets VsNATS (and VsNATSRaw) on every result that has a nats
-// (nats-raw) row in its scenario.
+// (nats-raw) row in its scenario and variant.
 func FillRatios(rs []*Result) {
 	nats, raw := map[string]*Result{}, map[string]*Result{}
+	key := func(r *Result) string { return r.Scenario + "\x00" + r.Variant }
 	for _, r := range rs {
 		if r.Failed != "" {
 			continue
 		}
 		switch r.Server {
 		case "nats":
-			nats[r.Scenario] = r
+			nats[key(r)] = r
 		case "nats-raw":
-			raw[r.Scenario] = r
+			raw[key(r)] = r
 		}
 	}
 	for _, r := range rs {
 		if r.Failed != "" {
 			continue
 		}
-		if n, ok := nats[r.Scenario]; ok {
+		if n, ok := nats[key(r)]; ok {
 			r.VsNATS = Ratio(r.Primary, n.Primary)
 		}
-		if n, ok := raw[r.Scenario]; ok {
+		if n, ok := raw[key(r)]; ok {
 			r.VsNATSRaw = Ratio(r.Primary, n.Primary)
 		}
 	}
+}
+
+// commonParams is the parameters every row that ran has with the same value
+// (a variant's own parameter differs from row to row and is left out).
+func commonParams(rows []*Result) map[string]string {
+	var out map[string]string
+	for _, r := range rows {
+		if r.Failed != "" {
+			continue
+		}
+		if out == nil {
+			out = map[string]string{}
+			for k, v := range r.Params {
+				out[k] = v
+			}
+			continue
+		}
+		for k, v := range out {
+			if r.Params[k] != v {
+				delete(out, k)
+			}
+		}
+	}
+	return out
 }
 
 // FormatValue prints v in a unit-appropriate way.
@@ -150,17 +181,17 @@ func WriteMarkdown(w io.Writer, scenario string, rs []*Result) { writeTable(w, s
 func writeTable(w io.Writer, scenario string, rs []*Result, md bool) {
 	var rows []*Result
 	var cols []Metric
-	var params map[string]string
+	variantKey := ""
 	for _, r := range rs {
 		if r.Scenario != scenario {
 			continue
 		}
 		rows = append(rows, r)
+		if r.VariantKey != "" {
+			variantKey = r.VariantKey
+		}
 		if r.Failed != "" {
 			continue
-		}
-		if params == nil {
-			params = r.Params
 		}
 		// Columns: every row's metrics, in order; one that only a later row
 		// has goes right after the metric it follows there.
@@ -181,10 +212,13 @@ func writeTable(w io.Writer, scenario string, rs []*Result, md bool) {
 		return
 	}
 	title := scenario
-	if len(params) > 0 {
+	if params := commonParams(rows); len(params) > 0 {
 		title += " (" + formatParams(params) + ")"
 	}
 	hdr := []string{"server"}
+	if variantKey != "" {
+		hdr = append(hdr, variantKey)
+	}
 	for _, c := range cols {
 		h := c.Name
 		if c.Unit != "" && c.Unit != "s" {
@@ -213,6 +247,9 @@ func writeTable(w io.Writer, scenario string, rs []*Result, md bool) {
 	var lines [][]string
 	for _, r := range rows {
 		cells := []string{r.Server}
+		if variantKey != "" {
+			cells = append(cells, r.Variant)
+		}
 		if r.Failed != "" {
 			for range cols {
 				cells = append(cells, "-")
@@ -254,21 +291,29 @@ func writeTable(w io.Writer, scenario string, rs []*Result, md bool) {
 	}
 	var notes []string
 	for _, r := range rows {
+		who := r.Server
+		if r.Variant != "" {
+			who += " (" + r.VariantKey + "=" + r.Variant + ")"
+		}
 		if r.Failed != "" {
-			notes = append(notes, fmt.Sprintf("%s FAILED: %s", r.Server, firstLine(r.Failed)))
+			notes = append(notes, fmt.Sprintf("%s FAILED: %s", who, firstLine(r.Failed)))
 		}
 		for _, e := range r.Errors {
-			notes = append(notes, fmt.Sprintf("%s error: %s", r.Server, e))
+			notes = append(notes, fmt.Sprintf("%s error: %s", who, e))
 		}
 		for _, n := range r.Notes {
-			notes = append(notes, fmt.Sprintf("%s note: %s", r.Server, n))
+			notes = append(notes, fmt.Sprintf("%s note: %s", who, n))
 		}
 		if r.Delivery.Bad() {
 			notes = append(notes, LossLine(r))
 		}
 	}
 	if len(cols) > 0 && ratios {
-		notes = append(notes, fmt.Sprintf("×NATS compares %s (%s); > 1 means better than NATS.", cols0(rows).Name, direction(cols0(rows))))
+		same := ""
+		if variantKey != "" {
+			same = " at the same " + variantKey
+		}
+		notes = append(notes, fmt.Sprintf("×NATS compares %s (%s)%s; > 1 means better than NATS.", cols0(rows).Name, direction(cols0(rows)), same))
 		if hasRaw {
 			notes = append(notes, "×NATS-raw: the same against nats-server driven by a hand-written client (no nats.go costs).")
 		}
@@ -323,8 +368,12 @@ func direction(m Metric) string {
 // LossLine is the loud line printed for a run whose delivery went wrong.
 func LossLine(r *Result) string {
 	d := r.Delivery
+	scn := r.Scenario
+	if r.Variant != "" {
+		scn += " " + r.VariantKey + "=" + r.Variant
+	}
 	return fmt.Sprintf("!!! LOSS !!! %s/%s: lost %d, duplicated %d, reordered %d, too late %d of %d expected",
-		r.Server, r.Scenario, d.Lost, d.Dup, d.Reordered, d.TooLate, d.Expected)
+		r.Server, scn, d.Lost, d.Dup, d.Reordered, d.TooLate, d.Expected)
 }
 
 func formatParams(p map[string]string) string {

@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -51,46 +53,108 @@ func Run(ctx context.Context, rc RunConfig) ([]*Result, error) {
 				fmt.Fprintf(rc.Log, "[%s %s] skipped: only %s run it\n", name, scn, strings.Join(ScenarioServers[scn], ", "))
 			}
 		}
-		// Repeats are interleaved across servers, so that a slow spell of a
-		// shared machine does not fall on one server only.
-		runs := map[string][]*Result{}
+		// Repeats are interleaved across servers (and sizes), so that a slow
+		// spell of a shared machine does not fall on one server only.
+		variants := scenarioVariants(scn, rc.Cfg)
+		runs := map[string][]*Result{} // by server and variant
+		runKey := func(name string, v variant) string { return name + "\x00" + v.label }
 		var failed error
 		for rep := 0; rep < max(rc.Repeat, 1) && failed == nil; rep++ {
-			for _, name := range servers {
-				if ctx.Err() != nil {
-					return all, ctx.Err()
-				}
-				res, err := runOne(ctx, rc, scn, name, fn)
-				if err != nil {
-					res = &Result{Scenario: scn, Server: name, Failed: err.Error()}
-					fmt.Fprintf(rc.Log, "[%s %s] FAILED: %v\n", name, scn, err)
-				}
-				for _, r := range []*Result{res.Baseline, res} {
-					if r != nil && r.Delivery.Bad() {
-						fmt.Fprintln(rc.Log, LossLine(r))
+			for _, v := range variants {
+				vrc := rc
+				vrc.Cfg = v.cfg
+				for _, name := range servers {
+					if ctx.Err() != nil {
+						return all, ctx.Err()
+					}
+					if v.label != "" {
+						fmt.Fprintf(rc.Log, "[%s %s] %s=%s\n", name, scn, v.key, v.label)
+					}
+					res, err := runOne(ctx, vrc, scn, name, fn)
+					if err != nil {
+						res = &Result{Scenario: scn, Server: name, Failed: err.Error()}
+						fmt.Fprintf(rc.Log, "[%s %s] FAILED: %v\n", name, scn, err)
+					}
+					res.VariantKey, res.Variant = v.key, v.label
+					for _, r := range []*Result{res.Baseline, res} {
+						if r != nil && r.Delivery.Bad() {
+							fmt.Fprintln(rc.Log, LossLine(r))
+						}
+					}
+					runs[runKey(name, v)] = append(runs[runKey(name, v)], res)
+					if err != nil && !rc.KeepGoing {
+						failed = fmt.Errorf("%s/%s: %w", name, scn, err)
+						break
 					}
 				}
-				runs[name] = append(runs[name], res)
-				if err != nil && !rc.KeepGoing {
-					failed = fmt.Errorf("%s/%s: %w", name, scn, err)
+				if failed != nil {
 					break
 				}
 			}
 		}
 		for _, name := range servers {
-			if rs := runs[name]; len(rs) > 0 {
-				all = appendRun(all, medianRun(rs))
+			for _, v := range variants {
+				if rs := runs[runKey(name, v)]; len(rs) > 0 {
+					all = appendRun(all, medianRun(rs))
+				}
 			}
 		}
-		if failed != nil {
-			FillRatios(all)
-			WriteTable(rc.Out, scn, all)
-			return all, failed
+		if len(variants) > 1 {
+			addVariantScaling(all, scn, variants[0])
 		}
 		FillRatios(all)
 		WriteTable(rc.Out, scn, all)
+		if failed != nil {
+			return all, failed
+		}
 	}
 	return all, nil
+}
+
+// variant is one size of a scenario that runs at several (Result.Variant).
+type variant struct {
+	key, label string // "conns", "15000"; both "" for a scenario run once
+	cfg        Config
+}
+
+// scenarioVariants lists the sizes scn runs at: joinstorm once per entry of
+// JoinstormSizes when it has more than one, everything else once.
+func scenarioVariants(scn string, cfg Config) []variant {
+	if scn != "joinstorm" || len(cfg.JoinstormSizes) == 0 {
+		return []variant{{cfg: cfg}}
+	}
+	if len(cfg.JoinstormSizes) == 1 {
+		cfg.JoinstormConns = cfg.JoinstormSizes[0]
+		return []variant{{cfg: cfg}}
+	}
+	var vs []variant
+	for _, n := range cfg.JoinstormSizes {
+		c := cfg
+		c.JoinstormConns = n
+		vs = append(vs, variant{key: "conns", label: strconv.Itoa(n), cfg: c})
+	}
+	return vs
+}
+
+// addVariantScaling gives every row of scn, right after its primary figure,
+// that figure ÷ the same server's at the first variant: how the figure
+// grows with the size (joinstorm: the time per join at 15,000 ÷ at 1,000).
+func addVariantScaling(rs []*Result, scn string, first variant) {
+	base := map[string]*Result{}
+	for _, r := range rs {
+		if r.Scenario == scn && r.Variant == first.label && r.Failed == "" {
+			base[r.Server] = r
+		}
+	}
+	for _, r := range rs {
+		b := base[r.Server]
+		if r.Scenario != scn || r.Failed != "" || b == nil || b.Primary.Value <= 0 {
+			continue
+		}
+		m := Metric{Name: fmt.Sprintf("%s ÷ at %s", r.Primary.Name, first.label), Value: r.Primary.Value / b.Primary.Value}
+		i := slices.IndexFunc(r.Metrics, func(x Metric) bool { return x.Name == r.Primary.Name })
+		r.Metrics = slices.Insert(r.Metrics, i+1, m)
+	}
 }
 
 // appendRun appends r to rs, its baseline (if any) first: the baseline is a
@@ -210,9 +274,12 @@ func runOne(ctx context.Context, rc RunConfig, scn, name string, fn Scenario) (*
 		addServerCounters(res, metricsAddr)
 	}
 	if res != nil {
-		// A scenario with more than one server (peerfan) measures them itself.
-		if _, own := res.Metric("server CPU"); !own {
+		// A scenario with more than one server (peerfan), or whose CPU is its
+		// primary figure (fanin-rate), measures them itself.
+		if _, own := res.Metric("server peak RSS"); !own {
 			res.Add("server peak RSS", "MB", float64(peak)/1e6, false)
+		}
+		if _, own := res.Metric("server CPU"); !own {
 			res.Add("server CPU", "s", (cpu1 - cpu0).Seconds(), false)
 			addPerCPU(res, cpu1-cpu0)
 		}
@@ -270,6 +337,9 @@ func addCounters(res *Result, addr, prefix, who string) {
 	}
 	if d := vals["mlesd_frames_dropped_total"]; d > 0 {
 		res.Notes = append(res.Notes, fmt.Sprintf("%s's /metrics: %.0f frames dropped for receivers not keeping up (of %.0f out)", who, d, vals["mlesd_frames_out_total"]))
+	}
+	if d := vals["mlesd_loop_queue_dropped_total"]; d > 0 {
+		res.Notes = append(res.Notes, fmt.Sprintf("%s's /metrics: %.0f frames dropped between event loops (mlesd_loop_queue_dropped_total: a loop far behind)", who, d))
 	}
 }
 

@@ -1,6 +1,7 @@
 // Package mlesdrv is the harness's Mles v1 driver: it speaks the protocol
-// through github.com/mlesd/mlesd/codec only, over plain TCP with TCP_NODELAY
-// and buffered, pipelined I/O on both sides.
+// through the project's public client (github.com/mlesd/mlesd/client), over
+// plain TCP with TCP_NODELAY, pipelined, with buffers of 256 KiB on both
+// sides and flushes left to the harness.
 //
 // A Mles server acknowledges nothing, so readiness is proved with the frames
 // the protocol forwards anyway: a join frame goes to every other connection
@@ -11,25 +12,28 @@
 package mlesdrv
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/mlesd/mlesd/bench/harness"
+	"github.com/mlesd/mlesd/client"
 	"github.com/mlesd/mlesd/codec"
 )
 
 // Key is the shared key the harness starts mlesd with (env MLES_KEY).
 const Key = "bench"
 
-const ioBufSize = 256 << 10
+// ioBufSize is each publishing or receiving connection's read and write
+// buffer; idleBufSize an idle connection's, which reads only the few joins
+// of its check.
+const (
+	ioBufSize   = 256 << 10
+	idleBufSize = 4 << 10
+)
 
 // Driver is the Mles driver.
 type Driver struct {
@@ -52,38 +56,18 @@ func init() {
 // Name is the server's name: "mlesd" or "naive".
 func (d *Driver) Name() string { return d.name }
 
-// conn is one Mles client connection.
-type conn struct {
-	c       *net.TCPConn
-	uid     string
-	channel string
-	key     uint64
-	w       *bufio.Writer
+// dial connects and joins (uid, channel) with a plain join. Flushing is the
+// caller's (ManualFlush): no flusher goroutine per connection.
+func (d *Driver) dial(ctx context.Context, addr, uid, channel string, bufSize int) (*client.Conn, error) {
+	return client.ConnectContext(ctx, addr, uid, channel, client.Keys(d.Keys), client.ManualFlush(),
+		client.BufferSizes(bufSize, bufSize))
 }
 
-// dial connects, sets TCP_NODELAY and sends the join frame (empty message).
-func (d *Driver) dial(ctx context.Context, addr, uid, channel string) (*conn, error) {
-	var nd net.Dialer
-	nc, err := nd.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	tc := nc.(*net.TCPConn)
-	tc.SetNoDelay(true)
-	local := tc.LocalAddr().(*net.TCPAddr).AddrPort()
-	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
-	c := &conn{c: tc, uid: uid, channel: channel, key: d.Keys.ClientKey(local, uid, channel)}
-	join, err := codec.AppendFrame(nil, c.key, codec.Triplet{UID: uid, Channel: channel})
-	if err != nil {
-		tc.Close()
-		return nil, err
-	}
-	if _, err := tc.Write(join); err != nil {
-		tc.Close()
-		return nil, fmt.Errorf("join: %w", err)
-	}
-	return c, nil
-}
+// closeNow closes a connection of a group at once (the group is ending;
+// nothing buffered matters).
+type closeNow struct{ c *client.Conn }
+
+func (c closeNow) Close() error { return c.c.CloseNow() }
 
 // barrier tracks which connections of a group are known joined.
 type barrier struct {
@@ -130,75 +114,42 @@ func (b *barrier) count() int {
 	return len(b.known)
 }
 
-// readLoop reads frames from c until it fails or stop is closed. Frames whose
+// readLoop receives frames on c until it fails or c is closed. Frames whose
 // message carries a harness trailer go to rcv (if any); every join frame
 // (empty message) goes to the barrier while it is still open. On a
 // publisher's connection, a data frame with the publisher's own CID is its own
 // frame come back, which a Mles server never does (through peers it would be
-// a loop): the first one is reported as an error of the group.
-func readLoop(g *harness.Group, c *conn, br *bufio.Reader, rcv *harness.Receiver, b *barrier, stop <-chan struct{}, pub bool) {
-	var big []byte
+// a loop): the first one is reported as an error of the group. A send-only
+// publisher's reader ends quietly when CloseRead makes it send-only.
+func readLoop(g *harness.Group, c *client.Conn, rcv *harness.Receiver, b *barrier, pub bool) {
 	var echoes uint64
-	fail := func(err error) {
-		select {
-		case <-stop: // the read side was shut down on purpose
-		default:
-			g.ReportErr(c.uid, err)
-		}
-	}
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		hb, err := br.Peek(codec.HeaderLen)
+	cid := codec.CIDOf(c.Key())
+	uid := c.UID()
+	// Frames: the triplet is decoded only for frames without a trailer
+	// (joins, during setup), never on the data path.
+	for m, err := range c.Frames(context.Background()) {
 		if err != nil {
-			fail(err)
+			if !errors.Is(err, client.ErrSendOnly) && !errors.Is(err, client.ErrClosed) {
+				g.ReportErr(uid, err)
+			}
 			return
 		}
-		h, err := codec.ParseHeader(hb)
-		if err != nil {
-			fail(err)
-			return
-		}
-		n := codec.HeaderLen + h.Len
-		var frame []byte
-		inBuf := n <= br.Size()
-		if inBuf {
-			if frame, err = br.Peek(n); err != nil {
-				fail(err)
-				return
-			}
-		} else {
-			if cap(big) < n {
-				big = make([]byte, n)
-			}
-			frame = big[:n]
-			if _, err := io.ReadFull(br, frame); err != nil {
-				fail(err)
-				return
-			}
-		}
-		payload := frame[codec.HeaderLen:]
+		payload := m.Payload()
 		// The message is the triplet's last item, so the trailer is at the
-		// very end of the payload: no decoding on the data path.
+		// very end of the payload.
 		if t, ok := harness.ReadTrailer(payload); ok {
 			if rcv != nil {
 				rcv.Observe(t)
 			}
-			if pub && h.CID == codec.CIDOf(c.key) {
+			if pub && m.CID == cid {
 				if echoes++; echoes == 1 {
-					g.ReportErr(c.uid, fmt.Errorf("the server sent the publisher its own frame back (publisher %d, seq %d)", t.Pub, t.Seq))
+					g.ReportErr(uid, fmt.Errorf("the server sent the publisher its own frame back (publisher %d, seq %d)", t.Pub, t.Seq))
 				}
 			}
 		} else if tr, err := codec.DecodeTriplet(payload); err == nil && len(tr.Message) == 0 {
-			b.sawJoin(c.uid, tr.UID)
+			b.sawJoin(uid, tr.UID)
 		} else if rcv != nil {
 			rcv.ObserveMessage(payload) // counted as foreign
-		}
-		if inBuf {
-			br.Discard(n)
 		}
 	}
 }
@@ -238,29 +189,25 @@ func (d *Driver) Open(ctx context.Context, addr string, spec harness.GroupSpec) 
 		pubs()
 	}
 	b := newBarrier(members[0].uid, len(members)-1)
-	stopSetupReaders := make(chan struct{}) // send-only publishers read only until the barrier is done
-	var sendOnly []*conn
+	var sendOnly []*client.Conn // send-only publishers read only until the barrier is done
 	for i, m := range members {
-		c, err := d.dial(ctx, addr, m.uid, spec.Channel)
+		c, err := d.dial(ctx, addr, m.uid, spec.Channel, ioBufSize)
 		if err != nil {
 			return fail(fmt.Errorf("%s: %w", m.uid, err))
 		}
-		g.AddCloser(c.c)
-		br := bufio.NewReaderSize(c.c, ioBufSize)
+		g.AddCloser(closeNow{c})
 		if m.pub && spec.SendOnly && i != 0 {
 			sendOnly = append(sendOnly, c)
-			go readLoop(g, c, br, nil, b, stopSetupReaders, true)
+			go readLoop(g, c, nil, b, true)
 		} else {
-			go readLoop(g, c, br, m.rcv, b, nil, m.pub)
+			go readLoop(g, c, m.rcv, b, m.pub)
 		}
 		if m.pub {
-			p := &pub{conn: c, w: bufio.NewWriterSize(c.c, ioBufSize)}
-			frame, err := codec.AppendFrame(nil, c.key, codec.Triplet{UID: c.uid, Channel: c.channel, Message: make([]byte, spec.Payload)})
-			if err != nil {
-				return fail(err)
+			payload := codec.AppendTriplet(nil, codec.Triplet{UID: m.uid, Channel: spec.Channel, Message: make([]byte, spec.Payload)})
+			if len(payload) > codec.MaxPayloadLen {
+				return fail(codec.ErrPayloadTooLarge)
 			}
-			p.frame = frame
-			g.Pubs = append(g.Pubs, p)
+			g.Pubs = append(g.Pubs, &pub{c: c, payload: payload})
 		}
 	}
 	// Publishers must come out in spec.Pubs order.
@@ -271,7 +218,7 @@ func (d *Driver) Open(ctx context.Context, addr string, spec harness.GroupSpec) 
 		}
 		sorted := make([]harness.Publisher, len(g.Pubs))
 		for _, p := range g.Pubs {
-			sorted[order[p.(*pub).uid]] = p
+			sorted[order[p.(*pub).c.UID()]] = p
 		}
 		g.Pubs = sorted
 	}
@@ -281,55 +228,53 @@ func (d *Driver) Open(ctx context.Context, addr string, spec harness.GroupSpec) 
 		return fail(fmt.Errorf("join barrier on %s: %d of %d connections known joined: %w", spec.Channel, b.count(), b.want, ctx.Err()))
 	}
 	// Send-only publishers stop reading: shutting down the receive side is the
-	// protocol's way to be send-only. Their setup readers end on the EOF.
-	close(stopSetupReaders)
+	// protocol's way to be send-only. Their setup readers end with ErrSendOnly.
 	for _, c := range sendOnly {
-		if err := c.c.CloseRead(); err != nil {
+		if err := c.CloseRead(); err != nil {
 			return fail(err)
 		}
 	}
 	return g, nil
 }
 
-// pub is a publishing connection: one pre-encoded frame whose trailer is
-// rewritten for each message (later frames are not checked by the server, so
-// the join key is reused).
+// pub is a publishing connection: one pre-encoded triplet whose trailer is
+// rewritten for each message and sent behind the connection's header
+// (SendPayload: one copy into the write buffer, nothing encoded per
+// message).
 type pub struct {
-	*conn
-	w     *bufio.Writer
-	frame []byte
+	c       *client.Conn
+	payload []byte
 }
 
 // Send buffers one frame. Hot path: must not allocate.
 func (p *pub) Send(t harness.Trailer) error {
-	harness.PutTrailer(p.frame, t)
-	_, err := p.w.Write(p.frame)
-	return err
+	harness.PutTrailer(p.payload, t)
+	return p.c.SendPayload(p.payload)
 }
 
-func (p *pub) Flush() error { return p.w.Flush() }
+func (p *pub) Flush() error { return p.c.Flush() }
 
 // SetWriteDeadline bounds every later write in time.
 func (p *pub) SetWriteDeadline(t time.Time) error { return p.c.SetWriteDeadline(t) }
 
 // Drain flushes; Mles has no acknowledgement to wait for.
-func (p *pub) Drain(context.Context) error { return p.w.Flush() }
+func (p *pub) Drain(context.Context) error { return p.c.Flush() }
 
 // Idle joins channel and leaves the connection idle.
 func (d *Driver) Idle(ctx context.Context, addr, channel string) (harness.IdleConn, error) {
-	c, err := d.dial(ctx, addr, fmt.Sprintf("idle-%d", d.uids.Add(1)), channel)
+	c, err := d.dial(ctx, addr, fmt.Sprintf("idle-%d", d.uids.Add(1)), channel, idleBufSize)
 	if err != nil {
 		return nil, err
 	}
-	return &idle{d: d, conn: c}, nil
+	return &idle{d: d, c: c}, nil
 }
 
 type idle struct {
 	d *Driver
-	*conn
+	c *client.Conn
 }
 
-func (i *idle) Close() error { return i.c.Close() }
+func (i *idle) Close() error { return i.c.CloseNow() }
 
 // Check proves the idle connection joined: a probe joins the same channel, and
 // the idle connection must receive the probe's join frame (after the joins
@@ -338,74 +283,58 @@ func (i *idle) Close() error { return i.c.Close() }
 // at once.
 func (i *idle) Check(ctx context.Context, addr string) error {
 	probe := fmt.Sprintf("probe-%d", i.d.uids.Add(1))
-	p, err := i.d.dial(ctx, addr, probe, i.channel)
-	if err != nil {
-		return err
-	}
-	defer p.c.Close()
 	dl := time.Now().Add(5 * time.Second)
 	if d, ok := ctx.Deadline(); ok {
 		dl = d
 	}
+	ctx, cancel := context.WithDeadline(ctx, dl)
+	defer cancel()
+	p, err := i.d.dial(ctx, addr, probe, i.c.Channel(), idleBufSize)
+	if err != nil {
+		return err
+	}
+	defer p.CloseNow()
 	probeClosed := make(chan error, 1)
 	go func() {
 		// On a shared channel (joinstorm) frames may reach the probe too:
 		// only an error (a close, or the deadline) ends this.
-		b := make([]byte, 4096)
-		p.c.SetReadDeadline(dl)
 		for {
-			if _, err := p.c.Read(b); err != nil {
+			if _, err := p.Next(ctx); err != nil && !errors.Is(err, client.ErrNotTriplet) {
 				probeClosed <- err
 				return
 			}
 		}
 	}()
+	readCtx, stopRead := context.WithCancel(ctx)
+	defer stopRead()
 	got := make(chan error, 1)
-	go func() { got <- readJoinFrom(i.c, dl, probe) }()
+	go func() { got <- readJoinFrom(readCtx, i.c, probe) }()
 	select {
 	case err := <-got:
 		return err
 	case err := <-probeClosed:
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		if ctx.Err() != nil {
 			return <-got
 		}
-		i.c.SetReadDeadline(time.Now()) // end the other read
+		stopRead() // end the other receive
 		<-got
 		return fmt.Errorf("the server closed the probe connection (a connection limit?): %v", err)
 	}
 }
 
-// readJoinFrom reads frames from c (until dl) until the join of uid; other
-// members' joins before it are skipped, anything else is an error.
-func readJoinFrom(c *net.TCPConn, dl time.Time, uid string) error {
-	c.SetReadDeadline(dl)
-	defer c.SetReadDeadline(time.Time{})
+// readJoinFrom receives frames on c (until ctx ends) until the join of uid;
+// other members' joins before it are skipped, anything else is an error.
+func readJoinFrom(ctx context.Context, c *client.Conn, uid string) error {
 	for {
-		t, err := readOneFrom(c, uid)
+		m, err := c.Next(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("no frame from the %s's join: %w", uid, err)
 		}
-		if t.UID == uid {
+		if string(m.UID) == uid {
 			return nil
 		}
-		if len(t.Message) != 0 {
-			return errors.New("unexpected frame from " + t.UID)
+		if !m.IsJoin() {
+			return errors.New("unexpected frame from " + string(m.UID))
 		}
 	}
-}
-
-func readOneFrom(c *net.TCPConn, uid string) (codec.Triplet, error) {
-	var hb [codec.HeaderLen]byte
-	if _, err := io.ReadFull(c, hb[:]); err != nil {
-		return codec.Triplet{}, fmt.Errorf("no frame from the %s's join: %w", uid, err)
-	}
-	h, err := codec.ParseHeader(hb[:])
-	if err != nil {
-		return codec.Triplet{}, err
-	}
-	payload := make([]byte, h.Len)
-	if _, err := io.ReadFull(c, payload); err != nil {
-		return codec.Triplet{}, err
-	}
-	return codec.DecodeTriplet(payload)
 }

@@ -78,8 +78,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return listenFailed(log, err)
 		}
 	}
-	r := router.New(router.Config{HistoryLimit: o.HistoryLimit, MaxChannels: o.MaxChannels,
-		HistoryBytes: o.HistoryBytes, MaxHistoryBytes: o.MaxHistBytes})
+	r := router.New(router.Config{HistoryLimit: unlimited(o.HistoryLimit), MaxChannels: unlimited(o.MaxChannels), // the flags' 0 is the router's Off
+		HistoryBytes: unlimited(o.HistoryBytes), MaxHistoryBytes: int64(unlimited(int(o.MaxHistBytes)))})
 	defer r.Close()
 	srv, peers, err := newServer(o, r, log)
 	if err != nil {
@@ -137,7 +137,7 @@ func newServer(o Options, r *router.Router, log *slog.Logger) (*engine.Server, *
 	}
 	if len(o.Peers) > 0 {
 		pc := peering.Config{Peers: o.Peers, Keys: keysOf(o), Backoff: o.PeerBackoff, BackoffMax: o.PeerBackoffMax,
-			Linger: o.PeerLinger, DialTimeout: o.PeerDialTimeout, Logger: log,
+			Linger: never(o.PeerLinger), DialTimeout: o.PeerDialTimeout, Logger: log, // --peer-linger 0: at once (peering.Off)
 			Adopt: func(nc net.Conn, local, remote netip.AddrPort, u *peering.Uplink) error {
 				return srv.AdoptUplink(nc, local, remote, u)
 			}}
@@ -176,6 +176,7 @@ func engineConfig(o Options, members engine.MemberObserver, log *slog.Logger) en
 		MaxFrame:         o.MaxFrame,
 		MaxPending:       o.MaxPending,
 		MaxPendingFrames: o.MaxPendFrames,
+		SendBuffer:       unlimited(o.SendBuffer),
 		StallTimeout:     never(o.StallTimeout),
 		JoinTimeout:      never(o.JoinTimeout),
 		IdleTimeout:      o.IdleTimeout,

@@ -36,6 +36,7 @@ type Options struct {
 	MaxFrame       int
 	MaxPending     int
 	MaxPendFrames  int
+	SendBuffer     int
 	MaxChannels    int
 	StallTimeout   time.Duration
 	JoinTimeout    time.Duration
@@ -224,6 +225,7 @@ func defineFlags(o *Options, listen, peers *listFlag) *flag.FlagSet {
 	fs.IntVar(&o.MaxFrame, "max-frame", engine.DefaultMaxFrame, "largest frame payload in `bytes` (1..16777215); a bigger frame closes its connection")
 	fs.IntVar(&o.MaxPending, "max-pending", engine.DefaultMaxPending, "per-receiver backlog bound in `bytes`; frames past it are dropped for that receiver alone and counted")
 	fs.IntVar(&o.MaxPendFrames, "max-pending-frames", engine.DefaultMaxPendingFrames, "per-receiver backlog bound in frames (8 bytes of memory each); past it frames are dropped for that receiver alone")
+	fs.IntVar(&o.SendBuffer, "sndbuf", engine.DefaultSendBuffer, "kernel send buffer of each client socket in `bytes` (SO_SNDBUF): what a stalled receiver's socket holds\nbeside --max-pending; 0 = the kernel's autotuning (up to net.ipv4.tcp_wmem's maximum, 4 MiB)")
 	fs.IntVar(&o.MaxChannels, "max-channels", router.DefaultMaxChannels, "most channels at once; a join that would create one more is closed (0 = no limit)")
 	fs.IntVar(&o.HistoryBytes, "history-bytes", router.DefaultHistoryBytes, "history cap per channel in `bytes`; oldest frames go first, a larger frame is not kept (0 = no cap)")
 	fs.Int64Var(&o.MaxHistBytes, "max-history-bytes", router.DefaultMaxHistoryBytes, "history cap over all channels in `bytes`; a channel past it evicts its own oldest frames (0 = no cap)")
@@ -319,7 +321,7 @@ func validate(o Options) error {
 	case o.StallTimeout < 0 || o.JoinTimeout < 0 || o.IdleTimeout < 0 || o.DrainTimeout < 0 || o.TLSHandshakeTimeout < 0 ||
 		o.FrameTimeout < 0:
 		return errors.New("timeouts must be 0 or more")
-	case o.MaxConns < 0 || o.MaxConnsIP < 0 || o.MaxChannels < 0 || o.HistoryBytes < 0 || o.MaxHistBytes < 0:
+	case o.MaxConns < 0 || o.MaxConnsIP < 0 || o.MaxChannels < 0 || o.HistoryBytes < 0 || o.MaxHistBytes < 0 || o.SendBuffer < 0:
 		return errors.New("limits must be 0 (none) or more")
 	case o.UpgradeTimeout <= 0:
 		return errors.New("--upgrade-timeout must be positive")

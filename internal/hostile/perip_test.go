@@ -94,6 +94,11 @@ func TestTenThousandAndOneConnectionsFromLoopbackAreServed(t *testing.T) {
 
 // openConns reads mlesd_connections_open from the server's /metrics.
 func openConns(t *testing.T, metricsAddr string) int {
+	return metricValue(t, metricsAddr, "mlesd_connections_open")
+}
+
+// metricValue reads one unlabelled metric from the server's /metrics.
+func metricValue(t *testing.T, metricsAddr, name string) int {
 	t.Helper()
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
@@ -102,12 +107,12 @@ func openConns(t *testing.T, metricsAddr string) int {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "mlesd_connections_open "); ok {
-			n, _ := strconv.Atoi(v)
-			return n
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return int(n)
 		}
 	}
-	t.Fatalf("no mlesd_connections_open in /metrics")
+	t.Fatalf("no %s in /metrics", name)
 	return 0
 }
 

@@ -1,12 +1,16 @@
 // Package mlestest is test support shared by the black-box suites: it builds
 // and runs the mlesd binary as a separate process on loopback, reads its
-// resource use from /proc and pprof, and speaks Mles as a plain TCP client.
-// It is imported only by tests.
+// resource use from /proc and pprof, and speaks Mles through the project's
+// client (github.com/mlesd/mlesd/client): Join connects and joins with a
+// client.Conn, and frames are read with client.FrameReader. The raw
+// connection stays in reach (Client.NC) for hostile tests that write bytes
+// no client would. It is imported only by tests.
 package mlestest
 
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -24,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mlesd/mlesd/client"
 	"github.com/mlesd/mlesd/codec"
 )
 
@@ -237,14 +242,24 @@ func Settle(t testing.TB, what string, limit int, f func() int) {
 	t.Fatalf("%s is %d, want at most %d", what, n, limit)
 }
 
-// Client is a plain Mles client with a shared key.
+// Client is a Mles client with a shared key, over a connection the test
+// can also use raw (NC, R).
 type Client struct {
 	NC      net.Conn
-	R       *bufio.Reader
+	R       *bufio.Reader // what Read reads through; made from NC when nil
 	UID, Ch string
 	Key     uint64
-	buf     []byte
+	// Conn is the client that joined and sends, for clients made by Join.
+	// Nil for a Client built around a connection of the test's own (a
+	// literal, or NewClient): then Send writes frames keyed with Key, the
+	// first of them being the join.
+	Conn *client.Conn
+	buf  []byte
+	fr   *client.FrameReader
 }
+
+// readBufSize is R's size for the clients this package makes.
+const readBufSize = 256 << 10
 
 // Dial connects without sending anything; the test's cleanup closes it.
 func Dial(t testing.TB, addr string) net.Conn {
@@ -257,20 +272,31 @@ func Dial(t testing.TB, addr string) net.Conn {
 	return nc
 }
 
-// Join connects and sends a plain join (empty message) under shared key k.
+// Join connects and sends a plain join (empty message) under shared key k,
+// with a client.Conn that flushes each Send at once (ManualFlush and
+// Flush), so that a test's raw writes on NC never overtake its frames.
 func Join(t testing.TB, addr, k, uid, ch string) *Client {
 	t.Helper()
-	c := NewClient(Dial(t, addr), k, uid, ch)
-	if err := c.Send(nil); err != nil {
+	var nc net.Conn
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+		nc = c
+		return c, err
+	}
+	conn, err := client.Connect(addr, uid, ch, client.SharedKey(k), client.Dialer(dial), client.ManualFlush())
+	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { conn.CloseNow() })
+	c := NewClient(nc, k, uid, ch)
+	c.Conn = conn
 	return c
 }
 
 // NewClient wraps an open connection as uid on channel ch under shared key
 // k; it sends nothing.
 func NewClient(nc net.Conn, k, uid, ch string) *Client {
-	return &Client{NC: nc, R: bufio.NewReaderSize(nc, 256<<10), UID: uid, Ch: ch, Key: codec.Key(k, uid, ch)}
+	return &Client{NC: nc, R: bufio.NewReaderSize(nc, readBufSize), UID: uid, Ch: ch, Key: codec.Key(k, uid, ch)}
 }
 
 // Frame encodes msg as this client's frame (valid until the next call).
@@ -280,29 +306,38 @@ func (c *Client) Frame(msg []byte) []byte {
 	return f
 }
 
-// Send writes one frame with msg.
+// Send sends one frame with msg, within 10 s.
 func (c *Client) Send(msg []byte) error {
-	_ = c.NC.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	dl := time.Now().Add(10 * time.Second)
+	if c.Conn != nil {
+		c.Conn.SetWriteDeadline(dl)
+		if err := c.Conn.Send(msg); err != nil {
+			return err
+		}
+		return c.Conn.Flush()
+	}
+	_ = c.NC.SetWriteDeadline(dl)
 	_, err := c.NC.Write(c.Frame(msg))
 	return err
 }
 
-// Read reads and decodes one frame.
+// Read reads and decodes one frame, waiting at most timeout. A frame half
+// read when the time runs out is finished by the next Read.
 func (c *Client) Read(timeout time.Duration) (codec.Triplet, error) {
-	_ = c.NC.SetReadDeadline(time.Now().Add(timeout))
-	var hdr [codec.HeaderLen]byte
-	if _, err := io.ReadFull(c.R, hdr[:]); err != nil {
-		return codec.Triplet{}, err
+	if c.R == nil {
+		c.R = bufio.NewReaderSize(c.NC, readBufSize)
 	}
-	h, err := codec.ParseHeader(hdr[:])
+	if c.fr == nil {
+		c.fr = client.NewFrameReader(c.R, c.R.Size()) // reads through R itself
+	}
+	_ = c.NC.SetReadDeadline(time.Now().Add(timeout))
+	_, f, err := c.fr.ReadFrame()
 	if err != nil {
 		return codec.Triplet{}, err
 	}
-	payload := make([]byte, h.Len)
-	if _, err := io.ReadFull(c.R, payload); err != nil {
-		return codec.Triplet{}, err
-	}
-	return codec.DecodeTriplet(payload)
+	t, err := codec.DecodeTriplet(f[codec.HeaderLen:]) // a copy: f is released now
+	c.fr.Release()
+	return t, err
 }
 
 // Seq makes a message of size bytes starting with a big-endian sequence number.

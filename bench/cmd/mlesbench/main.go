@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -55,11 +56,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("mlesbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	servers := fs.String("servers", "mlesd,naive,nats,nats-raw,redis", "servers to run, comma-separated: mlesd, nats (nats.go client), nats-raw (same server, hand-written client), redis, naive (the naive goroutine-per-connection Mles forwarder of cmd/naivemles)")
-	scenarios := fs.String("scenarios", strings.Join(harness.ScenarioOrder, ","), "scenarios to run, comma-separated; also, only when named: "+strings.Join(harness.ExtraScenarios, ", ")+" (mlesd through a peer against mlesd alone)")
+	scenarios := fs.String("scenarios", strings.Join(harness.ScenarioOrder, ","), "scenarios to run, comma-separated; also, only when named: "+strings.Join(harness.ExtraScenarios, ", ")+" (fanin-read: fanin whose publishers read and discard; peerfan, peerlat: mlesd through a peer against mlesd alone)")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "publishing time per throughput/latency scenario")
 	fs.IntVar(&cfg.Payload, "payload", cfg.Payload, "message size in bytes (>= 24, the trailer)")
 	fs.IntVar(&cfg.FanoutSubs, "fanout-subs", cfg.FanoutSubs, "fanout: subscribers")
-	fs.IntVar(&cfg.FaninPubs, "fanin-pubs", cfg.FaninPubs, "fanin: publisher connections")
+	fs.IntVar(&cfg.FaninPubs, "fanin-pubs", cfg.FaninPubs, "fanin, fanin-rate, fanin-read: publisher connections (up to 10,000 within a 20,000-fd limit: the harness and the server each hold one fd per publisher)")
+	fs.IntVar(&cfg.FaninRate, "fanin-rate", cfg.FaninRate, "fanin-rate: total msgs/s the publishers offer, each sending its share on its own schedule")
 	fs.IntVar(&cfg.Pairs, "pairs", cfg.Pairs, "pairs: channels with one publisher and one subscriber each")
 	fs.IntVar(&cfg.BigfanSize, "bigfan-size", cfg.BigfanSize, "bigfan: message size in bytes")
 	fs.IntVar(&cfg.BigfanSubs, "bigfan-subs", cfg.BigfanSubs, "bigfan: subscribers")
@@ -68,7 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.LatencySubs, "latency-subs", cfg.LatencySubs, "latency: subscribers")
 	fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "conns: idle joined connections")
 	fs.IntVar(&cfg.ConnsConcurrency, "conns-concurrency", cfg.ConnsConcurrency, "conns, idle: connections opened at once")
-	fs.IntVar(&cfg.JoinstormConns, "joinstorm-conns", cfg.JoinstormConns, "joinstorm: connections joining one channel as fast as they can (1,000, 5,000, 15,000 in BENCHMARKS.md)")
+	joinstormConns := fs.String("joinstorm-conns", strconv.Itoa(cfg.JoinstormConns), "joinstorm: connections joining one channel as fast as they can; a comma-separated list (1000,5000,15000) runs each size, one row per size and server, with the time per join ÷ the first size's")
+	fs.IntVar(&cfg.JoinstormPingRate, "joinstorm-ping-rate", cfg.JoinstormPingRate, "joinstorm: msgs/s of the ping pair on another channel whose latency is measured during the storm (0: no pair)")
 	fs.IntVar(&cfg.IdleMembers, "idle-members", cfg.IdleMembers, "idle: members of one channel that never read")
 	fs.IntVar(&cfg.IdleFill, "idle-fill", cfg.IdleFill, "idle: messages published first so that every member holds a backlog")
 	fs.IntVar(&cfg.IdlePayload, "idle-payload", cfg.IdlePayload, "idle: size of those messages in bytes")
@@ -81,6 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Window, "window", cfg.Window, "flow control: most messages in flight to one receiver")
 	fs.IntVar(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "flow control: most bytes in flight to one receiver")
 	fs.IntVar(&cfg.MinWindow, "min-window", cfg.MinWindow, "flow control: least messages in flight per (publisher, receiver), however many publishers share a receiver (fanin: 1,000 × 16 = 16,000 to the collector)")
+	fs.IntVar(&cfg.MaxInFlight, "max-in-flight", cfg.MaxInFlight, "flow control: most messages in flight to one receiver from all the publishers sharing it, capping --min-window (10,000 fanin publishers: 3 each); below the 65,536 pending messages mlesd and NATS allow a receiver (0: no cap)")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "longest wait for the last deliveries")
 	fs.DurationVar(&cfg.DrainStall, "drain-stall", cfg.DrainStall, "stop waiting for the last deliveries after this long without one (the rest counts as lost)")
 	fs.DurationVar(&cfg.SetupTimeout, "setup-timeout", cfg.SetupTimeout, "longest wait to connect and join a scenario's connections")
@@ -103,6 +107,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "--payload and --bigfan-size must be at least %d\n", harness.TrailerLen)
 		return 2
 	}
+	sizes, err := parseSizes(*joinstormConns)
+	if err != nil {
+		fmt.Fprintf(stderr, "--joinstorm-conns: %v\n", err)
+		return 2
+	}
+	cfg.JoinstormConns, cfg.JoinstormSizes = sizes[0], sizes
+	if cfg.FaninPubs < 1 || cfg.FaninRate < 1 || cfg.JoinstormPingRate < 0 {
+		fmt.Fprintln(stderr, "--fanin-pubs and --fanin-rate must be at least 1, --joinstorm-ping-rate at least 0")
+		return 2
+	}
 	cfg.PeerTopologies = splitList(*topos)
 	if err := harness.CheckTopologies(cfg.PeerTopologies); err != nil {
 		fmt.Fprintf(stderr, "--peerfan-topologies: %v\n", err)
@@ -115,8 +129,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	if lim, err := harness.RaiseFDLimit(); err != nil {
 		fmt.Fprintf(stderr, "raise fd limit: %v\n", err)
-	} else if need := uint64(cfg.Conns + 1000); lim < need {
-		fmt.Fprintf(stderr, "warning: fd limit %d is below the %d that --conns %d needs\n", lim, need, cfg.Conns)
+	} else {
+		for _, n := range fdNeeds(cfg, splitList(*scenarios)) {
+			if need := uint64(n.conns + 1000); lim < need {
+				fmt.Fprintf(stderr, "warning: fd limit %d is below the %d that %s needs\n", lim, need, n.what)
+			}
+		}
 	}
 	wd := *workDir
 	if wd != "" {
@@ -212,6 +230,46 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 3
 	}
 	return 0
+}
+
+// parseSizes parses a comma-separated list of connection counts, each >= 1.
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for _, f := range splitList(s) {
+		n, err := strconv.Atoi(strings.ReplaceAll(f, "_", ""))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a count of connections", f)
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no size in %q", s)
+	}
+	return out, nil
+}
+
+type fdNeed struct {
+	what  string
+	conns int
+}
+
+// fdNeeds lists the connections each scenario to run holds open at once, in
+// the harness (a server holds as many): what the fd limit must cover.
+func fdNeeds(cfg harness.Config, scenarios []string) []fdNeed {
+	var out []fdNeed
+	for _, scn := range scenarios {
+		switch scn {
+		case "conns":
+			out = append(out, fdNeed{fmt.Sprintf("--conns %d", cfg.Conns), cfg.Conns})
+		case "fanin", "fanin-rate", "fanin-read":
+			out = append(out, fdNeed{fmt.Sprintf("%s with --fanin-pubs %d", scn, cfg.FaninPubs), cfg.FaninPubs + 1})
+		case "joinstorm":
+			for _, n := range cfg.JoinstormSizes {
+				out = append(out, fdNeed{fmt.Sprintf("joinstorm with %d connections", n), n + 2})
+			}
+		}
+	}
+	return out
 }
 
 // writeMarkdown writes the environment, the command and every table.

@@ -129,3 +129,29 @@ func TestPeerScenariosDeliverEverything(t *testing.T) {
 		t.Errorf("exit %d without --peer\n%s", code, log.String())
 	}
 }
+
+func TestJoinstormConnsTakesAListOfSizes(t *testing.T) {
+	got, err := parseSizes("1000, 5_000,15000")
+	if err != nil || len(got) != 3 || got[0] != 1000 || got[1] != 5000 || got[2] != 15000 {
+		t.Errorf("parseSizes: %v, %v", got, err)
+	}
+	for _, bad := range []string{"", "0", "1000,x", "-5"} {
+		if _, err := parseSizes(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	var out, log bytes.Buffer
+	if code := run([]string{"--joinstorm-conns", "1000,zero"}, &out, &log); code != 2 {
+		t.Errorf("a bad --joinstorm-conns exits %d, want 2", code)
+	}
+}
+
+func TestFDNeedsCoverEveryBigScenario(t *testing.T) {
+	cfg := harness.DefaultConfig()
+	cfg.FaninPubs = 10_000
+	cfg.JoinstormSizes = []int{1000, 15000}
+	needs := fdNeeds(cfg, []string{"fanin-rate", "joinstorm", "fanout"})
+	if len(needs) != 3 || needs[0].conns != 10_001 || needs[2].conns != 15_002 {
+		t.Errorf("fd needs: %+v", needs)
+	}
+}

@@ -30,16 +30,17 @@ func (ts *testServer) onLoops(t testing.TB, f func(l *loop)) {
 	}
 }
 
-func (ts *testServer) parkedCount(t testing.TB) int {
+func (ts *testServer) laggerCount(t testing.TB) int {
 	n := 0
-	ts.onLoops(t, func(l *loop) { n += len(l.parked) })
+	ts.onLoops(t, func(l *loop) { n += len(l.laggers) })
 	return n
 }
 
-// A receiver whose backlog filled is parked; when it reads again it gets
-// whole frames, in order, then the live stream, and the frames it missed
-// are counted exactly: received + dropped = published.
-func TestParkedReceiverResumesWithWholeFramesAndAnExactDropCount(t *testing.T) {
+// A receiver whose socket filled lags, and loses frames once its set's log
+// evicts what it still needed; when it reads again it gets whole frames, in
+// order, then the live stream, and the frames it missed are counted
+// exactly: received + dropped = published.
+func TestLaggingReceiverResumesWithWholeFramesAndAnExactDropCount(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys, MaxPendingFrames: 64, MaxPending: 64 << 20}, router.Config{})
 	rx := ts.joinSmall(t, "rx", "ch", 4<<10, 1400) // a small MSS keeps the server's send buffer small too
 	pub := ts.join(t, sharedKeys, "pub", "ch", nil)
@@ -65,7 +66,7 @@ func TestParkedReceiverResumesWithWholeFramesAndAnExactDropCount(t *testing.T) {
 	marker := []byte("after the backlog")
 	drained := false
 	for {
-		if !drained && ts.waiting() == 0 && ts.parkedCount(t) == 0 {
+		if !drained && ts.waiting() == 0 && ts.laggerCount(t) == 0 {
 			// The server holds nothing more for rx and it is listed
 			// again: the marker comes after everything rx was sent.
 			pub.send(marker)
@@ -75,7 +76,7 @@ func TestParkedReceiverResumesWithWholeFramesAndAnExactDropCount(t *testing.T) {
 		if err != nil {
 			ts.onLoops(t, func(l *loop) {
 				for c := range l.conns {
-					t.Logf("loop %d %s: q %d pending %d parked %v armed %v dirty %v setIdx %d dropped %d sent %d", l.idx, c.uid, c.q.len(), c.pending(), c.parked, c.wArmed, c.dirty, c.setIdx, c.dropped, c.sent)
+					t.Logf("loop %d %s: q %d pending %d lagging %v cursor %d armed %v dirty %v setIdx %d dropped %d sent %d", l.idx, c.uid, c.q.len(), c.pending(), c.lagging, c.cursor, c.wArmed, c.dirty, c.setIdx, c.dropped, c.sent)
 				}
 			})
 			t.Fatalf("after %d frames (marker sent %v): %v", got, drained, err)
