@@ -37,7 +37,7 @@ func socketpair(t *testing.T) (net.Conn, net.Conn) {
 // computed from the address given to Adopt, not from the socket.
 func TestAdoptedConnectionUsesTheGivenClientAddress(t *testing.T) {
 	keys := codec.KeyConfig{} // address keys
-	ts := startServer(t, Config{Keys: keys}, router.Config{})
+	ts := startServer(t, Config{Keys: keys}, router.Config{HistoryLimit: router.Off})
 	tcp := ts.join(t, keys, "tcp-client", "ch", nil)
 
 	serverEnd, clientEnd := socketpair(t)

@@ -67,7 +67,7 @@ func fanoutRig(tb testing.TB, loops, subs, size, history int) (step func(), chec
 // laggerConns returns the laggers.
 func laggerRig(tb testing.TB, loops, subs, lagging, size, history int) (step func(), check func(n int), srv *Server, laggerConns []*conn) {
 	srv, _ = New(Config{Loops: loops, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
-		router.New(router.Config{HistoryLimit: history}))
+		router.New(router.Config{HistoryLimit: historyLimit(history)}))
 	els := make([]*manualLoop, loops)
 	for i := range els {
 		els[i] = &manualLoop{}
@@ -167,4 +167,12 @@ func BenchmarkEngineFanoutLagging(b *testing.B) {
 	for _, lagging := range []int{0, 1000, 10_000} {
 		run(10, lagging)
 	}
+}
+
+// historyLimit maps a rig's history length (0: none) onto router.Config's.
+func historyLimit(n int) int {
+	if n == 0 {
+		return router.Off
+	}
+	return n
 }

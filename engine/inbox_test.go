@@ -14,7 +14,7 @@ import (
 // each member there, while the sender's loop goes on at once; once it
 // drains again its members get the live stream.
 func TestCrossLoopQueueIsBoundedAndItsDropsAreCountedPerMember(t *testing.T) {
-	srv, _ := New(Config{Loops: 2, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, router.New(router.Config{}))
+	srv, _ := New(Config{Loops: 2, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, router.New(router.Config{HistoryLimit: router.Off}))
 	els := []*manualLoop{{}, {}}
 	for i := range els {
 		srv.loops[i].Store(newLoop(i, srv, els[i], 2))

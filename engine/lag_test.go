@@ -41,7 +41,7 @@ func (ts *testServer) laggerCount(t testing.TB) int {
 // order, then the live stream, and the frames it missed are counted
 // exactly: received + dropped = published.
 func TestLaggingReceiverResumesWithWholeFramesAndAnExactDropCount(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, MaxPendingFrames: 64, MaxPending: 64 << 20}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, MaxPendingFrames: 64, MaxPending: 64 << 20}, router.Config{HistoryLimit: router.Off})
 	rx := ts.joinSmall(t, "rx", "ch", 4<<10, 1400) // a small MSS keeps the server's send buffer small too
 	pub := ts.join(t, sharedKeys, "pub", "ch", nil)
 	rx.expect(pub.frame(nil))

@@ -33,7 +33,7 @@ func (ts *testServer) waitAccepted(t *testing.T, n uint64) {
 }
 
 func TestMaxConnsRefusesTheConnectionOverTheLimit(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, MaxConns: 3}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, MaxConns: 3}, router.Config{HistoryLimit: router.Off})
 	a := ts.join(t, sharedKeys, "a", "ch", nil)
 	b := ts.join(t, sharedKeys, "b", "ch", nil)
 	a.expect(b.frame(nil))
@@ -49,7 +49,7 @@ func TestMaxConnsRefusesTheConnectionOverTheLimit(t *testing.T) {
 }
 
 func TestMaxConnsPerIP(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, MaxConnsPerIP: 2, LimitLoopback: true}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, MaxConnsPerIP: 2, LimitLoopback: true}, router.Config{HistoryLimit: router.Off})
 	dialRaw(t, ts.addr)
 	dialRaw(t, ts.addr)
 	ts.waitAccepted(t, 2) // the server saw both before the third arrives
@@ -59,7 +59,7 @@ func TestMaxConnsPerIP(t *testing.T) {
 }
 
 func TestJoinTimeoutClosesASilentConnection(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, JoinTimeout: 300 * time.Millisecond}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, JoinTimeout: 300 * time.Millisecond}, router.Config{HistoryLimit: router.Off})
 	nc := dialRaw(t, ts.addr) // sends nothing at all
 	expectClosed(t, nc)
 	ts.log.waitFor(t, "reason=join-timeout")
@@ -67,14 +67,14 @@ func TestJoinTimeoutClosesASilentConnection(t *testing.T) {
 }
 
 func TestIdleTimeoutClosesJoinedConnectionsThatSendNothing(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, IdleTimeout: 300 * time.Millisecond}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, IdleTimeout: 300 * time.Millisecond}, router.Config{HistoryLimit: router.Off})
 	idle := ts.join(t, sharedKeys, "idle", "ch", nil)
 	expectClosed(t, idle.nc)
 	ts.log.waitFor(t, "reason=idle-timeout")
 }
 
 func TestNameLengthLimits(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, MaxUIDLen: 8, MaxChannelLen: 8}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, MaxUIDLen: 8, MaxChannelLen: 8}, router.Config{HistoryLimit: router.Off})
 	long := strings.Repeat("x", 9)
 	u := ts.join(t, sharedKeys, long, "ch", nil)
 	expectClosed(t, u.nc)
@@ -87,7 +87,7 @@ func TestNameLengthLimits(t *testing.T) {
 }
 
 func TestMaxChannels(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{MaxChannels: 1})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{MaxChannels: 1, HistoryLimit: router.Off})
 	a := ts.join(t, sharedKeys, "a", "one", nil)
 	b := ts.join(t, sharedKeys, "b", "two", nil)
 	expectClosed(t, b.nc)
@@ -97,7 +97,7 @@ func TestMaxChannels(t *testing.T) {
 }
 
 func TestPartialBudgetWithOnlySmallHoldersClosesTheConnectionThatPassesIt(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, MaxPartialBytes: 64 << 10, JoinTimeout: -1}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, MaxPartialBytes: 64 << 10, JoinTimeout: -1}, router.Config{HistoryLimit: router.Off})
 	// One client declares a 16 MiB frame and sends 48 KiB of it: within budget.
 	first := dialRaw(t, ts.addr)
 	first.Write(append(rawHeader('M', 0xFFFFFF, 1), make([]byte, 48<<10)...))
@@ -124,7 +124,7 @@ func TestPartialBudgetWithOnlySmallHoldersClosesTheConnectionThatPassesIt(t *tes
 // The frame-count bound holds even when the byte bound is far away: a
 // receiver that does not read costs at most MaxPendingFrames references.
 func TestPendingFrameCountBoundsAStalledReceiver(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, MaxPendingFrames: 64, MaxPending: 64 << 20}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, MaxPendingFrames: 64, MaxPending: 64 << 20}, router.Config{HistoryLimit: router.Off})
 	staller := ts.join(t, sharedKeys, "staller", "ch", nil)
 	_ = staller.nc.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4096)
 	pub := ts.join(t, sharedKeys, "pub", "ch", nil)

@@ -44,7 +44,7 @@ func seqMessage(seq uint32, size int) []byte {
 
 func TestThousandSubscribersEachReceiveEveryFrameInOrder(t *testing.T) {
 	const subs, frames = 1000, 200
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 0})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 	clients := make([]*client, subs)
 	for i := range clients {
 		clients[i] = join(t, ts.addr, sharedKeys, fmt.Sprintf("sub%d", i), "fan", nil)
@@ -90,7 +90,7 @@ func TestStalledSilentReceiverIsClosedAndLogged(t *testing.T) {
 	// The reader keeps up, but on a loaded machine it may be descheduled: the
 	// default backlog bound gives it 250 ms of slack at this rate.
 	ts := startServer(t, Config{Keys: sharedKeys, StallTimeout: 300 * time.Millisecond},
-		router.Config{HistoryLimit: 0})
+		router.Config{HistoryLimit: router.Off})
 	// The staller joins and then never reads or sends.
 	staller := ts.join(t, sharedKeys, "staller", "ch", nil)
 	nc := staller.nc

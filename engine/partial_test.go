@@ -77,7 +77,7 @@ func TestPartialBudgetShedsTheConnectionHoldingTheMost(t *testing.T) {
 	for _, loops := range []int{1, 4} { // the biggest on the publisher's loop; on another loop
 		t.Run(itoa(loops)+"-loops", func(t *testing.T) {
 			// Hoarders hold 31.5 of 32 MiB; the publisher's 1 MiB frames overflow.
-			ts := startServer(t, Config{Keys: sharedKeys, Loops: loops, MaxPartialBytes: 32 << 20}, router.Config{})
+			ts := startServer(t, Config{Keys: sharedKeys, Loops: loops, MaxPartialBytes: 32 << 20}, router.Config{HistoryLimit: router.Off})
 			biggest := hoard(t, ts, "h0", 12<<20)
 			others := []*client{hoard(t, ts, "h1", 10<<20), hoard(t, ts, "h2", 19<<19)}
 			ts.waitPartial(t, 63<<19)
@@ -172,7 +172,7 @@ func (ts *testServer) block(t *testing.T, idx int, d time.Duration) {
 // While the loop of the biggest holder is too busy to close it, another
 // connection may pass the budget only by the slack; then it is closed itself.
 func TestPartialBudgetOvershootIsBounded(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, Loops: 2, MaxPartialBytes: 1 << 20}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, Loops: 2, MaxPartialBytes: 1 << 20}, router.Config{HistoryLimit: router.Off})
 	a := hoard(t, ts, "a", 800<<10)
 	ts.waitPartial(t, 800<<10)
 	home := ts.loopOf(t, "a")
@@ -200,7 +200,7 @@ func TestFrameArrivingBelowTheMinimumRateIsClosed(t *testing.T) {
 		name := map[bool]string{false: "join-frame", true: "later-frame"}[joined]
 		t.Run(name, func(t *testing.T) {
 			ts := startServer(t, Config{Keys: sharedKeys, JoinTimeout: 500 * time.Millisecond,
-				FrameMinRate: 4096, FrameRateWindow: 300 * time.Millisecond, FrameTimeout: -1}, router.Config{})
+				FrameMinRate: 4096, FrameRateWindow: 300 * time.Millisecond, FrameTimeout: -1}, router.Config{HistoryLimit: router.Off})
 			var nc net.Conn
 			if joined {
 				nc = ts.join(t, sharedKeys, "drip", "ch", nil).nc
@@ -233,7 +233,7 @@ func TestFrameArrivingBelowTheMinimumRateIsClosed(t *testing.T) {
 }
 
 func TestStalledHalfFrameIsClosedAtTheFrameDeadline(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, FrameTimeout: 500 * time.Millisecond, FrameMinRate: -1}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, FrameTimeout: 500 * time.Millisecond, FrameMinRate: -1}, router.Config{HistoryLimit: router.Off})
 	c := ts.join(t, sharedKeys, "stall", "ch", nil)
 	f := c.frame(make([]byte, 200<<10))
 	began := time.Now()
@@ -251,7 +251,7 @@ func TestStalledHalfFrameIsClosedAtTheFrameDeadline(t *testing.T) {
 
 func TestHonestSlowFrameWithinTheLimitsIsDeliveredWhole(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys, FrameMinRate: 4096, FrameRateWindow: 300 * time.Millisecond,
-		FrameTimeout: 10 * time.Second}, router.Config{})
+		FrameTimeout: 10 * time.Second}, router.Config{HistoryLimit: router.Off})
 	sub := ts.join(t, sharedKeys, "sub", "slow", nil)
 	pub := ts.join(t, sharedKeys, "pub", "slow", nil)
 	sub.expect(pub.frame(nil))
@@ -277,7 +277,7 @@ func TestHonestSlowFrameWithinTheLimitsIsDeliveredWhole(t *testing.T) {
 // A join whose bytes reached the server while its loop was busy is joined:
 // the join timeout measures the client, not the server's backlog.
 func TestJoinSentWhileTheLoopIsBusyIsJoined(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, Loops: 1, JoinTimeout: 300 * time.Millisecond}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, Loops: 1, JoinTimeout: 300 * time.Millisecond}, router.Config{HistoryLimit: router.Off})
 	nc := dialRaw(t, ts.addr)
 	deadline := time.Now().Add(5 * time.Second)
 	for ts.srv.Stats().OpenConns < 1 && time.Now().Before(deadline) {
@@ -299,7 +299,7 @@ func TestJoinSentWhileTheLoopIsBusyIsJoined(t *testing.T) {
 
 func TestPartialJoinFrameIsTheJoinTimeoutsWhenFrameRulesAreOff(t *testing.T) {
 	ts := startServer(t, Config{Keys: sharedKeys, JoinTimeout: 300 * time.Millisecond, FrameTimeout: -1, FrameMinRate: -1},
-		router.Config{})
+		router.Config{HistoryLimit: router.Off})
 	nc := dialRaw(t, ts.addr)
 	nc.Write([]byte{'M', 0, 0}) // a slowloris header that never completes
 	expectClosed(t, nc)
@@ -309,7 +309,7 @@ func TestPartialJoinFrameIsTheJoinTimeoutsWhenFrameRulesAreOff(t *testing.T) {
 // A join frame that is still arriving is not cut by the join timeout (a big
 // resync on a slow link takes longer), but one that stopped arriving is.
 func TestJoinFrameStillArrivingOutlivesTheJoinTimeoutOneThatStoppedDoesNot(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, JoinTimeout: 300 * time.Millisecond}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, JoinTimeout: 300 * time.Millisecond}, router.Config{HistoryLimit: router.Off})
 	slow := dialRaw(t, ts.addr)
 	k := sharedKeys.ClientKey(localAddrPort(slow), "slow", "ch")
 	f, _ := codec.AppendFrame(nil, k, codec.Triplet{UID: "slow", Channel: "ch", Message: make([]byte, 64<<10)})

@@ -14,7 +14,7 @@ import (
 )
 
 func TestTwoClientsExchangeFramesByteForByte(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 0})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 	a := ts.join(t, sharedKeys, "alice", "general", nil)
 	b := ts.join(t, sharedKeys, "bob", "general", nil)
 	other := ts.join(t, sharedKeys, "carol", "elsewhere", nil)
@@ -107,7 +107,7 @@ func TestKeys(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			ts := startServer(t, Config{Listen: []string{c.listen}, Keys: c.keys}, router.Config{})
+			ts := startServer(t, Config{Listen: []string{c.listen}, Keys: c.keys}, router.Config{HistoryLimit: router.Off})
 			addr := ts.addr
 			if c.dial != "" {
 				_, port, _ := net.SplitHostPort(ts.addr)
@@ -132,7 +132,7 @@ func TestKeys(t *testing.T) {
 }
 
 func TestIPv4MappedAddressKeyAcceptedInBothForms(t *testing.T) {
-	ts := startServer(t, Config{Listen: []string{"[::]:0"}}, router.Config{})
+	ts := startServer(t, Config{Listen: []string{"[::]:0"}}, router.Config{HistoryLimit: router.Off})
 	_, port, _ := net.SplitHostPort(ts.addr)
 	addr := net.JoinHostPort("127.0.0.1", port)
 	// Mapped form: what an IPv6 socket using a mapped address would hash.
@@ -151,7 +151,7 @@ func TestIPv4MappedAddressKeyAcceptedInBothForms(t *testing.T) {
 }
 
 func TestDuplicateCIDIsClosedFirstKeepsWorking(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 	a := ts.join(t, sharedKeys, "alice", "ch", nil)
 	b := ts.join(t, sharedKeys, "bob", "ch", nil)
 	a.expect(b.frame(nil))
@@ -193,7 +193,7 @@ func TestHistory(t *testing.T) {
 		sub.expect(pub.frame([]byte("hello as I join")))
 	})
 	t.Run("limit 0 keeps nothing", func(t *testing.T) {
-		ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 0})
+		ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 		pub := ts.join(t, sharedKeys, "pub", "ch", []byte("first"))
 		pub.send([]byte("second"))
 		time.Sleep(50 * time.Millisecond)
@@ -252,7 +252,7 @@ func TestMalformedResyncIsClosed(t *testing.T) {
 }
 
 func TestFrameSizesAndSplits(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 0})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 	a := ts.join(t, sharedKeys, "alice", "ch", nil)
 	b := ts.join(t, sharedKeys, "bob", "ch", nil)
 	a.expect(b.frame(nil))

@@ -13,7 +13,7 @@ import (
 // Every accepted connection has TCP_NODELAY and SO_KEEPALIVE set, read back
 // from the server's own sockets on their owning loops.
 func TestEveryConnectionHasNoDelayAndKeepAlive(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 	for i := 0; i < 4; i++ {
 		ts.join(t, sharedKeys, "u"+itoa(i), "ch", nil)
 	}

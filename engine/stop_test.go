@@ -45,7 +45,7 @@ func TestReaderStoppedForTwoSecondsLosesNothing(t *testing.T) {
 	// 31 MB in 3 s: the kernel's buffers on loopback take at most about
 	// 4 MB of it, so the server holds most of the rest while the reader
 	// is stopped, within MaxPending and MaxPendingFrames.
-	ts := startServer(t, Config{Keys: sharedKeys, MaxPending: 64 << 20}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, MaxPending: 64 << 20}, router.Config{HistoryLimit: router.Off})
 	const n, size = 30_000, 1000
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperReaderProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "MLESD_TEST_READER_ADDR="+ts.addr, "MLESD_TEST_READER_N="+strconv.Itoa(n))

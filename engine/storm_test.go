@@ -17,7 +17,7 @@ func TestJoinStormLeavesEveryJoinerAMember(t *testing.T) {
 		t.Skip("opens 2,000 sockets")
 	}
 	const n = 1000
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 	clients := make([]*client, n)
 	var wg sync.WaitGroup
 	var next sync.Mutex

@@ -173,7 +173,7 @@ func TestUplinkReplayWindowIsBounded(t *testing.T) {
 // recognised when the peer replays it: the uplink's log of crossed frames
 // (both ways) outlives its connections.
 func TestUplinkRecognisesReplayAcrossReconnectsWithoutHistory(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: 0})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 	a := ts.join(t, sharedKeys, "alice", "ch", nil)
 	u, peer := openUplink(t, ts, 1, 1<<32)
 	up := a.send([]byte("went up"))
@@ -197,7 +197,7 @@ func TestUplinkRecognisesReplayAcrossReconnectsWithoutHistory(t *testing.T) {
 // A static group CID held by an uplink refuses a joiner with that CID; an
 // uplink's own join is never refused.
 func TestUplinkWithStaticCIDRefusesGroupJoiners(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 	a := ts.join(t, sharedKeys, "alice", "ch", nil)
 	const group = 0x0badc0de
 	u, _ := openUplink(t, ts, group, group)
@@ -229,7 +229,7 @@ func TestUplinkWithStaticCIDRefusesGroupJoiners(t *testing.T) {
 // is refused even when its key and CID are valid, as with address keys.
 func TestUplinkToItselfIsRefused(t *testing.T) {
 	keys := codec.KeyConfig{} // address keys: the CID changes per hop, so only this check stops the loop
-	ts := startServer(t, Config{Keys: keys}, router.Config{})
+	ts := startServer(t, Config{Keys: keys}, router.Config{HistoryLimit: router.Off})
 	a := ts.join(t, keys, "alice", "ch", nil)
 	nc, err := net.Dial("tcp", ts.addr)
 	if err != nil {

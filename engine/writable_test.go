@@ -82,7 +82,7 @@ func waitUntil(t testing.TB, what string, timeout time.Duration, cond func() boo
 // between chunks while the server holds frames for it, every frame whole and
 // in order, nothing dropped (its backlog fits MaxPending).
 func TestResumedReceiverIsFedWithoutPausesAndLosesNothing(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 	rx := ts.joinSmall(t, "rx", "ch", 16<<10, 0)
 	pub := ts.join(t, sharedKeys, "pub", "ch", nil)
 	rx.expect(pub.frame(nil))
@@ -151,7 +151,7 @@ func TestIdleServerWithThousandBackloggedMembersUsesNoCPU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens 2,000 sockets")
 	}
-	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
 	const members = 1000
 	for i := 0; i < members; i++ {
 		ts.joinSmall(t, "m"+strconv.Itoa(i), "idle", 4<<10, 0)
@@ -184,7 +184,7 @@ func TestIdleServerWithThousandBackloggedMembersUsesNoCPU(t *testing.T) {
 // and the fd number the kernel reuses for the next connection is not woken
 // for the old one.
 func TestClosedReceiverLeavesTheWritableSet(t *testing.T) {
-	ts := startServer(t, Config{Keys: sharedKeys, Loops: 1}, router.Config{})
+	ts := startServer(t, Config{Keys: sharedKeys, Loops: 1}, router.Config{HistoryLimit: router.Off})
 	rx := ts.joinSmall(t, "rx", "ch", 4<<10, 0)
 	pub := ts.join(t, sharedKeys, "pub", "ch", nil)
 	for ts.waiting() == 0 {

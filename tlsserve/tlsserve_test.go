@@ -77,7 +77,7 @@ func startRig(t *testing.T, keys codec.KeyConfig, ecfg engine.Config, cfg Config
 	ecfg.Loops = 2
 	ecfg.Keys = keys
 	ecfg.Logger = log
-	r := router.New(router.Config{})
+	r := router.New(router.Config{HistoryLimit: router.Off})
 	eng, err := engine.New(ecfg, r)
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mlesd/mlesd/client"
 	"github.com/mlesd/mlesd/codec"
 )
 
@@ -99,38 +100,112 @@ func TestCheckFailsWhenNeitherJoinIsForwarded(t *testing.T) {
 	}
 }
 
-// What waited on a connection is read whole frame by whole frame, so the
-// next frame still parses.
-func TestDrainFramesStopsAtAFrameBoundary(t *testing.T) {
+// backlogConn joins a connection of the driver to a bare listener and
+// returns it with the server's side of it, its join already read.
+func backlogConn(t *testing.T) (*client.Conn, net.Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	d := New().(*Driver)
+	c, err := d.dial(ctx, ln.Addr().String(), "idle-1", "storm", idleBufSize)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.CloseNow() })
 	s, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	var hb [codec.HeaderLen]byte
+	if _, err := io.ReadFull(s, hb[:]); err != nil {
+		t.Fatal(err)
+	}
+	h, err := codec.ParseHeader(hb[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(io.Discard, s, int64(h.Len)); err != nil {
+		t.Fatal(err)
+	}
+	return c, s
+}
+
+func joinFrame(uid string) []byte {
+	f, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: uid, Channel: "storm"})
+	return f
+}
+
+// nextUID is the uid of the next frame received on c.
+func nextUID(t *testing.T, c *client.Conn) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	m, err := c.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(m.UID)
+}
+
+// drainQuiet is long enough that a loaded machine (-race, shared cores)
+// delivers a backlog already written within it.
+const drainQuiet = 200 * time.Millisecond
+
+// What waited on a connection is all taken, more than fits its read buffer,
+// and the next frame still parses.
+func TestDrainFramesTakesTheWholeBacklog(t *testing.T) {
+	c, s := backlogConn(t)
 	var backlog []byte
 	for i := range 500 {
-		backlog, _ = codec.AppendFrame(backlog, 7, codec.Triplet{UID: fmt.Sprintf("later-%d", i), Channel: "storm"})
+		backlog = append(backlog, joinFrame(fmt.Sprintf("later-%d", i))...)
+	}
+	if len(backlog) <= idleBufSize {
+		t.Fatalf("backlog of %d bytes fits the %d-byte read buffer", len(backlog), idleBufSize)
 	}
 	if _, err := s.Write(backlog); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond) // all of it is in c's receive buffer
-	if err := drainFrames(c.(*net.TCPConn), 10*time.Millisecond, time.Now().Add(2*time.Second)); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := drainFrames(ctx, c, drainQuiet); err != nil {
 		t.Fatal(err)
 	}
-	next, _ := codec.AppendFrame(nil, 7, codec.Triplet{UID: "probe-1", Channel: "storm"})
-	s.Write(next)
-	if err := readJoinFrom(c.(*net.TCPConn), time.Now().Add(2*time.Second), "probe-1"); err != nil {
-		t.Fatalf("after the drain: %v", err)
+	if _, err := s.Write(joinFrame("probe-1")); err != nil {
+		t.Fatal(err)
+	}
+	if uid := nextUID(t, c); uid != "probe-1" {
+		t.Fatalf("after the drain the next frame is %q's, want probe-1's", uid)
+	}
+}
+
+// A drain that stops inside a frame (its rest is late) leaves the stream at
+// that frame: the next receive completes it, then the next frame parses.
+func TestDrainFramesStoppedInsideAFrameKeepsFrameAlignment(t *testing.T) {
+	c, s := backlogConn(t)
+	backlog := append(joinFrame("later-0"), joinFrame("later-1")...)
+	split := joinFrame("later-2")
+	half := len(split) / 2
+	if _, err := s.Write(append(backlog, split[:half]...)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := drainFrames(ctx, c, drainQuiet); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(append(split[half:], joinFrame("probe-1")...)); err != nil {
+		t.Fatal(err)
+	}
+	if uid := nextUID(t, c); uid != "later-2" {
+		t.Fatalf("after the drain the next frame is %q's, want the split later-2's", uid)
+	}
+	if uid := nextUID(t, c); uid != "probe-1" {
+		t.Fatalf("after the split frame the next is %q's, want probe-1's", uid)
 	}
 }
