@@ -15,7 +15,10 @@ CONF_DIR ?= /etc/mlesd
 # Every fuzz target as package:Target (the stream parser is the engine's).
 FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDecodeResync \
                 ./engine:FuzzStreamParser ./gateway:FuzzWebSocketMessage \
-                ./gateway:FuzzDecodePairMatchesDecodeTriplet ./client:FuzzScanTriplet
+                ./gateway:FuzzDecodePairMatchesDecodeTriplet ./client:FuzzScanTriplet \
+                ./upgrade:FuzzDecodeOffer ./upgrade:FuzzDecodeReply ./upgrade:FuzzDecodeCommit \
+                ./upgrade:FuzzDecodeConnState ./upgrade:FuzzDecodeChannelState ./upgrade:FuzzDecodeChunk \
+                ./upgrade:FuzzDecodeTotals
 
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(CURDIR)/bin/tools/staticcheck

@@ -81,11 +81,20 @@ func outOfFDs(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }
 
-// listen opens every configured listen address. It runs before gnet starts,
-// so a busy port is reported as what it is ("address already in use").
+// listen opens every configured listen address that was not inherited
+// (Inherit). It runs before gnet starts, so a busy port is reported as what
+// it is ("address already in use").
 func (s *Server) listen() error {
 	lc := net.ListenConfig{KeepAlive: DefaultKeepAlive}
-	for _, a := range s.cfg.Listen {
+	s.lnMu.Lock()
+	lns := make([]net.Listener, len(s.cfg.Listen))
+	copy(lns, s.listeners) // inherited, index = listen address
+	s.listeners = lns
+	s.lnMu.Unlock()
+	for i, a := range s.cfg.Listen {
+		if lns[i] != nil {
+			continue
+		}
 		host, port, err := splitListen(a)
 		if err != nil {
 			s.closeListeners()
@@ -96,18 +105,23 @@ func (s *Server) listen() error {
 			s.closeListeners()
 			return err
 		}
-		s.listeners = append(s.listeners, ln)
+		s.lnMu.Lock()
+		lns[i] = ln
+		s.lnMu.Unlock()
 	}
 	return nil
 }
 
 // closeListeners closes every listener (new connections are refused by the
-// kernel from then on); the accept goroutines end.
+// kernel from then on, unless another process shares the listening socket:
+// handoff.go); the accept goroutines end.
 func (s *Server) closeListeners() {
 	s.lnMu.Lock()
 	defer s.lnMu.Unlock()
 	for _, ln := range s.listeners {
-		_ = ln.Close()
+		if ln != nil {
+			_ = ln.Close()
+		}
 	}
 }
 
@@ -189,6 +203,9 @@ func (s *Server) acceptLoop(ln net.Listener) {
 // none is waiting (a 1 ms deadline) or accepting fails again.
 func shedBacklog(ln net.Listener) int {
 	tl, ok := ln.(*net.TCPListener)
+	if il, inherited := ln.(inheritedListener); inherited {
+		tl, ok = il.TCPListener, true
+	}
 	if !ok {
 		return 0
 	}
@@ -252,7 +269,11 @@ func (s *Server) register(nc net.Conn, a *adopted, wait bool) error {
 	// until the loop has taken the connection. Bounding how many are in
 	// flight bounds those goroutines (a storm of connects otherwise spawned
 	// thousands, each holding a stack) and makes the acceptor wait for busy
-	// loops instead of queueing without limit.
+	// loops instead of queueing without limit. Each one in flight counts in
+	// acceptWG (the acceptor's own count is held, so this Add never starts
+	// from zero) until collected: whoever waits for the acceptors also waits
+	// until every connection they accepted has been opened (StopAccepting).
+	s.acceptWG.Add(1)
 	s.registering <- res
 	return nil
 }
@@ -267,9 +288,12 @@ func (s *Server) collectRegistrations() {
 		select {
 		case r = <-res:
 		case <-s.shutdown:
-			continue // never answered (see register); drain the queue
 		}
-		if r.Err != nil && !s.stopping.Load() {
+		s.acceptWG.Done() // opened, failed, or never answered (see register)
+		if r.Err == nil {
+			continue
+		}
+		if !s.stopping.Load() {
 			reason := acceptErrorReason(r.Err)
 			s.countAcceptError(reason)
 			s.rlog.Log(levelWarn, "handover-"+reason, "cannot hand a connection to an event loop; it is closed",

@@ -26,6 +26,21 @@ func Listen(addr string, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	return serve(g, l), nil
+}
+
+// Serve starts a Gateway for cfg on l (a listener handed over by an
+// upgrade); on error l is closed.
+func Serve(l net.Listener, cfg Config) (*Server, error) {
+	g, err := New(cfg)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	return serve(g, l), nil
+}
+
+func serve(g *Gateway, l net.Listener) *Server {
 	s := &Server{
 		Gateway: g,
 		l:       l,
@@ -39,8 +54,12 @@ func Listen(addr string, cfg Config) (*Server, error) {
 		}
 		s.served <- err
 	}()
-	return s, nil
+	return s
 }
+
+// Listener is the listener served. Closing it only stops accepting:
+// sessions go on (an upgrade hands it over).
+func (s *Server) Listener() net.Listener { return s.l }
 
 // Addr is the bound listen address.
 func (s *Server) Addr() net.Addr { return s.l.Addr() }

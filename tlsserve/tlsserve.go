@@ -97,6 +97,7 @@ type Stats struct {
 	HandshakesOK     uint64
 	HandshakesFailed map[string]uint64 // by reason: timeout, no-client-cert, bad-client-cert, not-tls, busy, adopt, other
 	Open             int64             // bridged connections now
+	Conns            int               // client connections now: handshaking or bridged
 }
 
 // Server accepts TLS connections and bridges them to an Adopter.
@@ -148,6 +149,19 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
+	return s.Serve(ln)
+}
+
+// Listener is the listener served (nil before Listen or Serve). Closing it
+// only stops accepting: connections go on (an upgrade hands it over).
+func (s *Server) Listener() net.Listener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ln
+}
+
+// Serve serves ln (a listener handed over by an upgrade) as Listen does.
+func (s *Server) Serve(ln net.Listener) (net.Addr, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -307,6 +321,9 @@ func (s *Server) fail(reason string, remote net.Addr, err error) {
 // Stats returns the counters now.
 func (s *Server) Stats() Stats {
 	st := Stats{HandshakesOK: s.ok.Load(), HandshakesFailed: map[string]uint64{}, Open: s.open.Load()}
+	s.mu.Lock()
+	st.Conns = len(s.conns)
+	s.mu.Unlock()
 	s.failed.Range(func(k, v any) bool {
 		st.HandshakesFailed[k.(string)] = v.(*atomic.Uint64).Load()
 		return true

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/mlesd/mlesd/upgrade"
 )
 
 // Set by the build: go build -ldflags "-X main.version=v1.2.3 -X main.commit=abc123".
@@ -146,8 +148,9 @@ func setFromFile(fs *flag.FlagSet, name string, v any) error {
 
 // toolVariables are MLESD_* variables read by the repository's test and
 // benchmark tools, not by mlesd; mlesd started by those tools inherits them.
+// upgrade.EnvFD is set by an old mlesd for the new one it starts.
 var toolVariables = map[string]bool{"MLESD_WAN": true, "MLESD_WAN_LOG": true, "MLESD_E2E_LOGDIR": true,
-	"MLESD_BENCH_BIN": true, "MLESD_BIN": true}
+	"MLESD_BENCH_BIN": true, "MLESD_BIN": true, upgrade.EnvFD: true}
 
 // isSetting reports whether name is a setting's (long) flag name, which the
 // config file and the environment may set.

@@ -20,4 +20,7 @@ const (
 	// tlsBridgeLinger: after the engine closed its side of the TLS
 	// connections, their bridges get this long to pass on what it sent.
 	tlsBridgeLinger = 2 * time.Second
+	// drainPoll is how often a process that handed over (SIGUSR2) looks
+	// whether its last connection has closed, so that it exits promptly.
+	drainPoll = 50 * time.Millisecond
 )

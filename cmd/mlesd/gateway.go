@@ -29,8 +29,11 @@ import (
 // loopback port or accept is spent per pair. stop closes the listener and
 // every WebSocket connection (at most 5 s); stats returns the gateway's
 // counters for the metrics collector.
-func startGateway(o Options, srv *engine.Server, keys codec.KeyConfig, log *slog.Logger) (stop func(), stats func() gateway.Stats, err error) {
-	gw, err := gateway.Listen(o.WSListen, gateway.Config{
+//
+// ln, when set, is the listener inherited from an old process (upgrade);
+// the one served is returned as bound.
+func startGateway(o Options, srv *engine.Server, keys codec.KeyConfig, ln net.Listener, log *slog.Logger) (stop func(), stats func() gateway.Stats, bound net.Listener, err error) {
+	cfg := gateway.Config{
 		Adopter:              srv,
 		Keys:                 keys,
 		Demo:                 true,
@@ -42,9 +45,15 @@ func startGateway(o Options, srv *engine.Server, keys codec.KeyConfig, log *slog
 		MaxPairs:             o.WSMaxPairs,
 		MaxPairsPerClient:    o.WSMaxPairsClient,
 		Logger:               log.With(slog.String("component", "gateway")),
-	})
+	}
+	var gw *gateway.Server
+	if ln != nil {
+		gw, err = gateway.Serve(ln, cfg)
+	} else {
+		gw, err = gateway.Listen(o.WSListen, cfg)
+	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("--ws-listen %s: %w", o.WSListen, err)
+		return nil, nil, nil, fmt.Errorf("--ws-listen %s: %w", o.WSListen, err)
 	}
 	var nofile syscall.Rlimit
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &nofile) == nil && nofile.Cur < uint64(o.WSMaxSessions+2*o.WSMaxPairs) {
@@ -63,7 +72,7 @@ func startGateway(o Options, srv *engine.Server, keys codec.KeyConfig, log *slog
 		st := gw.Stats()
 		log.Info("websocket gateway stopped", slog.Uint64("messages_in", st.MessagesIn),
 			slog.Uint64("messages_out", st.MessagesOut), slog.Uint64("dropped", st.Dropped))
-	}, gw.Stats, nil
+	}, gw.Stats, gw.Listener(), nil
 }
 
 // loopbackAddr maps the engine's first bound listen address to one the

@@ -69,6 +69,15 @@ Exit codes:
      the log line says which and why, e.g. "address already in use"), or the server failed
   2  usage error: a bad flag, config file, MLESD_* variable or combination of settings
 
+Signals:
+  SIGTERM, SIGINT  drain receivers for --drain-timeout, then stop (exit 0)
+  SIGUSR2          upgrade: start the binary at the path this one was started from,
+                   with the same arguments and environment, and hand it the listening
+                   sockets; once it serves, stop accepting, serve the connections still
+                   open until they close or --drain-timeout passes, and exit 0. If it
+                   fails (exits, refuses, not serving within --upgrade-timeout), it is
+                   killed and this process serves on. --pid-file follows the new one.
+
 Shell completion: mlesd completion bash|zsh|fish (e.g. source <(mlesd completion bash)).
 `
 

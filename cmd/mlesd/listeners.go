@@ -5,6 +5,7 @@ package main
 // this machine can connect without a shared key.
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -21,20 +22,24 @@ func listenFailed(log *slog.Logger, err error) int {
 	return exitFailure
 }
 
-// startPprof serves net/http/pprof on addr; the listener is opened before it
-// returns, so a busy port fails the start like any other listener.
-func startPprof(addr string, log *slog.Logger) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("--pprof %s: %w", addr, err)
+// startPprof serves net/http/pprof on addr, or on ln when it was inherited
+// from an old process (upgrade); the listener is opened before it returns,
+// so a busy port fails the start like any other listener. Closing the
+// returned listener stops it.
+func startPprof(addr string, ln net.Listener, log *slog.Logger) (net.Listener, error) {
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("--pprof %s: %w", addr, err)
+		}
 	}
 	log.Info("pprof listening", slog.String("addr", ln.Addr().String()))
 	go func() {
-		if err := http.Serve(ln, nil); err != nil {
+		if err := http.Serve(ln, nil); err != nil && !errors.Is(err, net.ErrClosed) {
 			log.Error("pprof server failed", slog.String("error", err.Error()))
 		}
 	}()
-	return nil
+	return ln, nil
 }
 
 // isLoopback reports whether a listen address accepts only local clients.

@@ -31,6 +31,7 @@ import (
 	"github.com/mlesd/mlesd/peering"
 	"github.com/mlesd/mlesd/router"
 	"github.com/mlesd/mlesd/tlsserve"
+	"github.com/mlesd/mlesd/upgrade"
 )
 
 func main() {
@@ -63,9 +64,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	slog.SetDefault(log)
+	u := newUpgrader(o, args, stdout, stderr, log)
+	ho, err := upgrade.Inherited(version, o.UpgradeTimeout)
+	if err != nil {
+		log.Error("refusing the handover: the old process keeps serving", slog.String("error", err.Error()))
+		return exitFailure
+	}
+	defer ho.Close()
+	u.ho = ho
 	defer startProfiles(o, log)()
 	if o.PprofAddr != "" {
-		if err := startPprof(o.PprofAddr, log); err != nil {
+		if u.pprofLn, err = startPprof(o.PprofAddr, u.inherited(upgrade.RolePprof, o.PprofAddr), log); err != nil {
 			return listenFailed(log, err)
 		}
 	}
@@ -77,8 +86,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mlesd:", err)
 		return exitUsage
 	}
-	logStart(o, log)
-	return serve(o, srv, peers, log)
+	if err := u.inheritEngine(srv); err != nil {
+		log.Error("cannot serve on the handed-over listeners", slog.String("error", err.Error()))
+		return exitFailure
+	}
+	logStart(o, ho, log)
+	u.srv = srv
+	return serve(o, srv, peers, u, log)
 }
 
 // startProfiles starts --cpuprofile and --memprofile; the returned function
@@ -182,7 +196,7 @@ func engineConfig(o Options, members engine.MemberObserver, log *slog.Logger) en
 }
 
 // logStart writes the start-up line and the warnings about the settings.
-func logStart(o Options, log *slog.Logger) {
+func logStart(o Options, ho *upgrade.Handover, log *slog.Logger) {
 	keyMode := "address"
 	if o.Key != "" {
 		keyMode = "shared"
@@ -191,6 +205,9 @@ func logStart(o Options, log *slog.Logger) {
 		slog.Any("listen", o.Listen), slog.String("key_mode", keyMode)}
 	if len(o.Peers) > 0 {
 		start = append(start, slog.Any("peers", o.Peers))
+	}
+	if ho != nil {
+		start = append(start, slog.String("upgrading_from", ho.Offer.Sender), slog.Int("old_pid", ho.Offer.PID))
 	}
 	log.Info("starting mlesd", start...)
 	warnOpenWithoutKey(o, log)
@@ -210,6 +227,11 @@ type sideListeners struct {
 	tlsSrv   atomic.Pointer[tlsserve.Server]
 	gwStats  atomic.Pointer[func() gateway.Stats]
 	closers  []func()
+
+	// Handed over on an upgrade (the TLS listener is tlsSrv's).
+	metricsLn   net.Listener
+	stopMetrics func()
+	wsLn        net.Listener
 }
 
 // close stops the metrics endpoint and the gateway.
@@ -220,7 +242,7 @@ func (sl *sideListeners) close() {
 }
 
 // startMetrics serves --metrics for srv (and peers, if any).
-func (sl *sideListeners) startMetrics(o Options, srv *engine.Server, peers *peering.Manager, log *slog.Logger) error {
+func (sl *sideListeners) startMetrics(o Options, srv *engine.Server, peers *peering.Manager, inherited net.Listener, log *slog.Logger) error {
 	ready := func() bool {
 		select {
 		case <-srv.Ready():
@@ -243,17 +265,19 @@ func (sl *sideListeners) startMetrics(o Options, srv *engine.Server, peers *peer
 	if peers != nil {
 		peerStats = peers.Stats
 	}
-	stop, err := startMetrics(o.MetricsAddr, srv, ts, gw, peerStats, ready, log)
+	stop, ln, err := startMetrics(o.MetricsAddr, inherited, srv, ts, gw, peerStats, ready, log)
 	if err != nil {
 		return err
 	}
+	sl.metricsLn, sl.stopMetrics = ln, stop
 	sl.closers = append(sl.closers, stop)
 	return nil
 }
 
 // startOnEngine starts --tls-listen and --ws-listen once srv listens (if it
 // never does, Serve's error is reported by serve).
-func (sl *sideListeners) startOnEngine(o Options, srv *engine.Server, log *slog.Logger) error {
+// inherited gives the listeners an old process handed over (nil: none).
+func (sl *sideListeners) startOnEngine(o Options, srv *engine.Server, inherited func(role, addr string) net.Listener, log *slog.Logger) error {
 	if o.TLSListen == "" && o.WSListen == "" {
 		return nil
 	}
@@ -261,17 +285,18 @@ func (sl *sideListeners) startOnEngine(o Options, srv *engine.Server, log *slog.
 		return nil
 	}
 	if o.TLSListen != "" {
-		ts, err := startTLS(o, srv, log)
+		ts, err := startTLS(o, srv, inherited(upgrade.RoleTLS, o.TLSListen), log)
 		if err != nil {
 			return err
 		}
 		sl.tlsSrv.Store(ts)
 	}
 	if o.WSListen != "" {
-		stopGateway, stats, err := startGateway(o, srv, keysOf(o), log)
+		stopGateway, stats, ln, err := startGateway(o, srv, keysOf(o), inherited(upgrade.RoleWS, o.WSListen), log)
 		if err != nil {
 			return err
 		}
+		sl.wsLn = ln
 		sl.gwStats.Store(&stats)
 		sl.closers = append(sl.closers, stopGateway)
 	}
@@ -279,40 +304,67 @@ func (sl *sideListeners) startOnEngine(o Options, srv *engine.Server, log *slog.
 }
 
 // serve runs srv and its side listeners until SIGTERM or SIGINT, then
-// drains and stops; it returns the exit code.
-func serve(o Options, srv *engine.Server, peers *peering.Manager, log *slog.Logger) int {
+// drains and stops; it returns the exit code. SIGUSR2 upgrades (upgrade.go):
+// after handing over, this process serves what it still has, then exits.
+func serve(o Options, srv *engine.Server, peers *peering.Manager, u *upgrader, log *slog.Logger) int {
 	var side sideListeners
 	defer side.close()
+	u.side = &side
 	if o.MetricsAddr != "" {
-		if err := side.startMetrics(o, srv, peers, log); err != nil {
+		if err := side.startMetrics(o, srv, peers, u.inherited(upgrade.RoleMetrics, o.MetricsAddr), log); err != nil {
 			return listenFailed(log, err)
 		}
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(u.usr2)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
-	if err := side.startOnEngine(o, srv, log); err != nil {
+	if err := side.startOnEngine(o, srv, u.inherited, log); err != nil {
 		_ = srv.Stop(context.Background())
 		return listenFailed(log, err)
 	}
-	select {
-	case err := <-served:
-		// Nobody asked it to stop: whatever ended it is a failure, so the
-		// exit status says so and a supervisor restarts it.
-		if err == nil {
-			err = errors.New("the engine stopped without being asked to")
-		}
-		if len(srv.Addrs()) == 0 { // it never listened
-			return listenFailed(log, fmt.Errorf("--listen: %w", err))
-		}
-		log.Error("server failed", slog.String("error", err.Error()))
+	if err := u.serving(); err != nil {
+		_ = srv.Stop(context.Background())
+		log.Error("cannot start", slog.String("error", err.Error()))
 		return exitFailure
-	case sig := <-sigs:
-		log.Info("shutting down", slog.String("signal", sig.String()))
-		side.stopping.Store(true)
 	}
-	return shutdown(o, srv, peers, &side, served, log)
+	for {
+		select {
+		case err := <-served:
+			// Nobody asked it to stop: whatever ended it is a failure, so the
+			// exit status says so and a supervisor restarts it.
+			if err == nil {
+				err = errors.New("the engine stopped without being asked to")
+			}
+			if len(srv.Addrs()) == 0 { // it never listened
+				return listenFailed(log, fmt.Errorf("--listen: %w", err))
+			}
+			log.Error("server failed", slog.String("error", err.Error()))
+			return exitFailure
+		case sig := <-sigs:
+			log.Info("shutting down", slog.String("signal", sig.String()))
+			side.stopping.Store(true)
+			u.cancel()
+			defer upgrade.RemovePIDFile(o.PIDFile)
+			return shutdown(o, srv, peers, &side, served, log)
+		case <-u.usr2:
+			u.signalled()
+		case err := <-u.committed:
+			u.tookOver(err)
+		case r := <-u.attempts:
+			if !u.finished(r) {
+				continue
+			}
+			// Handed over: serve what is left, then exit.
+			side.stopping.Store(true)
+			if err := u.drain(sigs, u.usr2, served); err != nil {
+				log.Error("server failed", slog.String("error", err.Error()))
+				return exitFailure
+			}
+			return shutdown(o, srv, peers, &side, served, log)
+		}
+	}
 }
 
 // shutdown drains and stops srv after a signal, then the TLS bridges.

@@ -20,7 +20,8 @@ import (
 
 // startTLS serves Mles over TLS on o.TLSListen, bridging every connection to
 // srv (which must be Ready and listening).
-func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server, error) {
+// ln, when set, is the listener inherited from an old process (upgrade).
+func startTLS(o Options, srv *engine.Server, ln net.Listener, log *slog.Logger) (*tlsserve.Server, error) {
 	ts, err := tlsserve.New(tlsserve.Config{
 		CertFile: o.TLSCert, KeyFile: o.TLSKey, ClientCAFile: o.TLSClientCA,
 		HandshakeTimeout: o.TLSHandshakeTimeout,
@@ -29,7 +30,12 @@ func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server
 	if err != nil {
 		return nil, err
 	}
-	addr, err := ts.Listen(o.TLSListen)
+	var addr net.Addr
+	if ln != nil {
+		addr, err = ts.Serve(ln)
+	} else {
+		addr, err = ts.Listen(o.TLSListen)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("--tls-listen %s: %w", o.TLSListen, err)
 	}
@@ -41,12 +47,14 @@ func startTLS(o Options, srv *engine.Server, log *slog.Logger) (*tlsserve.Server
 // startMetrics serves /metrics, /healthz and /readyz on addr. The TLS
 // listener and the gateway's stats, once started, are stored in tls and gw
 // (nil: no TLS listener, no gateway: no such metrics).
-// stop closes the server.
-func startMetrics(addr string, srv *engine.Server, tls *atomic.Pointer[tlsserve.Server],
-	gw *atomic.Pointer[func() gateway.Stats], peers func() peering.Stats, ready func() bool, log *slog.Logger) (stop func(), err error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics %s: %w", addr, err)
+// ln, when set, is the listener inherited from an old process (upgrade).
+// stop closes the server and its listener.
+func startMetrics(addr string, ln net.Listener, srv *engine.Server, tls *atomic.Pointer[tlsserve.Server],
+	gw *atomic.Pointer[func() gateway.Stats], peers func() peering.Stats, ready func() bool, log *slog.Logger) (stop func(), bound net.Listener, err error) {
+	if ln == nil {
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, nil, fmt.Errorf("--metrics %s: %w", addr, err)
+		}
 	}
 	src := metrics.Sources{
 		Engine:  srv.Stats,
@@ -81,5 +89,5 @@ func startMetrics(addr string, srv *engine.Server, tls *atomic.Pointer[tlsserve.
 		}
 	}()
 	log.Info("metrics listening", slog.String("addr", ln.Addr().String()))
-	return func() { _ = hs.Close() }, nil
+	return func() { _ = hs.Close() }, ln, nil
 }

@@ -22,42 +22,45 @@ import (
 	"github.com/mlesd/mlesd/peering"
 	"github.com/mlesd/mlesd/router"
 	"github.com/mlesd/mlesd/tlsserve"
+	"github.com/mlesd/mlesd/upgrade"
 )
 
 // Options is every setting of mlesd. Flags and environment fill it; nothing
 // else reads flags.
 type Options struct {
-	Listen        []string
-	Key           string // shared key; flag --key or env MLES_KEY
-	AddrKey       string // env MLES_ADDR_KEY
-	HistoryLimit  int
-	Loops         int
-	MaxFrame      int
-	MaxPending    int
-	MaxPendFrames int
-	SendBuffer    int
-	MaxChannels   int
-	StallTimeout  time.Duration
-	JoinTimeout   time.Duration
-	IdleTimeout   time.Duration
-	DrainTimeout  time.Duration
-	MaxConns      int
-	MaxConnsIP    int
-	LimitLoopback bool
-	MaxUIDLen     int
-	MaxChanLen    int
-	MaxPartial    int
-	MaxResync     int
-	FrameTimeout  time.Duration
-	FrameMinRate  int
-	FrameWindow   time.Duration
-	HistoryBytes  int
-	MaxHistBytes  int64
-	LogLevel      string
-	LogFormat     string
-	CPUProfile    string
-	MemProfile    string
-	PprofAddr     string
+	Listen         []string
+	Key            string // shared key; flag --key or env MLES_KEY
+	AddrKey        string // env MLES_ADDR_KEY
+	HistoryLimit   int
+	Loops          int
+	MaxFrame       int
+	MaxPending     int
+	MaxPendFrames  int
+	SendBuffer     int
+	MaxChannels    int
+	StallTimeout   time.Duration
+	JoinTimeout    time.Duration
+	IdleTimeout    time.Duration
+	DrainTimeout   time.Duration
+	MaxConns       int
+	MaxConnsIP     int
+	LimitLoopback  bool
+	MaxUIDLen      int
+	MaxChanLen     int
+	MaxPartial     int
+	MaxResync      int
+	FrameTimeout   time.Duration
+	FrameMinRate   int
+	FrameWindow    time.Duration
+	HistoryBytes   int
+	MaxHistBytes   int64
+	LogLevel       string
+	LogFormat      string
+	CPUProfile     string
+	MemProfile     string
+	PprofAddr      string
+	PIDFile        string        // --pid-file: this process's PID, rewritten by a new process after an upgrade
+	UpgradeTimeout time.Duration // --upgrade-timeout: a new binary not serving by then is killed
 
 	TLSListen           string // --tls-listen: TLS next to the plain listeners
 	TLSCert, TLSKey     string
@@ -239,7 +242,9 @@ func defineFlags(o *Options, listen, peers *listFlag) *flag.FlagSet {
 	fs.DurationVar(&o.StallTimeout, "stall-timeout", engine.DefaultStallTimeout, "close a receiver that has been dropping frames and silent this long; 0 = never")
 	fs.DurationVar(&o.JoinTimeout, "join-timeout", engine.DefaultJoinTimeout, "close a connection that has not joined by then and is silent (one whose join frame is still\narriving is left to --frame-timeout and --frame-min-rate); 0 = never")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close a joined connection that has sent nothing this long; 0 = never (receivers may be silent)")
-	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing; 0 = close at once")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing; 0 = close at once.\nAfter an upgrade (SIGUSR2), how long the old process keeps serving the connections it still has")
+	fs.StringVar(&o.PIDFile, "pid-file", "", "write the PID to `file` once serving (atomically); a new process rewrites it after an upgrade")
+	fs.DurationVar(&o.UpgradeTimeout, "upgrade-timeout", upgrade.DefaultTimeout, "on SIGUSR2 (upgrade), how long the new binary has to serve on the handed-over listeners;\npast it, or if it exits or refuses, it is killed and this process keeps serving")
 	fs.StringVar(&o.LogLevel, "log-level", defaultLogLevel, "log `level`: debug, info, warn, error")
 	fs.StringVar(&o.LogFormat, "log-format", defaultLogFormat, "log `format`: text or json")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `file` until exit")
@@ -318,6 +323,8 @@ func validate(o Options) error {
 		return errors.New("timeouts must be 0 or more")
 	case o.MaxConns < 0 || o.MaxConnsIP < 0 || o.MaxChannels < 0 || o.HistoryBytes < 0 || o.MaxHistBytes < 0 || o.SendBuffer < 0:
 		return errors.New("limits must be 0 (none) or more")
+	case o.UpgradeTimeout <= 0:
+		return errors.New("--upgrade-timeout must be positive")
 	case o.TLSHandshakeTimeout == 0:
 		// Everywhere else on the command line 0 means off; a handshake
 		// without a deadline would let idle sockets hold handshake slots.

@@ -1,0 +1,108 @@
+package upgrade
+
+import (
+	"bytes"
+	"testing"
+)
+
+// Each decoder takes any bytes without panicking, and what it accepts
+// encodes back to a message it accepts and that encodes the same (an empty
+// and an absent list are one value on the wire).
+
+func seedMessages(f *testing.F, vs ...any) {
+	for _, v := range vs {
+		b, err := encMode.Marshal(v)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{})
+	f.Add([]byte{0xa2, 0x00, 0x02, 0x01, 0x18, 0x63}) // {0: 2, 1: 99}
+}
+
+func roundTrip[T any](t *testing.T, v T, decode func([]byte) (T, error)) {
+	b, err := encMode.Marshal(v)
+	if err != nil {
+		t.Fatalf("re-encoding %+v: %v", v, err)
+	}
+	again, err := decode(b)
+	if err != nil {
+		t.Fatalf("re-decoding %+v: %v", v, err)
+	}
+	b2, err := encMode.Marshal(again)
+	if err != nil || !bytes.Equal(b, b2) {
+		t.Fatalf("round trip changed %+v into %+v", v, again)
+	}
+}
+
+func FuzzDecodeOffer(f *testing.F) {
+	seedMessages(f, Offer{Kind: kindOffer, Format: FormatVersion, Sender: "v1", PID: 1,
+		Files: []FileID{{RoleMles, "[::]:8077"}, {RolePprof, "127.0.0.1:6060"}}})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if o, err := DecodeOffer(b); err == nil {
+			roundTrip(t, o, DecodeOffer)
+		}
+	})
+}
+
+func FuzzDecodeReply(f *testing.F) {
+	seedMessages(f, Reply{Kind: kindReply, Format: FormatVersion, Version: "v2", PID: 2, Ready: true},
+		Reply{Kind: kindReply, Format: FormatVersion, Error: "no"})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if r, err := DecodeReply(b); err == nil {
+			roundTrip(t, r, DecodeReply)
+		}
+	})
+}
+
+func FuzzDecodeCommit(f *testing.F) {
+	seedMessages(f, Commit{Kind: kindCommit, Format: FormatVersion})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if c, err := DecodeCommit(b); err == nil {
+			roundTrip(t, c, DecodeCommit)
+		}
+	})
+}
+
+func FuzzDecodeConnState(f *testing.F) {
+	frame := append(make([]byte, 16), "x"...)
+	seedMessages(f, ConnState{Kind: kindConn, Format: StateFormat, ID: 1, Phase: PhaseJoined, UID: "u", Channel: "c",
+		CID: 9, Partial: frame[:3], Owed: frame, OwedWhole: 2, Uplink: &UplinkState{Peer: "p"}},
+		ConnState{Kind: kindConn, Format: StateFormat, ID: 2, Partial: frame[:5]})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if c, err := DecodeConnState(b); err == nil {
+			roundTrip(t, c, DecodeConnState)
+		}
+	})
+}
+
+func FuzzDecodeChannelState(f *testing.F) {
+	frame := append(make([]byte, 16), "x"...)
+	seedMessages(f, ChannelState{Kind: kindChannel, Format: StateFormat, Name: "c", History: [][]byte{frame},
+		Members: []uint64{1}, CIDs: []uint32{9}, FirstJoin: frame})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if c, err := DecodeChannelState(b); err == nil {
+			roundTrip(t, c, DecodeChannelState)
+		}
+	})
+}
+
+func FuzzDecodeChunk(f *testing.F) {
+	seedMessages(f, Chunk{Kind: kindChunk, Format: StateFormat, Conn: 1, Owed: []byte("abc")},
+		Chunk{Kind: kindChunk, Format: StateFormat, Chan: "c", Seq: 1, Frames: [][]byte{[]byte("f")}})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if c, err := DecodeChunk(b); err == nil {
+			roundTrip(t, c, DecodeChunk)
+		}
+	})
+}
+
+func FuzzDecodeTotals(f *testing.F) {
+	seedMessages(f, Totals{Kind: kindTotals, Format: StateFormat, Counters: map[string]uint64{"a": 1}})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if c, err := DecodeTotals(b); err == nil {
+			roundTrip(t, c, DecodeTotals)
+		}
+	})
+}
