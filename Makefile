@@ -15,7 +15,7 @@ CONF_DIR ?= /etc/mlesd
 # Every fuzz target as package:Target (the stream parser is the engine's).
 FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDecodeResync \
                 ./engine:FuzzStreamParser ./gateway:FuzzWebSocketMessage \
-                ./gateway:FuzzDecodePairMatchesDecodeTriplet ./client:FuzzScanTriplet \
+                ./gateway:FuzzDecodePairMatchesDecodeTriplet ./client:FuzzScanTriplet ./client:FuzzFrameReader \
                 ./upgrade:FuzzDecodeOffer ./upgrade:FuzzDecodeReply ./upgrade:FuzzDecodeCommit \
                 ./upgrade:FuzzDecodeConnState ./upgrade:FuzzDecodeChannelState ./upgrade:FuzzDecodeChunk \
                 ./upgrade:FuzzDecodeTotals
