@@ -104,13 +104,6 @@ const (
 	// when a client sends a long burst.
 	maxBatchFrames = 256
 	maxBatchBytes  = 1 << 20
-	// flushCoalesceMin and flushCoalesceCost: a loop with at least this many
-	// receivers to write whose last flush took at least this long delays its
-	// next flush by as long (at most maxFlushDelay), see loop.flushSoon.
-	// Channels of a hundred (fanout, bigfan, latency) never reach it.
-	flushCoalesceMin  = 256
-	flushCoalesceCost = time.Millisecond
-	maxFlushDelay     = 10 * time.Millisecond
 	// copyFrameMax: frames up to this length travel to another loop as a
 	// copy in the batch rather than by reference (loop.go, item).
 	copyFrameMax = 1024

@@ -38,10 +38,6 @@ type loop struct {
 	// flushArmed: a flush task is queued (flushSoon): everything read in
 	// this round of events is written with one writev per receiver.
 	flushArmed bool
-	// lastFlushCost is how long the last flush took; flushTimer delays the
-	// next one when that was long (flushSoon).
-	lastFlushCost time.Duration
-	flushTimer    *time.Timer
 
 	// any goroutine
 	inbox         atomic.Pointer[batch] // LIFO of batches from other loops
@@ -247,8 +243,6 @@ func (l *loop) leaveSet(c *conn) {
 // that loop already has a drain queued) and writes to every dirty receiver.
 // Loop-owned.
 func (l *loop) flush() {
-	began := time.Now()
-	defer func() { l.lastFlushCost = time.Since(began) }()
 	for i, b := range l.outbox {
 		if b == nil {
 			continue
@@ -277,30 +271,11 @@ func (l *loop) flush() {
 // receiver gets one writev (and each other loop one batch) for all the
 // frames of the round, not one per sender. A join storm or a fan-in of a
 // thousand publishers costs one write per receiver per round. Loop-owned.
-//
-// A flush to many receivers can cost more than a round of reads (a join
-// storm on a channel of thousands: one writev per member per join frame,
-// 80 % of the server's CPU in the profile): then the next flush waits as
-// long as the last one took (up to maxFlushDelay), so that it carries the
-// frames of every round in between, and the writes per frame fall as the
-// channel grows instead of staying one per member. A receiver whose backlog
-// fills meanwhile is written at once (deliver), so nothing is lost to it.
 func (l *loop) flushSoon() {
 	if l.flushArmed || (len(l.dirty) == 0 && !l.outboxFull() && !l.writable.armed.Load()) {
 		return
 	}
 	l.flushArmed = true
-	if len(l.dirty) >= flushCoalesceMin && l.lastFlushCost >= flushCoalesceCost {
-		if l.flushTimer == nil {
-			l.flushTimer = time.AfterFunc(time.Hour, func() {
-				if err := l.el.Execute(context.Background(), l.flushRunnable); err != nil {
-					return // the engine is stopping
-				}
-			})
-		}
-		l.flushTimer.Reset(min(l.lastFlushCost, maxFlushDelay))
-		return
-	}
 	if err := l.el.Execute(context.Background(), l.flushRunnable); err != nil {
 		l.flushArmed = false // the engine is stopping: write now
 		l.flush()
@@ -402,7 +377,7 @@ func (l *loop) drainInbox(context.Context) error {
 		recycle(b)
 		b = next
 	}
-	l.flushSoon()
+	l.flush()
 	return nil
 }
 
@@ -412,7 +387,7 @@ func (l *loop) drainInbox(context.Context) error {
 // as references, never copied (gnet's own write would copy the rest into a
 // per-connection buffer); c then becomes a lagger, if it was not one, and
 // waits in the loop's writable set until its socket has room. A lagger that
-// catches up is listed again. At most maxWriteRounds writes per call, so one
+// catches up is listed again. At most maxWriteRounds writes and maxWriteBytes per call, so one
 // fast receiver far behind does not hold the loop: the rest is written on
 // its next writable event. A write error (the receiver reset or went away)
 // closes c. Loop-owned; no allocation.
@@ -420,6 +395,7 @@ func (l *loop) write(c *conn) {
 	if c.state != joined || c.wArmed {
 		return
 	}
+	sent := c.sent
 	for round := 0; ; round++ {
 		if c.lagging && c.q.len() < iovMax/2 {
 			l.refill(c)
@@ -441,7 +417,7 @@ func (l *loop) write(c *conn) {
 			}
 			break // the socket is full
 		}
-		if round+1 >= maxWriteRounds {
+		if round+1 >= maxWriteRounds || c.sent-sent >= maxWriteBytes {
 			break
 		}
 	}
