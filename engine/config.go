@@ -33,17 +33,17 @@ const (
 	// (BENCHMARKS.md, bigfan) and is 60 ms of a 32 Mbit/s link.
 	DefaultSendBuffer = 256 << 10
 	// DefaultMaxPendingFrames bounds the frames waiting per receiver, next to
-	// the byte bound: the backlog holds one 8-byte reference per frame, so a
-	// stalled receiver costs at most 512 KiB of references besides the shared
-	// frames. It must stay well above what a healthy fan-in collector has in
+	// the byte bound, for a receiver's own backlog (8-byte references) and a
+	// channel's log on one loop (24-byte entries: 1.5 MiB at the bound,
+	// shared by all its laggers). It must stay well above what a healthy fan-in collector has in
 	// flight (1,000 publishers × 16 frames measured lossless only above
 	// 16,000), so it follows NATS's pending-message default.
 	DefaultMaxPendingFrames = 65536
 	// DefaultStallTimeout: a receiver that is dropping frames and has sent
 	// nothing for this long is closed. Send-only clients keep sending, so they
 	// are not closed by it; it is long so that devices reporting every few
-	// minutes are not either. A stalled receiver costs at most MaxPending of
-	// shared frames plus maxHandover copied bytes meanwhile.
+	// minutes are not either. A stalled receiver costs its share of its
+	// channel's log (at most MaxPending of shared frames) meanwhile.
 	DefaultStallTimeout = 10 * time.Minute
 	// DefaultJoinTimeout: a connection that has not sent a whole join frame by
 	// then is closed (stops idle sockets from holding a connection slot).
