@@ -1,3 +1,13 @@
+// The engine's tests speak Mles through the project's client
+// (github.com/mlesd/mlesd/client, imported as mlesclient: this package's
+// test client is the type client): join connects and joins with a
+// mlesclient.Conn, send sends through it, and readFrame reads whole frames
+// with mlesclient.FrameReader. Each client keeps its raw connection (nc)
+// and reader (r) because the tests also write what no client would (bursts
+// of frames in one write, half frames, garbage, forged headers) and compare
+// the frames they get byte for byte; a client built around a connection of
+// the test's own (a literal) sends raw frames keyed with key.
+
 package engine
 
 import (
@@ -5,7 +15,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -13,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	mlesclient "github.com/mlesd/mlesd/client"
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/internal/mlestest"
 	"github.com/mlesd/mlesd/router"
@@ -75,14 +85,20 @@ func startServer(t testing.TB, cfg Config, rcfg router.Config) *testServer {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// client is a plain Mles client over a real TCP socket.
+// client is a Mles client over a real socket, whose raw connection the test
+// can also use (nc for writes, r for reads between frames).
 type client struct {
 	t       testing.TB
 	nc      net.Conn
-	r       *bufio.Reader
+	r       *bufio.Reader // what readFrame reads through; made from nc when nil
 	uid     string
 	channel string
 	key     uint64
+	// conn is the client that joined and sends, for clients made by join.
+	// Nil for a client built around a connection of the test's own: then
+	// send writes frames keyed with key, the first of them being the join.
+	conn *mlesclient.Conn
+	fr   *mlesclient.FrameReader // reads whole frames through r
 }
 
 func localAddrPort(nc net.Conn) netip.AddrPort {
@@ -144,14 +160,29 @@ func sum(m map[string]uint64) (n uint64) {
 	return n
 }
 
-// join connects and sends a join frame with message msg (empty = plain join).
+// join connects and joins with a mlesclient.Conn under keys, its join frame
+// carrying msg (empty = plain join). The Conn flushes each send at once
+// (ManualFlush, then Flush), so that a test's raw writes on nc never overtake
+// its frames; the test's cleanup closes it.
 func join(t testing.TB, addr string, keys codec.KeyConfig, uid, channel string, msg []byte) *client {
 	t.Helper()
-	nc := dialRaw(t, addr)
-	c := &client{t: t, nc: nc, r: bufio.NewReaderSize(nc, 64<<10), uid: uid, channel: channel}
-	c.key = keys.ClientKey(localAddrPort(nc), uid, channel)
-	c.send(msg)
-	return c
+	var nc net.Conn
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		nc = c
+		return c, err
+	}
+	opts := []mlesclient.Option{mlesclient.Keys(keys), mlesclient.Dialer(dial),
+		mlesclient.DialTimeout(5 * time.Second), mlesclient.ManualFlush()}
+	if len(msg) > 0 {
+		opts = append(opts, mlesclient.JoinMessage(msg))
+	}
+	conn, err := mlesclient.ConnectContext(context.Background(), addr, uid, channel, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.CloseNow() })
+	return &client{t: t, nc: nc, r: newReader(nc), uid: uid, channel: channel, key: conn.Key(), conn: conn}
 }
 
 // frame builds one frame from this client with msg, under its join key.
@@ -163,11 +194,23 @@ func (c *client) frame(msg []byte) []byte {
 	return f
 }
 
-// send writes one frame with msg and returns its bytes.
+// send sends one frame with msg, within 10 s, and returns its bytes: through
+// conn for a client made by join, else as a raw write.
 func (c *client) send(msg []byte) []byte {
 	c.t.Helper()
 	f := c.frame(msg)
-	c.write(f)
+	if c.conn == nil {
+		c.write(f)
+		return f
+	}
+	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	err := c.conn.Send(msg)
+	if err == nil {
+		err = c.conn.Flush()
+	}
+	if err != nil {
+		c.t.Fatalf("send: %v", err)
+	}
 	return f
 }
 
@@ -179,22 +222,24 @@ func (c *client) write(b []byte) {
 	}
 }
 
-// readFrame reads one whole frame or returns the error.
+// readFrame reads one whole frame, waiting at most timeout, and returns a
+// copy of it (the caller's to keep), or the error. A frame half read when
+// the time runs out is finished by the next readFrame. After it r stands
+// right after the frame, for a test that reads on raw.
 func (c *client) readFrame(timeout time.Duration) ([]byte, error) {
-	_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
-	hdr := make([]byte, codec.HeaderLen)
-	if _, err := io.ReadFull(c.r, hdr); err != nil {
-		return nil, err
+	if c.r == nil {
+		c.r = newReader(c.nc)
 	}
-	h, err := codec.ParseHeader(hdr)
+	if c.fr == nil {
+		c.fr = mlesclient.NewFrameReader(c.r, c.r.Size()) // reads through r itself
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
+	_, f, err := c.fr.ReadFrame()
 	if err != nil {
 		return nil, err
 	}
-	f := make([]byte, codec.HeaderLen+h.Len)
-	copy(f, hdr)
-	if _, err := io.ReadFull(c.r, f[codec.HeaderLen:]); err != nil {
-		return nil, err
-	}
+	f = bytes.Clone(f)
+	c.fr.Release()
 	return f, nil
 }
 
