@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bufio"
 	"net"
 	"net/netip"
 	"os"
@@ -45,9 +44,7 @@ func TestAdoptedConnectionUsesTheGivenClientAddress(t *testing.T) {
 	if err := ts.srv.Adopt(serverEnd, netip.AddrPort{}, remote); err != nil {
 		t.Fatal(err)
 	}
-	c := &client{t: t, nc: clientEnd, r: bufio.NewReader(clientEnd), uid: "adopted", channel: "ch",
-		key: keys.ClientKey(remote, "adopted", "ch")}
-	c.send(nil)
+	c := joinOver(t, clientEnd, keys, "adopted", "ch", remote)
 	ts.waitJoins(t, 2)
 	tcp.expect(c.frame(nil))
 	c.expect(tcp.send([]byte("to the adopted one")))

@@ -1,11 +1,11 @@
 package engine
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -54,11 +54,7 @@ func mlesdBinary(t testing.TB) string {
 // the kernel under TCP memory pressure, which real networks do not.
 func joinSmallAt(t testing.TB, addr, uid, channel string, rcvbuf int) *client {
 	t.Helper()
-	nc := dialSmall(t, addr, rcvbuf, 1400)
-	c := &client{t: t, nc: nc, r: bufio.NewReaderSize(nc, 64<<10), uid: uid, channel: channel}
-	c.key = sharedKeys.ClientKey(localAddrPort(nc), uid, channel)
-	c.send(nil)
-	return c
+	return joinOver(t, dialSmall(t, addr, rcvbuf, 1400), sharedKeys, uid, channel, netip.AddrPort{})
 }
 
 // metric reads one unlabelled sample from a Prometheus text endpoint.

@@ -172,8 +172,30 @@ func join(t testing.TB, addr string, keys codec.KeyConfig, uid, channel string, 
 		nc = c
 		return c, err
 	}
-	opts := []mlesclient.Option{mlesclient.Keys(keys), mlesclient.Dialer(dial),
-		mlesclient.DialTimeout(5 * time.Second), mlesclient.ManualFlush()}
+	return connect(t, addr, keys, uid, channel, msg, dial, &nc)
+}
+
+// joinOver joins over nc, already open (a socket dialled with special
+// options, or one end of a socketpair), as join does; keyAddr, when valid,
+// is the address the server sees for an address key (an adopted
+// connection's remote), else nc's own.
+func joinOver(t testing.TB, nc net.Conn, keys codec.KeyConfig, uid, channel string, keyAddr netip.AddrPort) *client {
+	t.Helper()
+	dial := func(context.Context, string, string) (net.Conn, error) { return nc, nil }
+	var opts []mlesclient.Option
+	if keyAddr.IsValid() {
+		opts = append(opts, mlesclient.KeyAddr(keyAddr))
+	}
+	return connect(t, "over-an-open-connection:0", keys, uid, channel, nil, dial, &nc, opts...)
+}
+
+// connect joins through mlesclient with dial; *nc is the connection dial
+// made (or was given).
+func connect(t testing.TB, addr string, keys codec.KeyConfig, uid, channel string, msg []byte,
+	dial func(context.Context, string, string) (net.Conn, error), nc *net.Conn, extra ...mlesclient.Option) *client {
+	t.Helper()
+	opts := append([]mlesclient.Option{mlesclient.Keys(keys), mlesclient.Dialer(dial),
+		mlesclient.DialTimeout(5 * time.Second), mlesclient.ManualFlush()}, extra...)
 	if len(msg) > 0 {
 		opts = append(opts, mlesclient.JoinMessage(msg))
 	}
@@ -182,7 +204,7 @@ func join(t testing.TB, addr string, keys codec.KeyConfig, uid, channel string, 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.CloseNow() })
-	return &client{t: t, nc: nc, r: newReader(nc), uid: uid, channel: channel, key: conn.Key(), conn: conn}
+	return &client{t: t, nc: *nc, r: newReader(*nc), uid: uid, channel: channel, key: conn.Key(), conn: conn}
 }
 
 // frame builds one frame from this client with msg, under its join key.

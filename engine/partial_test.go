@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -286,9 +287,7 @@ func TestJoinSentWhileTheLoopIsBusyIsJoined(t *testing.T) {
 	// The loop is saturated for a second, three join timeouts; the sweeps
 	// queued meanwhile run right after it, before the loop reads again.
 	ts.block(t, 0, time.Second)
-	c := &client{t: t, nc: nc, r: newReader(nc), uid: "patient", channel: "ch"}
-	c.key = sharedKeys.ClientKey(localAddrPort(nc), c.uid, c.channel)
-	c.send(nil) // sent in time; the server reads it only after the busy second
+	c := joinOver(t, nc, sharedKeys, "patient", "ch", netip.AddrPort{}) // sent in time; the server reads it only after the busy second
 	ts.waitJoins(t, 1)
 	if strings.Contains(ts.log.String(), "reason=join-timeout") {
 		t.Fatal("a join sent in time was closed by the join timeout")

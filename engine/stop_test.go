@@ -3,6 +3,7 @@ package engine
 import (
 	"bufio"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -24,10 +25,7 @@ func TestHelperReaderProcess(t *testing.T) {
 		t.Skip("helper process only")
 	}
 	n, _ := strconv.Atoi(os.Getenv("MLESD_TEST_READER_N"))
-	nc := dialSmall(t, addr, 16<<10, 0)
-	c := &client{t: t, nc: nc, r: bufio.NewReaderSize(nc, 64<<10), uid: "child", channel: "ch"}
-	c.key = sharedKeys.ClientKey(localAddrPort(nc), c.uid, c.channel)
-	c.send(nil)
+	c := joinOver(t, dialSmall(t, addr, 16<<10, 0), sharedKeys, "child", "ch", netip.AddrPort{})
 	fmt.Println("joined")
 	if err := readPublisher(c, "pub", n); err != nil {
 		fmt.Println("error:", err)

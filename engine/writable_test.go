@@ -1,9 +1,9 @@
 package engine
 
 import (
-	"bufio"
 	"context"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -47,10 +47,7 @@ func dialSmall(t testing.TB, addr string, rcvbuf, mss int) net.Conn {
 func (ts *testServer) joinSmall(t testing.TB, uid, channel string, rcvbuf, mss int) *client {
 	t.Helper()
 	before := ts.srv.Stats().Joins
-	nc := dialSmall(t, ts.addr, rcvbuf, mss)
-	c := &client{t: t, nc: nc, r: bufio.NewReaderSize(nc, 64<<10), uid: uid, channel: channel}
-	c.key = sharedKeys.ClientKey(localAddrPort(nc), uid, channel)
-	c.send(nil)
+	c := joinOver(t, dialSmall(t, ts.addr, rcvbuf, mss), sharedKeys, uid, channel, netip.AddrPort{})
 	ts.waitJoins(t, before+1)
 	return c
 }
