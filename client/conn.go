@@ -777,21 +777,7 @@ func (c *Conn) Drain(ctx context.Context) error {
 	}
 	defer c.readBusy.Store(false)
 	defer c.Close()
-	c.mu.Lock()
-	if err := c.writableLocked(); err != nil {
-		c.mu.Unlock()
-		return err
-	}
-	c.drain = true
-	var err error
-	if c.bw != nil {
-		err = c.bw.Flush()
-	}
-	tr, gen := c.tr, c.gen
-	if err == nil {
-		err = tr.closeWrite()
-	}
-	c.mu.Unlock()
+	tr, gen, err := c.shutWrite()
 	if err != nil {
 		return err
 	}
@@ -825,14 +811,13 @@ func (c *Conn) Drain(ctx context.Context) error {
 	}
 }
 
-// drainBeside is Drain while another goroutine receives: it shuts down the
-// sending side and waits until that receiver has seen the server close.
-func (c *Conn) drainBeside(ctx context.Context) error {
-	defer c.Close()
+// shutWrite marks c draining, flushes what it has buffered and shuts down
+// its sending side; it returns the transport and its generation.
+func (c *Conn) shutWrite() (*transport, uint64, error) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if err := c.writableLocked(); err != nil {
-		c.mu.Unlock()
-		return err
+		return nil, 0, err
 	}
 	c.drain = true
 	var err error
@@ -842,8 +827,14 @@ func (c *Conn) drainBeside(ctx context.Context) error {
 	if err == nil {
 		err = c.tr.closeWrite()
 	}
-	c.mu.Unlock()
-	if err != nil {
+	return c.tr, c.gen, err
+}
+
+// drainBeside is Drain while another goroutine receives: it shuts down the
+// sending side and waits until that receiver has seen the server close.
+func (c *Conn) drainBeside(ctx context.Context) error {
+	defer c.Close()
+	if _, _, err := c.shutWrite(); err != nil {
 		return err
 	}
 	select {
