@@ -95,14 +95,14 @@ func metricLines(addr, substr string) string {
 
 // Fan-in at fleet scale, against the real binary: a thousand devices that
 // publish and never read (each member receives the others' frames until its
-// backlog is full, then is parked) and one collector that reads: the
+// socket is full, then reads its channel's log as a lagger) and one collector that reads: the
 // collector gets every frame of every device, in each device's order.
 func TestThousandSendOnlyPublishersAndOneCollectorLoseNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens 1,000 sockets and runs mlesd")
 	}
 	// 4,000 frames/s offered for 2.5 s: each device gets about 2.5 MB,
-	// its backlog fills (1 MiB past what the kernel takes) and it parks.
+	// its socket fills, it lags, and the log (1 MiB) drops what it cannot hold.
 	const devs, frames, size, interval = 1000, 10, 200, 250 * time.Millisecond
 	metricsAddr := "127.0.0.1:" + strconv.Itoa(mlestest.FreePort(t))
 	p := mlestest.Start(t, mlesdBinary(t), nil, "--key", sharedKeys.SharedKey, "--history-limit", "0",
