@@ -67,6 +67,9 @@ func (l *loop) logFrame(set *router.LoopSet, f *router.Frame, sender *conn) uint
 		from = sender
 	}
 	at := log.Push(f, from)
+	if !l.foldDue.Load() {
+		l.foldDue.Store(true)
+	}
 	cfg := &l.srv.cfg
 	for log.Len() > 1 && (log.Size() > cfg.MaxPending || log.Len() > cfg.MaxPendingFrames) {
 		if c, ok := log.Oldest().From.(*conn); ok && c.lagging && c.cursor <= log.Base() {
@@ -142,6 +145,7 @@ func (l *loop) foldLagger(c *conn) {
 	l.stats.dropped.Add(missed)
 	if c.stallSince == 0 {
 		c.stallSince = l.srv.now()
+		l.sweepDue() // the stall timeout now applies to c
 		l.srv.rlog.Log(levelWarn, "receiver-stalled", "receiver is not keeping up; dropping frames for it alone",
 			connAttrs(c)...)
 	}
@@ -152,6 +156,9 @@ func (l *loop) foldLagger(c *conn) {
 // history replay held. Loop-owned.
 func (l *loop) refill(c *conn) {
 	l.foldLagger(c)
+	if !l.foldDue.Load() {
+		l.foldDue.Store(true) // c moves on: the next fold may trim its set's log
+	}
 	log := &c.set.Log
 	head := log.Head()
 	self := router.Subscriber(c)

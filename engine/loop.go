@@ -52,6 +52,16 @@ type loop struct {
 	flushRunnable gnet.Runnable
 	stats         loopStats
 
+	// sweepIdle: the last sweep found nothing a later one could close (no
+	// connection awaiting its join, none with a frame arriving, none
+	// dropping under a stall timeout, no idle timeout), and nothing has
+	// changed that since; foldDue: frames were logged or lost for laggers
+	// since the last fold. The ticker skips the task when there is nothing
+	// to do: an idle loop is not woken at all. Written on the loop, read by
+	// the ticker.
+	sweepIdle atomic.Bool
+	foldDue   atomic.Bool
+
 	// writable holds the receivers with a backlog, each woken once when
 	// its socket has room (writable.go); its run task is writableRunnable.
 	writable         writableSet
@@ -220,6 +230,9 @@ func (l *loop) walk(f *router.Frame, set *router.LoopSet, sender *conn) {
 func (l *loop) countLost(set *router.LoopSet) {
 	n := set.Lost.Swap(0)
 	set.Log.Lost += n
+	if set.Log.Lagging > 0 {
+		l.foldDue.Store(true)
+	}
 	for _, s := range set.Members {
 		s.(*conn).dropped += n
 	}
@@ -512,6 +525,14 @@ func writev(fd int, iov []unix.Iovec) (int, error) {
 	return int(n), nil
 }
 
+// sweepDue tells the ticker that a sweep has something to check again.
+// Loop-owned.
+func (l *loop) sweepDue() {
+	if l.sweepIdle.Load() {
+		l.sweepIdle.Store(false)
+	}
+}
+
 // sweep runs on this loop, queued by the ticker: closes connections whose
 // frame is too slow or too late, connections past the join or idle timeout,
 // and receivers that are stalled and silent.
@@ -524,9 +545,13 @@ func (l *loop) sweep(context.Context) error {
 	now := l.srv.now()
 	cfg := &l.srv.cfg
 	frameRulesOn := cfg.FrameTimeout > 0 || cfg.FrameMinRate > 0
+	busy := cfg.IdleTimeout > 0 && len(l.conns) > 0 // something a later sweep may close
 	for c := range l.conns {
 		if c.state >= closing {
 			continue
+		}
+		if c.state == awaitingJoin || c.frameStart != 0 || (c.stallSince != 0 && cfg.StallTimeout > 0) {
+			busy = true
 		}
 		if c.frameStart != 0 {
 			if reason := l.srv.frameVerdict(c, now); reason != "" {
@@ -547,5 +572,6 @@ func (l *loop) sweep(context.Context) error {
 			l.srv.closeConn(c, "stalled-and-silent")
 		}
 	}
+	l.sweepIdle.Store(!busy)
 	return nil
 }

@@ -63,6 +63,7 @@ func (s *Server) accountPartial(c *conn, gc gnet.Conn, newFrame bool) gnet.Actio
 	case c.frameStart == 0 || newFrame:
 		now := s.now()
 		c.frameStart, c.rateMark, c.rateHeld = max(now, 1), now, 0
+		c.loop.sweepDue()
 	}
 	c.held = held
 	res := c.rd.resident(gc)

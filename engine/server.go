@@ -338,6 +338,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	gc.SetContext(c)
 	l.conns[c] = struct{}{}
+	l.sweepDue() // the join timeout applies to it
 	s.accepted.Add(1)
 	if a == nil && gc.LocalAddr() != nil && gc.LocalAddr().Network() == "unix" {
 		// gnet's own listener, unreachable by design (accept.go): refuse.
@@ -741,8 +742,18 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 		s.serving()
 	}
 	for i := range s.loops {
-		if l := s.loops[i].Load(); l != nil {
+		l := s.loops[i].Load()
+		if l == nil {
+			continue
+		}
+		// An idle loop is not woken: each wake-up re-enters epoll_wait,
+		// and the Go runtime's sysmon then polls for a while to take the
+		// loop's P back (242 wake-ups a second measured with 1,000 idle
+		// members when every tick woke both loops).
+		if !l.sweepIdle.Load() {
 			_ = l.el.Execute(context.Background(), l.sweepRunnable)
+		}
+		if l.foldDue.Swap(false) {
 			_ = l.el.Execute(context.Background(), l.foldRunnable)
 		}
 	}
