@@ -96,17 +96,7 @@ var ErrNotTriplet = codec.ErrNotTriplet
 // server closed the connection and the Conn does not (or no longer)
 // reconnect; an error wrapping ErrNotTriplet together with a Msg for a
 // frame that is not a triplet, after which receiving may go on.
-func (c *Conn) Next(ctx context.Context) (*Msg, error) {
-	if !c.readBusy.CompareAndSwap(false, true) {
-		return nil, ErrConcurrentRead
-	}
-	defer c.readBusy.Store(false)
-	if ctx.Done() != nil {
-		stop := context.AfterFunc(ctx, c.interruptRead)
-		defer stop()
-	}
-	return c.next(ctx, true)
-}
+func (c *Conn) Next(ctx context.Context) (*Msg, error) { return c.receive(ctx, true) }
 
 // NextFrame is Next without looking at the triplet: the Msg has CID, Key
 // and Frame, and its UID, Channel and Message are nil (unless the Conn
@@ -114,7 +104,11 @@ func (c *Conn) Next(ctx context.Context) (*Msg, error) {
 // load generators that pass frames on or read their bytes (the bench
 // harness's trailer, the gateway's payloads): it saves the per-frame
 // scan. A frame that is not a triplet is no error here. Otherwise as Next.
-func (c *Conn) NextFrame(ctx context.Context) (*Msg, error) {
+func (c *Conn) NextFrame(ctx context.Context) (*Msg, error) { return c.receive(ctx, false) }
+
+// receive is Next (decode) or NextFrame: one receiver at a time, and a
+// context that ends interrupts the read without closing the connection.
+func (c *Conn) receive(ctx context.Context, decode bool) (*Msg, error) {
 	if !c.readBusy.CompareAndSwap(false, true) {
 		return nil, ErrConcurrentRead
 	}
@@ -123,7 +117,7 @@ func (c *Conn) NextFrame(ctx context.Context) (*Msg, error) {
 		stop := context.AfterFunc(ctx, c.interruptRead)
 		defer stop()
 	}
-	return c.next(ctx, false)
+	return c.next(ctx, decode)
 }
 
 // Msgs returns the received frames as a sequence, for a range loop:
