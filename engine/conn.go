@@ -59,6 +59,8 @@ type conn struct {
 	rd         frameReader
 	perIP      bool // counted in Server.perIP
 	member     bool // Config.Members was told of its join: tell it of the leave
+	placed     bool // joined (counted in loopStats.members), or moved here to join: never moves again
+	moved      bool // moved to another loop to join there: its close here is only its descriptor's
 
 	// Writable notification (writable.go): wToken names c in its loop's
 	// writable set (0 = never added); wArmed is set while c waits there

@@ -80,6 +80,11 @@ type loopStats struct {
 	inboxDropped atomic.Uint64
 	busyNanos    atomic.Uint64
 	joins        atomic.Uint64
+	// members is how many client connections are joined on the loop now;
+	// moved counts connections moved from here to another loop to join
+	// (migrate.go).
+	members atomic.Int64
+	moved   atomic.Uint64
 	_            [64]byte // keep the next loop's counters off this cache line
 }
 

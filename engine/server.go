@@ -298,6 +298,7 @@ type adopted struct {
 	remote netip.AddrPort
 	local  netip.AddrPort // this end's address: an uplink's own (for its key), or what a client reached
 	uplink Uplink
+	moved  *moved // set for a connection moved from another loop to join here
 }
 
 // Adopt hands an established connection to the engine as if it had been
@@ -338,13 +339,18 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	gc.SetContext(c)
 	l.conns[c] = struct{}{}
-	l.sweepDue() // the join timeout applies to it
-	s.accepted.Add(1)
+	l.sweepDue()                    // the join timeout applies to it
+	if a == nil || a.moved == nil { // a moved one was counted where it arrived
+		s.accepted.Add(1)
+	}
 	if a == nil && gc.LocalAddr() != nil && gc.LocalAddr().Network() == "unix" {
 		// gnet's own listener, unreachable by design (accept.go): refuse.
 		c.reason = "internal-listener"
 		s.openConns.Add(1)
 		return nil, gnet.Close
+	}
+	if a != nil && a.moved != nil { // from another loop, to join here (migrate.go)
+		return nil, s.openMoved(c, a.moved)
 	}
 	if a != nil && a.uplink != nil { // ours: no client limits apply
 		s.openConns.Add(1)
@@ -394,6 +400,13 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	delete(c.loop.conns, c)
 	c.loop.writable.forget(c) // before gnet closes the fd, which may be reused
 	s.openConns.Add(-1)
+	if c.moved { // it lives on in another loop (migrate.go): only its descriptor here closes
+		s.dropPartial(c)
+		return gnet.None
+	}
+	if wasJoined && c.placed {
+		c.loop.stats.members.Add(-1)
+	}
 	if c.ch != nil {
 		c.loop.leaveSet(c)
 		c.ch.Leave(c)
@@ -517,6 +530,10 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	framed := false // a frame was completed: what is left begins a new one
 	spare := &s.partial[l.idx].spare
 	for {
+		if c.state == joined && len(l.frames) == 0 && c.rd.want == 0 && s.cutThrough(c, gc) > 0 { // engine/cutthrough.go
+			framed = true
+			continue
+		}
 		h, data, reason := c.rd.next(gc, s.cfg.MaxFrame, ownedFrameMin, spare)
 		if reason != "" {
 			c.reason = reason
@@ -531,6 +548,10 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		if c.state == awaitingJoin {
 			reason := s.join(c, h, data)
 			c.rd.done(gc, spare)
+			if reason == reasonMoved {
+				action = gnet.Close
+				break
+			}
 			if reason != "" {
 				c.reason = reason
 				action = gnet.Close
@@ -645,6 +666,9 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	if s.isOwnUplink(c) {
 		return "peer-is-self"
 	}
+	if !resync && s.moveForJoin(c, h, data, t.Channel) { // engine/migrate.go
+		return reasonMoved
+	}
 	// Before the router publishes c: memberUIDs (engine/uplink.go) reads them.
 	c.uid, c.peerLink = t.UID, c.cid != codec.CIDOf(key)
 	ch, hist, err := s.router.Join(t.Channel, c, nil)
@@ -658,6 +682,8 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 	}
 	c.ch, c.state = ch, joined
 	c.loop.stats.joins.Add(1)
+	c.loop.stats.members.Add(1)
+	c.placed = true
 	// History first: the joiner gets it before any live frame.
 	for _, f := range hist {
 		c.deliver(f, true)
@@ -765,6 +791,9 @@ type Stats struct {
 	OpenConns int64
 	Accepted  uint64
 	Joins     uint64
+	// Moved counts connections moved at their join to the loop of their
+	// small channel (migrate.go).
+	Moved     uint64
 	FramesIn  uint64
 	BytesIn   uint64
 	FramesOut uint64
@@ -792,6 +821,7 @@ func (s *Server) Stats() Stats {
 			continue
 		}
 		st.Joins += l.stats.joins.Load()
+		st.Moved += l.stats.moved.Load()
 		st.FramesIn += l.stats.framesIn.Load()
 		st.BytesIn += l.stats.bytesIn.Load()
 		st.FramesOut += l.stats.framesOut.Load()

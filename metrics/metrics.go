@@ -47,6 +47,7 @@ var (
 	descAcceptEr = desc("accept_errors_total", "Accept errors, by reason (emfile, enfile: out of file descriptors; the waiting connection is closed at once and accepting resumes with back-off).", "reason")
 	descAuthFail = desc("auth_failures_total", "Joins refused for a wrong key (also counted in connections_closed_by_server_total{reason=\"wrong-key\"}).")
 	descJoins    = desc("joins_total", "Successful joins.")
+	descMoved    = desc("connections_moved_total", "Connections moved at their join to the event loop that holds their small channel (no client sees it).")
 	descChannels = desc("channels", "Channels now.")
 	descFramesIn = desc("frames_in_total", "Frames received after the join and forwarded (join frames not counted).")
 	descBytesIn  = desc("bytes_in_total", "Bytes of the frames counted in frames_in_total, headers included.")
@@ -86,7 +87,7 @@ func NewCollector(src Sources) *Collector { return &Collector{src: src} }
 
 // Describe sends every metric's description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descOpen, descAccepted, descClosed, descAcceptEr, descAuthFail, descJoins,
+	for _, d := range []*prometheus.Desc{descOpen, descAccepted, descClosed, descAcceptEr, descAuthFail, descJoins, descMoved,
 		descChannels, descFramesIn, descBytesIn, descFramesOu, descBytesOut, descDropped, descLoopDrop, descHistory,
 		descBusy, descTLS, descTLSFail, descWSOpen, descWSUp, descWSUnfin, descWSQueued, descWSLimit, descWSIn, descWSOut, descWSDrop, descWSRef,
 		descPeerUp, descPeerUps, descPeerDown, descPeerDial, descBuild} {
@@ -113,6 +114,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descAuthFail, float64(st.ClosedByRule["wrong-key"]))
 	counter(descJoins, float64(st.Joins))
+	counter(descMoved, float64(st.Moved))
 	gauge(descChannels, float64(st.Channels))
 	counter(descFramesIn, float64(st.FramesIn))
 	counter(descBytesIn, float64(st.BytesIn))

@@ -388,11 +388,39 @@ func (c *Channel) MergeResync(frames []*Frame, fresh []*Frame) ([]*Frame, *Snaps
 	return fresh, c.snap.Load()
 }
 
+// KeepsHistory reports whether the channel stores frames (its history
+// limit is not 0). It never changes; no lock.
+func (c *Channel) KeepsHistory() bool { return c.hist.limit() != 0 }
+
 // Members returns how many members the channel has.
 func (c *Channel) Members() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.members)
+}
+
+// Placement reports where the channel called name lives: how many members
+// it has and the loop holding most of them (ties: the lowest loop), or
+// members 0 and loop -1 when there is no such channel or it is empty. The
+// engine uses it at a join to place a small channel's members on one loop.
+// O(loops), one shard lock and one channel lock: for joins, not frames.
+func (r *Router) Placement(name string) (loop, members int) {
+	sh := r.shardOf(name)
+	sh.mu.Lock()
+	c := sh.m[name]
+	sh.mu.Unlock()
+	if c == nil {
+		return -1, 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	loop, most := -1, 0
+	for l, k := range c.counts {
+		if k > most {
+			loop, most = l, k
+		}
+	}
+	return loop, len(c.members)
 }
 
 // ForEachMember calls fn for every member of the channel, under the
