@@ -85,7 +85,7 @@ type loopStats struct {
 	// (migrate.go).
 	members atomic.Int64
 	moved   atomic.Uint64
-	_            [64]byte // keep the next loop's counters off this cache line
+	_       [64]byte // keep the next loop's counters off this cache line
 }
 
 // addBusy adds the time since began to the loop's busy time.

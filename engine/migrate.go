@@ -167,4 +167,3 @@ func (s *Server) openMoved(c *conn, m *moved) gnet.Action {
 	c.loop.flushSoon()
 	return gnet.None
 }
-
