@@ -85,7 +85,9 @@ type loopStats struct {
 	// (migrate.go).
 	members atomic.Int64
 	moved   atomic.Uint64
-	_       [64]byte // keep the next loop's counters off this cache line
+	// cutFrames counts frames forwarded cut-through (cutthrough.go).
+	cutFrames atomic.Uint64
+	_         [64]byte // keep the next loop's counters off this cache line
 }
 
 // addBusy adds the time since began to the loop's busy time.
