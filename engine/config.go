@@ -20,8 +20,14 @@ const (
 	// (engine/lag.go), which MaxPending bounds as well: frames are dropped
 	// for a receiver only when that log evicts what it still needed. A frame
 	// is always accepted into an empty backlog, so any frame up to MaxFrame
-	// passes.
-	DefaultMaxPending = 8 << 20
+	// passes. 32 MiB, as Redis's pub/sub hard limit (NATS: 64 MB): a
+	// collector on a loaded machine can fall 0.4 s behind a fan-in of
+	// 100,000 frames/s when its publishers' first frames arrive together
+	// (bench fanin-rate), and 8 MiB, 33,000 such frames by size class, lost
+	// it frames. What it costs is per channel and loop with a lagger (the
+	// shared log), not per receiver: a receiver's own queue stays small
+	// (earlyWriteBytes, refillBytes).
+	DefaultMaxPending = 32 << 20
 	// DefaultSendBuffer is each client socket's kernel send buffer
 	// (SO_SNDBUF; Linux doubles it for its bookkeeping). Left to the
 	// kernel's autotuning, the send buffer of a client that stops reading
@@ -35,10 +41,12 @@ const (
 	// DefaultMaxPendingFrames bounds the frames waiting per receiver, next to
 	// the byte bound, for a receiver's own backlog (8-byte references) and a
 	// channel's log on one loop (24-byte entries: 1.5 MiB at the bound,
-	// shared by all its laggers). It must stay well above what a healthy fan-in collector has in
-	// flight (1,000 publishers × 16 frames measured lossless only above
-	// 16,000), so it follows NATS's pending-message default.
-	DefaultMaxPendingFrames = 65536
+	// shared by all its laggers: 6 MiB at the bound). It must stay well
+	// above what a healthy fan-in collector has in flight (1,000 publishers
+	// × 16 frames measured lossless only above 16,000) and hold the same
+	// 0.4 s burst as DefaultMaxPending with room to spare: 2.6 s of 100,000
+	// frames/s.
+	DefaultMaxPendingFrames = 262144
 	// DefaultStallTimeout: a receiver that is dropping frames and has sent
 	// nothing for this long is closed. Send-only clients keep sending, so they
 	// are not closed by it; it is long so that devices reporting every few
@@ -104,6 +112,11 @@ const (
 	// when a client sends a long burst.
 	maxBatchFrames = 256
 	maxBatchBytes  = 1 << 20
+	// earlyWriteBytes: a receiver with this much queued is written to at
+	// once rather than at the end of the round (conn.deliver), so that a
+	// socket that is full is found after this much, not after a whole
+	// round of frames from every sender.
+	earlyWriteBytes = 64 << 10
 	// copyFrameMax: frames up to this length travel to another loop as a
 	// copy in the batch rather than by reference (loop.go, item).
 	copyFrameMax = 1024

@@ -144,6 +144,14 @@ func (c *conn) deliver(f *router.Frame, force bool) bool {
 		c.dirty = true
 		c.loop.dirty = append(c.loop.dirty, c)
 	}
+	if !force && c.queued >= earlyWriteBytes && !c.wArmed {
+		// Do not wait for the end of the round: a round can hold frames
+		// from hundreds of senders, and a member that never reads would
+		// queue all of them (and cost a delivery each) before its full
+		// socket is found. Written now, it lags at once (lag.go) and costs
+		// nothing more; a reader is simply written to sooner.
+		c.loop.write(c)
+	}
 	return true
 }
 

@@ -28,6 +28,7 @@ package engine
 
 import (
 	"context"
+	"log/slog"
 
 	"github.com/mlesd/mlesd/router"
 )
@@ -94,6 +95,8 @@ func (l *loop) lag(c *conn, from uint64) {
 	c.lagging = true
 	c.cursor, c.ownEvicted, c.lostMark = from, 0, c.set.Log.Lost
 	c.set.Log.Lagging++
+	l.srv.debug("receiver lags: its socket is full", c, slog.Uint64("from", from), slog.Uint64("log_head", c.set.Log.Head()),
+		slog.Int("queued_frames", c.q.len()))
 	c.lagIdx = len(l.laggers)
 	l.laggers = append(l.laggers, c)
 }

@@ -87,9 +87,10 @@ func TestThousandSubscribersEachReceiveEveryFrameInOrder(t *testing.T) {
 }
 
 func TestStalledSilentReceiverIsClosedAndLogged(t *testing.T) {
-	// The reader keeps up, but on a loaded machine it may be descheduled: the
-	// default backlog bound gives it 250 ms of slack at this rate.
-	ts := startServer(t, Config{Keys: sharedKeys, StallTimeout: 300 * time.Millisecond},
+	// The reader keeps up, but on a loaded machine it may be descheduled: an
+	// 8 MiB backlog bound gives it 250 ms of slack at this rate, and the
+	// staller passes it within the 16 MB published.
+	ts := startServer(t, Config{Keys: sharedKeys, StallTimeout: 300 * time.Millisecond, MaxPending: 8 << 20},
 		router.Config{HistoryLimit: router.Off})
 	// The staller joins and then never reads or sends.
 	staller := ts.join(t, sharedKeys, "staller", "ch", nil)

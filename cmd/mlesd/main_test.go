@@ -84,7 +84,9 @@ func TestBadFlagsExitWithUsageError(t *testing.T) {
 // publisher is disconnected, and the server's memory stays bounded.
 func TestSendOnlyPublishersAreServedWithBoundedMemory(t *testing.T) {
 	const pubs, frames, size = 50, 400, 1024
-	p := startMlesd(t, "--history-limit", "0", "--stall-timeout", "1s")
+	// A 4 MiB bound: the publishers, stalled as receivers, pass it within
+	// the 20 MB published, so they drop frames (what the test is about).
+	p := startMlesd(t, "--history-limit", "0", "--stall-timeout", "1s", "--max-pending", "4194304")
 	baseline := p.Status(t, "VmRSS")
 	collector := mlestest.Join(t, p.Addr, key, "collector", "telemetry")
 	probe := mlestest.Join(t, p.Addr, key, "probe", "telemetry")
