@@ -65,8 +65,10 @@ type conn struct {
 	// Writable notification (writable.go): wToken names c in its loop's
 	// writable set (0 = never added); wArmed is set while c waits there
 	// for room, and then only that wake-up writes to it.
-	wToken uint64
-	wArmed bool
+	wToken    uint64
+	wArmed    bool
+	woken     bool // write was called for a writable wake-up (writeReadyNow)
+	pressured bool // in loop.pressured, waiting for the next sweep to watch it again
 
 	// Membership on its loop (loop.go): set is the channel's member list
 	// on c's loop and setIdx c's place in it (-1 while lagging); joinSeq
