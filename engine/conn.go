@@ -68,7 +68,11 @@ type conn struct {
 	wToken    uint64
 	wArmed    bool
 	woken     bool // write was called for a writable wake-up (writeReadyNow)
-	pressured bool // in loop.pressured, waiting for the next sweep to watch it again
+	pressured bool // in loop.pressured, waiting for a sweep to watch it again
+	// pressureWait is the sweeps left before it is watched again;
+	// pressureLevel the wake-ups in a row that wrote nothing (deferWatch).
+	pressureWait  uint8
+	pressureLevel uint8
 
 	// Membership on its loop (loop.go): set is the channel's member list
 	// on c's loop and setIdx c's place in it (-1 while lagging); joinSeq

@@ -453,6 +453,9 @@ func (l *loop) write(c *conn) {
 			l.lag(c, c.set.Log.Head())
 		}
 	}
+	if c.sent != sent {
+		c.pressureLevel = 0
+	}
 	if woken && c.sent == sent {
 		// The kernel said the socket had room and then took nothing: TCP
 		// memory as a whole is exhausted (net.ipv4.tcp_mem), which epoll
@@ -603,11 +606,18 @@ func (l *loop) sweep(context.Context) error {
 }
 
 // deferWatch puts c, whose socket took nothing although the kernel said it
-// had room, on the list the next sweep re-arms (see write). Loop-owned.
+// had room, on the list a later sweep re-arms (see write). Loop-owned.
 func (l *loop) deferWatch(c *conn) {
 	if !c.pressured {
 		c.pressured = true
 		l.pressured = append(l.pressured, c)
+		// Each wake-up in a row that writes nothing doubles the wait, up
+		// to maxPressureLevel: retrying thousands of receivers every sweep
+		// cost a core while the kernel's memory stayed full.
+		c.pressureWait = 1 << c.pressureLevel
+		if c.pressureLevel < maxPressureLevel {
+			c.pressureLevel++
+		}
 	}
 	l.sweepDue()
 	if len(l.pressured) > 1 {
@@ -621,8 +631,13 @@ func (l *loop) deferWatch(c *conn) {
 // rewatchPressured re-arms the writable watch of every receiver deferWatch
 // put aside. Loop-owned.
 func (l *loop) rewatchPressured() {
-	for i, c := range l.pressured {
-		l.pressured[i] = nil
+	kept := l.pressured[:0]
+	for _, c := range l.pressured {
+		if c.state == joined && c.pressureWait > 1 {
+			c.pressureWait--
+			kept = append(kept, c)
+			continue
+		}
 		c.pressured = false
 		if c.state != joined || c.wArmed {
 			continue
@@ -632,5 +647,9 @@ func (l *loop) rewatchPressured() {
 			l.srv.failWrite(c, err)
 		}
 	}
-	l.pressured = l.pressured[:0]
+	clear(l.pressured[len(kept):])
+	l.pressured = kept
 }
+
+// maxPressureLevel caps the back-off of deferWatch: at most 2^4 sweeps (4 s).
+const maxPressureLevel = 4
