@@ -162,6 +162,9 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			if s.parkAcceptor(ln, err) { // a handover's freeze (freeze.go)
+				continue
+			}
 			reason := acceptErrorReason(err)
 			s.countAcceptError(reason)
 			shed := 0
@@ -274,6 +277,7 @@ func (s *Server) register(nc net.Conn, a *adopted, wait bool) error {
 	// from zero) until collected: whoever waits for the acceptors also waits
 	// until every connection they accepted has been opened (StopAccepting).
 	s.acceptWG.Add(1)
+	s.up.inflight.Add(1)
 	s.registering <- res
 	return nil
 }
@@ -290,6 +294,7 @@ func (s *Server) collectRegistrations() {
 		case <-s.shutdown:
 		}
 		s.acceptWG.Done() // opened, failed, or never answered (see register)
+		s.up.inflight.Add(-1)
 		if r.Err == nil {
 			continue
 		}

@@ -55,6 +55,10 @@ type attempt struct {
 	files   []upgrade.File
 	started time.Time
 	err     error
+	// Phase 2 (transfer.go): the connections and channels handed over,
+	// and how long this process was frozen for it.
+	moved, channels int
+	frozen          time.Duration
 }
 
 // newUpgrader resolves the path to start on an upgrade and catches SIGUSR2
@@ -102,6 +106,10 @@ func (u *upgrader) serving() error {
 	if u.ho != nil {
 		u.busy = true
 		ho := u.ho
+		if ho.OffersState() {
+			go func() { u.committed <- u.takeState(ho) }()
+			return nil
+		}
 		go func() { u.committed <- ho.Ready(u.o.UpgradeTimeout) }()
 		return nil
 	}
@@ -157,8 +165,14 @@ func (u *upgrader) attempt(stop <-chan struct{}) attempt {
 	}
 	a.child, a.err = upgrade.Start(upgrade.Options{
 		Path: u.exe, Args: u.args, Env: os.Environ(), Stdout: u.stdout, Stderr: u.stderr,
-		Version: version, Files: a.files, Timeout: u.o.UpgradeTimeout, Cancel: stop,
+		Version: version, Files: a.files, Timeout: u.o.UpgradeTimeout, Cancel: stop, States: upgrade.StateFormat,
 	})
+	if a.err == nil && a.child.States() != 0 {
+		if a.err = u.transfer(a.child, &a); a.err != nil {
+			closeUpgradeFiles(a.files)
+			a.files = nil
+		}
+	}
 	return a
 }
 
@@ -250,7 +264,8 @@ func (u *upgrader) finished(a attempt) bool {
 	st := u.srv.Stats()
 	took := time.Since(a.started)
 	u.log.Info(fmt.Sprintf("handed over %d listeners, %d connections and %d channels in %d ms",
-		len(a.files), 0, 0, took.Milliseconds()),
+		len(a.files), a.moved, a.channels, took.Milliseconds()),
+		slog.Duration("frozen", a.frozen.Round(time.Microsecond)),
 		slog.Int("new_pid", a.child.PID), slog.String("to_version", a.child.Version),
 		slog.Duration("new_process_ready_after", ready.Round(time.Millisecond)),
 		slog.Int64("connections_kept", st.OpenConns), slog.Int("channels_kept", st.Channels))

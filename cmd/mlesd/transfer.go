@@ -1,0 +1,123 @@
+package main
+
+// Hitless upgrade, phase 2 (upgrade/doc.go): once the new process serves
+// and says it reads state, this one freezes, hands over its plain-TCP
+// connections (sockets and state) and its channels' history and counters,
+// and lets go of the sockets once the new process has imported them. Any
+// failure before that thaws this process, which serves on as before.
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/upgrade"
+)
+
+// transfer hands the live state to child (which reported ready) and
+// records what moved in a. On error the child has been killed and this
+// process thawed.
+func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
+	timeout := u.o.UpgradeTimeout
+	deadline := time.Now().Add(timeout)
+	began := time.Now()
+	if err := u.srv.Freeze(timeout); err != nil {
+		child.Kill()
+		return fmt.Errorf("freezing for the handover: %w", err)
+	}
+	ex, err := u.srv.Export(time.Until(deadline))
+	if err == nil {
+		defer ex.Close()
+		err = sendState(child, ex, deadline)
+	}
+	var reply upgrade.Reply
+	if err == nil {
+		reply, err = child.AwaitImported(deadline)
+	}
+	if err == nil && int(reply.Imported) != len(ex.Conns) {
+		err = fmt.Errorf("the new process imported %d of %d connections", reply.Imported, len(ex.Conns))
+	}
+	if err != nil {
+		// The new process reads nothing before the Commit, so killing it
+		// first leaves every socket to this process alone.
+		child.Kill()
+		u.srv.Thaw()
+		return fmt.Errorf("handing over the connections: %w", err)
+	}
+	// From here the connections are the new process's: no way back.
+	late, err := u.srv.Release(time.Until(deadline))
+	a.frozen = time.Since(began)
+	if err != nil {
+		u.log.Warn("letting go of the handed-over connections took too long", slog.String("error", err.Error()))
+	}
+	for id, b := range late {
+		if _, err := child.SendStream(upgrade.Chunk{Conn: id}, 0, b, upgrade.FillPartial, deadline); err != nil {
+			u.log.Warn("cannot hand over the bytes read during the handover", slog.Uint64("connection", id),
+				slog.String("error", err.Error()))
+			break
+		}
+	}
+	a.moved, a.channels = len(ex.Conns), len(ex.Channels)
+	return nil
+}
+
+// sendState sends the channels, then the connections with their sockets,
+// then the totals.
+func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) error {
+	for _, ch := range ex.Channels {
+		st := ch.State
+		st.HistoryChunks = upgrade.Chunks(len(ch.History))
+		if err := child.SendState(&st, nil, deadline); err != nil {
+			return err
+		}
+		if _, err := child.SendStream(upgrade.Chunk{Chan: st.Name}, 0, ch.History, upgrade.FillHistory, deadline); err != nil {
+			return err
+		}
+	}
+	for _, m := range ex.Conns {
+		st := m.State
+		partial := st.Partial
+		st.Partial = nil // in chunks: a frame may be larger than a message
+		st.OwedChunks = upgrade.Chunks(len(m.Owed)) + upgrade.Chunks(len(partial))
+		if err := child.SendState(&st, m.File, deadline); err != nil {
+			return err
+		}
+		seq, err := child.SendStream(upgrade.Chunk{Conn: st.ID}, 0, m.Owed, upgrade.FillOwed, deadline)
+		if err == nil {
+			_, err = child.SendStream(upgrade.Chunk{Conn: st.ID}, seq, partial, upgrade.FillPartial, deadline)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return child.SendState(&upgrade.Totals{Counters: ex.Totals}, nil, deadline)
+}
+
+// takeState runs in the new process when the old one offers its state:
+// report ready, receive it, confirm, and once the old process has let go
+// (the Commit) register the connections with the engine.
+func (u *upgrader) takeState(ho *upgrade.Handover) error {
+	t, err := ho.ReadyForState(u.o.UpgradeTimeout)
+	if err != nil {
+		ho.RefuseState(err)
+		return fmt.Errorf("receiving the old process's state: %w", err)
+	}
+	commitErr := ho.Imported(t, u.o.UpgradeTimeout)
+	if commitErr != nil && !errors.Is(commitErr, upgrade.ErrNoCommit) {
+		// The old process cannot go on without a Commit it never sent
+		// (it thaws and kills this one); nothing to import.
+		t.Close()
+		return commitErr
+	}
+	began := time.Now()
+	n, err := u.srv.Import(t, u.o.UpgradeTimeout)
+	if err != nil {
+		u.log.Warn("some handed-over connections could not be taken", slog.String("error", err.Error()))
+	}
+	u.log.Info(fmt.Sprintf("took over %d connections and %d channels in %d ms", n, len(t.Channels),
+		time.Since(began).Milliseconds()), slog.Int("pid", os.Getpid()))
+	return commitErr
+}
