@@ -198,3 +198,126 @@ func TestUpgradesMoveLiveConnectionsWithoutLosingAFrame(t *testing.T) {
 		}
 	}
 }
+
+// A new process that reports ready and takes the state but never confirms
+// the import is killed after --upgrade-timeout: the old process thaws and
+// serves every connection on without losing a frame, and a later upgrade
+// moves them.
+func TestFailedImportThawsTheOldProcess(t *testing.T) {
+	a, b := versionedBuilds(t)
+	r := startRig(t, a, nil, "--upgrade-timeout", "2s")
+	tr := startTraffic(t, r.addr, 2, 2, 2*time.Millisecond, 20000)
+	tr.waitSent(t, 100)
+	// A CBOR Reply {0: 2, 1: 1, 2: "x", 3: 0, 4: true, 6: 1}: ready, and
+	// reads state format 1; then it reads nothing.
+	r.installBytes([]byte("#!/bin/sh\nprintf '\\246\\000\\002\\001\\001\\002\\141\\170\\003\\000\\004\\365\\006\\001' >&3\nexec sleep 60\n"))
+	pid := r.signal(syscall.SIGUSR2)
+	r.waitLog("upgrade failed: still serving", 1)
+	if !strings.Contains(r.Log(), "handing over the connections") {
+		t.Fatalf("the failure is not the handover of the connections:\n%s", r.Log())
+	}
+	if r.pid() != pid || r.servedVersion() != "vA" {
+		t.Fatalf("after a failed import: pid file %d (want %d), serving %q", r.pid(), pid, r.servedVersion())
+	}
+	tr.waitSent(t, 100)
+	mlestest.Exchange(t, r.addr, key)
+	r.upgradeTo(b, "vB", 1)
+	tr.waitSent(t, 100)
+	tr.finish(t)
+}
+
+// The history of a channel moves: a joiner after the upgrade gets the same
+// frames, and a second join with the CID of a member that moved is still
+// refused as a duplicate.
+func TestUpgradeKeepsHistoryAndTheDuplicateCIDRule(t *testing.T) {
+	a, b := versionedBuilds(t)
+	r := startRig(t, a, nil)
+	keeper := mlestest.Join(t, r.addr, key, "keeper", "archive")
+	for n := uint32(1); n <= 5; n++ {
+		if err := keeper.Send(mlestest.Seq(n, 16)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readHistory := func(who string) []uint32 {
+		c := mlestest.Join(t, r.addr, key, who, "archive")
+		var got []uint32
+		for len(got) < 5 {
+			f, err := c.Read(5 * time.Second)
+			if err != nil {
+				t.Fatalf("%s reading the history after %v: %v", who, got, err)
+			}
+			got = append(got, mlestest.SeqOf(f.Message))
+		}
+		c.NC.Close()
+		return got
+	}
+	before := readHistory("before")
+	r.upgradeTo(b, "vB", 1)
+	if after := readHistory("after"); fmt.Sprint(after) != fmt.Sprint(before) || fmt.Sprint(before) != "[1 2 3 4 5]" {
+		t.Fatalf("history before the upgrade %v, after %v", before, after)
+	}
+	dup := mlestest.NewClient(mlestest.Dial(t, r.addr), key, "keeper", "archive")
+	if err := dup.Send(nil); err != nil {
+		t.Fatal(err)
+	}
+	mlestest.ExpectClosed(t, dup.NC)
+	r.waitLog(`reason=duplicate-cid`, 1)
+	if err := keeper.Send(mlestest.Seq(6, 16)); err != nil { // the member itself is still served
+		t.Fatal(err)
+	}
+}
+
+// Bytes in flight move too: a frame half sent before the upgrade and
+// finished after it is forwarded whole; a connection that sent nothing, or
+// half its join, before the upgrade joins after it.
+func TestUpgradeMovesHalfFramesAndUnfinishedJoins(t *testing.T) {
+	a, b := versionedBuilds(t)
+	r := startRig(t, a, nil)
+	reader := mlestest.Join(t, r.addr, key, "reader", "halves")
+	half := mlestest.NewClient(mlestest.Dial(t, r.addr), key, "half", "halves")
+	if err := half.Send(nil); err != nil { // joined
+		t.Fatal(err)
+	}
+	mlestest.Sync(t, half, reader)
+	frame := append([]byte(nil), half.Frame(mlestest.Seq(7, 4096))...)
+	silent := mlestest.NewClient(mlestest.Dial(t, r.addr), key, "silent", "halves")
+	halfJoin := mlestest.NewClient(mlestest.Dial(t, r.addr), key, "halfjoin", "halves")
+	join := append([]byte(nil), halfJoin.Frame(nil)...)
+	for _, w := range []struct {
+		nc net.Conn
+		b  []byte
+	}{{half.NC, frame[:len(frame)/2]}, {halfJoin.NC, join[:10]}} {
+		if _, err := w.nc.Write(w.b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Whether the old process has read these bytes by the freeze or they
+	// are still in the socket, they move with it.
+	r.upgradeTo(b, "vB", 1)
+	for _, w := range []struct {
+		nc net.Conn
+		b  []byte
+	}{{half.NC, frame[len(frame)/2:]}, {halfJoin.NC, join[10:]}} {
+		if _, err := w.nc.Write(w.b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := reader.Read(5 * time.Second)
+	for err == nil && len(f.Message) == 0 { // halfjoin's join, forwarded
+		f, err = reader.Read(5 * time.Second)
+	}
+	if err != nil {
+		t.Fatalf("reading the frame finished after the upgrade: %v", err)
+	}
+	if f.UID != "half" || mlestest.SeqOf(f.Message) != 7 || len(f.Message) != 4096 {
+		t.Fatalf("got %q %d (%d bytes), want half's frame 7 of 4096 bytes", f.UID, mlestest.SeqOf(f.Message), len(f.Message))
+	}
+	for _, c := range []*mlestest.Client{silent, halfJoin} {
+		if c == silent {
+			if err := c.Send(nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mlestest.Sync(t, c, reader)
+	}
+}
