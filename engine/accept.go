@@ -123,6 +123,7 @@ func (s *Server) closeListeners() {
 			_ = ln.Close()
 		}
 	}
+	s.unparkAcceptors() // parked by a freeze (freeze.go): they find their listeners closed
 }
 
 // engineSocket makes the private directory for gnet's own listener.

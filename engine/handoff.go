@@ -92,7 +92,6 @@ func (s *Server) ListenerFiles() (map[string]*os.File, error) {
 // The server keeps serving what it has until Stop.
 func (s *Server) StopAccepting() {
 	s.closeListeners()
-	s.unparkAcceptors() // parked by a freeze: they find their listeners closed
 	s.acceptWG.Wait()
 }
 
