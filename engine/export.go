@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/router"
 	"github.com/mlesd/mlesd/upgrade"
 )
@@ -102,7 +103,7 @@ func (s *Server) Export(timeout time.Duration) (*Export, error) {
 	}
 	s.router.ForEachChannel(func(ch *router.Channel) {
 		hist := ch.History(nil)
-		mc := &MovedChannel{State: upgrade.ChannelState{Name: ch.Name()}}
+		mc := &MovedChannel{State: upgrade.ChannelState{Name: ch.Name(), FirstJoin: s.firstJoin(ch.Name())}}
 		for _, f := range hist {
 			mc.History = append(mc.History, f.Bytes()...)
 			f.Release()
@@ -111,6 +112,37 @@ func (s *Server) Export(timeout time.Duration) (*Export, error) {
 	})
 	ex.Totals = s.totals()
 	return ex, nil
+}
+
+// joinKeeper is a MemberObserver that keeps the join frame a channel's
+// uplinks replay (package peering's Manager): a handover carries it, so
+// that the new process opens the same uplinks for the members it takes.
+type joinKeeper interface {
+	FirstJoin(channel string) []byte
+}
+
+// maxMovedJoin bounds the first join a ChannelState carries (it travels in
+// one message): a longer one goes without its message, as peering itself
+// keeps a long one.
+const maxMovedJoin = 16 << 10
+
+// firstJoin is the join frame the peering uplinks of channel replay, or nil.
+func (s *Server) firstJoin(channel string) []byte {
+	jk, ok := s.cfg.Members.(joinKeeper)
+	if !ok {
+		return nil
+	}
+	join := jk.FirstJoin(channel)
+	if len(join) <= maxMovedJoin {
+		return join
+	}
+	h, err := codec.ParseHeader(join)
+	t, terr := codec.DecodeTriplet(join[codec.HeaderLen:])
+	if err != nil || terr != nil {
+		return nil
+	}
+	t.Message = nil
+	return codec.AppendTriplet(codec.AppendHeader(nil, codec.Header{Len: codec.TripletLen(t), CID: h.CID, Key: h.Key}), t)
 }
 
 // unmark forgets which connections were exported (a failed export).

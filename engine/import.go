@@ -31,6 +31,7 @@ type imported struct {
 	st      upgrade.ConnState
 	owed    []byte
 	partial []byte
+	join    []byte // the join its channel's uplinks replay (ChannelState.FirstJoin), or nil
 }
 
 // Import takes the connections and channels of t (their sockets are its
@@ -45,7 +46,11 @@ func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration) (int, error)
 		return 0, errors.New("engine: not serving yet")
 	}
 	var errs error
+	joins := map[string][]byte{}
 	for _, ch := range t.Channels {
+		if ch.State.FirstJoin != nil {
+			joins[ch.State.Name] = ch.State.FirstJoin
+		}
 		frames := make([]*router.Frame, len(ch.History))
 		for i, b := range ch.History {
 			frames[i] = router.NewFrame(b)
@@ -68,7 +73,7 @@ func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration) (int, error)
 			errs = errors.Join(errs, fmt.Errorf("connection %d: %w", c.State.ID, err))
 			continue
 		}
-		im := &imported{st: c.State, owed: c.Owed, partial: c.Partial}
+		im := &imported{st: c.State, owed: c.Owed, partial: c.Partial, join: joins[c.State.Channel]}
 		ctx := gnet.NewNetConnContext(gnet.NewContext(context.Background(), im), nc)
 		s.registerMu.Lock()
 		res, err := s.eng.Register(ctx)
@@ -156,6 +161,12 @@ func (s *Server) openImported(gc gnet.Conn, l *loop, im *imported) gnet.Action {
 		return gnet.Close
 	}
 	c.ch, c.state = ch, joined
+	if s.cfg.Members != nil && im.join != nil {
+		// The channel's uplinks open with the join the old process's
+		// replayed (they do not move yet: the peer sees them reconnect).
+		s.cfg.Members.MemberJoined(ch, im.join)
+		c.member = true
+	}
 	if len(im.owed) > 0 {
 		// One frame of bytes that are whole frames but perhaps the first:
 		// the socket takes them as they are, before anything new.

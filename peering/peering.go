@@ -290,6 +290,19 @@ func (m *Manager) MemberJoined(ch *router.Channel, join []byte) {
 	}
 }
 
+// FirstJoin is the join frame the channel's uplinks replay (its first
+// member's), nil when the channel has none here. A hitless upgrade hands
+// it to the new process, whose manager then opens the channel's uplinks
+// with the same join (engine/export.go).
+func (m *Manager) FirstJoin(channel string) []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cl := m.chans[channel]; cl != nil {
+		return append([]byte(nil), cl.join...)
+	}
+	return nil
+}
+
 // MemberLeft closes the channel's uplinks Linger after its last member left.
 // Implements engine.MemberObserver.
 func (m *Manager) MemberLeft(ch *router.Channel) {

@@ -373,3 +373,22 @@ func TestUpgradeCarriesTheCounters(t *testing.T) {
 	}
 	exchange(t, x, y, 51)
 }
+
+// A channel peered with another server keeps flowing both ways across an
+// upgrade: the new process opens the channel's uplink for the members it
+// took, with the join the old process's uplink replayed. (The uplink
+// itself does not move yet: the peer sees it reconnect.)
+func TestUpgradeKeepsAPeeredChannelFlowing(t *testing.T) {
+	a, b := versionedBuilds(t)
+	peer := startMlesd(t)
+	r := startRig(t, a, nil, "--peer", peer.Addr, "--peer-backoff", "50ms", "--peer-linger", "0")
+	here := mlestest.Join(t, r.addr, key, "here", "peered")
+	there := mlestest.Join(t, peer.Addr, key, "there", "peered")
+	mlestest.Sync(t, here, there)
+	mlestest.Sync(t, there, here)
+	oldPID, _ := r.upgradeTo(b, "vB", 1)
+	mlestest.WaitUntil(t, "the old process exits (its uplink closed with its last member)", 15*time.Second,
+		func() bool { return !alive(oldPID) })
+	mlestest.Sync(t, here, there)
+	mlestest.Sync(t, there, here)
+}
