@@ -59,6 +59,7 @@ type attempt struct {
 	// and how long this process was frozen for it.
 	moved, channels int
 	frozen          time.Duration
+	ready           time.Duration // from start until the new process reported ready
 }
 
 // newUpgrader resolves the path to start on an upgrade and catches SIGUSR2
@@ -167,6 +168,7 @@ func (u *upgrader) attempt(stop <-chan struct{}) attempt {
 		Path: u.exe, Args: u.args, Env: os.Environ(), Stdout: u.stdout, Stderr: u.stderr,
 		Version: version, Files: a.files, Timeout: u.o.UpgradeTimeout, Cancel: stop, States: upgrade.StateFormat,
 	})
+	a.ready = time.Since(a.started)
 	if a.err == nil && a.child.States() != 0 {
 		if a.err = u.transfer(a.child, &a); a.err != nil {
 			closeUpgradeFiles(a.files)
@@ -241,7 +243,7 @@ func (u *upgrader) finished(a attempt) bool {
 		return false
 	}
 	u.busy = true // for good: a handed-over process does not upgrade again
-	ready := time.Since(a.started)
+	ready := a.ready
 	// Stop accepting everywhere; connections and sessions go on (the
 	// metrics and pprof servers go: they keep nothing worth draining). The
 	// TLS and WebSocket listeners first: what they accepted reaches the

@@ -5,12 +5,15 @@ package main
 // process (upgrade/doc.go).
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +40,8 @@ type trafficMember struct {
 	last atomic.Uint32 // the last number it sent (final once stopped)
 	mu   sync.Mutex
 	got  map[string]uint32 // sender → last number read (Lock: mu)
+	// latencies: from send to read, every frame (Lock: mu)
+	latencies []time.Duration
 	err  error             // the first thing wrong (Lock: mu)
 }
 
@@ -72,7 +77,9 @@ func startTraffic(t *testing.T, addr string, channels, per int, pace time.Durati
 					return
 				case <-tick.C:
 				}
-				if err := m.c.Send(mlestest.Seq(n, 16)); err != nil {
+				msg := mlestest.Seq(n, 16)
+				binary.BigEndian.PutUint64(msg[4:], uint64(time.Now().UnixNano()))
+				if err := m.c.Send(msg); err != nil {
 					m.fail(fmt.Errorf("%s sending %d: %w", m.c.UID, n, err))
 					return
 				}
@@ -105,7 +112,9 @@ func startTraffic(t *testing.T, addr string, channels, per int, pace time.Durati
 					continue
 				}
 				n := mlestest.SeqOf(f.Message)
+				latency := time.Duration(time.Now().UnixNano() - int64(binary.BigEndian.Uint64(f.Message[4:])))
 				m.mu.Lock()
+				m.latencies = append(m.latencies, latency)
 				if want := m.got[f.UID] + 1; n != want && m.err == nil {
 					m.err = fmt.Errorf("%s got frame %d from %s, want %d", m.c.UID, n, f.UID, want)
 				}
@@ -157,6 +166,22 @@ func (tr *traffic) finish(t *testing.T) {
 		}
 	}
 	t.Logf("%d frames sent, each read once and in order by every other member of its channel", tr.sent.Load())
+}
+
+// latency is the p99 and the largest time from send to read of every
+// frame read.
+func (tr *traffic) latency() (p99, most time.Duration, n int) {
+	var all []time.Duration
+	for _, m := range tr.members {
+		m.mu.Lock()
+		all = append(all, m.latencies...)
+		m.mu.Unlock()
+	}
+	if len(all) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(all)
+	return all[len(all)*99/100], all[len(all)-1], len(all)
 }
 
 // waitSent waits until n more frames have been sent (traffic flows).
@@ -391,4 +416,51 @@ func TestUpgradeKeepsAPeeredChannelFlowing(t *testing.T) {
 		func() bool { return !alive(oldPID) })
 	mlestest.Sync(t, here, there)
 	mlestest.Sync(t, there, here)
+}
+
+// The soak of issue 13's target, behind UPGRADE_SOAK=<connections> (not
+// MLESD_*: mlesd refuses settings variables it does not know)
+// (members in channels of 10, each sending every UPGRADE_SOAK_PACE,
+// default 500ms) and UPGRADE_SOAK_ROUNDS upgrades (default 10): every
+// frame arrives once and in order; it reports the p99 and largest latency
+// over the run (the largest is the forwarding pause of the upgrades), the
+// freeze of each upgrade, and the last process's descriptors against the
+// first's. Not part of make test: it loads the machine.
+func TestUpgradeSoak(t *testing.T) {
+	conns, _ := strconv.Atoi(os.Getenv("UPGRADE_SOAK"))
+	if conns <= 0 {
+		t.Skip("set UPGRADE_SOAK=<connections> to run")
+	}
+	pace, err := time.ParseDuration(os.Getenv("UPGRADE_SOAK_PACE"))
+	if err != nil {
+		pace = 500 * time.Millisecond
+	}
+	rounds, _ := strconv.Atoi(os.Getenv("UPGRADE_SOAK_ROUNDS"))
+	if rounds <= 0 {
+		rounds = 10
+	}
+	a, b := versionedBuilds(t)
+	r := startRig(t, a, nil, "--drain-timeout", "60s")
+	const per = 10
+	tr := startTraffic(t, r.addr, max(conns/per, 1), per, pace, 1<<20)
+	tr.waitSent(t, int64(conns))
+	baseFDs := fdCount(t, r.first.Process.Pid)
+	bins := []struct{ bin, version string }{{b, "vB"}, {a, "vA"}}
+	var last int
+	for i := range rounds {
+		oldPID, newPID := r.upgradeTo(bins[i%2].bin, bins[i%2].version, i+1)
+		mlestest.WaitUntil(t, fmt.Sprintf("old process %d exits", oldPID), 30*time.Second, func() bool { return !alive(oldPID) })
+		last = newPID
+		tr.waitSent(t, int64(conns))
+	}
+	tr.finish(t)
+	p99, most, n := tr.latency()
+	t.Logf("%d connections on %d channels, %d upgrades: %d frames read; latency p99 %v, max %v; descriptors first %d, last %d",
+		len(tr.members), len(tr.members)/per, rounds, n, p99.Round(time.Microsecond), most.Round(time.Microsecond),
+		baseFDs, fdCount(t, last))
+	for _, line := range strings.Split(r.Log(), "\n") {
+		if strings.Contains(line, "handed over") {
+			t.Log(line[strings.Index(line, "msg="):])
+		}
+	}
 }
