@@ -42,7 +42,7 @@ type trafficMember struct {
 	got  map[string]uint32 // sender → last number read (Lock: mu)
 	// latencies: from send to read, every frame (Lock: mu)
 	latencies []time.Duration
-	err  error             // the first thing wrong (Lock: mu)
+	err       error // the first thing wrong (Lock: mu)
 }
 
 // startTraffic joins per members on each of channels and starts them
