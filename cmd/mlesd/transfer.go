@@ -28,15 +28,19 @@ func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
 		child.Kill()
 		return fmt.Errorf("freezing for the handover: %w", err)
 	}
+	frozen := time.Now()
 	ex, err := u.srv.Export(time.Until(deadline))
+	exported := time.Now()
 	if err == nil {
 		defer ex.Close()
 		err = sendState(child, ex, deadline)
 	}
+	sent := time.Now()
 	var reply upgrade.Reply
 	if err == nil {
 		reply, err = child.AwaitImported(deadline)
 	}
+	imported := time.Now()
 	if err == nil && int(reply.Imported) != len(ex.Conns) {
 		err = fmt.Errorf("the new process imported %d of %d connections", reply.Imported, len(ex.Conns))
 	}
@@ -61,6 +65,12 @@ func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
 		}
 	}
 	a.moved, a.channels = len(ex.Conns), len(ex.Channels)
+	u.log.Info("connections handed over", slog.Int("connections", a.moved),
+		slog.Duration("freeze", frozen.Sub(began).Round(time.Microsecond)),
+		slog.Duration("export", exported.Sub(frozen).Round(time.Microsecond)),
+		slog.Duration("send", sent.Sub(exported).Round(time.Microsecond)),
+		slog.Duration("import", imported.Sub(sent).Round(time.Microsecond)),
+		slog.Duration("release", time.Since(imported).Round(time.Microsecond)))
 	return nil
 }
 

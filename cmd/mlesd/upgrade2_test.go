@@ -459,7 +459,7 @@ func TestUpgradeSoak(t *testing.T) {
 		len(tr.members), len(tr.members)/per, rounds, n, p99.Round(time.Microsecond), most.Round(time.Microsecond),
 		baseFDs, fdCount(t, last))
 	for _, line := range strings.Split(r.Log(), "\n") {
-		if strings.Contains(line, "handed over") {
+		if strings.Contains(line, "handed over") || strings.Contains(line, "took over") {
 			t.Log(line[strings.Index(line, "msg="):])
 		}
 	}
