@@ -1,13 +1,16 @@
 package main
 
-// Hitless upgrade, phase 1 (package upgrade has the protocol): on SIGUSR2
-// this process starts the binary at the path it was started from, with the
+// Hitless upgrade (package upgrade has the protocol): on SIGUSR2 this
+// process starts the binary at the path it was started from, with the
 // same arguments and environment, and hands it its listening sockets (the
 // Mles listeners, --tls-listen, --ws-listen, --metrics, --pprof). The new
-// process serves on them and says so; only then does this one stop
-// accepting, and it keeps serving the connections it has until they close
-// or --drain-timeout passes, then exits 0. Any failure of the new process
-// leaves this one serving as before.
+// process serves on them and says so; if it reads state, this one hands
+// over its plain-TCP connections, history and counters too (transfer.go).
+// Only then does this one stop accepting, and it keeps serving the
+// connections it still has (TLS, WebSocket, uplinks; all of them with a
+// phase-1 new process) until they close or --drain-timeout passes, then
+// exits 0. Any failure of the new process leaves this one serving as
+// before.
 
 import (
 	"errors"
@@ -270,7 +273,7 @@ func (u *upgrader) finished(a attempt) bool {
 		slog.Duration("frozen", a.frozen.Round(time.Microsecond)),
 		slog.Int("new_pid", a.child.PID), slog.String("to_version", a.child.Version),
 		slog.Duration("new_process_ready_after", ready.Round(time.Millisecond)),
-		slog.Int64("connections_kept", st.OpenConns), slog.Int("channels_kept", st.Channels))
+		slog.Int64("connections_kept", st.OpenConns))
 	return true
 }
 
