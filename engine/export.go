@@ -157,12 +157,23 @@ func (s *Server) unmark() {
 }
 
 // movable reports whether c moves to the new process: an open plain-TCP
-// client connection. An adopted one (TLS, WebSocket: c.local is set) is
-// one end of a socketpair whose other end is a Go session that cannot
-// move; an uplink stays with its peering manager.
+// client connection, or an uplink over plain TCP. An adopted client (TLS,
+// WebSocket: c.local is set) is one end of a socketpair whose other end is
+// a Go session that cannot move, as is an uplink over TLS.
 func movable(c *conn) bool {
-	return c.state <= joined && c.up == nil && !c.local.IsValid() && c.reason == ""
+	if c.state > joined || c.reason != "" {
+		return false
+	}
+	if c.up != nil {
+		_, named := c.up.u.(peerNamer)
+		return named && sockName(c.gc.Fd()).IsValid() // a TCP socket, not a pair bridged to TLS
+	}
+	return !c.local.IsValid()
 }
+
+// peerNamer is an Uplink that names its peer (package peering's): only
+// such an uplink moves, so that the new process's owner can adopt it.
+type peerNamer interface{ Peer() string }
 
 // exportConn writes c's ConnState. Loop-owned, frozen.
 func (s *Server) exportConn(c *conn, now int64) (*Moved, error) {
@@ -186,6 +197,13 @@ func (s *Server) exportConn(c *conn, now int64) (*Moved, error) {
 	}
 	if c.state == joined {
 		st.Phase, st.UID, st.Channel, st.CID = upgrade.PhaseJoined, c.uid, c.ch.Name(), c.cid
+		if c.dupKey != uint64(c.cid) {
+			st.DupKey = c.dupKey
+		}
+		if c.up != nil {
+			st.Uplink = &upgrade.UplinkState{Peer: c.up.u.(peerNamer).Peer(), Resynced: true}
+			st.Local, st.Remote = c.up.ends.local.String(), c.up.ends.remote.String()
+		}
 	} else {
 		st.PartialAgeNs = max(now-c.opened, 0) // its join timer runs from its open
 	}

@@ -63,7 +63,7 @@ func TestExportAndImportBetweenTwoServers(t *testing.T) {
 	for _, c := range tr.Conns {
 		c.Partial = append(c.Partial, late[c.State.ID]...)
 	}
-	n, err := nw.srv.Import(tr, 5*time.Second)
+	n, err := nw.srv.Import(tr, 5*time.Second, nil)
 	if err != nil || n != 2 {
 		t.Fatalf("imported %d of 2: %v", n, err)
 	}

@@ -32,13 +32,52 @@ type imported struct {
 	owed    []byte
 	partial []byte
 	join    []byte // the join its channel's uplinks replay (ChannelState.FirstJoin), or nil
+	uplink  Uplink // for a moved uplink, its owner's Uplink (nil: it is closed)
 }
+
+// adoptUplinks asks adopt for the Uplink of each moved uplink of t.
+func (s *Server) adoptUplinks(t *upgrade.Transfer, joins map[string][]byte, adopt AdoptUplinks) map[*upgrade.ConnIn]Uplink {
+	var moved []MovedUplink
+	var conns []*upgrade.ConnIn
+	for _, c := range t.Conns {
+		if c.State.Uplink == nil {
+			continue
+		}
+		local, _ := netip.ParseAddrPort(c.State.Local)
+		moved = append(moved, MovedUplink{Channel: c.State.Channel, Peer: c.State.Uplink.Peer, Join: joins[c.State.Channel], Local: local})
+		conns = append(conns, c)
+	}
+	out := map[*upgrade.ConnIn]Uplink{}
+	if len(moved) == 0 || adopt == nil {
+		return out
+	}
+	for i, u := range adopt(moved) {
+		if i < len(conns) && u != nil {
+			out[conns[i]] = u
+		}
+	}
+	return out
+}
+
+// MovedUplink is an uplink handed over by the old process, for its owner
+// to adopt (AdoptUplinks).
+type MovedUplink struct {
+	Channel, Peer string
+	Join          []byte         // the join its channel's uplinks replay
+	Local         netip.AddrPort // its socket's own address, as its key was computed for
+}
+
+// AdoptUplinks gives each moved uplink the Uplink it belongs to from now
+// on (nil: none; the connection is closed). Package peering's Manager has
+// one (AdoptMoved).
+type AdoptUplinks func([]MovedUplink) []Uplink
 
 // Import takes the connections and channels of t (their sockets are its
 // own from now on; those it cannot take are closed) and the totals, and
-// returns how many connections it took. Call it once the old process has
-// let go (after the Commit): until then the old process may still read.
-func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration) (int, error) {
+// returns how many connections it took; adopt takes the uplinks (nil: they
+// are closed). Call it once the old process has let go (after the
+// Commit): until then the old process may still read.
+func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration, adopt AdoptUplinks) (int, error) {
 	select {
 	case <-s.loopsUp:
 	default:
@@ -63,6 +102,7 @@ func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration) (int, error)
 		}
 	}
 	s.addTotals(t.Totals)
+	uplinks := s.adoptUplinks(t, joins, adopt)
 	deadline := time.Now().Add(timeout)
 	var results []registration
 	for _, c := range t.Conns {
@@ -73,7 +113,7 @@ func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration) (int, error)
 			errs = errors.Join(errs, fmt.Errorf("connection %d: %w", c.State.ID, err))
 			continue
 		}
-		im := &imported{st: c.State, owed: c.Owed, partial: c.Partial, join: joins[c.State.Channel]}
+		im := &imported{st: c.State, owed: c.Owed, partial: c.Partial, join: joins[c.State.Channel], uplink: uplinks[c]}
 		ctx := gnet.NewNetConnContext(gnet.NewContext(context.Background(), im), nc)
 		s.registerMu.Lock()
 		res, err := s.eng.Register(ctx)
@@ -138,6 +178,9 @@ func (s *Server) openImported(gc gnet.Conn, l *loop, im *imported) gnet.Action {
 	l.conns[c] = struct{}{}
 	l.sweepDue()
 	s.openConns.Add(1)
+	if st.Uplink != nil {
+		return s.openMovedUplink(c, im)
+	}
 	if ip := c.remote.Addr().Unmap(); s.cfg.MaxConnsPerIP > 0 && (s.cfg.LimitLoopback || !ip.IsLoopback()) {
 		// Counted, never refused: it was admitted once.
 		s.ipMu.Lock()
@@ -167,16 +210,58 @@ func (s *Server) openImported(gc gnet.Conn, l *loop, im *imported) gnet.Action {
 		s.cfg.Members.MemberJoined(ch, im.join)
 		c.member = true
 	}
-	if len(im.owed) > 0 {
-		// One frame of bytes that are whole frames but perhaps the first:
-		// the socket takes them as they are, before anything new.
-		f := router.NewFrame(im.owed)
-		c.q.push(f)
-		c.queued += f.Len()
-		c.dirty = true
-		l.dirty = append(l.dirty, c)
-		l.flushSoon()
+	queueOwed(c, im.owed)
+	return gnet.None
+}
+
+// queueOwed queues what the old process owed c, before anything new: one
+// frame of bytes that are whole frames but perhaps the first, which the
+// socket takes as they are. Loop-owned.
+func queueOwed(c *conn, owed []byte) {
+	if len(owed) == 0 {
+		return
 	}
+	f := router.NewFrame(owed)
+	c.q.push(f)
+	c.queued += f.Len()
+	c.dirty = true
+	c.loop.dirty = append(c.loop.dirty, c)
+	c.loop.flushSoon()
+}
+
+// openMovedUplink makes c, a moved uplink, a member of its channel again
+// as the uplink its owner adopted: same CID and key, its first frame long
+// sent (no Hello), no replay expected, so the peer sees nothing. Without
+// an owner it is closed. Loop-owned.
+func (s *Server) openMovedUplink(c *conn, im *imported) gnet.Action {
+	st := &im.st
+	u := im.uplink
+	if u == nil {
+		c.reason = "uplink-not-adopted"
+		return gnet.Close
+	}
+	c.cid, c.dupKey = st.CID, st.DupKey
+	if c.dupKey == 0 {
+		c.dupKey = uint64(st.CID)
+	}
+	c.up = &uplinkState{u: u, seen: u.Seen()}
+	c.up.seen.Init(2 * max(s.router.HistoryLimit(), router.DefaultHistoryLimit))
+	ch, hist, err := s.router.JoinUplink(st.Channel, c, nil)
+	for _, f := range hist {
+		f.Release()
+	}
+	if err != nil {
+		c.reason = "too-many-channels"
+		return gnet.Close
+	}
+	c.ch, c.uid, c.state = ch, "(uplink)", joined
+	local, _ := netip.ParseAddrPort(st.Local)
+	c.up.ends = socketEnds{local: unmapped(local), remote: unmapped(c.remote)}
+	s.uplinkEnds.Store(c.up.ends, struct{}{})
+	s.uplinksOpen.Add(1)
+	gc := c.gc
+	u.Up(func() { _ = gc.Close() })
+	queueOwed(c, im.owed)
 	return gnet.None
 }
 

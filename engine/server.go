@@ -417,8 +417,11 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 		}
 		s.ipMu.Unlock()
 	}
-	if c.reason == reasonMoved {
-		return gnet.None // it lives on in the new process (export.go)
+	if c.reason == reasonMoved { // it lives on in the new process (export.go)
+		if c.up != nil {
+			s.closeUplink(c, nil) // its owner learns that it moved, and does not redial
+		}
+		return gnet.None
 	}
 	if c.up != nil {
 		if c.reason != "" {

@@ -50,15 +50,17 @@
 // # Phase 2: the live connections
 //
 // What moves: every open plain-TCP connection (joined, or still awaiting
-// its join) with its socket and state, every channel's history, the
-// duplicate-CID state (rebuilt from the moved members), the engine's
-// counters behind mlesd_*_total, and each channel's first join as peering
-// keeps it. What stays with the old process and drains as in phase 1: TLS
-// and WebSocket sessions (their crypto and HTTP state live in Go, and the
-// engine holds only one end of a socketpair to them), and the peering
-// uplinks (the new process dials its own for the members it takes, with
-// the same join; the peer sees a reconnect and a resync). The TLS,
-// WebSocket and peering counters restart in the new process.
+// its join) with its socket and state, every peering uplink over plain
+// TCP as the connection it is (the peer sees nothing: same socket, CID
+// and key, no new Hello), every channel's history, the duplicate-CID
+// state (rebuilt from the moved members), the engine's counters behind
+// mlesd_*_total, and each channel's first join as peering keeps it. What
+// stays with the old process and drains as in phase 1: TLS and WebSocket
+// sessions and uplinks over TLS (--peer-tls): their crypto and HTTP state
+// live in Go, and the engine holds only one end of a socketpair to them;
+// for a channel whose uplink stays, the new process dials its own (the
+// peer sees a reconnect and a resync). The TLS, WebSocket and peering
+// counters restart in the new process.
 //
 // Negotiation. The Offer stays in format 1 and sets States to the state
 // format the old process writes (StateFormat); a phase-1 reader ignores
@@ -112,7 +114,12 @@
 // gnet context; OnOpen joins it to its channel again (not refused for its
 // CID: the rule admitted it before; no history replay: it had it), tells
 // the member observer (peering) with the channel's first join, and queues
-// the owed bytes before anything new; it reads nothing until every moved
+// the owed bytes before anything new. A moved uplink is first adopted by
+// the new peering manager (AdoptMoved: its link in Connecting state, its
+// key computed for the same local address, its first frame marked sent,
+// the channel's other peers dialled as usual); in the old one the moved
+// connection's Down says "moved", which ends the link there without a
+// redial. Every connection reads nothing until every moved
 // connection is a member, so no frame forwarded from one of them misses
 // another. Then each connection parses the bytes the old process had read
 // first (a reader over them and gnet's buffer), and what came since.
@@ -139,8 +146,9 @@
 // Issue 13's target (100 ms at 10,000 connections) is not met: the
 // registration after the Commit grows with the connections.
 //
-// Not yet done: moving the uplinks as the connections they are (resync
-// marked sent, the new process's peering manager adopting them instead of
-// dialling); chunking the per-connection registration so that the first
-// loops resume before the last connection is registered.
+// Not yet done: chunking the per-connection registration so that the
+// first loops resume before the last connection is registered; a moved
+// uplink's replay filter (it starts empty in the new process, which
+// matters only for an uplink moved within its first frames after a
+// reconnect).
 package upgrade

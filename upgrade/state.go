@@ -91,6 +91,9 @@ type ConnState struct {
 	// PeerLink: joined with a CID that is not its key's (another server's
 	// uplink with a static group CID); its uid is not a local sender.
 	PeerLink bool `cbor:"22,keyasint,omitempty"`
+	// DupKey is what the duplicate-CID rule compares for it when that is
+	// not its CID (an uplink's: its CID with bit 32 set); 0: its CID.
+	DupKey uint64 `cbor:"23,keyasint,omitempty"`
 }
 
 // UplinkState marks a connection as this server's uplink to a peer: it

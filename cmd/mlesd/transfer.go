@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/peering"
 	"github.com/mlesd/mlesd/upgrade"
 )
 
@@ -123,11 +124,30 @@ func (u *upgrader) takeState(ho *upgrade.Handover) error {
 		return commitErr
 	}
 	began := time.Now()
-	n, err := u.srv.Import(t, u.o.UpgradeTimeout)
+	n, err := u.srv.Import(t, u.o.UpgradeTimeout, u.adoptUplinks)
 	if err != nil {
 		u.log.Warn("some handed-over connections could not be taken", slog.String("error", err.Error()))
 	}
 	u.log.Info(fmt.Sprintf("took over %d connections and %d channels in %d ms", n, len(t.Channels),
 		time.Since(began).Milliseconds()), slog.Int("pid", os.Getpid()))
 	return commitErr
+}
+
+// adoptUplinks hands the moved uplinks to the peering manager, which
+// takes them over instead of dialling (none without --peer: they close).
+func (u *upgrader) adoptUplinks(moved []engine.MovedUplink) []engine.Uplink {
+	if u.peers == nil {
+		return nil
+	}
+	in := make([]peering.MovedUplink, len(moved))
+	for i, m := range moved {
+		in[i] = peering.MovedUplink{Channel: m.Channel, Peer: m.Peer, Join: m.Join, Local: m.Local}
+	}
+	out := make([]engine.Uplink, len(moved))
+	for i, up := range u.peers.AdoptMoved(in) {
+		if up != nil { // a nil *peering.Uplink must stay a nil interface
+			out[i] = up
+		}
+	}
+	return out
 }

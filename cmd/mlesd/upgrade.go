@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/peering"
 	"github.com/mlesd/mlesd/upgrade"
 )
 
@@ -41,6 +42,7 @@ type upgrader struct {
 
 	ho      *upgrade.Handover // set when started by an upgrade
 	srv     *engine.Server
+	peers   *peering.Manager // nil without --peer
 	side    *sideListeners
 	pprofLn net.Listener
 

@@ -48,11 +48,17 @@ type trafficMember struct {
 // startTraffic joins per members on each of channels and starts them
 // sending, one frame every pace each, bounded by maxFrames each and 90 s.
 func startTraffic(t *testing.T, addr string, channels, per int, pace time.Duration, maxFrames uint32) *traffic {
+	return startTrafficAt(t, []string{addr}, channels, per, pace, maxFrames)
+}
+
+// startTrafficAt is startTraffic with member m of each channel joined at
+// addrs[m%len(addrs)] (servers peered with each other).
+func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.Duration, maxFrames uint32) *traffic {
 	t.Helper()
 	tr := &traffic{stop: make(chan struct{})}
 	for ch := range channels {
 		for m := range per {
-			c := mlestest.Join(t, addr, key, fmt.Sprintf("m%d-%d", ch, m), fmt.Sprintf("numbered-%d", ch))
+			c := mlestest.Join(t, addrs[m%len(addrs)], key, fmt.Sprintf("m%d-%d", ch, m), fmt.Sprintf("numbered-%d", ch))
 			tr.members = append(tr.members, &trafficMember{c: c, got: map[string]uint32{}})
 		}
 	}
@@ -352,9 +358,13 @@ func TestUpgradeMovesHalfFramesAndUnfinishedJoins(t *testing.T) {
 
 // metricValue is the value of an unlabelled metric on /metrics (-1 when
 // absent).
-func (r *upgradeRig) metricValue(name string) float64 {
+func (r *upgradeRig) metricValue(name string) float64 { return metricAt(r.metrics, name) }
+
+// metricAt is the value of an unlabelled metric on the /metrics served at
+// addr (-1 when absent).
+func metricAt(addr, name string) float64 {
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + r.metrics + "/metrics")
+	resp, err := c.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return -1
 	}
@@ -400,9 +410,8 @@ func TestUpgradeCarriesTheCounters(t *testing.T) {
 }
 
 // A channel peered with another server keeps flowing both ways across an
-// upgrade: the new process opens the channel's uplink for the members it
-// took, with the join the old process's uplink replayed. (The uplink
-// itself does not move yet: the peer sees it reconnect.)
+// upgrade, and the old process exits (its uplink moved; with
+// --peer-linger 0 nothing of the channel lingers there).
 func TestUpgradeKeepsAPeeredChannelFlowing(t *testing.T) {
 	a, b := versionedBuilds(t)
 	peer := startMlesd(t)
@@ -412,7 +421,7 @@ func TestUpgradeKeepsAPeeredChannelFlowing(t *testing.T) {
 	mlestest.Sync(t, here, there)
 	mlestest.Sync(t, there, here)
 	oldPID, _ := r.upgradeTo(b, "vB", 1)
-	mlestest.WaitUntil(t, "the old process exits (its uplink closed with its last member)", 15*time.Second,
+	mlestest.WaitUntil(t, "the old process exits", 15*time.Second,
 		func() bool { return !alive(oldPID) })
 	mlestest.Sync(t, here, there)
 	mlestest.Sync(t, there, here)
@@ -462,5 +471,34 @@ func TestUpgradeSoak(t *testing.T) {
 		if strings.Contains(line, "handed over") || strings.Contains(line, "took over") {
 			t.Log(line[strings.Index(line, "msg="):])
 		}
+	}
+}
+
+// An uplink to a peer moves as the connection it is: numbered frames cross
+// both ways across two upgrades without a gap, a duplicate or a reorder,
+// and the peer counts no new join (it saw no reconnect and no resync).
+func TestUpgradeMovesAnUplinkWithoutThePeerNoticing(t *testing.T) {
+	a, b := versionedBuilds(t)
+	peerMetrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))
+	peer := startMlesd(t, "--metrics", peerMetrics)
+	r := startRig(t, a, nil, "--peer", peer.Addr, "--peer-backoff", "50ms")
+	tr := startTrafficAt(t, []string{r.addr, peer.Addr}, 2, 2, 2*time.Millisecond, 20000)
+	tr.waitSent(t, 200)
+	joins := metricAt(peerMetrics, "mlesd_joins_total")
+	if joins < 4 {
+		t.Fatalf("the peer counts %v joins, want its 2 members and 2 uplinks", joins)
+	}
+	for i, up := range []struct{ bin, version string }{{b, "vB"}, {a, "vA"}} {
+		oldPID, _ := r.upgradeTo(up.bin, up.version, i+1)
+		mlestest.WaitUntil(t, fmt.Sprintf("old process %d exits after handing over", oldPID), 15*time.Second,
+			func() bool { return !alive(oldPID) })
+		tr.waitSent(t, 200)
+	}
+	tr.finish(t)
+	if after := metricAt(peerMetrics, "mlesd_joins_total"); after != joins {
+		t.Fatalf("the peer counted %v joins after the upgrades, %v before: an uplink reconnected", after, joins)
+	}
+	if !strings.Contains(r.Log(), "handed over 3 listeners, 4 connections") {
+		t.Fatalf("the uplinks were not handed over:\n%s", r.Log())
 	}
 }
