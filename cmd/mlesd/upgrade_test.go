@@ -664,6 +664,10 @@ func TestUpgradeMovesTheTLSAndWebSocketListenersAndKeepsTheirSessions(t *testing
 		t.Fatalf("the TLS and WebSocket listeners, and the plain connection, were not handed over:\n%s", r.Log())
 	}
 	exchange(t, pair[0], pair[1], 1) // the TLS sessions stay on the old process
+	if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	r.waitLog("SIGUSR2 ignored: this process has handed over and is draining", 1)
 
 	tc2, err := dialTLS(t, tlsAddr, pki, nil)
 	if err != nil {
