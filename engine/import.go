@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -104,29 +105,39 @@ func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration, adopt AdoptU
 	s.addTotals(t.Totals)
 	uplinks := s.adoptUplinks(t, joins, adopt)
 	deadline := time.Now().Add(timeout)
-	var results []registration
-	for _, c := range t.Conns {
-		nc, err := net.FileConn(c.File)
-		_ = c.File.Close()
-		c.File = nil
-		if err != nil {
-			errs = errors.Join(errs, fmt.Errorf("connection %d: %w", c.State.ID, err))
-			continue
-		}
-		im := &imported{st: c.State, owed: c.Owed, partial: c.Partial, join: joins[c.State.Channel], uplink: uplinks[c]}
-		ctx := gnet.NewNetConnContext(gnet.NewContext(context.Background(), im), nc)
-		s.registerMu.Lock()
-		res, err := s.eng.Register(ctx)
-		s.registerMu.Unlock()
-		if err != nil {
-			_ = nc.Close()
-			errs = errors.Join(errs, fmt.Errorf("connection %d: %w", c.State.ID, err))
-			continue
-		}
-		results = append(results, res)
+	// Making each net.Conn and handing it to gnet costs a dozen system
+	// calls; clients wait for all of them, so they run on every core.
+	results := make([]registration, len(t.Conns))
+	var (
+		next sync.WaitGroup
+		mu   sync.Mutex
+		at   atomic.Int64
+	)
+	for range importWorkers {
+		next.Add(1)
+		go func() {
+			defer next.Done()
+			for i := int(at.Add(1) - 1); i < len(t.Conns); i = int(at.Add(1) - 1) {
+				c := t.Conns[i]
+				res, err := s.registerImported(c, &imported{st: c.State, owed: c.Owed, partial: c.Partial,
+					join: joins[c.State.Channel], uplink: uplinks[c]})
+				if err != nil {
+					mu.Lock()
+					errs = errors.Join(errs, fmt.Errorf("connection %d: %w", c.State.ID, err))
+					mu.Unlock()
+				}
+				results[i] = res
+			}
+		}()
 	}
+	next.Wait()
 	took := 0
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
 	for _, res := range results {
+		if res == nil {
+			continue
+		}
 		select {
 		case r := <-res:
 			if r.Err != nil {
@@ -134,8 +145,8 @@ func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration, adopt AdoptU
 				continue
 			}
 			took++
-		case <-time.After(time.Until(deadline)):
-			errs = errors.Join(errs, errors.New("engine: an event loop did not take a connection in time"))
+		case <-timer.C:
+			return took, errors.Join(errs, errors.New("engine: an event loop did not take a connection in time"))
 		case <-s.shutdown:
 			return took, errors.New("engine: shutting down")
 		}
@@ -154,6 +165,28 @@ func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration, adopt AdoptU
 		}
 	})
 	return took, errors.Join(errs, err)
+}
+
+// importWorkers is how many goroutines hand moved sockets to gnet at once.
+const importWorkers = 4
+
+// registerImported hands c's socket to an event loop with its state im.
+func (s *Server) registerImported(c *upgrade.ConnIn, im *imported) (registration, error) {
+	nc, err := net.FileConn(c.File)
+	_ = c.File.Close()
+	c.File = nil
+	if err != nil {
+		return nil, err
+	}
+	ctx := gnet.NewNetConnContext(gnet.NewContext(context.Background(), im), nc)
+	s.registerMu.Lock()
+	res, err := s.eng.Register(ctx)
+	s.registerMu.Unlock()
+	if err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	return res, nil
 }
 
 // openImported makes a handed-over connection's conn on its loop: a member
