@@ -35,12 +35,40 @@ type moving struct {
 	pre    []byte
 }
 
-// Moved is one exported connection: its state, a descriptor of its socket
-// (the caller closes it), and the bytes owed to it.
+// Moved is one exported connection: its state, the bytes owed to it, and
+// which socket it is (Socket gives a descriptor of it, one at a time: a
+// descriptor per connection at once would need twice the connections'
+// descriptors, past the limit of a busy server).
 type Moved struct {
 	State upgrade.ConnState
-	File  *os.File
 	Owed  []byte
+	fd    int    // the engine's descriptor of its socket at the export
+	ino   uint64 // the socket's inode then: fd may since name another
+}
+
+// ErrGone is returned by Moved.Socket for a connection that closed after
+// the export (its client went): there is nothing to hand over.
+var ErrGone = errors.New("engine: the connection closed after the export")
+
+// Socket returns a descriptor of m's socket to send; the caller closes it
+// once sent. If the connection closed since the export (its event loop,
+// frozen, still closes a connection whose client went), its descriptor
+// number may name another file by now: the inode tells, and ErrGone says
+// so. Any other error (out of descriptors) fails the handover.
+func (m *Moved) Socket() (*os.File, error) {
+	fd, err := unix.FcntlInt(uintptr(m.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err == unix.EBADF {
+		return nil, ErrGone
+	}
+	if err != nil {
+		return nil, fmt.Errorf("duplicating a connection's socket: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Ino != m.ino {
+		_ = unix.Close(fd)
+		return nil, ErrGone
+	}
+	return os.NewFile(uintptr(fd), "moved-conn"), nil
 }
 
 // MovedChannel is one exported channel and its history, concatenated.
@@ -54,17 +82,6 @@ type Export struct {
 	Conns    []*Moved
 	Channels []*MovedChannel
 	Totals   map[string]uint64
-}
-
-// Close closes the exported descriptors (after they have been sent, or
-// when the handover is abandoned).
-func (e *Export) Close() {
-	for _, m := range e.Conns {
-		if m.File != nil {
-			_ = m.File.Close()
-			m.File = nil
-		}
-	}
 }
 
 // Export reads the state of every plain-TCP connection (joined or awaiting
@@ -98,7 +115,6 @@ func (s *Server) Export(timeout time.Duration) (*Export, error) {
 	}
 	if err != nil {
 		s.unmark()
-		ex.Close()
 		return nil, err
 	}
 	s.router.ForEachChannel(func(ch *router.Channel) {
@@ -177,9 +193,9 @@ type peerNamer interface{ Peer() string }
 
 // exportConn writes c's ConnState. Loop-owned, frozen.
 func (s *Server) exportConn(c *conn, now int64) (*Moved, error) {
-	fd, err := unix.FcntlInt(uintptr(c.gc.Fd()), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("duplicating a connection's socket: %w", err)
+	var fst unix.Stat_t
+	if err := unix.Fstat(c.gc.Fd(), &fst); err != nil {
+		return nil, fmt.Errorf("a connection's socket: %w", err)
 	}
 	if c.mv == nil {
 		c.mv = &moving{}
@@ -207,7 +223,7 @@ func (s *Server) exportConn(c *conn, now int64) (*Moved, error) {
 	} else {
 		st.PartialAgeNs = max(now-c.opened, 0) // its join timer runs from its open
 	}
-	m := &Moved{State: st, File: os.NewFile(uintptr(fd), "moved-conn")}
+	m := &Moved{State: st, fd: c.gc.Fd(), ino: fst.Ino}
 	m.Owed, m.State.OwedWhole = owedBytes(c)
 	return m, nil
 }
@@ -263,20 +279,27 @@ func owedBytes(c *conn) (owed []byte, whole uint32) {
 	return owed, whole
 }
 
-// Release lets go of the exported connections after the new process has
-// imported them: on each loop, it takes the inbound bytes read since the
+// Release lets go of the exported connections that were sent (by
+// ConnState.ID) after the new process has imported them: on each loop, it takes the inbound bytes read since the
 // export (returned by ConnState.ID) and closes this process's descriptor
 // only. close(2) of one descriptor of a socket another process holds
 // sends nothing; shutdown(2), which acts on the socket, is never called.
 // Then it thaws the loops for what stays (TLS and WebSocket pairs,
 // uplinks), which drains as in phase 1; the acceptors stay parked until
 // StopAccepting.
-func (s *Server) Release(timeout time.Duration) (map[uint64][]byte, error) {
+func (s *Server) Release(sent map[uint64]bool, timeout time.Duration) (map[uint64][]byte, error) {
 	late := map[uint64][]byte{}
 	var mu sync.Mutex
 	err := s.onLoops(time.Now().Add(timeout), func(l *loop) {
 		for c := range l.conns {
 			if c.mv == nil || c.mv.id == 0 {
+				continue
+			}
+			if !sent[c.mv.id] { // not handed over after all: it stays
+				c.mv.id, c.mv.exportedIn = 0, 0
+				if !c.mv.paused && c.mv.pre == nil {
+					c.mv = nil
+				}
 				continue
 			}
 			if in := inboundBytes(c); len(in) > c.mv.exportedIn {

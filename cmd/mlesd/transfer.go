@@ -32,18 +32,18 @@ func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
 	frozen := time.Now()
 	ex, err := u.srv.Export(time.Until(deadline))
 	exported := time.Now()
+	var sent map[uint64]bool
 	if err == nil {
-		defer ex.Close()
-		err = sendState(child, ex, deadline)
+		sent, err = sendState(child, ex, deadline)
 	}
-	sent := time.Now()
+	stateSent := time.Now()
 	var reply upgrade.Reply
 	if err == nil {
 		reply, err = child.AwaitImported(deadline)
 	}
 	imported := time.Now()
-	if err == nil && int(reply.Imported) != len(ex.Conns) {
-		err = fmt.Errorf("the new process imported %d of %d connections", reply.Imported, len(ex.Conns))
+	if err == nil && int(reply.Imported) != len(sent) {
+		err = fmt.Errorf("the new process imported %d of %d connections", reply.Imported, len(sent))
 	}
 	if err != nil {
 		// The new process reads nothing before the Commit, so killing it
@@ -53,7 +53,7 @@ func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
 		return fmt.Errorf("handing over the connections: %w", err)
 	}
 	// From here the connections are the new process's: no way back.
-	late, err := u.srv.Release(time.Until(deadline))
+	late, err := u.srv.Release(sent, time.Until(deadline))
 	a.frozen = time.Since(began)
 	if err != nil {
 		u.log.Warn("letting go of the handed-over connections took too long", slog.String("error", err.Error()))
@@ -65,46 +65,62 @@ func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
 			break
 		}
 	}
-	a.moved, a.channels = len(ex.Conns), len(ex.Channels)
+	a.moved, a.channels = len(sent), len(ex.Channels)
 	u.log.Info("connections handed over", slog.Int("connections", a.moved),
 		slog.Duration("freeze", frozen.Sub(began).Round(time.Microsecond)),
 		slog.Duration("export", exported.Sub(frozen).Round(time.Microsecond)),
-		slog.Duration("send", sent.Sub(exported).Round(time.Microsecond)),
-		slog.Duration("import", imported.Sub(sent).Round(time.Microsecond)),
+		slog.Duration("send", stateSent.Sub(exported).Round(time.Microsecond)),
+		slog.Duration("import", imported.Sub(stateSent).Round(time.Microsecond)),
 		slog.Duration("release", time.Since(imported).Round(time.Microsecond)))
 	return nil
 }
 
-// sendState sends the channels, then the connections with their sockets,
-// then the totals.
-func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) error {
+// sendState sends the channels, then the connections with their sockets
+// (those whose client left since the export are left out), then the
+// totals; it returns the IDs of the connections it sent.
+func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) (map[uint64]bool, error) {
 	for _, ch := range ex.Channels {
 		st := ch.State
 		st.HistoryChunks = upgrade.Chunks(len(ch.History))
 		if err := child.SendState(&st, nil, deadline); err != nil {
-			return err
+			return nil, err
 		}
 		if _, err := child.SendStream(upgrade.Chunk{Chan: st.Name}, 0, ch.History, upgrade.FillHistory, deadline); err != nil {
-			return err
+			return nil, err
 		}
 	}
+	sent := make(map[uint64]bool, len(ex.Conns))
 	for _, m := range ex.Conns {
-		st := m.State
-		partial := st.Partial
-		st.Partial = nil // in chunks: a frame may be larger than a message
-		st.OwedChunks = upgrade.Chunks(len(m.Owed)) + upgrade.Chunks(len(partial))
-		if err := child.SendState(&st, m.File, deadline); err != nil {
-			return err
+		if err := sendConn(child, m, deadline); errors.Is(err, engine.ErrGone) {
+			continue
+		} else if err != nil {
+			return nil, err
 		}
-		seq, err := child.SendStream(upgrade.Chunk{Conn: st.ID}, 0, m.Owed, upgrade.FillOwed, deadline)
-		if err == nil {
-			_, err = child.SendStream(upgrade.Chunk{Conn: st.ID}, seq, partial, upgrade.FillPartial, deadline)
-		}
-		if err != nil {
-			return err
-		}
+		sent[m.State.ID] = true
 	}
-	return child.SendState(&upgrade.Totals{Counters: ex.Totals}, nil, deadline)
+	return sent, child.SendState(&upgrade.Totals{Counters: ex.Totals}, nil, deadline)
+}
+
+// sendConn sends one connection's state with a descriptor of its socket,
+// closed once sent (one at a time: see engine.Moved).
+func sendConn(child *upgrade.Child, m *engine.Moved, deadline time.Time) error {
+	f, err := m.Socket()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st := m.State
+	partial := st.Partial
+	st.Partial = nil // in chunks: a frame may be larger than a message
+	st.OwedChunks = upgrade.Chunks(len(m.Owed)) + upgrade.Chunks(len(partial))
+	if err := child.SendState(&st, f, deadline); err != nil {
+		return err
+	}
+	seq, err := child.SendStream(upgrade.Chunk{Conn: st.ID}, 0, m.Owed, upgrade.FillOwed, deadline)
+	if err == nil {
+		_, err = child.SendStream(upgrade.Chunk{Conn: st.ID}, seq, partial, upgrade.FillPartial, deadline)
+	}
+	return err
 }
 
 // takeState runs in the new process when the old one offers its state:

@@ -121,6 +121,11 @@ func startRig(t *testing.T, first string, env []string, args ...string) *upgrade
 	}
 	go func() { _ = r.first.Wait(); close(r.firstDone) }()
 	t.Cleanup(r.stopAll)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the rig's log:\n%s", r.Log())
+		}
+	})
 	mlestest.WaitUntil(t, "the pid file names the first process", 10*time.Second, func() bool {
 		return r.pid() == r.first.Process.Pid
 	})
