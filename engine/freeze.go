@@ -176,13 +176,20 @@ func (s *Server) parkAcceptor(ln net.Listener, err error) bool {
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		return false
 	}
-	if h := s.up.hold.Load(); h != nil {
-		s.up.parked.Add(1)
-		<-*h
-		s.up.parked.Add(-1)
+	for {
+		if h := s.up.hold.Load(); h != nil {
+			s.up.parked.Add(1)
+			<-*h
+			s.up.parked.Add(-1)
+			continue // a later freeze may hold it again at once
+		}
+		if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
+			_ = d.SetDeadline(time.Time{})
+		}
+		// A freeze that began meanwhile may have set its deadline before
+		// this cleared it: it has set its hold before that, so look again.
+		if s.up.hold.Load() == nil {
+			return true
+		}
 	}
-	if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
-		_ = d.SetDeadline(time.Time{})
-	}
-	return true
 }
