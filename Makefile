@@ -18,7 +18,7 @@ FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDe
                 ./gateway:FuzzDecodePairMatchesDecodeTriplet ./client:FuzzScanTriplet ./client:FuzzFrameReader \
                 ./upgrade:FuzzDecodeOffer ./upgrade:FuzzDecodeReply ./upgrade:FuzzDecodeCommit \
                 ./upgrade:FuzzDecodeConnState ./upgrade:FuzzDecodeChannelState ./upgrade:FuzzDecodeChunk \
-                ./upgrade:FuzzDecodeTotals
+                ./upgrade:FuzzDecodeTotals ./upgrade:FuzzTransferStream ./upgrade:FuzzSplitFrames
 
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(CURDIR)/bin/tools/staticcheck

@@ -123,6 +123,7 @@ func (s *Server) closeListeners() {
 			_ = ln.Close()
 		}
 	}
+	s.unparkAcceptors() // parked by a freeze (freeze.go): they find their listeners closed
 }
 
 // engineSocket makes the private directory for gnet's own listener.
@@ -161,6 +162,9 @@ func (s *Server) acceptLoop(ln net.Listener) {
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
+			}
+			if s.parkAcceptor(ln, err) { // a handover's freeze (freeze.go)
+				continue
 			}
 			reason := acceptErrorReason(err)
 			s.countAcceptError(reason)
@@ -274,6 +278,7 @@ func (s *Server) register(nc net.Conn, a *adopted, wait bool) error {
 	// from zero) until collected: whoever waits for the acceptors also waits
 	// until every connection they accepted has been opened (StopAccepting).
 	s.acceptWG.Add(1)
+	s.up.inflight.Add(1)
 	s.registering <- res
 	return nil
 }
@@ -290,6 +295,7 @@ func (s *Server) collectRegistrations() {
 		case <-s.shutdown:
 		}
 		s.acceptWG.Done() // opened, failed, or never answered (see register)
+		s.up.inflight.Add(-1)
 		if r.Err == nil {
 			continue
 		}

@@ -88,6 +88,8 @@ type conn struct {
 	cursor     uint64 // sequence of the next set.Log entry c needs
 	ownEvicted uint64 // c's own entries evicted from set.Log at or past cursor
 	lostMark   uint64 // set.Log.Lost when last counted
+
+	mv *moving // a hitless upgrade's part (export.go); nil but during one
 }
 
 // Joined implements router.Subscriber: c lists itself in its loop's set.

@@ -7,10 +7,8 @@ package engine
 // kernel's accept queue is shared and no connection attempt is refused
 // while both run; once the new process serves, the old one stops accepting
 // (StopAccepting) and keeps its open connections until they close or its
-// drain ends. Handing over the connections themselves (phase 2) needs the
-// engine to export and import connection and channel state; that waits for
-// the rewrite of the loop and connection structures (upgrade/doc.go has
-// the design).
+// drain ends. Phase 2 hands over the connections themselves: freeze.go,
+// export.go and import.go (upgrade/doc.go has the protocol).
 
 import (
 	"errors"

@@ -38,6 +38,9 @@ type loop struct {
 	// flushArmed: a flush task is queued (flushSoon): everything read in
 	// this round of events is written with one writev per receiver.
 	flushArmed bool
+	// frozen: a handover is under way (freeze.go): nothing is parsed or
+	// written, nothing is closed by the sweep.
+	frozen bool
 
 	// any goroutine
 	inbox         atomic.Pointer[batch] // LIFO of batches from other loops
@@ -417,7 +420,7 @@ func (l *loop) drainInbox(context.Context) error {
 func (l *loop) write(c *conn) {
 	woken := c.woken
 	c.woken = false
-	if c.state != joined || c.wArmed {
+	if c.state != joined || c.wArmed || l.frozen {
 		return
 	}
 	sent := c.sent
@@ -567,6 +570,9 @@ func (l *loop) sweepDue() {
 // is still arriving (bytes within the last join timeout): the frame deadline
 // and minimum rate govern that (when both are off, the join timeout does).
 func (l *loop) sweep(context.Context) error {
+	if l.frozen {
+		return nil // its clocks are handed over as ages, or run on after a thaw
+	}
 	now := l.srv.now()
 	cfg := &l.srv.cfg
 	frameRulesOn := cfg.FrameTimeout > 0 || cfg.FrameMinRate > 0

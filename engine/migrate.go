@@ -91,10 +91,10 @@ func (s *Server) placeFor(l *loop, name string) *loop {
 	return s.loops[home].Load()
 }
 
-// reasonMoved is what join returns for a connection that moved to another
-// loop to join there: its connection on this loop is closed (the
+// reasonMovedLoop is what join returns for a connection that moved to
+// another loop to join there: its connection on this loop is closed (the
 // descriptor only), and nothing is counted or logged for it.
-const reasonMoved = "moved"
+const reasonMovedLoop = "moved-to-loop"
 
 // moveForJoin moves c, whose plain join frame data (header h, channel name)
 // is at the head of its inbound buffer, to the loop its channel lives on, if
@@ -102,24 +102,36 @@ const reasonMoved = "moved"
 // moved. Runs on c's loop, from join, before anything is joined.
 func (s *Server) moveForJoin(c *conn, h codec.Header, data []byte, name string) bool {
 	gc := c.gc
-	if c.placed || c.up != nil || c.rd.want != 0 || len(data) > moveJoinMax || gc.InboundBuffered() != len(data) ||
-		s.stopping.Load() {
+	if c.placed || c.up != nil || c.mv != nil || c.rd.want != 0 || len(data) > moveJoinMax ||
+		gc.InboundBuffered() != len(data) || s.stopping.Load() {
 		return false
 	}
 	to := s.placeFor(c.loop, name)
 	if to == nil {
 		return false
 	}
+	// In flight until the target loop has it (openMoved), as an accepted
+	// connection is until its OnOpen: a freeze for an upgrade waits for it,
+	// so that no connection is between loops when they are exported. The
+	// count goes first, the check second: a freeze that began meanwhile
+	// either sees the count or is seen here.
+	s.up.inflight.Add(1)
+	if s.up.frozen.Load() {
+		s.up.inflight.Add(-1)
+		return false
+	}
 	// Our own descriptor of the socket, so the socket outlives this loop's
 	// close whatever order the rest happens in.
 	fd, err := unix.Dup(gc.Fd())
 	if err != nil {
+		s.up.inflight.Add(-1)
 		return false // out of descriptors: join here
 	}
 	f := os.NewFile(uintptr(fd), "")
 	nc, err := net.FileConn(f) // a further duplicate, as Enroll wants a net.Conn
 	_ = f.Close()
 	if err != nil {
+		s.up.inflight.Add(-1)
 		return false
 	}
 	m := &moved{opened: c.opened, perIP: c.perIP, h: h, join: append([]byte(nil), data...)}
@@ -131,6 +143,7 @@ func (s *Server) moveForJoin(c *conn, h codec.Header, data []byte, name string) 
 	res, err := to.el.Enroll(gnet.NewContext(context.Background(), a), nc)
 	if err != nil {
 		_ = nc.Close()
+		s.up.inflight.Add(-1)
 		return false // the engine is stopping: join here (and be closed with the rest)
 	}
 	// Enroll closes nc once the target loop has its own descriptor. A
@@ -138,6 +151,7 @@ func (s *Server) moveForJoin(c *conn, h codec.Header, data []byte, name string) 
 	// stopping): count and log it; the client sees a close and may retry.
 	go func() {
 		if r := <-res; r.Err != nil {
+			s.up.inflight.Add(-1) // never opened
 			s.countRefused("move-failed")
 			s.rlog.Log(levelWarn, "move-failed", "cannot move a connection to its channel's event loop; it is closed",
 				slog.String("remote", c.remote.String()), slog.String("error", r.Err.Error()))
@@ -155,6 +169,7 @@ func (s *Server) moveForJoin(c *conn, h codec.Header, data []byte, name string) 
 // accepted; its join timeout runs from then.
 func (s *Server) openMoved(c *conn, m *moved) gnet.Action {
 	c.opened, c.perIP, c.placed = m.opened, m.perIP, true
+	s.up.inflight.Add(-1) // on its loop now (moveForJoin)
 	s.openConns.Add(1)
 	if s.stopping.Load() {
 		c.reason = "shutting-down"

@@ -55,8 +55,8 @@ func (s *Server) newPartialLoops(n int) []partialLoop {
 // date after OnTraffic has taken every whole frame; newFrame says whether a
 // frame was completed (so what is left is the beginning of a new one). It
 // returns Close when c must go. Loop-owned; no allocation.
-func (s *Server) accountPartial(c *conn, gc gnet.Conn, newFrame bool) gnet.Action {
-	held := c.rd.held(gc)
+func (s *Server) accountPartial(c *conn, in inbound, newFrame bool) gnet.Action {
+	held := c.rd.held(in)
 	switch {
 	case held == 0:
 		c.frameStart = 0
@@ -66,7 +66,7 @@ func (s *Server) accountPartial(c *conn, gc gnet.Conn, newFrame bool) gnet.Actio
 		c.loop.sweepDue()
 	}
 	c.held = held
-	res := c.rd.resident(gc)
+	res := c.rd.resident(in)
 	if res == c.partial {
 		return gnet.None
 	}

@@ -88,6 +88,8 @@ type Server struct {
 	ipMu    sync.Mutex
 	perIP   map[netip.Addr]int // Lock: ipMu; open connections per client IP
 	refused sync.Map           // reason → *atomic.Uint64
+
+	up upgradeState // a hitless upgrade's freeze, export and import (freeze.go)
 }
 
 // New makes a server for r; Serve starts it.
@@ -327,6 +329,9 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		// retried by the first watch.
 		_ = l.writable.start(l.el, l.writableRunnable)
 	}
+	if im, ok := gc.Context().(*imported); ok { // handed over by the old process (import.go)
+		return nil, s.openImported(gc, l, im)
+	}
 	now := s.now()
 	remote := addrPortOf(gc.RemoteAddr())
 	a, _ := gc.Context().(*adopted)
@@ -425,6 +430,12 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 		}
 		s.ipMu.Unlock()
 	}
+	if c.reason == reasonMoved { // it lives on in the new process (export.go)
+		if c.up != nil {
+			s.closeUplink(c, nil) // its owner learns that it moved, and does not redial
+		}
+		return gnet.None
+	}
 	if c.up != nil {
 		if c.reason != "" {
 			s.countRefused(c.reason) // logged by the peering package, with the reason
@@ -522,6 +533,10 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if c.state >= closing {
 		return gnet.Close
 	}
+	if heldBack(c) {
+		return gnet.None // a handover: what was read waits in gnet's buffer (import.go)
+	}
+	in := inboundOf(c, gc)
 	began := time.Now()
 	defer l.stats.addBusy(began)
 	c.lastRead = int64(began.Sub(s.start))
@@ -530,11 +545,11 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	framed := false // a frame was completed: what is left begins a new one
 	spare := &s.partial[l.idx].spare
 	for {
-		if c.state == joined && len(l.frames) == 0 && c.rd.want == 0 && s.cutThrough(c, gc) > 0 { // engine/cutthrough.go
+		if c.state == joined && len(l.frames) == 0 && c.rd.want == 0 && s.cutThrough(c, in) > 0 { // engine/cutthrough.go
 			framed = true
 			continue
 		}
-		h, data, reason := c.rd.next(gc, s.cfg.MaxFrame, ownedFrameMin, spare)
+		h, data, reason := c.rd.next(in, s.cfg.MaxFrame, ownedFrameMin, spare)
 		if reason != "" {
 			c.reason = reason
 			action = gnet.Close
@@ -547,8 +562,8 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		framed = true
 		if c.state == awaitingJoin {
 			reason := s.join(c, h, data)
-			c.rd.done(gc, spare)
-			if reason == reasonMoved {
+			c.rd.done(in, spare)
+			if reason == reasonMovedLoop {
 				action = gnet.Close
 				break
 			}
@@ -563,13 +578,13 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 			c.up.received++
 			fp := router.Fingerprint(data)
 			if c.up.replayLeft > 0 && c.up.skipReplayed(c, fp, data) { // engine/uplink.go
-				c.rd.done(gc, spare)
+				c.rd.done(in, spare)
 				continue
 			}
 			c.up.seen.AddFingerprint(fp)
 		}
 		f := router.NewFrame(data)
-		c.rd.done(gc, spare)
+		c.rd.done(in, spare)
 		l.frames = append(l.frames, f)
 		batchBytes += total
 		if len(l.frames) >= maxBatchFrames || batchBytes >= maxBatchBytes {
@@ -583,7 +598,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	l.flushSoon()
 	if action == gnet.None {
 		// The frame still arriving counts against a global budget and a clock.
-		action = s.accountPartial(c, gc, framed)
+		action = s.accountPartial(c, in, framed)
 	}
 	return action
 }
@@ -667,7 +682,7 @@ func (s *Server) join(c *conn, h codec.Header, data []byte) string {
 		return "peer-is-self"
 	}
 	if !resync && s.moveForJoin(c, h, data, t.Channel) { // engine/migrate.go
-		return reasonMoved
+		return reasonMovedLoop
 	}
 	// Before the router publishes c: memberUIDs (engine/uplink.go) reads them.
 	c.uid, c.peerLink = t.UID, c.cid != codec.CIDOf(key)
@@ -843,5 +858,5 @@ func (s *Server) Stats() Stats {
 		st.AcceptErrors[k.(string)] = v.(*atomic.Uint64).Load()
 		return true
 	})
-	return st
+	return s.up.base.withBase(st)
 }

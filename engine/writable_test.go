@@ -202,7 +202,3 @@ func TestClosedReceiverLeavesTheWritableSet(t *testing.T) {
 	a.expect(b.frame(nil))
 	b.expect(a.send([]byte("after the close")))
 }
-
-type runnable func()
-
-func (r runnable) Run(context.Context) error { r(); return nil }

@@ -265,21 +265,10 @@ func (m *Manager) MemberJoined(ch *router.Channel, join []byte) {
 	}
 	cl := m.chans[ch.Name()]
 	if cl == nil {
-		t, err := codec.DecodeTriplet(join[codec.HeaderLen:])
-		if err != nil {
+		if cl = m.newLinksLocked(ch.Name(), join); cl == nil {
 			return // cannot happen: the engine decoded it to join
 		}
-		cl = &channelLinks{name: ch.Name(), join: append([]byte(nil), join...)}
-		if len(t.Message) > maxKeptJoinMessage {
-			h, _ := codec.ParseHeader(join)
-			t.Message = nil
-			cl.join = codec.AppendTriplet(codec.AppendHeader(nil, codec.Header{Len: codec.TripletLen(t), CID: h.CID, Key: h.Key}), t)
-		}
-		cl.first, _ = codec.DecodeTriplet(cl.join[codec.HeaderLen:])
-		m.chans[cl.name] = cl
-		for _, p := range m.cfg.Peers {
-			u := &Uplink{m: m, cl: cl, peer: p, wait: m.cfg.Backoff}
-			cl.links = append(cl.links, u)
+		for _, u := range cl.links {
 			m.dialLocked(u)
 		}
 	}
@@ -288,6 +277,105 @@ func (m *Manager) MemberJoined(ch *router.Channel, join []byte) {
 		cl.linger.Stop()
 		cl.linger = nil
 	}
+}
+
+// newLinksLocked makes channel's links, one per peer, none dialled yet,
+// with join as the first member's join frame (nil if join is not one).
+// Lock: m.mu.
+func (m *Manager) newLinksLocked(channel string, join []byte) *channelLinks {
+	if len(join) < codec.HeaderLen {
+		return nil
+	}
+	t, err := codec.DecodeTriplet(join[codec.HeaderLen:])
+	if err != nil {
+		return nil
+	}
+	cl := &channelLinks{name: channel, join: append([]byte(nil), join...)}
+	if len(t.Message) > maxKeptJoinMessage {
+		h, _ := codec.ParseHeader(join)
+		t.Message = nil
+		cl.join = codec.AppendTriplet(codec.AppendHeader(nil, codec.Header{Len: codec.TripletLen(t), CID: h.CID, Key: h.Key}), t)
+	}
+	cl.first, _ = codec.DecodeTriplet(cl.join[codec.HeaderLen:])
+	m.chans[cl.name] = cl
+	for _, p := range m.cfg.Peers {
+		cl.links = append(cl.links, &Uplink{m: m, cl: cl, peer: p, wait: m.cfg.Backoff})
+	}
+	return cl
+}
+
+// MovedUplink is an uplink the old process handed over on an upgrade: the
+// same TCP connection to Peer, a member of Channel there, whose first
+// member's join was Join, from the local address Local.
+type MovedUplink struct {
+	Channel, Peer string
+	Join          []byte
+	Local         netip.AddrPort
+}
+
+// AdoptMoved takes over the uplinks an upgrade handed over, before the
+// members they serve rejoin (MemberJoined then only counts them): it
+// returns the Uplink each connection now belongs to, in Connecting state
+// as if just dialled and handed to the engine (its Up follows), its first
+// frame marked sent, so it sends no Hello: the peer sees nothing. Nil for
+// one it cannot take (its peer is no longer configured, or the channel's
+// link to that peer exists already: a member that joined this process
+// first had it dialled); the engine closes that connection. The channels'
+// links to the other peers are dialled as usual.
+func (m *Manager) AdoptMoved(moved []MovedUplink) []*Uplink {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*Uplink, len(moved))
+	fresh := map[*channelLinks]bool{}
+	taken := map[*Uplink]bool{}
+	for i, mv := range moved {
+		if m.stopped {
+			break
+		}
+		cl := m.chans[mv.Channel]
+		if cl == nil {
+			if cl = m.newLinksLocked(mv.Channel, mv.Join); cl == nil {
+				continue
+			}
+			fresh[cl] = true
+		}
+		if !fresh[cl] {
+			continue
+		}
+		for _, u := range cl.links {
+			if u.peer != mv.Peer || taken[u] {
+				continue
+			}
+			taken[u] = true
+			u.state, u.helloed = Connecting, true
+			u.gen++
+			u.setKeyLocked(mv.Local)
+			u.local = mv.Local
+			out[i] = u
+			break
+		}
+	}
+	for cl := range fresh {
+		for _, u := range cl.links {
+			if !taken[u] {
+				m.dialLocked(u)
+			}
+		}
+	}
+	return out
+}
+
+// FirstJoin is the join frame the channel's uplinks replay (its first
+// member's), nil when the channel has none here. A hitless upgrade hands
+// it to the new process, whose manager then opens the channel's uplinks
+// with the same join (engine/export.go).
+func (m *Manager) FirstJoin(channel string) []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cl := m.chans[channel]; cl != nil {
+		return append([]byte(nil), cl.join...)
+	}
+	return nil
 }
 
 // MemberLeft closes the channel's uplinks Linger after its last member left.

@@ -59,6 +59,10 @@ func (u *Uplink) setKeyLocked(local netip.AddrPort) {
 	}
 }
 
+// Peer is the --peer this uplink connects to (a handover names it, so the
+// new process's manager adopts the connection: AdoptMoved).
+func (u *Uplink) Peer() string { return u.peer }
+
 // Channel implements engine.Uplink.
 func (u *Uplink) Channel() string { return u.cl.name }
 
@@ -157,6 +161,10 @@ func (u *Uplink) Up(closeFn func()) {
 		slog.String("cid", fmt.Sprintf("%08x", u.cid)))
 }
 
+// ReasonMoved is the reason Down is given for a connection the engine
+// handed to a new process on an upgrade (engine/export.go).
+const ReasonMoved = "moved"
+
 // Down implements engine.Uplink: the connection ended. Unless the channel
 // is gone, the uplink dials again after its back-off.
 func (u *Uplink) Down(reason string, err error, received uint64) {
@@ -165,6 +173,13 @@ func (u *Uplink) Down(reason string, err error, received uint64) {
 	defer m.mu.Unlock()
 	wasUp := u.state == Up
 	u.closeFn = nil
+	if reason == ReasonMoved {
+		// Handed to a new process on an upgrade: the connection lives on
+		// there; here the link is done and never dials again.
+		u.state = Closed
+		u.gen++
+		return
+	}
 	if (u.state != Up && u.state != Connecting) || m.stopped {
 		return // closed for good, or its failure was already handled
 	}

@@ -198,22 +198,10 @@ func (r *Router) JoinUplink(name string, sub Subscriber, hist []*Frame) (*Channe
 
 func (r *Router) join(name string, sub Subscriber, hist []*Frame, checkDup bool) (*Channel, []*Frame, error) {
 	for {
-		sh := r.shardOf(name)
-		sh.mu.Lock()
-		ch := sh.m[name]
-		if ch == nil {
-			if r.cfg.MaxChannels > 0 && r.channels.Load() >= int64(r.cfg.MaxChannels) {
-				sh.mu.Unlock()
-				return nil, hist, ErrTooManyChannels
-			}
-			ch = &Channel{name: name, router: r}
-			ch.hist = history{ring: make([]*Frame, r.cfg.HistoryLimit), maxBytes: r.cfg.HistoryBytes, budget: &r.budget}
-			ch.snap.Store(emptySnapshot)
-			sh.m[name] = ch
-			r.channels.Add(1)
+		ch, err := r.channelOf(name)
+		if err != nil {
+			return nil, hist, err
 		}
-		sh.mu.Unlock()
-
 		ch.mu.Lock()
 		if ch.dead {
 			ch.mu.Unlock()
@@ -229,6 +217,27 @@ func (r *Router) join(name string, sub Subscriber, hist []*Frame, checkDup bool)
 		ch.mu.Unlock()
 		return ch, hist, nil
 	}
+}
+
+// channelOf returns the channel called name, making it if there is none
+// (ErrTooManyChannels past Config.MaxChannels). The caller locks it and
+// retries if it is dead by then.
+func (r *Router) channelOf(name string) (*Channel, error) {
+	sh := r.shardOf(name)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	ch := sh.m[name]
+	if ch == nil {
+		if r.cfg.MaxChannels > 0 && r.channels.Load() >= int64(r.cfg.MaxChannels) {
+			return nil, ErrTooManyChannels
+		}
+		ch = &Channel{name: name, router: r}
+		ch.hist = history{ring: make([]*Frame, r.cfg.HistoryLimit), maxBytes: r.cfg.HistoryBytes, budget: &r.budget}
+		ch.snap.Store(emptySnapshot)
+		sh.m[name] = ch
+		r.channels.Add(1)
+	}
+	return ch, nil
 }
 
 // Leave removes sub from the channel (the caller takes it out of its

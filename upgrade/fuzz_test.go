@@ -106,3 +106,59 @@ func FuzzDecodeTotals(f *testing.F) {
 		}
 	})
 }
+
+// The state stream's reader (Transfer.add, then finish) takes any sequence
+// of messages without panicking or growing past its bounds; messages are
+// fed split where the input has a 0xff byte (descriptors cannot be fuzzed:
+// a ConnState is refused without its one).
+func FuzzTransferStream(f *testing.F) {
+	frame := []byte{0x80, 0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 'x'}
+	var seed []byte
+	for _, v := range []any{
+		&ChannelState{Name: "c", HistoryChunks: 1},
+		&Chunk{Chan: "c", History: frame},
+		&Chunk{Conn: 1, Partial: []byte("late")},
+		&Totals{Counters: map[string]uint64{"mlesd_joins_total": 3}},
+	} {
+		b, err := EncodeState(v)
+		if err != nil {
+			f.Fatal(err)
+		}
+		seed = append(append(seed, b...), 0xff)
+	}
+	f.Add(seed)
+	f.Add([]byte{0xff})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tr := &Transfer{byConn: map[uint64]*ConnIn{}, byChan: map[string]*ChannelIn{}, seq: map[any]uint32{}}
+		for _, msg := range bytes.Split(b, []byte{0xff}) {
+			done, err := tr.add(msg, nil)
+			if err != nil {
+				return
+			}
+			if done {
+				_ = tr.finish()
+				return
+			}
+		}
+	})
+}
+
+// SplitFrames cuts any bytes into frames that are exactly their headers'
+// lengths, or refuses them.
+func FuzzSplitFrames(f *testing.F) {
+	f.Add([]byte{0x80, 0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 'x'})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		frames, err := SplitFrames(b)
+		if err != nil {
+			return
+		}
+		var again []byte
+		for _, fr := range frames {
+			again = append(again, fr...)
+		}
+		if !bytes.Equal(again, b) {
+			t.Fatalf("frames %x do not add up to %x", again, b)
+		}
+	})
+}

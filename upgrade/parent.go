@@ -35,6 +35,9 @@ type Options struct {
 	Files   []File          // the listening sockets
 	Timeout time.Duration   // from start to ready; 0 = DefaultTimeout
 	Cancel  <-chan struct{} // closed: give up (the new process is killed)
+	// States offers the live connections and channels too (phase 2):
+	// StateFormat, or 0 for the listeners only.
+	States uint16
 }
 
 // Child is a new process that reported ready. Until Commit it has not
@@ -42,6 +45,7 @@ type Options struct {
 type Child struct {
 	PID     int
 	Version string // its version string, from its Reply
+	states  uint16 // the state format it reads (Reply.States); 0: listeners only
 
 	sock   *socket
 	cmd    *exec.Cmd
@@ -97,7 +101,7 @@ func Start(opts Options) (*Child, error) {
 
 // handover sends the Offer and waits for the Reply.
 func (c *Child) handover(opts Options, deadline time.Time) error {
-	offer := Offer{Kind: kindOffer, Format: FormatVersion, Sender: opts.Version, PID: os.Getpid()}
+	offer := Offer{Kind: kindOffer, Format: FormatVersion, Sender: opts.Version, PID: os.Getpid(), States: opts.States}
 	files := make([]*os.File, len(opts.Files))
 	for i, f := range opts.Files {
 		offer.Files = append(offer.Files, f.FileID)
@@ -142,7 +146,10 @@ func (c *Child) handover(opts Options, deadline time.Time) error {
 	if !reply.Ready {
 		return fmt.Errorf("the new process (pid %d, version %q) refused the handover: %s", c.PID, reply.Version, reply.Error)
 	}
-	c.Version = reply.Version
+	c.Version, c.states = reply.Version, reply.States
+	if c.states != 0 && (opts.States == 0 || c.states != StateFormat) {
+		return fmt.Errorf("the new process (pid %d) reads state format %d, which this build does not write", c.PID, c.states)
+	}
 	return nil
 }
 

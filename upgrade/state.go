@@ -76,7 +76,8 @@ type ConnState struct {
 	// frame being written (OwedWhole bytes), then whole frames. Frames are
 	// self-delimiting, so the new process recovers their boundaries (it
 	// drops whole frames only, past OwedWhole). More bytes follow in
-	// OwedChunks Chunk messages when they do not fit one message.
+	// OwedChunks Chunk messages (its owed bytes, then its partial ones:
+	// the count covers both) when they do not fit one message.
 	Owed       []byte `cbor:"15,keyasint,omitempty"`
 	OwedWhole  uint32 `cbor:"16,keyasint,omitempty"`
 	OwedChunks uint32 `cbor:"17,keyasint,omitempty"`
@@ -87,6 +88,12 @@ type ConnState struct {
 	Dropped uint64 `cbor:"20,keyasint,omitempty"` // frames dropped for it
 
 	Uplink *UplinkState `cbor:"21,keyasint,omitempty"`
+	// PeerLink: joined with a CID that is not its key's (another server's
+	// uplink with a static group CID); its uid is not a local sender.
+	PeerLink bool `cbor:"22,keyasint,omitempty"`
+	// DupKey is what the duplicate-CID rule compares for it when that is
+	// not its CID (an uplink's: its CID with bit 32 set); 0: its CID.
+	DupKey uint64 `cbor:"23,keyasint,omitempty"`
 }
 
 // UplinkState marks a connection as this server's uplink to a peer: it
@@ -112,8 +119,8 @@ type ChannelState struct {
 	FirstJoin     []byte   `cbor:"7,keyasint,omitempty"` // first local join frame (peering)
 }
 
-// Chunk continues the bytes of a ConnState (Owed) or the frames of a
-// ChannelState (History) that did not fit its message.
+// Chunk continues the bytes of a ConnState (Owed, Partial) or the frames
+// of a ChannelState (Frames, History) that did not fit its message.
 type Chunk struct {
 	Kind   uint8    `cbor:"0,keyasint"`
 	Format uint16   `cbor:"1,keyasint"`
@@ -122,6 +129,16 @@ type Chunk struct {
 	Seq    uint32   `cbor:"4,keyasint"`           // 0, 1, … per owner
 	Owed   []byte   `cbor:"5,keyasint,omitempty"`
 	Frames [][]byte `cbor:"6,keyasint,omitempty"`
+	// Partial: inbound bytes of a connection read by the old process
+	// after its ConnState was written (it stops parsing at the freeze but
+	// its event loop may still take bytes off the socket until it lets
+	// go), continuing ConnState.Partial; sent after the new process's
+	// import, before Commit.
+	Partial []byte `cbor:"7,keyasint,omitempty"`
+	// History: a channel's history frames concatenated (frames are
+	// self-delimiting), continuing ChannelState.History, so that a frame
+	// larger than one message still travels.
+	History []byte `cbor:"8,keyasint,omitempty"`
 }
 
 // Totals carries the counters behind mlesd_*_total (metric name with its
@@ -248,7 +265,7 @@ func DecodeChunk(b []byte) (Chunk, error) {
 	switch {
 	case (c.Conn == 0) == (c.Chan == ""):
 		return Chunk{}, errors.New("chunk names no owner, or two")
-	case c.Conn != 0 && len(c.Frames) > 0, c.Chan != "" && len(c.Owed) > 0:
+	case c.Conn != 0 && (len(c.Frames) > 0 || len(c.History) > 0), c.Chan != "" && (len(c.Owed) > 0 || len(c.Partial) > 0):
 		return Chunk{}, errors.New("chunk of the wrong kind of bytes for its owner")
 	case len(c.Chan) > maxName:
 		return Chunk{}, errors.New("chunk of a channel with too long a name")

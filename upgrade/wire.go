@@ -54,6 +54,12 @@ type Offer struct {
 	// follow the header. Always 0 in format 1.
 	Conns    uint32 `cbor:"5,keyasint,omitempty"`
 	Channels uint32 `cbor:"6,keyasint,omitempty"`
+	// States is the state format (StateFormat) the old process can hand
+	// over after the new one is ready: its live connections and channels
+	// (transfer.go). 0: listeners only. A reader that does not know the
+	// field ignores it and answers as phase 1 did, so the old process
+	// hands over only the listeners: a rollback to a phase-1 build works.
+	States uint16 `cbor:"7,keyasint,omitempty"`
 }
 
 // FileID says what one handed-over descriptor is: its role and the
@@ -73,6 +79,12 @@ type Reply struct {
 	PID     int    `cbor:"3,keyasint"`
 	Ready   bool   `cbor:"4,keyasint"`
 	Error   string `cbor:"5,keyasint,omitempty"`
+	// States, in the reply that reports ready: the state format this
+	// process reads, when the Offer offered it (0: listeners only, then
+	// Commit as in phase 1). In the second reply (after the state):
+	// Imported is how many connections it took.
+	States   uint16 `cbor:"6,keyasint,omitempty"`
+	Imported uint32 `cbor:"7,keyasint,omitempty"`
 }
 
 // Commit tells the new process that the old one has stopped accepting:
@@ -167,7 +179,10 @@ func DecodeCommit(b []byte) (Commit, error) {
 }
 
 // socket is one end of the handover socket pair.
-type socket struct{ uc *net.UnixConn }
+type socket struct {
+	uc  *net.UnixConn
+	buf []byte // recv's, reused: a phase-2 handover is thousands of messages
+}
 
 // newSocket wraps descriptor f (which it closes) as a socket.
 func newSocket(f *os.File) (*socket, error) {
@@ -201,6 +216,12 @@ func (s *socket) send(v any, files []*os.File, deadline time.Time) error {
 	if err != nil {
 		return err
 	}
+	return s.sendBytes(b, files, deadline)
+}
+
+// sendBytes writes b, an encoded message, with files attached.
+func (s *socket) sendBytes(b []byte, files []*os.File, deadline time.Time) error {
+	var err error
 	if len(b) > maxMessage || len(files) > maxFilesPerMessage {
 		return fmt.Errorf("handover message too large (%d bytes, %d descriptors)", len(b), len(files))
 	}
@@ -242,9 +263,13 @@ func rawFD(f *os.File) (int, error) {
 }
 
 // recv reads one message and the descriptors attached to it (as files the
-// caller owns). io.EOF: the other end closed.
+// caller owns). io.EOF: the other end closed. The message's bytes are
+// valid until the next recv.
 func (s *socket) recv(deadline time.Time) ([]byte, []*os.File, error) {
-	buf := make([]byte, maxMessage+1)
+	if s.buf == nil {
+		s.buf = make([]byte, maxMessage+1)
+	}
+	buf := s.buf
 	oob := make([]byte, unix.CmsgSpace(4*maxFilesPerMessage))
 	_ = s.uc.SetReadDeadline(deadline)
 	n, oobn, flags, _, err := s.uc.ReadMsgUnix(buf, oob)

@@ -91,7 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	logStart(o, ho, log)
-	u.srv = srv
+	u.srv, u.peers = srv, peers
 	return serve(o, srv, peers, u, log)
 }
 

@@ -1,13 +1,16 @@
 package main
 
-// Hitless upgrade, phase 1 (package upgrade has the protocol): on SIGUSR2
-// this process starts the binary at the path it was started from, with the
+// Hitless upgrade (package upgrade has the protocol): on SIGUSR2 this
+// process starts the binary at the path it was started from, with the
 // same arguments and environment, and hands it its listening sockets (the
 // Mles listeners, --tls-listen, --ws-listen, --metrics, --pprof). The new
-// process serves on them and says so; only then does this one stop
-// accepting, and it keeps serving the connections it has until they close
-// or --drain-timeout passes, then exits 0. Any failure of the new process
-// leaves this one serving as before.
+// process serves on them and says so; if it reads state, this one hands
+// over its plain-TCP connections, history and counters too (transfer.go).
+// Only then does this one stop accepting, and it keeps serving the
+// connections it still has (TLS, WebSocket, uplinks; all of them with a
+// phase-1 new process) until they close or --drain-timeout passes, then
+// exits 0. Any failure of the new process leaves this one serving as
+// before.
 
 import (
 	"errors"
@@ -23,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/peering"
 	"github.com/mlesd/mlesd/upgrade"
 )
 
@@ -38,6 +42,7 @@ type upgrader struct {
 
 	ho      *upgrade.Handover // set when started by an upgrade
 	srv     *engine.Server
+	peers   *peering.Manager // nil without --peer
 	side    *sideListeners
 	pprofLn net.Listener
 
@@ -55,6 +60,11 @@ type attempt struct {
 	files   []upgrade.File
 	started time.Time
 	err     error
+	// Phase 2 (transfer.go): the connections and channels handed over,
+	// and how long this process was frozen for it.
+	moved, channels int
+	frozen          time.Duration
+	ready           time.Duration // from start until the new process reported ready
 }
 
 // newUpgrader resolves the path to start on an upgrade and catches SIGUSR2
@@ -102,6 +112,10 @@ func (u *upgrader) serving() error {
 	if u.ho != nil {
 		u.busy = true
 		ho := u.ho
+		if ho.OffersState() {
+			go func() { u.committed <- u.takeState(ho) }()
+			return nil
+		}
 		go func() { u.committed <- ho.Ready(u.o.UpgradeTimeout) }()
 		return nil
 	}
@@ -157,8 +171,15 @@ func (u *upgrader) attempt(stop <-chan struct{}) attempt {
 	}
 	a.child, a.err = upgrade.Start(upgrade.Options{
 		Path: u.exe, Args: u.args, Env: os.Environ(), Stdout: u.stdout, Stderr: u.stderr,
-		Version: version, Files: a.files, Timeout: u.o.UpgradeTimeout, Cancel: stop,
+		Version: version, Files: a.files, Timeout: u.o.UpgradeTimeout, Cancel: stop, States: upgrade.StateFormat,
 	})
+	a.ready = time.Since(a.started)
+	if a.err == nil && a.child.States() != 0 {
+		if a.err = u.transfer(a.child, &a); a.err != nil {
+			closeUpgradeFiles(a.files)
+			a.files = nil
+		}
+	}
 	return a
 }
 
@@ -227,7 +248,7 @@ func (u *upgrader) finished(a attempt) bool {
 		return false
 	}
 	u.busy = true // for good: a handed-over process does not upgrade again
-	ready := time.Since(a.started)
+	ready := a.ready
 	// Stop accepting everywhere; connections and sessions go on (the
 	// metrics and pprof servers go: they keep nothing worth draining). The
 	// TLS and WebSocket listeners first: what they accepted reaches the
@@ -250,10 +271,11 @@ func (u *upgrader) finished(a attempt) bool {
 	st := u.srv.Stats()
 	took := time.Since(a.started)
 	u.log.Info(fmt.Sprintf("handed over %d listeners, %d connections and %d channels in %d ms",
-		len(a.files), 0, 0, took.Milliseconds()),
+		len(a.files), a.moved, a.channels, took.Milliseconds()),
+		slog.Duration("frozen", a.frozen.Round(time.Microsecond)),
 		slog.Int("new_pid", a.child.PID), slog.String("to_version", a.child.Version),
 		slog.Duration("new_process_ready_after", ready.Round(time.Millisecond)),
-		slog.Int64("connections_kept", st.OpenConns), slog.Int("channels_kept", st.Channels))
+		slog.Int64("connections_kept", st.OpenConns))
 	return true
 }
 

@@ -121,6 +121,11 @@ func startRig(t *testing.T, first string, env []string, args ...string) *upgrade
 	}
 	go func() { _ = r.first.Wait(); close(r.firstDone) }()
 	t.Cleanup(r.stopAll)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the rig's log:\n%s", r.Log())
+		}
+	})
 	mlestest.WaitUntil(t, "the pid file names the first process", 10*time.Second, func() bool {
 		return r.pid() == r.first.Process.Pid
 	})
@@ -400,8 +405,9 @@ func exchange(t *testing.T, a, b *mlestest.Client, n uint32) {
 
 // Three upgrades in a row between two builds while clients keep dialling:
 // no dial is refused or reset, the pid file and /metrics follow each new
-// process, and a pair joined before the first upgrade keeps exchanging
-// frames with the old process until it closes, when that process exits.
+// process, a pair joined before the first upgrade moves with each and
+// keeps exchanging frames, and each old process exits 0 having nothing
+// left to drain.
 func TestUpgradesUnderDialLoadRefuseNoConnection(t *testing.T) {
 	a, b := versionedBuilds(t)
 	notify := listenNotify(t)
@@ -415,9 +421,10 @@ func TestUpgradesUnderDialLoadRefuseNoConnection(t *testing.T) {
 	mlestest.Sync(t, first, second)
 	mlestest.Sync(t, second, first)
 	exchange(t, first, second, 1)
-	// The first process's descriptors without its two clients, once each
-	// event loop has made its writable set (with its first connection).
-	baseFDs, baseList := fdCount(t, r.first.Process.Pid)-2, fdList(r.first.Process.Pid)
+	// The first process's descriptors with its two clients (they move to
+	// each new process), once each event loop has made its writable set
+	// (with its first connection).
+	baseFDs, baseList := fdCount(t, r.first.Process.Pid), fdList(r.first.Process.Pid)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("first, with 2 clients: %v\nlast: %v", baseList, fdList(r.pid()))
@@ -439,18 +446,14 @@ func TestUpgradesUnderDialLoadRefuseNoConnection(t *testing.T) {
 	notify.want(t, fmt.Sprintf("MAINPID=%d", newPID))
 	notify.want(t, "READY=1")
 	r.waitLog(fmt.Sprintf("new_pid=%d to_version=vB", newPID), 1)
-	if !strings.Contains(r.Log(), "handed over 3 listeners, 0 connections and 0 channels in ") {
+	if !regexp.MustCompile(`handed over 3 listeners, \d+ connections and \d+ channels in `).MatchString(r.Log()) {
 		t.Fatalf("no handed-over line:\n%s", r.Log())
 	}
-	// The pair joined before the upgrade is still served by the old process.
-	if !alive(oldPID) {
-		t.Fatalf("the old process %d exited with connections open", oldPID)
-	}
+	// The pair joined before the upgrade moved with it: the old process
+	// has nothing left to drain and exits.
+	mlestest.WaitUntil(t, "the old process exits once it handed its connections over", 15*time.Second,
+		func() bool { return !alive(oldPID) })
 	exchange(t, first, second, 2)
-	if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	r.waitLog("SIGUSR2 ignored: this process has handed over and is draining", 1)
 	d.waitFor(t, 200)
 
 	_, third := upgradeTo(a, "vA", 2)
@@ -466,7 +469,7 @@ func TestUpgradesUnderDialLoadRefuseNoConnection(t *testing.T) {
 		t.Fatalf("pid file did not move: %d, %d, %d", newPID, third, fourth)
 	}
 	for _, pid := range []int{newPID, third} {
-		mlestest.WaitUntil(t, fmt.Sprintf("intermediate process %d exits once its dialled connections closed", pid),
+		mlestest.WaitUntil(t, fmt.Sprintf("intermediate process %d exits once it handed over", pid),
 			15*time.Second, func() bool { return !alive(pid) })
 	}
 	mlestest.Exchange(t, r.addr, key) // new clients are served by the last process
@@ -482,7 +485,7 @@ func TestUpgradesUnderDialLoadRefuseNoConnection(t *testing.T) {
 	select {
 	case <-r.firstDone:
 	case <-time.After(15 * time.Second):
-		t.Fatalf("the first process did not exit once its connections closed:\n%s", r.Log())
+		t.Fatalf("the first process did not exit after handing over:\n%s", r.Log())
 	}
 	if code := r.first.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("the first process exited %d, want 0:\n%s", code, r.Log())
@@ -625,8 +628,9 @@ func (n *notifySocket) want(t *testing.T, state string) {
 }
 
 // The TLS and WebSocket listeners move too: after the upgrade new TLS and
-// WebSocket clients are served by the new process, while a TLS client
-// joined before keeps exchanging frames with the old one.
+// WebSocket clients are served by the new process, while TLS clients
+// joined before stay with the old one and keep exchanging frames (a TLS
+// session cannot move; a plain connection does).
 func TestUpgradeMovesTheTLSAndWebSocketListenersAndKeepsTheirSessions(t *testing.T) {
 	a, b := versionedBuilds(t)
 	pki := newTestPKI(t)
@@ -646,12 +650,29 @@ func TestUpgradeMovesTheTLSAndWebSocketListenersAndKeepsTheirSessions(t *testing
 	}
 	mlestest.Sync(t, sec, plain)
 	mlestest.Sync(t, plain, sec)
+	var pair [2]*mlestest.Client // two TLS sessions on a channel of their own
+	for i := range pair {
+		tcp, err := dialTLS(t, tlsAddr, pki, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pair[i] = tlsClient(tcp, fmt.Sprintf("secure%d", i), "tls-only")
+		if err := pair[i].Send(nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mlestest.Sync(t, pair[0], pair[1])
+	mlestest.Sync(t, pair[1], pair[0])
 
 	oldPID, _ := r.upgradeTo(b, "vB", 1)
-	if !strings.Contains(r.Log(), "handed over 5 listeners") {
-		t.Fatalf("the TLS and WebSocket listeners were not handed over:\n%s", r.Log())
+	if !strings.Contains(r.Log(), "handed over 5 listeners, 1 connections") {
+		t.Fatalf("the TLS and WebSocket listeners, and the plain connection, were not handed over:\n%s", r.Log())
 	}
-	exchange(t, plain, sec, 1) // both still on the old process
+	exchange(t, pair[0], pair[1], 1) // the TLS sessions stay on the old process
+	if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	r.waitLog("SIGUSR2 ignored: this process has handed over and is draining", 1)
 
 	tc2, err := dialTLS(t, tlsAddr, pki, nil)
 	if err != nil {
@@ -677,6 +698,8 @@ func TestUpgradeMovesTheTLSAndWebSocketListenersAndKeepsTheirSessions(t *testing
 	}
 	plain.NC.Close()
 	sec.NC.Close()
+	pair[0].NC.Close()
+	pair[1].NC.Close()
 	mlestest.WaitUntil(t, "the old process exits once its clients left", 15*time.Second, func() bool { return !alive(oldPID) })
 	exchange(t, plain2, sec2, 2) // the new process serves on
 }

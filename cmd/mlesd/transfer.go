@@ -1,0 +1,169 @@
+package main
+
+// Hitless upgrade, phase 2 (upgrade/doc.go): once the new process serves
+// and says it reads state, this one freezes, hands over its plain-TCP
+// connections (sockets and state) and its channels' history and counters,
+// and lets go of the sockets once the new process has imported them. Any
+// failure before that thaws this process, which serves on as before.
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/mlesd/mlesd/engine"
+	"github.com/mlesd/mlesd/peering"
+	"github.com/mlesd/mlesd/upgrade"
+)
+
+// transfer hands the live state to child (which reported ready) and
+// records what moved in a. On error the child has been killed and this
+// process thawed.
+func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
+	timeout := u.o.UpgradeTimeout
+	deadline := time.Now().Add(timeout)
+	began := time.Now()
+	if err := u.srv.Freeze(timeout); err != nil {
+		child.Kill()
+		return fmt.Errorf("freezing for the handover: %w", err)
+	}
+	frozen := time.Now()
+	ex, err := u.srv.Export(time.Until(deadline))
+	exported := time.Now()
+	var sent map[uint64]bool
+	if err == nil {
+		sent, err = sendState(child, ex, deadline)
+	}
+	stateSent := time.Now()
+	var reply upgrade.Reply
+	if err == nil {
+		reply, err = child.AwaitImported(deadline)
+	}
+	imported := time.Now()
+	if err == nil && int(reply.Imported) != len(sent) {
+		err = fmt.Errorf("the new process imported %d of %d connections", reply.Imported, len(sent))
+	}
+	if err != nil {
+		// The new process reads nothing before the Commit, so killing it
+		// first leaves every socket to this process alone.
+		child.Kill()
+		u.srv.Thaw()
+		return fmt.Errorf("handing over the connections: %w", err)
+	}
+	// From here the connections are the new process's: no way back.
+	late, err := u.srv.Release(sent, time.Until(deadline))
+	a.frozen = time.Since(began)
+	if err != nil {
+		u.log.Warn("letting go of the handed-over connections took too long", slog.String("error", err.Error()))
+	}
+	for id, b := range late {
+		if _, err := child.SendStream(upgrade.Chunk{Conn: id}, 0, b, upgrade.FillPartial, deadline); err != nil {
+			u.log.Warn("cannot hand over the bytes read during the handover", slog.Uint64("connection", id),
+				slog.String("error", err.Error()))
+			break
+		}
+	}
+	a.moved, a.channels = len(sent), len(ex.Channels)
+	u.log.Info("connections handed over", slog.Int("connections", a.moved),
+		slog.Duration("freeze", frozen.Sub(began).Round(time.Microsecond)),
+		slog.Duration("export", exported.Sub(frozen).Round(time.Microsecond)),
+		slog.Duration("send", stateSent.Sub(exported).Round(time.Microsecond)),
+		slog.Duration("import", imported.Sub(stateSent).Round(time.Microsecond)),
+		slog.Duration("release", time.Since(imported).Round(time.Microsecond)))
+	return nil
+}
+
+// sendState sends the channels, then the connections with their sockets
+// (those whose client left since the export are left out), then the
+// totals; it returns the IDs of the connections it sent.
+func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) (map[uint64]bool, error) {
+	for _, ch := range ex.Channels {
+		st := ch.State
+		st.HistoryChunks = upgrade.Chunks(len(ch.History))
+		if err := child.SendState(&st, nil, deadline); err != nil {
+			return nil, err
+		}
+		if _, err := child.SendStream(upgrade.Chunk{Chan: st.Name}, 0, ch.History, upgrade.FillHistory, deadline); err != nil {
+			return nil, err
+		}
+	}
+	sent := make(map[uint64]bool, len(ex.Conns))
+	for _, m := range ex.Conns {
+		if err := sendConn(child, m, deadline); errors.Is(err, engine.ErrGone) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		sent[m.State.ID] = true
+	}
+	return sent, child.SendState(&upgrade.Totals{Counters: ex.Totals}, nil, deadline)
+}
+
+// sendConn sends one connection's state with a descriptor of its socket,
+// closed once sent (one at a time: see engine.Moved).
+func sendConn(child *upgrade.Child, m *engine.Moved, deadline time.Time) error {
+	f, err := m.Socket()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st := m.State
+	partial := st.Partial
+	st.Partial = nil // in chunks: a frame may be larger than a message
+	st.OwedChunks = upgrade.Chunks(len(m.Owed)) + upgrade.Chunks(len(partial))
+	if err := child.SendState(&st, f, deadline); err != nil {
+		return err
+	}
+	seq, err := child.SendStream(upgrade.Chunk{Conn: st.ID}, 0, m.Owed, upgrade.FillOwed, deadline)
+	if err == nil {
+		_, err = child.SendStream(upgrade.Chunk{Conn: st.ID}, seq, partial, upgrade.FillPartial, deadline)
+	}
+	return err
+}
+
+// takeState runs in the new process when the old one offers its state:
+// report ready, receive it, confirm, and once the old process has let go
+// (the Commit) register the connections with the engine.
+func (u *upgrader) takeState(ho *upgrade.Handover) error {
+	t, err := ho.ReadyForState(u.o.UpgradeTimeout)
+	if err != nil {
+		ho.RefuseState(err)
+		return fmt.Errorf("receiving the old process's state: %w", err)
+	}
+	commitErr := ho.Imported(t, u.o.UpgradeTimeout)
+	if commitErr != nil && !errors.Is(commitErr, upgrade.ErrNoCommit) {
+		// The old process cannot go on without a Commit it never sent
+		// (it thaws and kills this one); nothing to import.
+		t.Close()
+		return commitErr
+	}
+	began := time.Now()
+	n, err := u.srv.Import(t, u.o.UpgradeTimeout, u.adoptUplinks)
+	if err != nil {
+		u.log.Warn("some handed-over connections could not be taken", slog.String("error", err.Error()))
+	}
+	u.log.Info(fmt.Sprintf("took over %d connections and %d channels in %d ms", n, len(t.Channels),
+		time.Since(began).Milliseconds()), slog.Int("pid", os.Getpid()))
+	return commitErr
+}
+
+// adoptUplinks hands the moved uplinks to the peering manager, which
+// takes them over instead of dialling (none without --peer: they close).
+func (u *upgrader) adoptUplinks(moved []engine.MovedUplink) []engine.Uplink {
+	if u.peers == nil {
+		return nil
+	}
+	in := make([]peering.MovedUplink, len(moved))
+	for i, m := range moved {
+		in[i] = peering.MovedUplink{Channel: m.Channel, Peer: m.Peer, Join: m.Join, Local: m.Local}
+	}
+	out := make([]engine.Uplink, len(moved))
+	for i, up := range u.peers.AdoptMoved(in) {
+		if up != nil { // a nil *peering.Uplink must stay a nil interface
+			out[i] = up
+		}
+	}
+	return out
+}

@@ -1,0 +1,504 @@
+package main
+
+// Black-box tests of the hitless upgrade, phase 2: the live plain-TCP
+// connections, their channels' history and the counters move to the new
+// process (upgrade/doc.go).
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mlesd/mlesd/internal/mlestest"
+)
+
+// traffic is members of several channels each sending numbered frames
+// while each reads the others' and checks that, per sender, every number
+// comes exactly once and in order.
+type traffic struct {
+	members []*trafficMember
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	sent    atomic.Int64
+}
+
+type trafficMember struct {
+	c    *mlestest.Client
+	last atomic.Uint32 // the last number it sent (final once stopped)
+	mu   sync.Mutex
+	got  map[string]uint32 // sender → last number read (Lock: mu)
+	// latencies: from send to read, every frame (Lock: mu)
+	latencies []time.Duration
+	err       error // the first thing wrong (Lock: mu)
+}
+
+// startTraffic joins per members on each of channels and starts them
+// sending, one frame every pace each, bounded by maxFrames each and 90 s.
+func startTraffic(t *testing.T, addr string, channels, per int, pace time.Duration, maxFrames uint32) *traffic {
+	return startTrafficAt(t, []string{addr}, channels, per, pace, maxFrames)
+}
+
+// startTrafficAt is startTraffic with member m of each channel joined at
+// addrs[m%len(addrs)] (servers peered with each other).
+func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.Duration, maxFrames uint32) *traffic {
+	t.Helper()
+	tr := &traffic{stop: make(chan struct{})}
+	for ch := range channels {
+		for m := range per {
+			c := mlestest.Join(t, addrs[m%len(addrs)], key, fmt.Sprintf("m%d-%d", ch, m), fmt.Sprintf("numbered-%d", ch))
+			tr.members = append(tr.members, &trafficMember{c: c, got: map[string]uint32{}})
+		}
+	}
+	// Everyone is joined (each read its own way up to here) before anyone
+	// sends: a frame sent before a member joined would reach it as history.
+	for i := 0; i < len(tr.members); i += per {
+		for j := 1; j < per; j++ {
+			mlestest.Sync(t, tr.members[i+j].c, tr.members[i].c)
+			mlestest.Sync(t, tr.members[i].c, tr.members[i+j].c)
+		}
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for _, m := range tr.members {
+		tr.wg.Add(2)
+		go func() { // sender
+			defer tr.wg.Done()
+			tick := time.NewTicker(pace)
+			defer tick.Stop()
+			for n := uint32(1); n <= maxFrames && time.Now().Before(deadline); n++ {
+				select {
+				case <-tr.stop:
+					return
+				case <-tick.C:
+				}
+				msg := mlestest.Seq(n, 16)
+				binary.BigEndian.PutUint64(msg[4:], uint64(time.Now().UnixNano()))
+				if err := m.c.Send(msg); err != nil {
+					m.fail(fmt.Errorf("%s sending %d: %w", m.c.UID, n, err))
+					return
+				}
+				m.last.Store(n)
+				tr.sent.Add(1)
+			}
+		}()
+		go func() { // reader
+			defer tr.wg.Done()
+			for time.Now().Before(deadline.Add(30 * time.Second)) {
+				f, err := m.c.Read(200 * time.Millisecond)
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					select {
+					case <-tr.stop:
+						if tr.readAll(m) {
+							return
+						}
+					default:
+					}
+					continue
+				}
+				if err != nil {
+					if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || !strings.Contains(err.Error(), "closed") {
+						m.fail(fmt.Errorf("%s reading: %w", m.c.UID, err))
+					}
+					return
+				}
+				if mlestest.IsSync(f.Message) {
+					continue
+				}
+				n := mlestest.SeqOf(f.Message)
+				latency := time.Duration(time.Now().UnixNano() - int64(binary.BigEndian.Uint64(f.Message[4:])))
+				m.mu.Lock()
+				m.latencies = append(m.latencies, latency)
+				if want := m.got[f.UID] + 1; n != want && m.err == nil {
+					m.err = fmt.Errorf("%s got frame %d from %s, want %d", m.c.UID, n, f.UID, want)
+				}
+				m.got[f.UID] = n
+				m.mu.Unlock()
+			}
+			m.fail(fmt.Errorf("%s: reading did not end in time", m.c.UID))
+		}()
+	}
+	return tr
+}
+
+func (m *trafficMember) fail(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err == nil {
+		m.err = err
+	}
+}
+
+// readAll reports whether m has read the last frame of every other member
+// of its channel (call once the senders have stopped).
+func (tr *traffic) readAll(m *trafficMember) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, o := range tr.members {
+		if o != m && o.c.Ch == m.c.Ch && m.got[o.c.UID] != o.last.Load() {
+			return false
+		}
+	}
+	return true
+}
+
+// finish stops the senders, waits until every reader has read everything
+// sent (bounded), and fails t on anything wrong.
+func (tr *traffic) finish(t *testing.T) {
+	t.Helper()
+	close(tr.stop)
+	tr.wg.Wait()
+	for _, m := range tr.members {
+		m.mu.Lock()
+		err := m.err
+		m.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !tr.readAll(m) {
+			t.Fatalf("%s did not read every frame: %v", m.c.UID, m.got)
+		}
+	}
+	t.Logf("%d frames sent, each read once and in order by every other member of its channel", tr.sent.Load())
+}
+
+// latency is the p99 and the largest time from send to read of every
+// frame read.
+func (tr *traffic) latency() (p99, most time.Duration, n int) {
+	var all []time.Duration
+	for _, m := range tr.members {
+		m.mu.Lock()
+		all = append(all, m.latencies...)
+		m.mu.Unlock()
+	}
+	if len(all) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(all)
+	return all[len(all)*99/100], all[len(all)-1], len(all)
+}
+
+// waitSent waits until n more frames have been sent (traffic flows).
+func (tr *traffic) waitSent(t *testing.T, n int64) {
+	t.Helper()
+	target := tr.sent.Load() + n
+	mlestest.WaitUntil(t, fmt.Sprintf("%d frames sent", target), 20*time.Second, func() bool { return tr.sent.Load() >= target })
+}
+
+// Numbered frames on several channels flow across three upgrades between
+// two builds (vA → vB → vA → vB): every connection moves, none sees EOF or
+// a reset, every receiver gets every frame exactly once and in order, the
+// served version changes each time and every old process exits 0.
+func TestUpgradesMoveLiveConnectionsWithoutLosingAFrame(t *testing.T) {
+	a, b := versionedBuilds(t)
+	r := startRig(t, a, nil, "--drain-timeout", "60s")
+	tr := startTraffic(t, r.addr, 4, 3, 2*time.Millisecond, 20000)
+	tr.waitSent(t, 200)
+	pids := []int{r.first.Process.Pid}
+	for i, up := range []struct{ bin, version string }{{b, "vB"}, {a, "vA"}, {b, "vB"}} {
+		oldPID, newPID := r.upgradeTo(up.bin, up.version, i+1)
+		pids = append(pids, newPID)
+		mlestest.WaitUntil(t, fmt.Sprintf("old process %d exits after handing over", oldPID), 15*time.Second,
+			func() bool { return !alive(oldPID) })
+		tr.waitSent(t, 200)
+	}
+	tr.finish(t)
+	if !strings.Contains(r.Log(), "handed over 3 listeners, 12 connections") {
+		t.Fatalf("no line saying the 12 connections were handed over:\n%s", r.Log())
+	}
+	select {
+	case <-r.firstDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first process did not exit")
+	}
+	if code := r.first.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("the first process exited %d, want 0:\n%s", code, r.Log())
+	}
+	for _, line := range strings.Split(r.Log(), "\n") {
+		if strings.Contains(line, "handed over") || strings.Contains(line, "took over") {
+			t.Log(line[strings.Index(line, "msg="):])
+		}
+	}
+}
+
+// A new process that reports ready and takes the state but never confirms
+// the import is killed after --upgrade-timeout: the old process thaws and
+// serves every connection on without losing a frame, and a later upgrade
+// moves them.
+func TestFailedImportThawsTheOldProcess(t *testing.T) {
+	a, b := versionedBuilds(t)
+	r := startRig(t, a, nil, "--upgrade-timeout", "2s")
+	tr := startTraffic(t, r.addr, 2, 2, 2*time.Millisecond, 20000)
+	tr.waitSent(t, 100)
+	// A CBOR Reply {0: 2, 1: 1, 2: "x", 3: 0, 4: true, 6: 1}: ready, and
+	// reads state format 1; then it reads nothing.
+	r.installBytes([]byte("#!/bin/sh\nprintf '\\246\\000\\002\\001\\001\\002\\141\\170\\003\\000\\004\\365\\006\\001' >&3\nexec sleep 60\n"))
+	pid := r.signal(syscall.SIGUSR2)
+	r.waitLog("upgrade failed: still serving", 1)
+	if !strings.Contains(r.Log(), "handing over the connections") {
+		t.Fatalf("the failure is not the handover of the connections:\n%s", r.Log())
+	}
+	if r.pid() != pid || r.servedVersion() != "vA" {
+		t.Fatalf("after a failed import: pid file %d (want %d), serving %q", r.pid(), pid, r.servedVersion())
+	}
+	tr.waitSent(t, 100)
+	mlestest.Exchange(t, r.addr, key)
+	r.upgradeTo(b, "vB", 1)
+	tr.waitSent(t, 100)
+	tr.finish(t)
+}
+
+// The history of a channel moves: a joiner after the upgrade gets the same
+// frames, and a second join with the CID of a member that moved is still
+// refused as a duplicate.
+func TestUpgradeKeepsHistoryAndTheDuplicateCIDRule(t *testing.T) {
+	a, b := versionedBuilds(t)
+	r := startRig(t, a, nil)
+	keeper := mlestest.Join(t, r.addr, key, "keeper", "archive")
+	for n := uint32(1); n <= 5; n++ {
+		if err := keeper.Send(mlestest.Seq(n, 16)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readHistory := func(who string) []uint32 {
+		c := mlestest.Join(t, r.addr, key, who, "archive")
+		var got []uint32
+		for len(got) < 5 {
+			f, err := c.Read(5 * time.Second)
+			if err != nil {
+				t.Fatalf("%s reading the history after %v: %v", who, got, err)
+			}
+			got = append(got, mlestest.SeqOf(f.Message))
+		}
+		c.NC.Close()
+		return got
+	}
+	before := readHistory("before")
+	r.upgradeTo(b, "vB", 1)
+	if after := readHistory("after"); fmt.Sprint(after) != fmt.Sprint(before) || fmt.Sprint(before) != "[1 2 3 4 5]" {
+		t.Fatalf("history before the upgrade %v, after %v", before, after)
+	}
+	dup := mlestest.NewClient(mlestest.Dial(t, r.addr), key, "keeper", "archive")
+	if err := dup.Send(nil); err != nil {
+		t.Fatal(err)
+	}
+	mlestest.ExpectClosed(t, dup.NC)
+	r.waitLog(`reason=duplicate-cid`, 1)
+	if err := keeper.Send(mlestest.Seq(6, 16)); err != nil { // the member itself is still served
+		t.Fatal(err)
+	}
+}
+
+// Bytes in flight move too: a frame half sent before the upgrade and
+// finished after it is forwarded whole; a connection that sent nothing, or
+// half its join, before the upgrade joins after it.
+func TestUpgradeMovesHalfFramesAndUnfinishedJoins(t *testing.T) {
+	a, b := versionedBuilds(t)
+	r := startRig(t, a, nil)
+	reader := mlestest.Join(t, r.addr, key, "reader", "halves")
+	half := mlestest.NewClient(mlestest.Dial(t, r.addr), key, "half", "halves")
+	if err := half.Send(nil); err != nil { // joined
+		t.Fatal(err)
+	}
+	mlestest.Sync(t, half, reader)
+	frame := append([]byte(nil), half.Frame(mlestest.Seq(7, 4096))...)
+	silent := mlestest.NewClient(mlestest.Dial(t, r.addr), key, "silent", "halves")
+	halfJoin := mlestest.NewClient(mlestest.Dial(t, r.addr), key, "halfjoin", "halves")
+	join := append([]byte(nil), halfJoin.Frame(nil)...)
+	for _, w := range []struct {
+		nc net.Conn
+		b  []byte
+	}{{half.NC, frame[:len(frame)/2]}, {halfJoin.NC, join[:10]}} {
+		if _, err := w.nc.Write(w.b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Whether the old process has read these bytes by the freeze or they
+	// are still in the socket, they move with it.
+	r.upgradeTo(b, "vB", 1)
+	for _, w := range []struct {
+		nc net.Conn
+		b  []byte
+	}{{half.NC, frame[len(frame)/2:]}, {halfJoin.NC, join[10:]}} {
+		if _, err := w.nc.Write(w.b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := reader.Read(5 * time.Second)
+	for err == nil && len(f.Message) == 0 { // halfjoin's join, forwarded
+		f, err = reader.Read(5 * time.Second)
+	}
+	if err != nil {
+		t.Fatalf("reading the frame finished after the upgrade: %v", err)
+	}
+	if f.UID != "half" || mlestest.SeqOf(f.Message) != 7 || len(f.Message) != 4096 {
+		t.Fatalf("got %q %d (%d bytes), want half's frame 7 of 4096 bytes", f.UID, mlestest.SeqOf(f.Message), len(f.Message))
+	}
+	for _, c := range []*mlestest.Client{silent, halfJoin} {
+		if c == silent {
+			if err := c.Send(nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mlestest.Sync(t, c, reader)
+	}
+}
+
+// metricValue is the value of an unlabelled metric on /metrics (-1 when
+// absent).
+func (r *upgradeRig) metricValue(name string) float64 { return metricAt(r.metrics, name) }
+
+// metricAt is the value of an unlabelled metric on the /metrics served at
+// addr (-1 when absent).
+func metricAt(addr, name string) float64 {
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` ([0-9.e+]+)$`).FindSubmatch(b)
+	if m == nil {
+		return -1
+	}
+	v, _ := strconv.ParseFloat(string(m[1]), 64)
+	return v
+}
+
+// The totals behind mlesd_*_total carry over: none goes back after an
+// upgrade, so rates computed across it do not jump.
+func TestUpgradeCarriesTheCounters(t *testing.T) {
+	a, b := versionedBuilds(t)
+	r := startRig(t, a, nil)
+	x := mlestest.Join(t, r.addr, key, "x", "counted")
+	y := mlestest.Join(t, r.addr, key, "y", "counted")
+	mlestest.Sync(t, x, y)
+	mlestest.Sync(t, y, x)
+	for n := uint32(1); n <= 50; n++ {
+		exchange(t, x, y, n)
+	}
+	names := []string{"mlesd_connections_accepted_total", "mlesd_joins_total", "mlesd_frames_in_total",
+		"mlesd_bytes_in_total", "mlesd_frames_out_total", "mlesd_bytes_out_total"}
+	before := map[string]float64{}
+	for _, n := range names {
+		if before[n] = r.metricValue(n); before[n] <= 0 {
+			t.Fatalf("%s is %v before the upgrade", n, before[n])
+		}
+	}
+	r.upgradeTo(b, "vB", 1)
+	for _, n := range names {
+		after := r.metricValue(n)
+		t.Logf("%s: %v before, %v after", n, before[n], after)
+		if after < before[n] {
+			t.Fatalf("%s went back from %v to %v across the upgrade", n, before[n], after)
+		}
+	}
+	exchange(t, x, y, 51)
+}
+
+// A channel peered with another server keeps flowing both ways across an
+// upgrade, and the old process exits (its uplink moved; with
+// --peer-linger 0 nothing of the channel lingers there).
+func TestUpgradeKeepsAPeeredChannelFlowing(t *testing.T) {
+	a, b := versionedBuilds(t)
+	peer := startMlesd(t)
+	r := startRig(t, a, nil, "--peer", peer.Addr, "--peer-backoff", "50ms", "--peer-linger", "0")
+	here := mlestest.Join(t, r.addr, key, "here", "peered")
+	there := mlestest.Join(t, peer.Addr, key, "there", "peered")
+	mlestest.Sync(t, here, there)
+	mlestest.Sync(t, there, here)
+	oldPID, _ := r.upgradeTo(b, "vB", 1)
+	mlestest.WaitUntil(t, "the old process exits", 15*time.Second,
+		func() bool { return !alive(oldPID) })
+	mlestest.Sync(t, here, there)
+	mlestest.Sync(t, there, here)
+}
+
+// The soak of issue 13's target, behind UPGRADE_SOAK=<connections> (not
+// MLESD_*: mlesd refuses settings variables it does not know)
+// (members in channels of 10, each sending every UPGRADE_SOAK_PACE,
+// default 500ms) and UPGRADE_SOAK_ROUNDS upgrades (default 10): every
+// frame arrives once and in order; it reports the p99 and largest latency
+// over the run (the largest is the forwarding pause of the upgrades), the
+// freeze of each upgrade, and the last process's descriptors against the
+// first's. Not part of make test: it loads the machine.
+func TestUpgradeSoak(t *testing.T) {
+	conns, _ := strconv.Atoi(os.Getenv("UPGRADE_SOAK"))
+	if conns <= 0 {
+		t.Skip("set UPGRADE_SOAK=<connections> to run")
+	}
+	pace, err := time.ParseDuration(os.Getenv("UPGRADE_SOAK_PACE"))
+	if err != nil {
+		pace = 500 * time.Millisecond
+	}
+	rounds, _ := strconv.Atoi(os.Getenv("UPGRADE_SOAK_ROUNDS"))
+	if rounds <= 0 {
+		rounds = 10
+	}
+	a, b := versionedBuilds(t)
+	r := startRig(t, a, nil, "--drain-timeout", "60s")
+	const per = 10
+	tr := startTraffic(t, r.addr, max(conns/per, 1), per, pace, 1<<20)
+	tr.waitSent(t, int64(conns))
+	baseFDs := fdCount(t, r.first.Process.Pid)
+	bins := []struct{ bin, version string }{{b, "vB"}, {a, "vA"}}
+	var last int
+	for i := range rounds {
+		oldPID, newPID := r.upgradeTo(bins[i%2].bin, bins[i%2].version, i+1)
+		mlestest.WaitUntil(t, fmt.Sprintf("old process %d exits", oldPID), 30*time.Second, func() bool { return !alive(oldPID) })
+		last = newPID
+		tr.waitSent(t, int64(conns))
+	}
+	tr.finish(t)
+	p99, most, n := tr.latency()
+	t.Logf("%d connections on %d channels, %d upgrades: %d frames read; latency p99 %v, max %v; descriptors first %d, last %d",
+		len(tr.members), len(tr.members)/per, rounds, n, p99.Round(time.Microsecond), most.Round(time.Microsecond),
+		baseFDs, fdCount(t, last))
+	for _, line := range strings.Split(r.Log(), "\n") {
+		if strings.Contains(line, "handed over") || strings.Contains(line, "took over") {
+			t.Log(line[strings.Index(line, "msg="):])
+		}
+	}
+}
+
+// An uplink to a peer moves as the connection it is: numbered frames cross
+// both ways across two upgrades without a gap, a duplicate or a reorder,
+// and the peer counts no new join (it saw no reconnect and no resync).
+func TestUpgradeMovesAnUplinkWithoutThePeerNoticing(t *testing.T) {
+	a, b := versionedBuilds(t)
+	peerMetrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))
+	peer := startMlesd(t, "--metrics", peerMetrics)
+	r := startRig(t, a, nil, "--peer", peer.Addr, "--peer-backoff", "50ms")
+	tr := startTrafficAt(t, []string{r.addr, peer.Addr}, 2, 2, 2*time.Millisecond, 20000)
+	tr.waitSent(t, 200)
+	joins := metricAt(peerMetrics, "mlesd_joins_total")
+	if joins < 4 {
+		t.Fatalf("the peer counts %v joins, want its 2 members and 2 uplinks", joins)
+	}
+	for i, up := range []struct{ bin, version string }{{b, "vB"}, {a, "vA"}} {
+		oldPID, _ := r.upgradeTo(up.bin, up.version, i+1)
+		mlestest.WaitUntil(t, fmt.Sprintf("old process %d exits after handing over", oldPID), 15*time.Second,
+			func() bool { return !alive(oldPID) })
+		tr.waitSent(t, 200)
+	}
+	tr.finish(t)
+	if after := metricAt(peerMetrics, "mlesd_joins_total"); after != joins {
+		t.Fatalf("the peer counted %v joins after the upgrades, %v before: an uplink reconnected", after, joins)
+	}
+	if !strings.Contains(r.Log(), "handed over 3 listeners, 4 connections") {
+		t.Fatalf("the uplinks were not handed over:\n%s", r.Log())
+	}
+}

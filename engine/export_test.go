@@ -1,0 +1,115 @@
+package engine
+
+import (
+	"testing"
+	"time"
+
+	"github.com/mlesd/mlesd/router"
+	"github.com/mlesd/mlesd/upgrade"
+)
+
+// transferOf is what the new process would receive for ex (the wire is
+// package upgrade's; here the two servers share a process).
+func transferOf(t *testing.T, ex *Export) *upgrade.Transfer {
+	t.Helper()
+	tr := &upgrade.Transfer{Totals: ex.Totals}
+	for _, m := range ex.Conns {
+		f, err := m.Socket()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.Conns = append(tr.Conns, &upgrade.ConnIn{State: m.State, File: f, Owed: m.Owed, Partial: m.State.Partial})
+	}
+	for _, ch := range ex.Channels {
+		frames, err := upgrade.SplitFrames(ch.History)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.Channels = append(tr.Channels, &upgrade.ChannelIn{State: ch.State, History: frames})
+	}
+	return tr
+}
+
+// One server hands its connections to another in the same process:
+// members keep exchanging frames, a half frame is finished whole, a
+// joiner gets the history, and every frame arrives once. Run with
+// -race, it covers the freeze, export, release and import paths.
+func TestExportAndImportBetweenTwoServers(t *testing.T) {
+	old := startServer(t, Config{Keys: sharedKeys}, router.Config{})
+	nw := startServer(t, Config{Keys: sharedKeys}, router.Config{})
+	a := old.join(t, sharedKeys, "a", "moving", nil)
+	b := old.join(t, sharedKeys, "b", "moving", nil)
+	a.expect(b.frame(nil))
+	kept := a.send([]byte("kept in history"))
+	b.expect(kept)
+	// A frame sent just before the freeze reaches a once: by the old
+	// server, or as owed bytes by the new one.
+	owed := b.send([]byte("in flight"))
+	half := b.frame([]byte("half before, half after"))
+	b.write(half[:20])
+
+	if err := old.srv.Freeze(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ex, err := old.srv.Export(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ex.Conns) != 2 {
+		t.Fatalf("exported %d connections, want 2", len(ex.Conns))
+	}
+	tr := transferOf(t, ex)
+	sent := map[uint64]bool{}
+	for _, c := range tr.Conns {
+		sent[c.State.ID] = true
+	}
+	late, err := old.srv.Release(sent, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range tr.Conns {
+		c.Partial = append(c.Partial, late[c.State.ID]...)
+	}
+	n, err := nw.srv.Import(tr, 5*time.Second, nil)
+	if err != nil || n != 2 {
+		t.Fatalf("imported %d of 2: %v", n, err)
+	}
+
+	a.expect(owed)
+	b.write(half[20:])
+	a.expect(half)
+	after := a.send([]byte("after"))
+	b.expect(after)
+	c := nw.join(t, sharedKeys, "c", "moving", nil)
+	c.expect(kept) // the history moved
+	c.expect(owed)
+	c.expect(half)
+	c.expect(after)
+	if st := old.srv.Stats(); st.OpenConns != 0 || sum(st.ClosedByRule) != 0 {
+		t.Fatalf("old server after the release: %d open, closed by rule %v", st.OpenConns, st.ClosedByRule)
+	}
+	if st := nw.srv.Stats(); st.Joins < 3 || st.FramesIn < 3 {
+		t.Fatalf("new server's totals did not carry over: %+v", st)
+	}
+}
+
+// A freeze that is thawed leaves everything as it was: what arrived
+// meanwhile is forwarded at once.
+func TestFreezeThenThawServesOn(t *testing.T) {
+	ts := startServer(t, Config{Keys: sharedKeys}, router.Config{})
+	a := ts.join(t, sharedKeys, "a", "thawed", nil)
+	b := ts.join(t, sharedKeys, "b", "thawed", nil)
+	a.expect(b.frame(nil))
+	if err := ts.srv.Freeze(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.srv.Export(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	f := b.send([]byte("sent while frozen"))
+	a.expectNothing(50 * time.Millisecond)
+	ts.srv.Thaw()
+	a.expect(f)
+	b.expect(a.send([]byte("after the thaw")))
+	ts.join(t, sharedKeys, "c", "thawed", nil) // the acceptors accept again
+}
