@@ -135,11 +135,10 @@ func (s *Server) moveForJoin(c *conn, h codec.Header, data []byte, name string) 
 		return false
 	}
 	m := &moved{opened: c.opened, perIP: c.perIP, h: h, join: append([]byte(nil), data...)}
-	local := c.local
-	if !local.IsValid() {
-		local = addrPortOf(gc.LocalAddr())
-	}
-	a := &adopted{remote: c.remote, local: local, moved: m}
+	// local stays as it was: zero for a plain TCP connection (its socket
+	// says what it reached), set only for an adopted one (TLS, WebSocket),
+	// which is what tells the two apart (export.go, isOwnUplink).
+	a := &adopted{remote: c.remote, local: c.local, moved: m}
 	res, err := to.el.Enroll(gnet.NewContext(context.Background(), a), nc)
 	if err != nil {
 		_ = nc.Close()
