@@ -41,65 +41,64 @@ func TestCutThroughKeepsFramesWholeAndInOrderAcrossShortWrites(t *testing.T) {
 		{"mixed sizes", []int{17, 900, 40_000, 24, 200_000, 3000, 64, 120_000}, 96},
 	}
 	for _, ld := range loads {
-		for _, history := range []int{router.Off} { // cut-through is for channels without history
-			t.Run(ld.name, func(t *testing.T) {
-				ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: history})
-				slow := ts.joinSmall(t, "slow", "ch", 8<<10, 0)
-				fast := ts.join(t, sharedKeys, "fast", "ch", nil)
-				slow.expect(fast.frame(nil))
-				pub := ts.join(t, sharedKeys, "pub", "ch", nil)
-				slow.expect(pub.frame(nil))
-				fast.expect(pub.frame(nil))
+		t.Run(ld.name, func(t *testing.T) {
+			// No history: cut-through is for channels without it.
+			ts := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
+			slow := ts.joinSmall(t, "slow", "ch", 8<<10, 0)
+			fast := ts.join(t, sharedKeys, "fast", "ch", nil)
+			slow.expect(fast.frame(nil))
+			pub := ts.join(t, sharedKeys, "pub", "ch", nil)
+			slow.expect(pub.frame(nil))
+			fast.expect(pub.frame(nil))
 
-				sizes, n := ld.sizes, ld.n
-				sizeOf := func(i int) int { return max(sizes[i%len(sizes)], 8) }
-				var sent [][]byte
+			sizes, n := ld.sizes, ld.n
+			sizeOf := func(i int) int { return max(sizes[i%len(sizes)], 8) }
+			var sent [][]byte
+			for i := 0; i < n; i++ {
+				sent = append(sent, pub.frame(seqMessage(uint32(i), sizeOf(i))))
+			}
+			got := make(chan error, 1)
+			go func() { // the fast receiver reads all along
 				for i := 0; i < n; i++ {
-					sent = append(sent, pub.frame(seqMessage(uint32(i), sizeOf(i))))
-				}
-				got := make(chan error, 1)
-				go func() { // the fast receiver reads all along
-					for i := 0; i < n; i++ {
-						f, err := fast.readFrame(10 * time.Second)
-						if err == nil && string(f) != string(sent[i]) {
-							err = fmt.Errorf("frame %d is not the one sent (%d bytes, want %d)", i, len(f), len(sent[i]))
-						}
-						if err != nil {
-							got <- err
-							return
-						}
+					f, err := fast.readFrame(10 * time.Second)
+					if err == nil && string(f) != string(sent[i]) {
+						err = fmt.Errorf("frame %d is not the one sent (%d bytes, want %d)", i, len(f), len(sent[i]))
 					}
-					got <- nil
-				}()
-				for i := 0; i < n; i++ {
-					pub.send(seqMessage(uint32(i), sizeOf(i)))
-				}
-				if err := <-got; err != nil {
-					t.Fatalf("fast: %v", err)
-				}
-				if ts.cutFrames() == 0 {
-					t.Fatal("no frame was forwarded cut-through: the test did not test it")
-				}
-				waitUntil(t, "the slow receiver to have a backlog", 5*time.Second, func() bool { return ts.waiting() == 1 })
-				for i := 0; i < n; i++ {
-					f, err := slow.readFrame(10 * time.Second)
 					if err != nil {
-						t.Fatalf("slow, frame %d: %v", i, err)
-					}
-					tr, err := codec.DecodeTriplet(f[codec.HeaderLen:])
-					if err != nil || tr.UID != "pub" || len(tr.Message) != sizeOf(i) || seqOf(tr.Message) != uint32(i) {
-						t.Fatalf("slow, frame %d: not the whole frame %d (%d bytes, err %v)", i, i, len(f), err)
+						got <- err
+						return
 					}
 				}
-				if d := ts.srv.Stats().Dropped; d != 0 {
-					t.Fatalf("%d frames dropped, want none (the backlog fits MaxPending)", d)
+				got <- nil
+			}()
+			for i := 0; i < n; i++ {
+				pub.send(seqMessage(uint32(i), sizeOf(i)))
+			}
+			if err := <-got; err != nil {
+				t.Fatalf("fast: %v", err)
+			}
+			if ts.cutFrames() == 0 {
+				t.Fatal("no frame was forwarded cut-through: the test did not test it")
+			}
+			waitUntil(t, "the slow receiver to have a backlog", 5*time.Second, func() bool { return ts.waiting() == 1 })
+			for i := 0; i < n; i++ {
+				f, err := slow.readFrame(10 * time.Second)
+				if err != nil {
+					t.Fatalf("slow, frame %d: %v", i, err)
 				}
-				late := ts.join(t, sharedKeys, "late", "ch", nil)
-				f := pub.send([]byte("after"))
-				late.expect(f)
-				fast.expect(late.frame(nil))
-				fast.expect(f)
-			})
-		}
+				tr, err := codec.DecodeTriplet(f[codec.HeaderLen:])
+				if err != nil || tr.UID != "pub" || len(tr.Message) != sizeOf(i) || seqOf(tr.Message) != uint32(i) {
+					t.Fatalf("slow, frame %d: not the whole frame %d (%d bytes, err %v)", i, i, len(f), err)
+				}
+			}
+			if d := ts.srv.Stats().Dropped; d != 0 {
+				t.Fatalf("%d frames dropped, want none (the backlog fits MaxPending)", d)
+			}
+			late := ts.join(t, sharedKeys, "late", "ch", nil)
+			f := pub.send([]byte("after"))
+			late.expect(f)
+			fast.expect(late.frame(nil))
+			fast.expect(f)
+		})
 	}
 }
