@@ -114,8 +114,8 @@ func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.D
 					}
 					return
 				}
-				if mlestest.IsSync(f.Message) {
-					continue
+				if len(f.Message) == 0 || mlestest.IsSync(f.Message) {
+					continue // a join, forwarded, or the rig's sync
 				}
 				n := mlestest.SeqOf(f.Message)
 				latency := time.Duration(time.Now().UnixNano() - int64(binary.BigEndian.Uint64(f.Message[4:])))
@@ -279,6 +279,12 @@ func TestUpgradeKeepsHistoryAndTheDuplicateCIDRule(t *testing.T) {
 			f, err := c.Read(5 * time.Second)
 			if err != nil {
 				t.Fatalf("%s reading the history after %v: %v", who, got, err)
+			}
+			if len(f.Message) == 0 {
+				// keeper's join: Join does not wait for the server, and a
+				// join that moves to its channel's loop (engine/migrate.go)
+				// may be forwarded after the next member joined.
+				continue
 			}
 			got = append(got, mlestest.SeqOf(f.Message))
 		}
