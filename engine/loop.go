@@ -464,14 +464,19 @@ func (l *loop) write(c *conn) {
 		// memory as a whole is exhausted (net.ipv4.tcp_mem), which epoll
 		// does not see, so re-arming now would wake again at once, and
 		// busy-loop (measured: 10,000 send-only members, 80 s of CPU). Try
-		// again at the next sweep instead.
+		// again at a later sweep instead (deferWatch backs off).
 		l.deferWatch(c)
 		return
 	}
+	l.watch(c)
+}
+
+// watch arms c's writable notification. Without one there is no way to
+// learn when its socket drains (out of descriptors for the epoll set, or
+// max_user_watches): c is closed rather than hold its backlog forever.
+// Loop-owned.
+func (l *loop) watch(c *conn) {
 	if err := l.writable.watch(c); err != nil {
-		// No way to learn when its socket drains (out of descriptors for
-		// the epoll set, or max_user_watches): close rather than hold its
-		// backlog forever.
 		c.reason = "no-writable-watch"
 		l.srv.failWrite(c, err)
 	}
@@ -630,7 +635,7 @@ func (l *loop) deferWatch(c *conn) {
 		return // logged when the list began
 	}
 	l.srv.rlog.Log(levelWarn, "tcp-memory", "the kernel takes no more bytes although sockets have room: TCP memory is exhausted "+
-		"(net.ipv4.tcp_mem); writes to the receivers concerned are retried every sweep",
+		"(net.ipv4.tcp_mem); writes to the receivers concerned are retried after 0.25 s, backing off to 4 s",
 		slog.Int("loop", l.idx))
 }
 
@@ -648,10 +653,7 @@ func (l *loop) rewatchPressured() {
 		if c.state != joined || c.wArmed {
 			continue
 		}
-		if err := l.writable.watch(c); err != nil {
-			c.reason = "no-writable-watch"
-			l.srv.failWrite(c, err)
-		}
+		l.watch(c)
 	}
 	clear(l.pressured[len(kept):])
 	l.pressured = kept
