@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -27,6 +28,17 @@ type event struct {
 }
 
 type skip struct{ pkg, test, reason string }
+
+// failure is a failed test and the first line of each message it logged:
+// repeated at the end of the run, where a log excerpt of CI's output (its
+// tail) still shows why, however much a failed test printed before.
+type failure struct {
+	pkg, test string
+	messages  []string
+}
+
+// testMessage matches the first line of a t.Log/t.Error/t.Fatal message.
+var testMessage = regexp.MustCompile(`^\s+\S+_test\.go:\d+: `)
 
 func main() {
 	goCmd := os.Getenv("GO") // the Makefile's $(GO); "go" from PATH otherwise
@@ -47,6 +59,7 @@ func main() {
 	began := time.Now()
 	buffered := map[string][]string{} // package/test -> its output so far
 	var skips []skip
+	var failures []failure
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
@@ -70,6 +83,7 @@ func main() {
 		case "fail":
 			if e.Test != "" {
 				fmt.Print(strings.Join(buffered[id], ""))
+				failures = append(failures, failure{e.Package, e.Test, messages(buffered[id])})
 			}
 			delete(buffered, id)
 		case "skip":
@@ -88,6 +102,15 @@ func main() {
 			fmt.Printf("  SKIP %s %s: %s\n", s.pkg, s.test, s.reason)
 		}
 	}
+	if len(failures) > 0 {
+		fmt.Printf("\nfailed: %d\n", len(failures))
+		for _, f := range failures {
+			fmt.Printf("  FAIL %s %s\n", f.pkg, f.test)
+			for _, m := range f.messages {
+				fmt.Printf("      %s\n", m)
+			}
+		}
+	}
 	if err != nil {
 		if ee, ok := err.(*exec.ExitError); ok {
 			os.Exit(ee.ExitCode())
@@ -95,6 +118,25 @@ func main() {
 		fmt.Fprintln(os.Stderr, "gotest:", err)
 		os.Exit(2)
 	}
+}
+
+// messages is the first line of each message in a failed test's output,
+// each cut to 300 bytes, at most the last 12.
+func messages(lines []string) []string {
+	var ms []string
+	for _, l := range lines {
+		if testMessage.MatchString(l) {
+			m := strings.TrimSpace(l)
+			if len(m) > 300 {
+				m = m[:300] + "…"
+			}
+			ms = append(ms, m)
+		}
+	}
+	if len(ms) > 12 {
+		ms = ms[len(ms)-12:]
+	}
+	return ms
 }
 
 // skipReason is what the test logged last before it was skipped: t.Skip's
