@@ -56,7 +56,7 @@ var ErrGone = errors.New("engine: the connection closed after the export")
 // number may name another file by now: the inode tells, and ErrGone says
 // so. Any other error (out of descriptors) fails the handover.
 func (m *Moved) Socket() (*os.File, error) {
-	fd, err := unix.FcntlInt(uintptr(m.fd), unix.F_DUPFD_CLOEXEC, 0)
+	fd, err := dupCloseOnExec(m.fd)
 	if err == unix.EBADF {
 		return nil, ErrGone
 	}

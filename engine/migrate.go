@@ -122,7 +122,7 @@ func (s *Server) moveForJoin(c *conn, h codec.Header, data []byte, name string) 
 	}
 	// Our own descriptor of the socket, so the socket outlives this loop's
 	// close whatever order the rest happens in.
-	fd, err := unix.Dup(gc.Fd())
+	fd, err := dupCloseOnExec(gc.Fd())
 	if err != nil {
 		s.up.inflight.Add(-1)
 		return false // out of descriptors: join here
@@ -161,6 +161,17 @@ func (s *Server) moveForJoin(c *conn, h codec.Header, data []byte, name string) 
 	c.moved = true
 	c.loop.stats.moved.Add(1)
 	return true
+}
+
+// dupCloseOnExec duplicates fd with close-on-exec set in the same call.
+// Why not dup(2): a descriptor without the flag that exists while the
+// upgrade starts the new binary (fork and exec on another goroutine) is
+// inherited by it, and by every process after it, which never close it:
+// the socket then outlives the connection's close (its client sees no
+// end, the descriptor leaks). Seen in TestUpgradesUnderDialLoadRefuseNoConnection
+// as a CLOSE_WAIT socket held by the last process three upgrades later.
+func dupCloseOnExec(fd int) (int, error) {
+	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 }
 
 // openMoved sets up, on its new loop, a connection moved here for its join

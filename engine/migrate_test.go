@@ -2,8 +2,11 @@ package engine
 
 import (
 	"fmt"
+	"net"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mlesd/mlesd/router"
 )
@@ -137,4 +140,32 @@ func TestAMovedJoinerWithADuplicateCIDIsRefused(t *testing.T) {
 	}
 	other := ts.join(t, sharedKeys, "other", "dup", nil)
 	first.expect(other.frame(nil))
+}
+
+// The descriptor a move (and an export) takes of a socket is close-on-exec
+// from the start: one made while the upgrade execs the new binary would be
+// inherited by it and keep the socket open after the connection's close.
+func TestSocketDuplicatesAreCloseOnExec(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd, err := dupCloseOnExec(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flags&unix.FD_CLOEXEC == 0 {
+		t.Fatalf("descriptor %d of a duplicated socket lacks FD_CLOEXEC (flags %#x)", fd, flags)
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -70,15 +71,58 @@ func (s *SyncBuffer) String() string {
 	return s.b.String()
 }
 
-// FreePort returns a TCP port free on 127.0.0.1 right now.
+// FreePort returns a TCP port free on 127.0.0.1 right now, below the
+// kernel's ephemeral range. Why not port 0's pick: that comes from the
+// ephemeral range, which every outgoing connection draws its local port
+// from too, so between this call and the server's bind a test dialling
+// hundreds of connections (the upgrade and storm tests, in another package
+// running at the same time) can take it: "bind: address already in use",
+// seen in CI. No outgoing connection takes a port below the range.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	lo, hi := portRange()
+	portMu.Lock()
+	defer portMu.Unlock()
+	for range 1000 {
+		port := lo + rand.IntN(hi-lo)
+		if portsGiven[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // bound by someone: try another
+		}
+		l.Close()
+		portsGiven[port] = true
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free port in %d-%d", lo, hi)
+	return 0
+}
+
+var (
+	portMu     sync.Mutex
+	portsGiven = map[int]bool{} // Lock: portMu; never handed out twice by one test binary
+)
+
+// portRange is where FreePort picks: from 10000 up to the start of the
+// ephemeral range (/proc/sys/net/ipv4/ip_local_port_range), or 20000-32767
+// if that cannot be read or leaves too little room.
+func portRange() (lo, hi int) {
+	lo, hi = 20000, 32768
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return lo, hi
+	}
+	start, err := strconv.Atoi(f[0])
+	if err != nil || start < 12000 {
+		return lo, hi
+	}
+	return 10000, start
 }
 
 // Proc is a running mlesd.
