@@ -98,6 +98,30 @@ func FuzzDecodeChunk(f *testing.F) {
 	})
 }
 
+func FuzzDecodeConnBatch(f *testing.F) {
+	frame := append(make([]byte, 16), "x"...)
+	for _, cb := range []ConnBatch{
+		{Kind: kindConns, Format: StateFormat, Conns: []ConnState{
+			{ID: 1, FD: 1, Phase: PhaseJoined, UID: "u", Channel: "c", CID: 9, Owed: frame, OwedWhole: 2},
+			{ID: 2, FD: 0, Partial: frame[:5]}}},
+		{Kind: kindConns, Format: StateFormat, Conns: []ConnState{{ID: 3, Uplink: nil}}},
+	} {
+		b, err := encMode.Marshal(cb)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, uint8(len(cb.Conns)))
+	}
+	f.Add([]byte{}, uint8(0))
+	f.Fuzz(func(t *testing.T, b []byte, files uint8) {
+		cb, err := DecodeConnBatch(b, int(files))
+		if err != nil {
+			return
+		}
+		roundTrip(t, cb, func(b []byte) (ConnBatch, error) { return DecodeConnBatch(b, int(files)) })
+	})
+}
+
 func FuzzDecodeTotals(f *testing.F) {
 	seedMessages(f, Totals{Kind: kindTotals, Format: StateFormat, Counters: map[string]uint64{"a": 1}})
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -46,6 +46,7 @@ type Child struct {
 	PID     int
 	Version string // its version string, from its Reply
 	states  uint16 // the state format it reads (Reply.States); 0: listeners only
+	perMsg  int    // connections per ConnBatch it reads (Reply.ConnsPerMessage); 1: a ConnState each
 
 	sock   *socket
 	cmd    *exec.Cmd
@@ -147,6 +148,7 @@ func (c *Child) handover(opts Options, deadline time.Time) error {
 		return fmt.Errorf("the new process (pid %d, version %q) refused the handover: %s", c.PID, reply.Version, reply.Error)
 	}
 	c.Version, c.states = reply.Version, reply.States
+	c.perMsg = min(max(int(reply.ConnsPerMessage), 1), maxFilesPerMessage)
 	if c.states != 0 && (opts.States == 0 || c.states != StateFormat) {
 		return fmt.Errorf("the new process (pid %d) reads state format %d, which this build does not write", c.PID, c.states)
 	}

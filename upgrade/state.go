@@ -23,6 +23,7 @@ const (
 	kindChannel = 5 // ChannelState
 	kindChunk   = 6 // Chunk: more bytes of a ConnState or ChannelState
 	kindTotals  = 7 // Totals
+	kindConns   = 8 // ConnBatch: several ConnStates, for a new process that reads them (Reply.ConnsPerMessage)
 )
 
 // Bounds a state decoder enforces beyond the message size.
@@ -94,6 +95,25 @@ type ConnState struct {
 	// DupKey is what the duplicate-CID rule compares for it when that is
 	// not its CID (an uplink's: its CID with bit 32 set); 0: its CID.
 	DupKey uint64 `cbor:"23,keyasint,omitempty"`
+}
+
+// ConnBatch is several ConnStates in one message, their sockets attached
+// to it in any order (each ConnState.FD says which is its own). Why: one
+// message and one descriptor passing per connection made sending the
+// state of 10,000 connections take 420 ms of the upgrade's pause, most of
+// it the two processes waking each other for every message.
+type ConnBatch struct {
+	Kind   uint8       `cbor:"0,keyasint"`
+	Format uint16      `cbor:"1,keyasint"`
+	Conns  []ConnState `cbor:"2,keyasint"`
+}
+
+// connBatchOut is how a ConnBatch is written: states encoded once, when
+// the sender measured them against the message size.
+type connBatchOut struct {
+	Kind   uint8             `cbor:"0,keyasint"`
+	Format uint16            `cbor:"1,keyasint"`
+	Conns  []cbor.RawMessage `cbor:"2,keyasint"`
 }
 
 // UplinkState marks a connection as this server's uplink to a peer: it
@@ -199,6 +219,8 @@ func EncodeState(v any) ([]byte, error) {
 		s.Kind, s.Format = kindChunk, StateFormat
 	case *Totals:
 		s.Kind, s.Format = kindTotals, StateFormat
+	case *connBatchOut:
+		s.Kind, s.Format = kindConns, StateFormat
 	default:
 		return nil, fmt.Errorf("not a state message: %T", v)
 	}
@@ -211,29 +233,61 @@ func DecodeConnState(b []byte) (ConnState, error) {
 	if err := decodeState(b, kindConn, &c); err != nil {
 		return ConnState{}, err
 	}
-	switch {
-	case c.ID == 0:
-		return ConnState{}, errors.New("connection without an id")
-	case c.FD < 0 || c.FD >= maxFilesPerMessage:
-		return ConnState{}, fmt.Errorf("connection %d: descriptor index %d", c.ID, c.FD)
-	case c.Phase != PhaseAwaitingJoin && c.Phase != PhaseJoined:
-		return ConnState{}, fmt.Errorf("connection %d: unknown phase %d", c.ID, c.Phase)
-	case c.Phase == PhaseJoined && c.Channel == "":
-		return ConnState{}, fmt.Errorf("connection %d: joined without a channel", c.ID)
-	case c.Phase == PhaseAwaitingJoin && (c.UID != "" || c.Channel != "" || c.Uplink != nil):
-		return ConnState{}, fmt.Errorf("connection %d: not joined but names a channel", c.ID)
-	case len(c.UID) > maxName || len(c.Channel) > maxName || len(c.Remote) > maxName || len(c.Local) > maxName:
-		return ConnState{}, fmt.Errorf("connection %d: name too long", c.ID)
-	case len(c.Partial) >= maxFrameBytes || len(c.JoinFrame) > maxFrameBytes:
-		return ConnState{}, fmt.Errorf("connection %d: partial frame of %d bytes", c.ID, len(c.Partial))
-	case int(c.OwedWhole) > len(c.Owed):
-		return ConnState{}, fmt.Errorf("connection %d: frame in progress beyond the owed bytes", c.ID)
-	case c.PartialAgeNs < 0 || c.IdleNs < 0 || c.StallNs < 0 || c.WindowStartNs < 0:
-		return ConnState{}, fmt.Errorf("connection %d: negative age", c.ID)
-	case c.Uplink != nil && (c.Uplink.Peer == "" || len(c.Uplink.Peer) > maxName):
-		return ConnState{}, fmt.Errorf("connection %d: uplink without a peer", c.ID)
+	if err := checkConnState(&c); err != nil {
+		return ConnState{}, err
 	}
 	return c, nil
+}
+
+// DecodeConnBatch decodes a ConnBatch of files descriptors and checks
+// each of its states, and that each descriptor is named exactly once.
+func DecodeConnBatch(b []byte, files int) (ConnBatch, error) {
+	var cb ConnBatch
+	if err := decodeState(b, kindConns, &cb); err != nil {
+		return ConnBatch{}, err
+	}
+	if len(cb.Conns) == 0 || len(cb.Conns) > maxFilesPerMessage || len(cb.Conns) != files {
+		return ConnBatch{}, fmt.Errorf("a batch of %d connections with %d descriptors attached", len(cb.Conns), files)
+	}
+	var named [maxFilesPerMessage]bool
+	for i := range cb.Conns {
+		c := &cb.Conns[i]
+		if err := checkConnState(c); err != nil {
+			return ConnBatch{}, err
+		}
+		if c.FD >= files || named[c.FD] {
+			return ConnBatch{}, fmt.Errorf("connection %d: descriptor index %d named twice or not attached", c.ID, c.FD)
+		}
+		named[c.FD] = true
+	}
+	return cb, nil
+}
+
+// checkConnState checks that a decoded ConnState is consistent.
+func checkConnState(c *ConnState) error {
+	switch {
+	case c.ID == 0:
+		return errors.New("connection without an id")
+	case c.FD < 0 || c.FD >= maxFilesPerMessage:
+		return fmt.Errorf("connection %d: descriptor index %d", c.ID, c.FD)
+	case c.Phase != PhaseAwaitingJoin && c.Phase != PhaseJoined:
+		return fmt.Errorf("connection %d: unknown phase %d", c.ID, c.Phase)
+	case c.Phase == PhaseJoined && c.Channel == "":
+		return fmt.Errorf("connection %d: joined without a channel", c.ID)
+	case c.Phase == PhaseAwaitingJoin && (c.UID != "" || c.Channel != "" || c.Uplink != nil):
+		return fmt.Errorf("connection %d: not joined but names a channel", c.ID)
+	case len(c.UID) > maxName || len(c.Channel) > maxName || len(c.Remote) > maxName || len(c.Local) > maxName:
+		return fmt.Errorf("connection %d: name too long", c.ID)
+	case len(c.Partial) >= maxFrameBytes || len(c.JoinFrame) > maxFrameBytes:
+		return fmt.Errorf("connection %d: partial frame of %d bytes", c.ID, len(c.Partial))
+	case int(c.OwedWhole) > len(c.Owed):
+		return fmt.Errorf("connection %d: frame in progress beyond the owed bytes", c.ID)
+	case c.PartialAgeNs < 0 || c.IdleNs < 0 || c.StallNs < 0 || c.WindowStartNs < 0:
+		return fmt.Errorf("connection %d: negative age", c.ID)
+	case c.Uplink != nil && (c.Uplink.Peer == "" || len(c.Uplink.Peer) > maxName):
+		return fmt.Errorf("connection %d: uplink without a peer", c.ID)
+	}
+	return nil
 }
 
 // DecodeChannelState decodes a ChannelState and checks it is consistent.

@@ -16,7 +16,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"time"
+
+	"github.com/fxamacker/cbor/v2"
 
 	"github.com/mlesd/mlesd/codec"
 )
@@ -61,6 +64,101 @@ func (c *Child) SendStream(owner Chunk, seq uint32, data []byte, fill func(*Chun
 		seq++
 	}
 	return seq, nil
+}
+
+// OutConn is one connection for SendConns: its state, a descriptor of its
+// socket (the caller closes it once SendConns returns), and the bytes owed
+// to it and read from it, which travel as Chunks after its state.
+type OutConn struct {
+	State         ConnState
+	File          *os.File
+	Owed, Partial []byte
+}
+
+// ConnsPerMessage is how many connections SendConns puts in one message
+// for this new process at most (1: it reads a ConnState per message).
+func (c *Child) ConnsPerMessage() int { return max(c.perMsg, 1) }
+
+// batchOverhead is what a ConnBatch adds to its states' encodings: its
+// map, kind, format and the array's head.
+const batchOverhead = 32
+
+// SendConns sends conns, as many to a message as the new process reads
+// and the message size allows, their sockets attached; after each message,
+// the chunks of its connections' owed and partial bytes.
+func (c *Child) SendConns(conns []OutConn, deadline time.Time) error {
+	var (
+		items []cbor.RawMessage
+		files []*os.File
+		size  = batchOverhead
+		first int // conns[first:] are not sent yet
+	)
+	flush := func(upto int) error {
+		if len(items) == 0 {
+			return nil
+		}
+		b, err := EncodeState(&connBatchOut{Conns: items})
+		if err == nil {
+			err = c.sock.sendBytes(b, files, deadline)
+		}
+		if err != nil {
+			return c.failure(fmt.Errorf("sending the state: %w", err))
+		}
+		for j := first; j < upto; j++ {
+			if err := c.sendBytesOf(&conns[j], deadline); err != nil {
+				return err
+			}
+		}
+		items, files, size, first = items[:0], files[:0], batchOverhead, upto
+		return nil
+	}
+	for i := range conns {
+		oc := &conns[i]
+		st := oc.State
+		st.Owed, st.Partial = nil, nil // in chunks: a frame may be larger than a message
+		st.OwedChunks = Chunks(len(oc.Owed)) + Chunks(len(oc.Partial))
+		if c.ConnsPerMessage() == 1 {
+			if err := c.SendState(&st, oc.File, deadline); err != nil {
+				return err
+			}
+			if err := c.sendBytesOf(oc, deadline); err != nil {
+				return err
+			}
+			continue
+		}
+		if len(items) == c.ConnsPerMessage() {
+			if err := flush(i); err != nil {
+				return err
+			}
+		}
+		b, err := encodeConnIn(&st, len(items))
+		if err == nil && size+len(b) > maxMessage && len(items) > 0 {
+			if err = flush(i); err == nil {
+				b, err = encodeConnIn(&st, 0)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		items, files, size = append(items, b), append(files, oc.File), size+len(b)
+	}
+	return flush(len(conns))
+}
+
+// encodeConnIn encodes st as the state of a ConnBatch whose descriptor fd
+// is its socket.
+func encodeConnIn(st *ConnState, fd int) ([]byte, error) {
+	st.FD = fd
+	return EncodeState(st)
+}
+
+// sendBytesOf sends oc's owed bytes, then its partial ones, as Chunks.
+func (c *Child) sendBytesOf(oc *OutConn, deadline time.Time) error {
+	seq, err := c.SendStream(Chunk{Conn: oc.State.ID}, 0, oc.Owed, FillOwed, deadline)
+	if err == nil {
+		_, err = c.SendStream(Chunk{Conn: oc.State.ID}, seq, oc.Partial, FillPartial, deadline)
+	}
+	return err
 }
 
 // Fillers for SendStream: which field of a Chunk the bytes go in.
@@ -130,6 +228,8 @@ type Transfer struct {
 	Conns    []*ConnIn
 	Totals   map[string]uint64
 
+	messages int // state messages received (ReadyForState), for the log and tests
+
 	byConn map[uint64]*ConnIn
 	byChan map[string]*ChannelIn
 	seq    map[any]uint32 // next Chunk.Seq per owner
@@ -162,7 +262,7 @@ func (h *Handover) ReadyForState(timeout time.Duration) (*Transfer, error) {
 	}
 	deadline := time.Now().Add(timeout)
 	err := h.sock.send(Reply{Kind: kindReply, Format: FormatVersion, Version: h.version, PID: os.Getpid(), Ready: true,
-		States: StateFormat}, nil, deadline)
+		States: StateFormat, ConnsPerMessage: maxFilesPerMessage}, nil, deadline)
 	if err != nil {
 		return nil, fmt.Errorf("reporting ready: %w", err)
 	}
@@ -173,6 +273,7 @@ func (h *Handover) ReadyForState(timeout time.Duration) (*Transfer, error) {
 			t.Close()
 			return nil, fmt.Errorf("receiving the state: %w", err)
 		}
+		t.messages++
 		done, err := t.add(b, files)
 		if err != nil {
 			closeFiles(files)
@@ -195,10 +296,29 @@ func (t *Transfer) add(b []byte, files []*os.File) (done bool, err error) {
 	if err := stateDecMode.Unmarshal(b, &p); err != nil {
 		return false, fmt.Errorf("state message: %w", err)
 	}
-	if p.Kind != kindConn && len(files) > 0 {
+	if p.Kind != kindConn && p.Kind != kindConns && len(files) > 0 {
 		return false, errors.New("state message with descriptors that names none")
 	}
 	switch p.Kind {
+	case kindConns:
+		cb, err := DecodeConnBatch(b, len(files))
+		if err != nil {
+			return false, err
+		}
+		for i := range cb.Conns {
+			// All checked before any is taken: on an error the caller
+			// closes files, none of which a ConnIn holds yet.
+			id := cb.Conns[i].ID
+			if t.byConn[id] != nil || slices.ContainsFunc(cb.Conns[:i], func(o ConnState) bool { return o.ID == id }) {
+				return false, fmt.Errorf("connection %d handed over twice", id)
+			}
+		}
+		for i := range cb.Conns {
+			cs := cb.Conns[i]
+			c := &ConnIn{State: cs, File: files[cs.FD], Owed: cs.Owed, Partial: cs.Partial}
+			t.byConn[cs.ID] = c
+			t.Conns = append(t.Conns, c)
+		}
 	case kindConn:
 		cs, err := DecodeConnState(b)
 		if err != nil {

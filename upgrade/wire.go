@@ -85,6 +85,12 @@ type Reply struct {
 	// Imported is how many connections it took.
 	States   uint16 `cbor:"6,keyasint,omitempty"`
 	Imported uint32 `cbor:"7,keyasint,omitempty"`
+	// ConnsPerMessage, in the reply that reports ready for state: how
+	// many connections one ConnBatch message may carry (0 or 1: this
+	// process reads a ConnState per message, as the first phase-2 builds
+	// did; they neither send nor know the field, so either side of a
+	// mixed pair falls back to one per message).
+	ConnsPerMessage uint16 `cbor:"8,keyasint,omitempty"`
 }
 
 // Commit tells the new process that the old one has stopped accepting:

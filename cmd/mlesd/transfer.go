@@ -90,37 +90,42 @@ func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) (map
 		}
 	}
 	sent := make(map[uint64]bool, len(ex.Conns))
+	// A group of connections at a time, as many as one message carries:
+	// their descriptors are open only until the group is sent (see
+	// engine.Moved: one per connection at once could pass the limit).
+	group := make([]upgrade.OutConn, 0, child.ConnsPerMessage())
+	send := func() error {
+		err := child.SendConns(group, deadline)
+		for _, oc := range group {
+			_ = oc.File.Close()
+			if err == nil {
+				sent[oc.State.ID] = true
+			}
+		}
+		group = group[:0]
+		return err
+	}
 	for _, m := range ex.Conns {
-		if err := sendConn(child, m, deadline); errors.Is(err, engine.ErrGone) {
-			continue
+		f, err := m.Socket()
+		if errors.Is(err, engine.ErrGone) {
+			continue // its client left since the export
 		} else if err != nil {
+			for _, oc := range group {
+				_ = oc.File.Close()
+			}
 			return nil, err
 		}
-		sent[m.State.ID] = true
+		group = append(group, upgrade.OutConn{State: m.State, File: f, Owed: m.Owed, Partial: m.State.Partial})
+		if len(group) == cap(group) {
+			if err := send(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := send(); err != nil {
+		return nil, err
 	}
 	return sent, child.SendState(&upgrade.Totals{Counters: ex.Totals}, nil, deadline)
-}
-
-// sendConn sends one connection's state with a descriptor of its socket,
-// closed once sent (one at a time: see engine.Moved).
-func sendConn(child *upgrade.Child, m *engine.Moved, deadline time.Time) error {
-	f, err := m.Socket()
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	st := m.State
-	partial := st.Partial
-	st.Partial = nil // in chunks: a frame may be larger than a message
-	st.OwedChunks = upgrade.Chunks(len(m.Owed)) + upgrade.Chunks(len(partial))
-	if err := child.SendState(&st, f, deadline); err != nil {
-		return err
-	}
-	seq, err := child.SendStream(upgrade.Chunk{Conn: st.ID}, 0, m.Owed, upgrade.FillOwed, deadline)
-	if err == nil {
-		_, err = child.SendStream(upgrade.Chunk{Conn: st.ID}, seq, partial, upgrade.FillPartial, deadline)
-	}
-	return err
 }
 
 // takeState runs in the new process when the old one offers its state:

@@ -459,7 +459,7 @@ func TestUpgradeSoak(t *testing.T) {
 	const per = 10
 	tr := startTraffic(t, r.addr, max(conns/per, 1), per, pace, 1<<20)
 	tr.waitSent(t, int64(conns))
-	baseFDs := fdCount(t, r.first.Process.Pid)
+	baseFDs, baseRSS, baseG := fdCount(t, r.first.Process.Pid), rssKiB(r.first.Process.Pid), r.goroutines()
 	bins := []struct{ bin, version string }{{b, "vB"}, {a, "vA"}}
 	var last int
 	for i := range rounds {
@@ -468,16 +468,50 @@ func TestUpgradeSoak(t *testing.T) {
 		last = newPID
 		tr.waitSent(t, int64(conns))
 	}
+	// The last process under the same load as the first was measured at.
+	lastRSS, lastG := rssKiB(last), r.goroutines()
 	tr.finish(t)
 	p99, most, n := tr.latency()
-	t.Logf("%d connections on %d channels, %d upgrades: %d frames read; latency p99 %v, max %v; descriptors first %d, last %d",
+	t.Logf("%d connections on %d channels, %d upgrades: %d frames read; latency p99 %v, max %v; descriptors first %d, last %d; "+
+		"RSS first %d KiB, last %d KiB; goroutines first %d, last %d",
 		len(tr.members), len(tr.members)/per, rounds, n, p99.Round(time.Microsecond), most.Round(time.Microsecond),
-		baseFDs, fdCount(t, last))
+		baseFDs, fdCount(t, last), baseRSS, lastRSS, baseG, lastG)
+	// Back at the baseline: nothing of the handovers stays in the last
+	// process (a leak per upgrade would show as rounds times itself).
+	if fds := fdCount(t, last); fds > baseFDs {
+		t.Errorf("the last process has %d descriptors, the first had %d", fds, baseFDs)
+	}
+	if lastG > baseG+soakGoroutineSlack {
+		t.Errorf("the last process runs %d goroutines, the first ran %d", lastG, baseG)
+	}
+	if lastRSS > baseRSS+baseRSS/2 {
+		t.Errorf("the last process's RSS is %d KiB, the first's was %d KiB", lastRSS, baseRSS)
+	}
 	for _, line := range strings.Split(r.Log(), "\n") {
 		if strings.Contains(line, "handed over") || strings.Contains(line, "took over") {
 			t.Log(line[strings.Index(line, "msg="):])
 		}
 	}
+}
+
+// soakGoroutineSlack is what the goroutine count may differ by between two
+// processes under the same load: the HTTP servers' and the runtime's come
+// and go.
+const soakGoroutineSlack = 10
+
+// rssKiB is pid's resident set (VmRSS) in KiB, 0 if unreadable.
+func rssKiB(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
 }
 
 // An uplink to a peer moves as the connection it is: numbered frames cross

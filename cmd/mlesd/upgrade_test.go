@@ -71,7 +71,7 @@ func versionedBuilds(t *testing.T) (a, b string) {
 type upgradeRig struct {
 	t                      *testing.T
 	dir, bin, pidFile, log string
-	addr, metrics          string
+	addr, metrics, pprof   string
 	first                  *exec.Cmd
 	firstDone              chan struct{}
 }
@@ -105,7 +105,8 @@ func startRig(t *testing.T, first string, env []string, args ...string) *upgrade
 	r := &upgradeRig{t: t, dir: dir, bin: filepath.Join(dir, "mlesd"), pidFile: filepath.Join(dir, "mlesd.pid"),
 		log: filepath.Join(dir, "mlesd.log"), firstDone: make(chan struct{}),
 		addr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t))),
-		metrics: net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))}
+		metrics: net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t))),
+		pprof:   net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))}
 	r.install(first)
 	logf, err := os.OpenFile(r.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -113,7 +114,7 @@ func startRig(t *testing.T, first string, env []string, args ...string) *upgrade
 	}
 	defer logf.Close()
 	r.first = exec.Command(r.bin, append([]string{"--listen", r.addr, "--metrics", r.metrics, "--pid-file", r.pidFile,
-		"--pprof", net.JoinHostPort("127.0.0.1", strconv.Itoa(mlestest.FreePort(t)))}, args...)...)
+		"--pprof", r.pprof}, args...)...)
 	r.first.Env = append(append(os.Environ(), "MLES_KEY="+key), env...)
 	r.first.Stderr = logf // a file, not a pipe: exit is seen when this process exits, not its heirs
 	if err := r.first.Start(); err != nil {
@@ -281,6 +282,25 @@ func tcpSockets(pid int) string {
 		out = append(out, fmt.Sprintf("%s→%s st=%s ino=%s", port(f[1]), port(f[2]), f[3], f[9]))
 	}
 	return strings.Join(out, ", ")
+}
+
+// goroutines is how many goroutines the process serving the rig runs
+// (from its pprof endpoint, which every process of the lineage serves at
+// the same address), or -1.
+func (r *upgradeRig) goroutines() int {
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + r.pprof + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`goroutine profile: total (\d+)`).FindSubmatch(b)
+	if m == nil {
+		return -1
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
 }
 
 // metricLines is the lines of /metrics that begin with one of names.

@@ -1,0 +1,176 @@
+package upgrade
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// SendConns hands 600 connections, each with its own socket, to a new
+// process that reads batches and to one that reads a ConnState per
+// message: every state arrives once with its own socket (a byte written
+// into each socket's other end names its connection), owed and partial
+// bytes of any size follow their connection, and batches respect both the
+// descriptor and the byte limit of a message.
+func TestSendConnsHandsEveryConnectionWithItsOwnSocket(t *testing.T) {
+	for _, perMsg := range []int{1, maxFilesPerMessage} {
+		t.Run(fmt.Sprintf("%d per message", perMsg), func(t *testing.T) {
+			const n = 600
+			c, h := statePair(t, perMsg)
+			conns := make([]OutConn, n)
+			peers := make([]*os.File, n)
+			for i := range conns {
+				fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				mine, peer := os.NewFile(uintptr(fds[0]), "conn"), os.NewFile(uintptr(fds[1]), "peer")
+				t.Cleanup(func() { mine.Close(); peer.Close() })
+				peers[i] = peer
+				id := uint64(i + 1)
+				st := ConnState{ID: id, Remote: "127.0.0.1:5000", Local: "127.0.0.1:8077", Phase: PhaseJoined,
+					UID: fmt.Sprintf("dev%d", i), Channel: "telemetry"}
+				if i%10 == 7 {
+					st.UID = strings.Repeat("u", 3000) // the 25 in 253 connections pass a message's 64 KiB
+				}
+				oc := OutConn{State: st, File: mine}
+				if i%100 == 3 {
+					oc.Owed = bytes.Repeat([]byte{byte(i)}, 2*chunkBytes+5) // three chunks
+					oc.Partial = []byte(fmt.Sprintf("partial of %d", id))
+				}
+				conns[i] = oc
+			}
+			got := make(chan *Transfer, 1)
+			errs := make(chan error, 1)
+			go func() {
+				tr, err := h.ReadyForState(10 * time.Second)
+				errs <- err
+				got <- tr
+			}()
+			c.awaitReady(t)
+			deadline := time.Now().Add(10 * time.Second)
+			if err := c.SendConns(conns, deadline); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.SendState(&Totals{Counters: map[string]uint64{"x": 1}}, nil, deadline); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+			tr := <-got
+			defer tr.Close()
+			if len(tr.Conns) != n {
+				t.Fatalf("%d connections arrived, want %d", len(tr.Conns), n)
+			}
+			for i, p := range peers {
+				if _, err := fmt.Fprintf(p, "%08d", i+1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, in := range tr.Conns {
+				i := int(in.State.ID) - 1
+				want := conns[i]
+				buf := make([]byte, 8)
+				if _, err := in.File.Read(buf); err != nil {
+					t.Fatalf("connection %d: reading its socket: %v", in.State.ID, err)
+				}
+				if string(buf) != fmt.Sprintf("%08d", in.State.ID) {
+					t.Fatalf("connection %d came with the socket of connection %s", in.State.ID, buf)
+				}
+				if in.State.UID != want.State.UID || !bytes.Equal(in.Owed, want.Owed) || !bytes.Equal(in.Partial, want.Partial) {
+					t.Fatalf("connection %d: uid %d bytes, owed %d, partial %q; want %d, %d, %q", in.State.ID,
+						len(in.State.UID), len(in.Owed), in.Partial, len(want.State.UID), len(want.Owed), want.Partial)
+				}
+			}
+			// One message per connection, or batches: at most 253 sockets
+			// each, and the long uids force more than n/253 of them.
+			chunks := 6 * 4 // six connections with three owed chunks and one partial
+			conn := tr.messages - chunks - 1 // and the Totals
+			if perMsg == 1 && conn != n {
+				t.Fatalf("%d connection messages, want one per connection (%d)", conn, n)
+			}
+			if perMsg > 1 && (conn < 4 || conn > 12) {
+				t.Fatalf("%d connection messages for %d connections, want batches", conn, n)
+			}
+			t.Logf("%d connections in %d messages", n, conn)
+		})
+	}
+}
+
+// A batch that names one descriptor twice, or names more or fewer
+// connections than it carries descriptors, is refused.
+func TestConnBatchThatMisnamesItsDescriptorsIsRefused(t *testing.T) {
+	st := func(id uint64, fd int) ConnState {
+		return ConnState{Kind: kindConn, Format: StateFormat, ID: id, FD: fd, Phase: PhaseAwaitingJoin}
+	}
+	for name, tc := range map[string]struct {
+		conns []ConnState
+		files int
+	}{
+		"descriptor named twice":  {[]ConnState{st(1, 0), st(2, 0)}, 2},
+		"descriptor not attached": {[]ConnState{st(1, 0), st(2, 2)}, 2},
+		"fewer descriptors":       {[]ConnState{st(1, 0), st(2, 1)}, 1},
+		"empty":                   {nil, 0},
+	} {
+		b, err := encMode.Marshal(ConnBatch{Kind: kindConns, Format: StateFormat, Conns: tc.conns})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeConnBatch(b, tc.files); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	b, _ := encMode.Marshal(ConnBatch{Kind: kindConns, Format: StateFormat, Conns: []ConnState{st(1, 1), st(2, 0)}})
+	if cb, err := DecodeConnBatch(b, 2); err != nil || len(cb.Conns) != 2 {
+		t.Fatalf("a well-formed batch: %v", err)
+	}
+}
+
+// statePair is an old process's Child and a new process's Handover joined
+// by a handover socket pair, the new one reading perMsg connections per
+// message (1: as the first phase-2 builds).
+func statePair(t *testing.T, perMsg int) (*testChild, *Handover) {
+	mine, theirs, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := newSocket(mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := newSocket(theirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.close(); hs.close() })
+	return &testChild{Child: &Child{sock: cs, exited: make(chan struct{})}, perMsg: perMsg}, &Handover{sock: hs, version: "test"}
+}
+
+type testChild struct {
+	*Child
+	perMsg int
+}
+
+// awaitReady reads the new process's ready reply and takes what it says
+// it reads, limited to perMsg.
+func (c *testChild) awaitReady(t *testing.T) {
+	b, files, err := c.sock.recv(time.Now().Add(10 * time.Second))
+	closeFiles(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := DecodeReply(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ConnsPerMessage != maxFilesPerMessage {
+		t.Fatalf("the new process reads %d connections per message, want %d", r.ConnsPerMessage, maxFilesPerMessage)
+	}
+	c.Child.perMsg = min(int(r.ConnsPerMessage), c.perMsg)
+}
