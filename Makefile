@@ -17,7 +17,7 @@ FUZZ_TARGETS := ./codec:FuzzParseHeader ./codec:FuzzDecodeTriplet ./codec:FuzzDe
                 ./engine:FuzzStreamParser ./gateway:FuzzWebSocketMessage \
                 ./gateway:FuzzDecodePairMatchesDecodeTriplet ./client:FuzzScanTriplet ./client:FuzzFrameReader \
                 ./upgrade:FuzzDecodeOffer ./upgrade:FuzzDecodeReply ./upgrade:FuzzDecodeCommit \
-                ./upgrade:FuzzDecodeConnState ./upgrade:FuzzDecodeConnBatch ./upgrade:FuzzDecodeChannelState ./upgrade:FuzzDecodeChunk \
+                ./upgrade:FuzzDecodeConnState ./upgrade:FuzzDecodeConnBatch ./upgrade:FuzzDecodeChannelState ./upgrade:FuzzDecodeChannelBatch ./upgrade:FuzzDecodeChunk \
                 ./upgrade:FuzzDecodeTotals ./upgrade:FuzzTransferStream ./upgrade:FuzzSplitFrames
 
 STATICCHECK_VERSION ?= v0.8.2

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mlesd/mlesd/codec"
 )
 
 // SendConns hands 600 connections, each with its own socket, to a new
@@ -173,4 +175,80 @@ func (c *testChild) awaitReady(t *testing.T) {
 		t.Fatalf("the new process reads %d connections per message, want %d", r.ConnsPerMessage, maxFilesPerMessage)
 	}
 	c.Child.perMsg = min(int(r.ConnsPerMessage), c.perMsg)
+}
+
+// SendChannels hands 400 channels to a new process that reads batches and
+// to one that reads a ChannelState per message: every channel arrives
+// once with its history frame for frame, a history too large for one
+// message travels in chunks, and batches fill messages.
+func TestSendChannelsHandsEveryChannelWithItsHistory(t *testing.T) {
+	frame := func(i, size int) []byte {
+		f := make([]byte, codec.HeaderLen+size)
+		codec.Header{Len: size, CID: uint32(i)}.Put(f)
+		for k := codec.HeaderLen; k < len(f); k++ {
+			f[k] = byte(i + k)
+		}
+		return f
+	}
+	for _, batches := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batches %v", batches), func(t *testing.T) {
+			const n = 400
+			c, h := statePair(t, maxFilesPerMessage)
+			chans := make([]OutChannel, n)
+			for i := range chans {
+				var hist []byte
+				frames := i % 7 // 0 to 6 frames of about 200 bytes
+				if i == 123 {
+					frames = 40 // 40 frames of 3000: past one message, so chunked
+				}
+				for k := 0; k < frames; k++ {
+					size := 180 + k
+					if i == 123 {
+						size = 3000
+					}
+					hist = append(hist, frame(i*10+k, size)...)
+				}
+				chans[i] = OutChannel{State: ChannelState{Name: fmt.Sprintf("ch-%d", i)}, History: hist}
+			}
+			got := make(chan *Transfer, 1)
+			errs := make(chan error, 1)
+			go func() {
+				tr, err := h.ReadyForState(10 * time.Second)
+				errs <- err
+				got <- tr
+			}()
+			c.awaitReady(t)
+			c.Child.chanBat = batches
+			deadline := time.Now().Add(10 * time.Second)
+			if err := c.SendChannels(chans, deadline); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.SendState(&Totals{Counters: map[string]uint64{"x": 1}}, nil, deadline); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+			tr := <-got
+			if len(tr.Channels) != n {
+				t.Fatalf("%d channels arrived, want %d", len(tr.Channels), n)
+			}
+			for _, in := range tr.Channels {
+				var i int
+				fmt.Sscanf(in.State.Name, "ch-%d", &i)
+				if joined := bytes.Join(in.History, nil); !bytes.Equal(joined, chans[i].History) {
+					t.Fatalf("channel %s: history of %d bytes in %d frames, want %d bytes", in.State.Name, len(joined),
+						len(in.History), len(chans[i].History))
+				}
+			}
+			msgs := tr.messages - 1 // the Totals
+			if !batches && msgs < 2*n-n/7 {
+				t.Fatalf("%d messages for %d channels, want a state and its chunks each", msgs, n)
+			}
+			if batches && msgs > 10 {
+				t.Fatalf("%d messages for %d channels, want batches", msgs, n)
+			}
+			t.Logf("%d channels in %d messages", n, msgs)
+		})
+	}
 }

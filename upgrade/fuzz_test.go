@@ -122,6 +122,17 @@ func FuzzDecodeConnBatch(f *testing.F) {
 	})
 }
 
+func FuzzDecodeChannelBatch(f *testing.F) {
+	frame := append(make([]byte, 16), "x"...)
+	seedMessages(f, ChannelBatch{Kind: kindChans, Format: StateFormat, Chans: []ChannelState{
+		{Name: "a", History: [][]byte{frame, frame}, FirstJoin: frame}, {Name: "b"}}})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if c, err := DecodeChannelBatch(b); err == nil {
+			roundTrip(t, c, DecodeChannelBatch)
+		}
+	})
+}
+
 func FuzzDecodeTotals(f *testing.F) {
 	seedMessages(f, Totals{Kind: kindTotals, Format: StateFormat, Counters: map[string]uint64{"a": 1}})
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -47,6 +47,7 @@ type Child struct {
 	Version string // its version string, from its Reply
 	states  uint16 // the state format it reads (Reply.States); 0: listeners only
 	perMsg  int    // connections per ConnBatch it reads (Reply.ConnsPerMessage); 1: a ConnState each
+	chanBat bool   // it reads ChannelBatch (Reply.ChannelBatches)
 
 	sock   *socket
 	cmd    *exec.Cmd
@@ -149,6 +150,7 @@ func (c *Child) handover(opts Options, deadline time.Time) error {
 	}
 	c.Version, c.states = reply.Version, reply.States
 	c.perMsg = min(max(int(reply.ConnsPerMessage), 1), maxFilesPerMessage)
+	c.chanBat = reply.ChannelBatches
 	if c.states != 0 && (opts.States == 0 || c.states != StateFormat) {
 		return fmt.Errorf("the new process (pid %d) reads state format %d, which this build does not write", c.PID, c.states)
 	}

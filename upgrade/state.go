@@ -24,6 +24,7 @@ const (
 	kindChunk   = 6 // Chunk: more bytes of a ConnState or ChannelState
 	kindTotals  = 7 // Totals
 	kindConns   = 8 // ConnBatch: several ConnStates, for a new process that reads them (Reply.ConnsPerMessage)
+	kindChans   = 9 // ChannelBatch: several ChannelStates (Reply.ChannelBatches)
 )
 
 // Bounds a state decoder enforces beyond the message size.
@@ -114,6 +115,25 @@ type connBatchOut struct {
 	Kind   uint8             `cbor:"0,keyasint"`
 	Format uint16            `cbor:"1,keyasint"`
 	Conns  []cbor.RawMessage `cbor:"2,keyasint"`
+}
+
+// ChannelBatch is several ChannelStates in one message, each with its
+// whole history inline (History; HistoryChunks is 0). Why: a message and
+// a chunk per channel, each a wake-up of both processes, were most of the
+// 160-240 ms that sending the state of 1,000 channels and 10,000
+// connections took. A channel whose history does not fit a message goes
+// alone, as a ChannelState and its chunks.
+type ChannelBatch struct {
+	Kind   uint8          `cbor:"0,keyasint"`
+	Format uint16         `cbor:"1,keyasint"`
+	Chans  []ChannelState `cbor:"2,keyasint"`
+}
+
+// channelBatchOut is how a ChannelBatch is written (see connBatchOut).
+type channelBatchOut struct {
+	Kind   uint8             `cbor:"0,keyasint"`
+	Format uint16            `cbor:"1,keyasint"`
+	Chans  []cbor.RawMessage `cbor:"2,keyasint"`
 }
 
 // UplinkState marks a connection as this server's uplink to a peer: it
@@ -221,6 +241,8 @@ func EncodeState(v any) ([]byte, error) {
 		s.Kind, s.Format = kindTotals, StateFormat
 	case *connBatchOut:
 		s.Kind, s.Format = kindConns, StateFormat
+	case *channelBatchOut:
+		s.Kind, s.Format = kindChans, StateFormat
 	default:
 		return nil, fmt.Errorf("not a state message: %T", v)
 	}
@@ -296,18 +318,53 @@ func DecodeChannelState(b []byte) (ChannelState, error) {
 	if err := decodeState(b, kindChannel, &c); err != nil {
 		return ChannelState{}, err
 	}
+	if err := checkChannelState(&c); err != nil {
+		return ChannelState{}, err
+	}
+	return c, nil
+}
+
+// DecodeChannelBatch decodes a ChannelBatch and checks each channel, and
+// that none is named twice or has history chunks to follow.
+func DecodeChannelBatch(b []byte) (ChannelBatch, error) {
+	var cb ChannelBatch
+	if err := decodeState(b, kindChans, &cb); err != nil {
+		return ChannelBatch{}, err
+	}
+	if len(cb.Chans) == 0 {
+		return ChannelBatch{}, errors.New("an empty batch of channels")
+	}
+	names := make(map[string]bool, len(cb.Chans))
+	for i := range cb.Chans {
+		c := &cb.Chans[i]
+		if err := checkChannelState(c); err != nil {
+			return ChannelBatch{}, err
+		}
+		if c.HistoryChunks != 0 {
+			return ChannelBatch{}, fmt.Errorf("channel %q: history chunks after a batch", c.Name)
+		}
+		if names[c.Name] {
+			return ChannelBatch{}, fmt.Errorf("channel %q twice in a batch", c.Name)
+		}
+		names[c.Name] = true
+	}
+	return cb, nil
+}
+
+// checkChannelState checks that a decoded ChannelState is consistent.
+func checkChannelState(c *ChannelState) error {
 	if c.Name == "" || len(c.Name) > maxName {
-		return ChannelState{}, errors.New("channel without a name")
+		return errors.New("channel without a name")
 	}
 	for _, f := range c.History {
 		if len(f) < 16 || len(f) > maxFrameBytes {
-			return ChannelState{}, fmt.Errorf("channel %q: history frame of %d bytes", c.Name, len(f))
+			return fmt.Errorf("channel %q: history frame of %d bytes", c.Name, len(f))
 		}
 	}
 	if len(c.FirstJoin) > maxFrameBytes {
-		return ChannelState{}, fmt.Errorf("channel %q: join frame too large", c.Name)
+		return fmt.Errorf("channel %q: join frame too large", c.Name)
 	}
-	return c, nil
+	return nil
 }
 
 // DecodeChunk decodes a Chunk.

@@ -145,6 +145,79 @@ func (c *Child) SendConns(conns []OutConn, deadline time.Time) error {
 	return flush(len(conns))
 }
 
+// OutChannel is one channel for SendChannels: its state and its history,
+// whole frames concatenated.
+type OutChannel struct {
+	State   ChannelState
+	History []byte
+}
+
+// SendChannels sends chans: to a new process that reads ChannelBatch,
+// as many to a message as fit with their history inline; a channel whose
+// history does not fit one message, and every channel for a new process
+// that reads one per message, as a ChannelState and its history's chunks.
+func (c *Child) SendChannels(chans []OutChannel, deadline time.Time) error {
+	var (
+		items []cbor.RawMessage
+		size  = batchOverhead
+	)
+	flush := func() error {
+		if len(items) == 0 {
+			return nil
+		}
+		b, err := EncodeState(&channelBatchOut{Chans: items})
+		if err == nil {
+			err = c.sock.sendBytes(b, nil, deadline)
+		}
+		if err != nil {
+			return c.failure(fmt.Errorf("sending the state: %w", err))
+		}
+		items, size = items[:0], batchOverhead
+		return nil
+	}
+	alone := func(oc *OutChannel) error {
+		st := oc.State
+		st.History, st.HistoryChunks = nil, Chunks(len(oc.History))
+		if err := c.SendState(&st, nil, deadline); err != nil {
+			return err
+		}
+		_, err := c.SendStream(Chunk{Chan: st.Name}, 0, oc.History, FillHistory, deadline)
+		return err
+	}
+	for i := range chans {
+		oc := &chans[i]
+		if !c.chanBat || len(oc.History) > maxMessage {
+			if err := alone(oc); err != nil {
+				return err
+			}
+			continue
+		}
+		frames, err := SplitFrames(oc.History)
+		if err != nil {
+			return err
+		}
+		st := oc.State
+		st.History, st.HistoryChunks = frames, 0
+		b, err := EncodeState(&st)
+		if err != nil {
+			return err
+		}
+		if batchOverhead+len(b) > maxMessage {
+			if err := alone(oc); err != nil {
+				return err
+			}
+			continue
+		}
+		if size+len(b) > maxMessage || len(items) == maxListItems {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		items, size = append(items, b), size+len(b)
+	}
+	return flush()
+}
+
 // encodeConnIn encodes st as the state of a ConnBatch whose descriptor fd
 // is its socket.
 func encodeConnIn(st *ConnState, fd int) ([]byte, error) {
@@ -262,7 +335,7 @@ func (h *Handover) ReadyForState(timeout time.Duration) (*Transfer, error) {
 	}
 	deadline := time.Now().Add(timeout)
 	err := h.sock.send(Reply{Kind: kindReply, Format: FormatVersion, Version: h.version, PID: os.Getpid(), Ready: true,
-		States: StateFormat, ConnsPerMessage: maxFilesPerMessage}, nil, deadline)
+		States: StateFormat, ConnsPerMessage: maxFilesPerMessage, ChannelBatches: true}, nil, deadline)
 	if err != nil {
 		return nil, fmt.Errorf("reporting ready: %w", err)
 	}
@@ -333,6 +406,21 @@ func (t *Transfer) add(b []byte, files []*os.File) (done bool, err error) {
 		c := &ConnIn{State: cs, File: files[0], Owed: cs.Owed, Partial: cs.Partial}
 		t.byConn[cs.ID] = c
 		t.Conns = append(t.Conns, c)
+	case kindChans:
+		cb, err := DecodeChannelBatch(b)
+		if err != nil {
+			return false, err
+		}
+		for _, cs := range cb.Chans {
+			if t.byChan[cs.Name] != nil {
+				return false, fmt.Errorf("channel %q handed over twice", cs.Name)
+			}
+		}
+		for _, cs := range cb.Chans {
+			c := &ChannelIn{State: cs, History: cs.History}
+			t.byChan[cs.Name] = c
+			t.Channels = append(t.Channels, c)
+		}
 	case kindChannel:
 		cs, err := DecodeChannelState(b)
 		if err != nil {

@@ -91,6 +91,10 @@ type Reply struct {
 	// did; they neither send nor know the field, so either side of a
 	// mixed pair falls back to one per message).
 	ConnsPerMessage uint16 `cbor:"8,keyasint,omitempty"`
+	// ChannelBatches, in the same reply: this process reads ChannelBatch
+	// messages (several channels, their history inline); absent, as
+	// from the first phase-2 builds: a ChannelState each.
+	ChannelBatches bool `cbor:"9,keyasint,omitempty"`
 }
 
 // Commit tells the new process that the old one has stopped accepting:

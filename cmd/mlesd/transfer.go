@@ -80,15 +80,12 @@ func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
 // (those whose client left since the export are left out), then the
 // totals; it returns the IDs of the connections it sent.
 func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) (map[uint64]bool, error) {
-	for _, ch := range ex.Channels {
-		st := ch.State
-		st.HistoryChunks = upgrade.Chunks(len(ch.History))
-		if err := child.SendState(&st, nil, deadline); err != nil {
-			return nil, err
-		}
-		if _, err := child.SendStream(upgrade.Chunk{Chan: st.Name}, 0, ch.History, upgrade.FillHistory, deadline); err != nil {
-			return nil, err
-		}
+	chans := make([]upgrade.OutChannel, len(ex.Channels))
+	for i, ch := range ex.Channels {
+		chans[i] = upgrade.OutChannel{State: ch.State, History: ch.History}
+	}
+	if err := child.SendChannels(chans, deadline); err != nil {
+		return nil, err
 	}
 	sent := make(map[uint64]bool, len(ex.Conns))
 	// A group of connections at a time, as many as one message carries:
