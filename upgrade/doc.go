@@ -71,9 +71,16 @@
 // Wire form (transfer.go). One ChannelState per channel, its history as
 // the frames concatenated in HistoryChunks Chunk messages (a frame may be
 // larger than a message); one ConnState per connection with its socket as
-// the one descriptor of its message (SCM_RIGHTS; the kernel's bound is 253
-// per message), its owed bytes and then the bytes read and not parsed in
-// OwedChunks Chunk messages; then one Totals, which ends the state. The
+// the one descriptor of its message (SCM_RIGHTS), its owed bytes and then
+// the bytes read and not parsed in OwedChunks Chunk messages; then one
+// Totals, which ends the state. A new process that says so in its ready
+// Reply (ConnsPerMessage, ChannelBatches) gets batches instead: ConnBatch
+// messages of up to 253 ConnStates (the kernel's bound on descriptors per
+// message) with their sockets, each ConnState.FD naming its own, and
+// ChannelBatch messages of as many ChannelStates as fit 64 KiB with their
+// history inline; a channel whose history does not fit goes alone as
+// above. A build without these fields sends and reads one per message,
+// so either mix of builds still hands everything over. The
 // new process answers with a second Reply (Imported: how many it took, or
 // why not). The old process then sends, as Chunk.Partial, the inbound
 // bytes its event loops read after the export, and commits.
@@ -139,31 +146,41 @@
 // its own, so rates do not jump.
 //
 // Descriptors: the old process sends each socket with a descriptor of its
-// own, duplicated just before its message and closed after it (one per
-// connection at once would need twice the connections' descriptors); a
+// own, duplicated (close-on-exec) just before its message and closed after
+// it (one per connection at once would need twice the connections'
+// descriptors; a batch holds at most 253 at once); a
 // connection whose client left after the export is left out (its inode
 // tells, should its descriptor number name another file by then).
 //
 // Measured on the shared 2-core machine (go test -run TestUpgradeSoak
 // ./cmd/mlesd with UPGRADE_SOAK=<connections>, UPGRADE_SOAK_PACE,
-// UPGRADE_SOAK_ROUNDS; members in channels of 10):
-//   - 2,000 connections, a frame a second each: frozen 47-100 ms (freeze
-//     1 ms, export 11 ms, send 30 ms, reply 5 ms, release 6 ms), taken
-//     over by the new process in 48-79 ms; largest latency of a frame
-//     65-67 ms.
-//   - 10,000 connections, a frame every 5 s each: frozen 543-783 ms
-//     (export 58-280 ms, send 416-422 ms), taken over in 528-606 ms;
-//     largest latency 1.65 s. Every frame once and in order; the same
-//     descriptors (10,024) in the first process and the last.
+// UPGRADE_SOAK_ROUNDS; members in channels of 10, their sends spread over
+// the pace; UPGRADE_SOAK_CONTROL=1 for the same load without upgrades):
+//   - 2,000 connections, a frame a second each: frozen 36-41 ms, taken
+//     over by the new process in 35-42 ms; largest latency of a frame
+//     86 ms (2.6 ms without upgrades).
+//   - 10,000 connections on 1,000 channels, a frame every 5 s each:
+//     frozen 186-239 ms (export 37-54 ms, send 112-127 ms, reply 3-11
+//     ms, release 19-22 ms), taken over in 186-206 ms; largest latency
+//     435 ms (9 ms without upgrades). Before batching: send 420 ms and a
+//     largest latency of 0.8-1.65 s.
+//   - Ten upgrades in a row at 10,000 connections: descriptors (10,024)
+//     and goroutines (17) in the last process as in the first; RSS, with
+//     a history full before the baseline (UPGRADE_SOAK_HISTORY=5), 39 MB
+//     in the first process, 45 MB from the first upgrade on, flat after
+//     (the load alone: 39 to 42 MB in the same time).
 //
 // Issue 13's target (at most 100 ms at 10,000 connections) is not met:
-// every phase grows with the connections, the send (one message and one
-// descriptor each) and the new process's registration most.
+// every phase grows with the connections; the new process's registration
+// (a dozen system calls per socket through gnet's Enroll) and the send are
+// the largest. Making the sockets net.Conns while the state arrives, so
+// that less is left after the Commit, moved the time from one phase to the
+// other on two cores (tried, not kept).
 //
-// Not yet done: a faster handover at 10,000 connections (several
-// descriptors per message, up to the kernel's 253; exporting and sending
-// per loop in parallel; letting a channel resume once all its members are
-// in, not every connection); a moved
+// Not yet done: a faster handover at 10,000 connections (exporting and
+// sending per loop in parallel; handing over a channel at a time, so that
+// the rest keeps flowing; registering sockets with an event loop without
+// a net.Conn each); a moved
 // uplink's replay filter (it starts empty in the new process, which
 // matters only for an uplink moved within its first frames after a
 // reconnect).
