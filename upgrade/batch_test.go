@@ -92,7 +92,7 @@ func TestSendConnsHandsEveryConnectionWithItsOwnSocket(t *testing.T) {
 			}
 			// One message per connection, or batches: at most 253 sockets
 			// each, and the long uids force more than n/253 of them.
-			chunks := 6 * 4 // six connections with three owed chunks and one partial
+			chunks := 6 * 4                  // six connections with three owed chunks and one partial
 			conn := tr.messages - chunks - 1 // and the Totals
 			if perMsg == 1 && conn != n {
 				t.Fatalf("%d connection messages, want one per connection (%d)", conn, n)
