@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -112,4 +113,53 @@ func TestFreezeThenThawServesOn(t *testing.T) {
 	a.expect(f)
 	b.expect(a.send([]byte("after the thaw")))
 	ts.join(t, sharedKeys, "c", "thawed", nil) // the acceptors accept again
+}
+
+// The members of a small channel come back on one event loop in the new
+// process (as placement put them in the old one), and the channels spread
+// over both loops: imported pairs do not cross loops for every frame.
+func TestImportedSmallChannelsKeepTheirMembersOnOneLoop(t *testing.T) {
+	old := startServer(t, Config{Keys: sharedKeys, Loops: 2}, router.Config{})
+	nw := startServer(t, Config{Keys: sharedKeys, Loops: 2}, router.Config{})
+	nw.join(t, sharedKeys, "warm", "warm", nil) // the new server's loops have served
+	const pairs = 8
+	type pair struct{ a, b *client }
+	var ps []pair
+	for i := 0; i < pairs; i++ {
+		ch := fmt.Sprintf("pair%d", i)
+		a := old.join(t, sharedKeys, "a"+ch, ch, nil)
+		b := old.join(t, sharedKeys, "b"+ch, ch, nil)
+		a.expect(b.frame(nil))
+		ps = append(ps, pair{a, b})
+	}
+	if err := old.srv.Freeze(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ex, err := old.srv.Export(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := transferOf(t, ex)
+	sent := map[uint64]bool{}
+	for _, c := range tr.Conns {
+		sent[c.State.ID] = true
+	}
+	if _, err := old.srv.Release(sent, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := nw.srv.Import(tr, 5*time.Second, nil); err != nil || n != 2*pairs {
+		t.Fatalf("imported %d of %d: %v", n, 2*pairs, err)
+	}
+	used := map[int]int{}
+	for i, p := range ps {
+		la, lb := nw.loopOf(t, p.a.uid), nw.loopOf(t, p.b.uid)
+		if la < 0 || la != lb {
+			t.Fatalf("pair %d: members on loops %d and %d after the import, want one", i, la, lb)
+		}
+		used[la]++
+		p.b.expect(p.a.send([]byte("after")))
+	}
+	if len(used) != 2 {
+		t.Fatalf("every imported pair on one loop: %v", used)
+	}
 }

@@ -108,6 +108,7 @@ func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration, adopt AdoptU
 	// Making each net.Conn and handing it to gnet costs a dozen system
 	// calls; clients wait for all of them, so they run on every core.
 	results := make([]registration, len(t.Conns))
+	units := placementUnits(t.Conns)
 	var (
 		next sync.WaitGroup
 		mu   sync.Mutex
@@ -117,16 +118,29 @@ func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration, adopt AdoptU
 		next.Add(1)
 		go func() {
 			defer next.Done()
-			for i := int(at.Add(1) - 1); i < len(t.Conns); i = int(at.Add(1) - 1) {
-				c := t.Conns[i]
-				res, err := s.registerImported(c, &imported{st: c.State, owed: c.Owed, partial: c.Partial,
-					join: joins[c.State.Channel], uplink: uplinks[c]})
-				if err != nil {
-					mu.Lock()
-					errs = errors.Join(errs, fmt.Errorf("connection %d: %w", c.State.ID, err))
-					mu.Unlock()
+			for u := int(at.Add(1) - 1); u < len(units); u = int(at.Add(1) - 1) {
+				var el gnet.EventLoop // the loop of the unit's first member, once known
+				for k, i := range units[u] {
+					c := t.Conns[i]
+					res, err := s.registerImported(c, &imported{st: c.State, owed: c.Owed, partial: c.Partial,
+						join: joins[c.State.Channel], uplink: uplinks[c]}, el)
+					if err != nil {
+						mu.Lock()
+						errs = errors.Join(errs, fmt.Errorf("connection %d: %w", c.State.ID, err))
+						mu.Unlock()
+					}
+					if k == 0 && len(units[u]) > 1 && res != nil {
+						// Its loop is where the rest of its channel goes.
+						r := <-res
+						if r.Err == nil && r.Conn != nil {
+							el = r.Conn.EventLoop()
+						}
+						done := make(chan gnet.RegisteredResult, 1)
+						done <- r
+						res = done
+					}
+					results[i] = res
 				}
-				results[i] = res
 			}
 		}()
 	}
@@ -170,18 +184,50 @@ func (s *Server) Import(t *upgrade.Transfer, timeout time.Duration, adopt AdoptU
 // importWorkers is how many goroutines hand moved sockets to gnet at once.
 const importWorkers = 4
 
-// registerImported hands c's socket to an event loop with its state im.
-func (s *Server) registerImported(c *upgrade.ConnIn, im *imported) (registration, error) {
+// placementUnits groups the indexes of conns by what must share a loop:
+// the joined members of a channel with fewer than placeMaxMembers of them
+// (placement put them on one loop in the old process, migrate.go), and
+// every other connection alone.
+func placementUnits(conns []*upgrade.ConnIn) [][]int {
+	members := map[string][]int{}
+	var units [][]int
+	for i, c := range conns {
+		if c.State.Phase == upgrade.PhaseJoined && c.State.Uplink == nil {
+			members[c.State.Channel] = append(members[c.State.Channel], i)
+			continue
+		}
+		units = append(units, []int{i})
+	}
+	for _, m := range members {
+		if len(m) >= placeMaxMembers {
+			for _, i := range m {
+				units = append(units, []int{i})
+			}
+			continue
+		}
+		units = append(units, m)
+	}
+	return units
+}
+
+// registerImported hands c's socket to an event loop with its state im:
+// to el, or where gnet's balancer puts it when el is nil.
+func (s *Server) registerImported(c *upgrade.ConnIn, im *imported, el gnet.EventLoop) (registration, error) {
 	nc, err := net.FileConn(c.File)
 	_ = c.File.Close()
 	c.File = nil
 	if err != nil {
 		return nil, err
 	}
-	ctx := gnet.NewNetConnContext(gnet.NewContext(context.Background(), im), nc)
-	s.registerMu.Lock()
-	res, err := s.eng.Register(ctx)
-	s.registerMu.Unlock()
+	var res registration
+	if el != nil {
+		res, err = el.Enroll(gnet.NewContext(context.Background(), im), nc)
+	} else {
+		ctx := gnet.NewNetConnContext(gnet.NewContext(context.Background(), im), nc)
+		s.registerMu.Lock()
+		res, err = s.eng.Register(ctx)
+		s.registerMu.Unlock()
+	}
 	if err != nil {
 		_ = nc.Close()
 		return nil, err
