@@ -56,19 +56,30 @@ var ErrGone = errors.New("engine: the connection closed after the export")
 // number may name another file by now: the inode tells, and ErrGone says
 // so. Any other error (out of descriptors) fails the handover.
 func (m *Moved) Socket() (*os.File, error) {
+	fd, err := m.SocketFD()
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "moved-conn"), nil
+}
+
+// SocketFD is Socket as a bare descriptor, which the caller closes
+// (unix.Close): what a handover sends, without an *os.File's registration
+// with Go's poller.
+func (m *Moved) SocketFD() (int, error) {
 	fd, err := dupCloseOnExec(m.fd)
 	if err == unix.EBADF {
-		return nil, ErrGone
+		return -1, ErrGone
 	}
 	if err != nil {
-		return nil, fmt.Errorf("duplicating a connection's socket: %w", err)
+		return -1, fmt.Errorf("duplicating a connection's socket: %w", err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil || st.Ino != m.ino {
 		_ = unix.Close(fd)
-		return nil, ErrGone
+		return -1, ErrGone
 	}
-	return os.NewFile(uintptr(fd), "moved-conn"), nil
+	return fd, nil
 }
 
 // MovedChannel is one exported channel and its history, concatenated.

@@ -40,7 +40,7 @@ func TestSendConnsHandsEveryConnectionWithItsOwnSocket(t *testing.T) {
 				if i%10 == 7 {
 					st.UID = strings.Repeat("u", 3000) // the 25 in 253 connections pass a message's 64 KiB
 				}
-				oc := OutConn{State: st, File: mine}
+				oc := OutConn{State: st, FD: fds[0]}
 				if i%100 == 3 {
 					oc.Owed = bytes.Repeat([]byte{byte(i)}, 2*chunkBytes+5) // three chunks
 					oc.Partial = []byte(fmt.Sprintf("partial of %d", id))

@@ -68,10 +68,13 @@ func (c *Child) SendStream(owner Chunk, seq uint32, data []byte, fill func(*Chun
 
 // OutConn is one connection for SendConns: its state, a descriptor of its
 // socket (the caller closes it once SendConns returns), and the bytes owed
-// to it and read from it, which travel as Chunks after its state.
+// to it and read from it, which travel as Chunks after its state. A bare
+// descriptor, not an *os.File: making one registers a non-blocking socket
+// with Go's poller and closing it deregisters it, two system calls per
+// connection for nothing.
 type OutConn struct {
 	State         ConnState
-	File          *os.File
+	FD            int
 	Owed, Partial []byte
 }
 
@@ -89,7 +92,7 @@ const batchOverhead = 32
 func (c *Child) SendConns(conns []OutConn, deadline time.Time) error {
 	var (
 		items []cbor.RawMessage
-		files []*os.File
+		fds   []int
 		size  = batchOverhead
 		first int // conns[first:] are not sent yet
 	)
@@ -99,7 +102,7 @@ func (c *Child) SendConns(conns []OutConn, deadline time.Time) error {
 		}
 		b, err := EncodeState(&connBatchOut{Conns: items})
 		if err == nil {
-			err = c.sock.sendBytes(b, files, deadline)
+			err = c.sock.sendFDs(b, fds, deadline)
 		}
 		if err != nil {
 			return c.failure(fmt.Errorf("sending the state: %w", err))
@@ -109,7 +112,7 @@ func (c *Child) SendConns(conns []OutConn, deadline time.Time) error {
 				return err
 			}
 		}
-		items, files, size, first = items[:0], files[:0], batchOverhead, upto
+		items, fds, size, first = items[:0], fds[:0], batchOverhead, upto
 		return nil
 	}
 	for i := range conns {
@@ -118,8 +121,12 @@ func (c *Child) SendConns(conns []OutConn, deadline time.Time) error {
 		st.Owed, st.Partial = nil, nil // in chunks: a frame may be larger than a message
 		st.OwedChunks = Chunks(len(oc.Owed)) + Chunks(len(oc.Partial))
 		if c.ConnsPerMessage() == 1 {
-			if err := c.SendState(&st, oc.File, deadline); err != nil {
-				return err
+			b, err := EncodeState(&st)
+			if err == nil {
+				err = c.sock.sendFDs(b, []int{oc.FD}, deadline)
+			}
+			if err != nil {
+				return c.failure(fmt.Errorf("sending the state: %w", err))
 			}
 			if err := c.sendBytesOf(oc, deadline); err != nil {
 				return err
@@ -140,7 +147,7 @@ func (c *Child) SendConns(conns []OutConn, deadline time.Time) error {
 		if err != nil {
 			return err
 		}
-		items, files, size = append(items, b), append(files, oc.File), size+len(b)
+		items, fds, size = append(items, b), append(fds, oc.FD), size+len(b)
 	}
 	return flush(len(conns))
 }

@@ -231,20 +231,27 @@ func (s *socket) send(v any, files []*os.File, deadline time.Time) error {
 
 // sendBytes writes b, an encoded message, with files attached.
 func (s *socket) sendBytes(b []byte, files []*os.File, deadline time.Time) error {
+	var fds []int
+	for _, f := range files {
+		fd, err := rawFD(f)
+		if err != nil {
+			return err
+		}
+		fds = append(fds, fd)
+	}
+	defer runtime.KeepAlive(files) // the descriptors stay open until sent
+	return s.sendFDs(b, fds, deadline)
+}
+
+// sendFDs writes b with descriptors fds attached (open until it returns).
+func (s *socket) sendFDs(b []byte, fds []int, deadline time.Time) error {
 	var err error
-	if len(b) > maxMessage || len(files) > maxFilesPerMessage {
-		return fmt.Errorf("handover message too large (%d bytes, %d descriptors)", len(b), len(files))
+	if len(b) > maxMessage || len(fds) > maxFilesPerMessage {
+		return fmt.Errorf("handover message too large (%d bytes, %d descriptors)", len(b), len(fds))
 	}
 	var oob []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			if fds[i], err = rawFD(f); err != nil {
-				return err
-			}
-		}
+	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
-		defer runtime.KeepAlive(files) // the descriptors stay open until sent
 	}
 	_ = s.uc.SetWriteDeadline(deadline)
 	n, oobn, err := s.uc.WriteMsgUnix(b, oob, nil)

@@ -14,6 +14,8 @@ import (
 	"runtime/debug"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mlesd/mlesd/engine"
 	"github.com/mlesd/mlesd/peering"
 	"github.com/mlesd/mlesd/upgrade"
@@ -95,7 +97,7 @@ func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) (map
 	send := func() error {
 		err := child.SendConns(group, deadline)
 		for _, oc := range group {
-			_ = oc.File.Close()
+			_ = unix.Close(oc.FD)
 			if err == nil {
 				sent[oc.State.ID] = true
 			}
@@ -104,16 +106,16 @@ func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) (map
 		return err
 	}
 	for _, m := range ex.Conns {
-		f, err := m.Socket()
+		fd, err := m.SocketFD()
 		if errors.Is(err, engine.ErrGone) {
 			continue // its client left since the export
 		} else if err != nil {
 			for _, oc := range group {
-				_ = oc.File.Close()
+				_ = unix.Close(oc.FD)
 			}
 			return nil, err
 		}
-		group = append(group, upgrade.OutConn{State: m.State, File: f, Owed: m.Owed, Partial: m.State.Partial})
+		group = append(group, upgrade.OutConn{State: m.State, FD: fd, Owed: m.Owed, Partial: m.State.Partial})
 		if len(group) == cap(group) {
 			if err := send(); err != nil {
 				return nil, err
