@@ -7,7 +7,6 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
@@ -50,22 +49,13 @@ type Moved struct {
 // the export (its client went): there is nothing to hand over.
 var ErrGone = errors.New("engine: the connection closed after the export")
 
-// Socket returns a descriptor of m's socket to send; the caller closes it
-// once sent. If the connection closed since the export (its event loop,
-// frozen, still closes a connection whose client went), its descriptor
-// number may name another file by now: the inode tells, and ErrGone says
-// so. Any other error (out of descriptors) fails the handover.
-func (m *Moved) Socket() (*os.File, error) {
-	fd, err := m.SocketFD()
-	if err != nil {
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), "moved-conn"), nil
-}
-
-// SocketFD is Socket as a bare descriptor, which the caller closes
-// (unix.Close): what a handover sends, without an *os.File's registration
-// with Go's poller.
+// SocketFD returns a descriptor of m's socket to send, which the caller
+// closes once sent (unix.Close; a bare descriptor, without an *os.File's
+// registration with Go's poller). If the connection closed since the
+// export (its event loop, frozen, still closes a connection whose client
+// went), its descriptor number may name another file by now: the inode
+// tells, and ErrGone says so. Any other error (out of descriptors) fails
+// the handover.
 func (m *Moved) SocketFD() (int, error) {
 	fd, err := dupCloseOnExec(m.fd)
 	if err == unix.EBADF {

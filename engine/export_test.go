@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -15,10 +16,11 @@ func transferOf(t *testing.T, ex *Export) *upgrade.Transfer {
 	t.Helper()
 	tr := &upgrade.Transfer{Totals: ex.Totals}
 	for _, m := range ex.Conns {
-		f, err := m.Socket()
+		fd, err := m.SocketFD()
 		if err != nil {
 			t.Fatal(err)
 		}
+		f := os.NewFile(uintptr(fd), "moved-conn")
 		tr.Conns = append(tr.Conns, &upgrade.ConnIn{State: m.State, File: f, Owed: m.Owed, Partial: m.State.Partial})
 	}
 	for _, ch := range ex.Channels {

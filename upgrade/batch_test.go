@@ -47,25 +47,7 @@ func TestSendConnsHandsEveryConnectionWithItsOwnSocket(t *testing.T) {
 				}
 				conns[i] = oc
 			}
-			got := make(chan *Transfer, 1)
-			errs := make(chan error, 1)
-			go func() {
-				tr, err := h.ReadyForState(10 * time.Second)
-				errs <- err
-				got <- tr
-			}()
-			c.awaitReady(t)
-			deadline := time.Now().Add(10 * time.Second)
-			if err := c.SendConns(conns, deadline); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.SendState(&Totals{Counters: map[string]uint64{"x": 1}}, nil, deadline); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-errs; err != nil {
-				t.Fatal(err)
-			}
-			tr := <-got
+			tr := transferAll(t, c, h, func(deadline time.Time) error { return c.SendConns(conns, deadline) })
 			defer tr.Close()
 			if len(tr.Conns) != n {
 				t.Fatalf("%d connections arrived, want %d", len(tr.Conns), n)
@@ -134,6 +116,32 @@ func TestConnBatchThatMisnamesItsDescriptorsIsRefused(t *testing.T) {
 	}
 }
 
+// transferAll has h report ready and receive while c, once it read that
+// report, sends with send and then the Totals that end the state; it
+// returns what h received.
+func transferAll(t *testing.T, c *testChild, h *Handover, send func(deadline time.Time) error) *Transfer {
+	t.Helper()
+	got := make(chan *Transfer, 1)
+	errs := make(chan error, 1)
+	go func() {
+		tr, err := h.ReadyForState(10 * time.Second)
+		errs <- err
+		got <- tr
+	}()
+	c.awaitReady(t)
+	deadline := time.Now().Add(10 * time.Second)
+	if err := send(deadline); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendState(&Totals{Counters: map[string]uint64{"x": 1}}, deadline); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	return <-got
+}
+
 // statePair is an old process's Child and a new process's Handover joined
 // by a handover socket pair, the new one reading perMsg connections per
 // message (1: as the first phase-2 builds).
@@ -151,12 +159,14 @@ func statePair(t *testing.T, perMsg int) (*testChild, *Handover) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cs.close(); hs.close() })
-	return &testChild{Child: &Child{sock: cs, exited: make(chan struct{})}, perMsg: perMsg}, &Handover{sock: hs, version: "test"}
+	return &testChild{Child: &Child{sock: cs, exited: make(chan struct{})}, perMsg: perMsg, chanBatches: true},
+		&Handover{sock: hs, version: "test"}
 }
 
 type testChild struct {
 	*Child
-	perMsg int
+	perMsg      int
+	chanBatches bool // what awaitReady takes of the reply's ChannelBatches
 }
 
 // awaitReady reads the new process's ready reply and takes what it says
@@ -175,6 +185,7 @@ func (c *testChild) awaitReady(t *testing.T) {
 		t.Fatalf("the new process reads %d connections per message, want %d", r.ConnsPerMessage, maxFilesPerMessage)
 	}
 	c.Child.perMsg = min(int(r.ConnsPerMessage), c.perMsg)
+	c.Child.chanBat = r.ChannelBatches && c.chanBatches
 }
 
 // SendChannels hands 400 channels to a new process that reads batches and
@@ -210,26 +221,8 @@ func TestSendChannelsHandsEveryChannelWithItsHistory(t *testing.T) {
 				}
 				chans[i] = OutChannel{State: ChannelState{Name: fmt.Sprintf("ch-%d", i)}, History: hist}
 			}
-			got := make(chan *Transfer, 1)
-			errs := make(chan error, 1)
-			go func() {
-				tr, err := h.ReadyForState(10 * time.Second)
-				errs <- err
-				got <- tr
-			}()
-			c.awaitReady(t)
-			c.Child.chanBat = batches
-			deadline := time.Now().Add(10 * time.Second)
-			if err := c.SendChannels(chans, deadline); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.SendState(&Totals{Counters: map[string]uint64{"x": 1}}, nil, deadline); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-errs; err != nil {
-				t.Fatal(err)
-			}
-			tr := <-got
+			c.chanBatches = batches
+			tr := transferAll(t, c, h, func(deadline time.Time) error { return c.SendChannels(chans, deadline) })
 			if len(tr.Channels) != n {
 				t.Fatalf("%d channels arrived, want %d", len(tr.Channels), n)
 			}

@@ -159,11 +159,13 @@
 //   - 2,000 connections, a frame a second each: frozen 36-41 ms, taken
 //     over by the new process in 35-42 ms; largest latency of a frame
 //     86 ms (2.6 ms without upgrades).
-//   - 10,000 connections on 1,000 channels, a frame every 5 s each:
-//     frozen 186-239 ms (export 37-54 ms, send 112-127 ms, reply 3-11
-//     ms, release 19-22 ms), taken over in 186-206 ms; largest latency
-//     435 ms (9 ms without upgrades). Before batching: send 420 ms and a
-//     largest latency of 0.8-1.65 s.
+//   - 10,000 connections on 1,000 channels, a frame every 5 s each, five
+//     runs: in the faster ones frozen 129-239 ms (export 31-54 ms, send
+//     72-127 ms, reply 3-11 ms, release 19-28 ms), taken over in 186-245
+//     ms, largest latency 435-495 ms; in two runs minutes later on a
+//     slower machine send 172-266 ms, taken over in 357-480 ms, largest
+//     latency 1.05-1.14 s. Without upgrades: 9 ms. Before batching: send
+//     420 ms and a largest latency of 0.8-1.65 s.
 //   - Ten upgrades in a row at 10,000 connections: descriptors (10,024)
 //     and goroutines (17) in the last process as in the first; RSS, with
 //     a history full before the baseline (UPGRADE_SOAK_HISTORY=5), 39 MB

@@ -32,18 +32,20 @@ const chunkBytes = 48 << 10
 // listeners only; Commit then follows as in phase 1).
 func (c *Child) States() uint16 { return c.states }
 
-// SendState sends one state message (ConnState, ChannelState, Chunk or
-// Totals) with f, a connection's socket, attached when not nil.
-func (c *Child) SendState(v any, f *os.File, deadline time.Time) error {
+// SendState sends one state message (ChannelState, Chunk or Totals;
+// connections go by SendConns, with their sockets).
+func (c *Child) SendState(v any, deadline time.Time) error {
+	return c.sendState(v, nil, deadline)
+}
+
+// sendState sends one state message or batch with descriptors fds
+// attached.
+func (c *Child) sendState(v any, fds []int, deadline time.Time) error {
 	b, err := EncodeState(v)
 	if err != nil {
 		return err
 	}
-	var files []*os.File
-	if f != nil {
-		files = []*os.File{f}
-	}
-	if err := c.sock.sendBytes(b, files, deadline); err != nil {
+	if err := c.sock.sendFDs(b, fds, deadline); err != nil {
 		return c.failure(fmt.Errorf("sending the state: %w", err))
 	}
 	return nil
@@ -57,7 +59,7 @@ func (c *Child) SendStream(owner Chunk, seq uint32, data []byte, fill func(*Chun
 		n := min(len(data), chunkBytes)
 		ch := Chunk{Conn: owner.Conn, Chan: owner.Chan, Seq: seq}
 		fill(&ch, data[:n])
-		if err := c.SendState(&ch, nil, deadline); err != nil {
+		if err := c.SendState(&ch, deadline); err != nil {
 			return seq, err
 		}
 		data = data[n:]
@@ -100,12 +102,8 @@ func (c *Child) SendConns(conns []OutConn, deadline time.Time) error {
 		if len(items) == 0 {
 			return nil
 		}
-		b, err := EncodeState(&connBatchOut{Conns: items})
-		if err == nil {
-			err = c.sock.sendFDs(b, fds, deadline)
-		}
-		if err != nil {
-			return c.failure(fmt.Errorf("sending the state: %w", err))
+		if err := c.sendState(&connBatchOut{Conns: items}, fds, deadline); err != nil {
+			return err
 		}
 		for j := first; j < upto; j++ {
 			if err := c.sendBytesOf(&conns[j], deadline); err != nil {
@@ -121,12 +119,8 @@ func (c *Child) SendConns(conns []OutConn, deadline time.Time) error {
 		st.Owed, st.Partial = nil, nil // in chunks: a frame may be larger than a message
 		st.OwedChunks = Chunks(len(oc.Owed)) + Chunks(len(oc.Partial))
 		if c.ConnsPerMessage() == 1 {
-			b, err := EncodeState(&st)
-			if err == nil {
-				err = c.sock.sendFDs(b, []int{oc.FD}, deadline)
-			}
-			if err != nil {
-				return c.failure(fmt.Errorf("sending the state: %w", err))
+			if err := c.sendState(&st, []int{oc.FD}, deadline); err != nil {
+				return err
 			}
 			if err := c.sendBytesOf(oc, deadline); err != nil {
 				return err
@@ -172,12 +166,8 @@ func (c *Child) SendChannels(chans []OutChannel, deadline time.Time) error {
 		if len(items) == 0 {
 			return nil
 		}
-		b, err := EncodeState(&channelBatchOut{Chans: items})
-		if err == nil {
-			err = c.sock.sendBytes(b, nil, deadline)
-		}
-		if err != nil {
-			return c.failure(fmt.Errorf("sending the state: %w", err))
+		if err := c.sendState(&channelBatchOut{Chans: items}, nil, deadline); err != nil {
+			return err
 		}
 		items, size = items[:0], batchOverhead
 		return nil
@@ -185,7 +175,7 @@ func (c *Child) SendChannels(chans []OutChannel, deadline time.Time) error {
 	alone := func(oc *OutChannel) error {
 		st := oc.State
 		st.History, st.HistoryChunks = nil, Chunks(len(oc.History))
-		if err := c.SendState(&st, nil, deadline); err != nil {
+		if err := c.SendState(&st, deadline); err != nil {
 			return err
 		}
 		_, err := c.SendStream(Chunk{Chan: st.Name}, 0, oc.History, FillHistory, deadline)

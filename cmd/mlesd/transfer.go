@@ -125,7 +125,7 @@ func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) (map
 	if err := send(); err != nil {
 		return nil, err
 	}
-	return sent, child.SendState(&upgrade.Totals{Counters: ex.Totals}, nil, deadline)
+	return sent, child.SendState(&upgrade.Totals{Counters: ex.Totals}, deadline)
 }
 
 // takeState runs in the new process when the old one offers its state:

@@ -288,13 +288,10 @@ func tcpSockets(pid int) string {
 // (from its pprof endpoint, which every process of the lineage serves at
 // the same address), or -1.
 func (r *upgradeRig) goroutines() int {
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + r.pprof + "/debug/pprof/goroutine?debug=1")
+	b, err := get(r.pprof, "/debug/pprof/goroutine?debug=1")
 	if err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	m := regexp.MustCompile(`goroutine profile: total (\d+)`).FindSubmatch(b)
 	if m == nil {
 		return -1
@@ -305,13 +302,10 @@ func (r *upgradeRig) goroutines() int {
 
 // metricLines is the lines of /metrics that begin with one of names.
 func (r *upgradeRig) metricLines(names ...string) string {
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + r.metrics + "/metrics")
+	b, err := get(r.metrics, "/metrics")
 	if err != nil {
 		return err.Error()
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	var out []string
 	for _, line := range strings.Split(string(b), "\n") {
 		for _, n := range names {
@@ -323,17 +317,24 @@ func (r *upgradeRig) metricLines(names ...string) string {
 	return strings.Join(out, ", ")
 }
 
+// get fetches path from addr without keep-alive (an idle scrape
+// connection would count as the server's descriptor).
+func get(addr, path string) ([]byte, error) {
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}
+
 // servedVersion is the version label of mlesd_build_info on /metrics.
 func (r *upgradeRig) servedVersion() string {
-	// No keep-alive: an idle scrape connection would count as the
-	// server's descriptor.
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + r.metrics + "/metrics")
+	b, err := get(r.metrics, "/metrics")
 	if err != nil {
 		return ""
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	m := regexp.MustCompile(`mlesd_build_info\{[^}]*version="([^"]*)"`).FindSubmatch(b)
 	if m == nil {
 		return ""
