@@ -86,10 +86,12 @@ type Export struct {
 }
 
 // Export reads the state of every plain-TCP connection (joined or awaiting
-// its join) and every channel's history from a frozen server. TLS and
+// its join) and every channel's history of the round frozen (FreezeRound;
+// all of them after Freeze). TLS and
 // WebSocket pairs and uplinks are not exported: they stay and drain.
 func (s *Server) Export(timeout time.Duration) (*Export, error) {
-	if !s.up.frozen.Load() {
+	r := s.up.round
+	if !s.up.frozen.Load() || s.up.between.Load() || r == nil {
 		return nil, errors.New("engine: Export needs a frozen server")
 	}
 	ex := &Export{}
@@ -98,7 +100,7 @@ func (s *Server) Export(timeout time.Duration) (*Export, error) {
 	err := s.onLoops(time.Now().Add(timeout), func(l *loop) {
 		now := s.now()
 		for c := range l.conns {
-			if !movable(c) {
+			if !movable(c) || !r.holds(c) {
 				continue
 			}
 			m, err := s.exportConn(c, now)
@@ -119,6 +121,9 @@ func (s *Server) Export(timeout time.Duration) (*Export, error) {
 		return nil, err
 	}
 	s.router.ForEachChannel(func(ch *router.Channel) {
+		if !r.hasChannel(ch.Name()) {
+			return
+		}
 		hist := ch.History(nil)
 		mc := &MovedChannel{State: upgrade.ChannelState{Name: ch.Name(), FirstJoin: s.firstJoin(ch.Name())}}
 		for _, f := range hist {
@@ -289,6 +294,13 @@ func owedBytes(c *conn) (owed []byte, whole uint32) {
 // uplinks), which drains as in phase 1; the acceptors stay parked until
 // StopAccepting.
 func (s *Server) Release(sent map[uint64]bool, timeout time.Duration) (map[uint64][]byte, error) {
+	return s.ReleaseRound(sent, false, timeout)
+}
+
+// ReleaseRound is Release for a round of a handover: with more, another
+// round follows (FreezeRound), and the server stays marked as handing
+// over (no connection moves between its loops meanwhile).
+func (s *Server) ReleaseRound(sent map[uint64]bool, more bool, timeout time.Duration) (map[uint64][]byte, error) {
 	late := map[uint64][]byte{}
 	var mu sync.Mutex
 	err := s.onLoops(time.Now().Add(timeout), func(l *loop) {
@@ -314,6 +326,11 @@ func (s *Server) Release(sent map[uint64]bool, timeout time.Duration) (map[uint6
 		}
 		l.thaw()
 	})
-	s.up.frozen.Store(false)
+	s.up.round = nil
+	if more {
+		s.up.between.Store(true)
+	} else {
+		s.up.frozen.Store(false)
+	}
 	return late, err
 }

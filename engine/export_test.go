@@ -165,3 +165,102 @@ func TestImportedSmallChannelsKeepTheirMembersOnOneLoop(t *testing.T) {
 		t.Fatalf("every imported pair on one loop: %v", used)
 	}
 }
+
+// A handover in rounds: while one round's channel is frozen, exported and
+// handed over, the other channel forwards as usual; the second round takes
+// the rest; in the new server every member exchanges frames again and a
+// joiner gets each channel's history. A joiner while the new server holds
+// joins (HoldJoins) is joined only once they are let go.
+func TestARoundFreezesItsChannelsWhileTheOthersForward(t *testing.T) {
+	old := startServer(t, Config{Keys: sharedKeys, Loops: 2}, router.Config{})
+	nw := startServer(t, Config{Keys: sharedKeys, Loops: 2}, router.Config{})
+	nw.join(t, sharedKeys, "warm", "warm", nil)
+	nw.waitJoins(t, 1)
+	members := map[string][2]*client{}
+	kept := map[string][]byte{}
+	for _, ch := range []string{"one", "two"} {
+		a := old.join(t, sharedKeys, ch+"-a", ch, nil)
+		b := old.join(t, sharedKeys, ch+"-b", ch, nil)
+		a.expect(b.frame(nil))
+		kept[ch] = a.send([]byte("history of " + ch))
+		b.expect(kept[ch])
+		members[ch] = [2]*client{a, b}
+	}
+	rounds := old.srv.PlanRounds(2)
+	if len(rounds) != 2 || len(rounds[0].Channels) != 1 || rounds[0].Conns != 2 {
+		t.Fatalf("planned %d rounds, the first of %v (%d members), want 2 of one channel each", len(rounds), rounds[0].Channels, rounds[0].Conns)
+	}
+	first, second := "one", "two"
+	if rounds[0].Channels["two"] {
+		first, second = "two", "one"
+	}
+	nw.srv.HoldJoins(true)
+	var joiner *client
+	for i, r := range rounds {
+		frozen, other := first, second
+		if i == 1 {
+			frozen = second
+		}
+		if err := old.srv.FreezeRound(r, 5*time.Second); err != nil {
+			t.Fatalf("round %d: %v", i+1, err)
+		}
+		if err := old.srv.FreezeRound(r, time.Second); err != ErrFrozen {
+			t.Fatalf("a second freeze during round %d: %v, want ErrFrozen", i+1, err)
+		}
+		held := members[frozen][1].send([]byte(fmt.Sprintf("sent in round %d", i+1)))
+		members[frozen][0].expectNothing(50 * time.Millisecond)
+		if i == 0 {
+			// The channel of the next round forwards meanwhile.
+			members[other][1].expect(members[other][0].send([]byte("during round 1")))
+		}
+		ex, err := old.srv.Export(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ex.Conns) != 2 || len(ex.Channels) != 1 || ex.Channels[0].State.Name != frozen {
+			t.Fatalf("round %d exported %d connections and %d channels, want 2 and %q alone", i+1, len(ex.Conns), len(ex.Channels), frozen)
+		}
+		tr := transferOf(t, ex)
+		sent := map[uint64]bool{}
+		for _, c := range tr.Conns {
+			sent[c.State.ID] = true
+		}
+		late, err := old.srv.ReleaseRound(sent, i == 0, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range tr.Conns {
+			c.Partial = append(c.Partial, late[c.State.ID]...)
+		}
+		if n, err := nw.srv.Import(tr, 5*time.Second, nil); err != nil || n != 2 {
+			t.Fatalf("round %d: imported %d of 2: %v", i+1, n, err)
+		}
+		members[frozen][0].expect(held) // the frame read before the freeze, forwarded by the new server
+		if i == 0 {
+			// Held: a joiner to the channel still in the old server.
+			joinsBefore := nw.srv.Stats().Joins
+			joiner = join(t, nw.addr, sharedKeys, "joiner", second, nil)
+			members[first][0].expect(members[first][1].send([]byte("moved")))
+			joiner.expectNothing(50 * time.Millisecond)
+			if n := nw.srv.Stats().Joins; n != joinsBefore {
+				t.Fatalf("the new server joined a connection while holding joins (%d joins, %d before)", n, joinsBefore)
+			}
+			members[second][0].expect(members[second][1].send([]byte("still in the old server")))
+		}
+	}
+	if st := old.srv.Stats(); st.OpenConns != 0 {
+		t.Fatalf("old server after both rounds: %d open", st.OpenConns)
+	}
+	nw.srv.HoldJoins(false)
+	joiner.expect(kept[second]) // its channel's history, moved in the second round
+	joinerFrame := joiner.frame(nil)
+	members[second][0].expect(joinerFrame)
+	members[second][1].expect(joinerFrame)
+	for _, ch := range []string{"one", "two"} {
+		a, b := members[ch][0], members[ch][1]
+		b.expect(a.send([]byte("after both rounds")))
+		a.expect(b.send([]byte("and back")))
+		c := nw.join(t, sharedKeys, "late-"+ch, ch, nil)
+		c.expect(kept[ch]) // the history moved with its round
+	}
+}

@@ -25,6 +25,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mlesd/mlesd/router"
 )
 
 // upgradeState is the server's part of a handover.
@@ -32,28 +34,124 @@ type upgradeState struct {
 	hold     atomic.Pointer[chan struct{}] // set while the acceptors park; closed by Thaw
 	parked   atomic.Int32                  // acceptors parked on hold
 	inflight atomic.Int64                  // accepted connections not yet opened on their loop
-	frozen   atomic.Bool                   // between Freeze and Thaw
+	frozen   atomic.Bool                   // between the first Freeze and Thaw or the last Release
+	between  atomic.Bool                   // frozen, but between two rounds (Release with more)
+	round    *Round                        // the round frozen now; set by Freeze for Export
 	nextID   atomic.Uint64                 // ConnState.ID of the next exported connection
 	base     baseTotals                    // the counts a handover brought (import.go)
+	// holdJoins, in a new process taking a handover in rounds: no join is
+	// parsed until the last round is in (HoldJoins), so that nobody joins
+	// a channel whose members and history are still on their way.
+	holdJoins atomic.Bool
 }
 
 // ErrFrozen is returned by Freeze when the server is frozen already.
 var ErrFrozen = errors.New("engine: already frozen")
 
-// Freeze stops the server for a handover within timeout: the acceptors
-// park, and every event loop stops reading and writing once the frames
-// read before have reached their receivers' queues. On error the server
-// is thawed again. Safe from any goroutine once Ready.
+// Round is the part of the server one round of a handover freezes and
+// exports: the connections joined to its channels (their uplinks, TLS and
+// WebSocket members too, which stay, so that nothing reaches the channel
+// while its members move), every connection awaiting its join (a join
+// during a round could reach a channel being exported), and its channels'
+// history. Why rounds: forwarding pauses only for the channels of one
+// round, so the pause no longer grows with the server (issue 13: 10,000
+// connections frozen at once paused every channel for about 0.45 s).
+type Round struct {
+	Channels map[string]bool // the round's channels (a rest round: unused)
+	Conns    int             // joined members when planned
+	all      bool            // everything: a handover in one round
+	rest     bool            // every channel not in done: the last round
+	done     map[string]bool // a rest round's: the channels of the rounds before
+}
+
+// holds reports whether r freezes c.
+func (r *Round) holds(c *conn) bool {
+	switch {
+	case r.all:
+		return true
+	case c.state == awaitingJoin:
+		return true
+	case c.state != joined || c.ch == nil:
+		return false
+	case r.rest:
+		return !r.done[c.ch.Name()]
+	default:
+		return r.Channels[c.ch.Name()]
+	}
+}
+
+// hasChannel reports whether r exports channel name's history.
+func (r *Round) hasChannel(name string) bool {
+	switch {
+	case r.all:
+		return true
+	case r.rest:
+		return !r.done[name]
+	default:
+		return r.Channels[name]
+	}
+}
+
+// holds reports whether the round frozen on l holds c. Loop-owned.
+func (l *loop) holds(c *conn) bool { return l.freeze != nil && l.freeze.holds(c) }
+
+// PlanRounds cuts the server into rounds of whole channels with about
+// maxConns joined members each (a bigger channel is a round alone); the
+// first round also takes every connection awaiting its join, the last
+// every channel not planned (one made meanwhile). One round, of
+// everything, when the server is small or maxConns is 0.
+func (s *Server) PlanRounds(maxConns int) []*Round {
+	var rounds []*Round
+	cur := &Round{Channels: map[string]bool{}}
+	s.router.ForEachChannel(func(ch *router.Channel) {
+		n := ch.Members()
+		if maxConns > 0 && cur.Conns > 0 && cur.Conns+n > maxConns {
+			rounds = append(rounds, cur)
+			cur = &Round{Channels: map[string]bool{}}
+		}
+		cur.Channels[ch.Name()] = true
+		cur.Conns += n
+	})
+	if len(rounds) == 0 {
+		return []*Round{{all: true, Channels: cur.Channels, Conns: cur.Conns}}
+	}
+	last := &Round{Channels: cur.Channels, Conns: cur.Conns, rest: true, done: map[string]bool{}}
+	for _, r := range rounds {
+		for name := range r.Channels {
+			last.done[name] = true
+		}
+	}
+	return append(rounds, last)
+}
+
+// Freeze stops the whole server for a handover in one round (FreezeRound).
 func (s *Server) Freeze(timeout time.Duration) error {
-	if !s.up.frozen.CompareAndSwap(false, true) {
+	return s.FreezeRound(nil, timeout)
+}
+
+// FreezeRound stops round r of a handover (nil: the whole server) within
+// timeout: the acceptors park (the first round; they stay parked until
+// Thaw or StopAccepting), and every event loop stops reading and writing
+// the connections r holds once the frames read before have reached their
+// receivers' queues. The rest of the server serves on. On error the
+// server is thawed again. Safe from any goroutine once Ready.
+func (s *Server) FreezeRound(r *Round, timeout time.Duration) error {
+	if r == nil {
+		r = &Round{all: true}
+	}
+	if !s.up.frozen.CompareAndSwap(false, true) && !s.up.between.CompareAndSwap(true, false) {
 		return ErrFrozen
 	}
+	s.up.round = r
 	deadline := time.Now().Add(timeout)
-	err := s.parkAcceptors(deadline)
+	var err error
+	if s.up.hold.Load() == nil {
+		err = s.parkAcceptors(deadline)
+	}
 	if err == nil {
 		err = s.onLoops(deadline, func(l *loop) {
 			l.flush()
-			l.frozen = true
+			l.freeze = r
 		})
 	}
 	if err == nil {
@@ -72,13 +170,19 @@ func (s *Server) Freeze(timeout time.Duration) error {
 func (s *Server) Thaw() {
 	_ = s.onLoops(time.Now().Add(thawTimeout), (*loop).thaw)
 	s.unparkAcceptors()
+	s.up.round = nil
+	s.up.between.Store(false)
 	s.up.frozen.Store(false)
 }
 
 // thaw lets l read and write again: what is owed is written, what arrived
 // while frozen is parsed. Loop-owned.
 func (l *loop) thaw() {
-	l.frozen = false
+	r := l.freeze
+	l.freeze = nil
+	if r == nil {
+		return
+	}
 	for c := range l.conns {
 		if c.mv != nil && c.mv.id != 0 {
 			c.mv.id, c.mv.exportedIn = 0, 0
@@ -86,14 +190,40 @@ func (l *loop) thaw() {
 				c.mv = nil
 			}
 		}
+		if c.state >= closing || !r.holds(c) {
+			continue
+		}
 		if c.state == joined && !c.wArmed && (c.q.len() > 0 || c.lagging) {
 			l.write(c)
 		}
-		if c.state < closing && c.gc.InboundBuffered() > 0 {
+		if c.gc.InboundBuffered() > 0 {
 			_ = c.gc.Wake(nil) // bytes that came while frozen
 		}
 	}
 	l.flushSoon()
+}
+
+// HoldJoins, in a new process taking a handover in rounds, holds (on) or
+// parses (off) the join of every connection awaiting one: until the last
+// round, a channel's members and history may still be on their way, and a
+// joiner would miss them. Off wakes the connections held.
+func (s *Server) HoldJoins(on bool) {
+	s.up.holdJoins.Store(on)
+	if on {
+		return
+	}
+	select {
+	case <-s.loopsUp:
+	default:
+		return // no loop yet: nothing held
+	}
+	_ = s.onLoops(time.Now().Add(thawTimeout), func(l *loop) {
+		for c := range l.conns {
+			if c.state == awaitingJoin && (c.gc.InboundBuffered() > 0 || (c.mv != nil && c.mv.pre != nil)) {
+				_ = c.gc.Wake(nil)
+			}
+		}
+	})
 }
 
 // thawTimeout bounds Thaw's wait for the loops.

@@ -406,10 +406,12 @@ func inboundOf(c *conn, gc gnet.Conn) inbound {
 }
 
 // heldBack reports whether OnTraffic must leave c's bytes where they are:
-// its loop is frozen for a handover, or c was handed over and not every
-// connection of the handover is a member yet.
+// a handover round holds it, or c was handed over and not every
+// connection of its round is a member yet, or it awaits its join while a
+// handover in rounds is still coming in (HoldJoins).
 func heldBack(c *conn) bool {
-	return c.loop.frozen || (c.mv != nil && c.mv.paused)
+	return c.loop.holds(c) || (c.mv != nil && c.mv.paused) ||
+		(c.state == awaitingJoin && c.loop.srv.up.holdJoins.Load())
 }
 
 // The totals behind mlesd_*_total: exported by their metric names (the

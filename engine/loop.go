@@ -38,9 +38,10 @@ type loop struct {
 	// flushArmed: a flush task is queued (flushSoon): everything read in
 	// this round of events is written with one writev per receiver.
 	flushArmed bool
-	// frozen: a handover is under way (freeze.go): nothing is parsed or
-	// written, nothing is closed by the sweep.
-	frozen bool
+	// freeze: a handover round is under way (freeze.go): the connections
+	// it holds (holds) are neither parsed nor written, nor closed by the
+	// sweep. nil: none.
+	freeze *Round
 
 	// any goroutine
 	inbox         atomic.Pointer[batch] // LIFO of batches from other loops
@@ -420,7 +421,7 @@ func (l *loop) drainInbox(context.Context) error {
 func (l *loop) write(c *conn) {
 	woken := c.woken
 	c.woken = false
-	if c.state != joined || c.wArmed || l.frozen {
+	if c.state != joined || c.wArmed || l.holds(c) {
 		return
 	}
 	sent := c.sent
@@ -575,7 +576,7 @@ func (l *loop) sweepDue() {
 // is still arriving (bytes within the last join timeout): the frame deadline
 // and minimum rate govern that (when both are off, the join timeout does).
 func (l *loop) sweep(context.Context) error {
-	if l.frozen {
+	if l.freeze != nil && l.freeze.all {
 		return nil // its clocks are handed over as ages, or run on after a thaw
 	}
 	now := l.srv.now()
@@ -584,6 +585,10 @@ func (l *loop) sweep(context.Context) error {
 	busy := cfg.IdleTimeout > 0 && len(l.conns) > 0 // something a later sweep may close
 	for c := range l.conns {
 		if c.state >= closing {
+			continue
+		}
+		if heldBack(c) {
+			busy = true // held by a handover: its clocks run on once it is let go
 			continue
 		}
 		if c.state == awaitingJoin || c.frameStart != 0 || (c.stallSince != 0 && cfg.StallTimeout > 0) {

@@ -186,6 +186,7 @@ func (c *testChild) awaitReady(t *testing.T) {
 	}
 	c.Child.perMsg = min(int(r.ConnsPerMessage), c.perMsg)
 	c.Child.chanBat = r.ChannelBatches && c.chanBatches
+	c.Child.rounds = r.Rounds
 }
 
 // SendChannels hands 400 channels to a new process that reads batches and
@@ -243,5 +244,98 @@ func TestSendChannelsHandsEveryChannelWithItsHistory(t *testing.T) {
 			}
 			t.Logf("%d channels in %d messages", n, msgs)
 		})
+	}
+}
+
+// A handover in three rounds: each round's channels and connections arrive
+// as a Transfer of their own, saying whether another follows; the socket
+// stays open across a round's commit; the last round's Totals carry the
+// counters and its Commit closes the handover.
+func TestStateInRoundsArrivesRoundByRound(t *testing.T) {
+	c, h := statePair(t, maxFilesPerMessage)
+	type result struct {
+		tr  *Transfer
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		tr, err := h.ReadyForState(10 * time.Second)
+		for err == nil {
+			got <- result{tr, nil}
+			if err = h.Imported(tr, 10*time.Second); err != nil || !tr.More {
+				break
+			}
+			tr, err = h.NextRound(10 * time.Second)
+		}
+		got <- result{nil, err}
+	}()
+	c.awaitReady(t)
+	if !c.Rounds() {
+		t.Fatal("the new process does not say it takes rounds")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	const rounds = 3
+	for i := 1; i <= rounds; i++ {
+		last := i == rounds
+		var peer *os.File
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer = os.NewFile(uintptr(fds[1]), "peer")
+		defer peer.Close()
+		name := fmt.Sprintf("channel-%d", i)
+		hist := codec.AppendTriplet(codec.AppendHeader(nil, codec.Header{Len: codec.TripletLen(codec.Triplet{UID: "u", Channel: name})}),
+			codec.Triplet{UID: "u", Channel: name})
+		if err := c.SendChannels([]OutChannel{{State: ChannelState{Name: name}, History: hist}}, deadline); err != nil {
+			t.Fatal(err)
+		}
+		conn := OutConn{State: ConnState{ID: uint64(i), Remote: "127.0.0.1:5000", Local: "127.0.0.1:8077", Phase: PhaseJoined,
+			UID: "u", Channel: name}, FD: fds[0]}
+		if err := c.SendConns([]OutConn{conn}, deadline); err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fds[0])
+		totals := &Totals{More: true}
+		if last {
+			totals = &Totals{Counters: map[string]uint64{"x": 7}}
+		}
+		if err := c.SendState(totals, deadline); err != nil {
+			t.Fatal(err)
+		}
+		r := <-got
+		if r.err != nil {
+			t.Fatalf("round %d: %v", i, r.err)
+		}
+		tr := r.tr
+		if len(tr.Conns) != 1 || tr.Conns[0].State.ID != uint64(i) || len(tr.Channels) != 1 || tr.Channels[0].State.Name != name ||
+			len(tr.Channels[0].History) != 1 || tr.More == last {
+			t.Fatalf("round %d arrived as %d connections, channels %v, more %v", i, len(tr.Conns), tr.Channels, tr.More)
+		}
+		if last && tr.Totals["x"] != 7 || !last && len(tr.Totals) != 0 {
+			t.Fatalf("round %d: totals %v", i, tr.Totals)
+		}
+		// Its socket is the one sent this round.
+		if _, err := peer.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 1)
+		if _, err := tr.Conns[0].File.Read(b); err != nil || b[0] != byte(i) {
+			t.Fatalf("round %d: its socket read %v, %v", i, b, err)
+		}
+		tr.Close()
+		if _, err := c.AwaitImported(deadline); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		if last {
+			if err := c.Commit(time.Second); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := c.CommitRound(deadline); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := <-got; r.err != nil || r.tr != nil {
+		t.Fatalf("after the last round: %v, %v", r.tr, r.err)
 	}
 }

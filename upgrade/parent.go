@@ -48,6 +48,7 @@ type Child struct {
 	states  uint16 // the state format it reads (Reply.States); 0: listeners only
 	perMsg  int    // connections per ConnBatch it reads (Reply.ConnsPerMessage); 1: a ConnState each
 	chanBat bool   // it reads ChannelBatch (Reply.ChannelBatches)
+	rounds  bool   // it takes the state in rounds (Reply.Rounds)
 
 	sock   *socket
 	cmd    *exec.Cmd
@@ -150,7 +151,7 @@ func (c *Child) handover(opts Options, deadline time.Time) error {
 	}
 	c.Version, c.states = reply.Version, reply.States
 	c.perMsg = min(max(int(reply.ConnsPerMessage), 1), maxFilesPerMessage)
-	c.chanBat = reply.ChannelBatches
+	c.chanBat, c.rounds = reply.ChannelBatches, reply.Rounds
 	if c.states != 0 && (opts.States == 0 || c.states != StateFormat) {
 		return fmt.Errorf("the new process (pid %d) reads state format %d, which this build does not write", c.PID, c.states)
 	}
@@ -204,6 +205,31 @@ func exitReason(err error) string {
 func (c *Child) Commit(timeout time.Duration) error {
 	defer c.sock.close()
 	return c.sock.send(Commit{Kind: kindCommit, Format: FormatVersion}, nil, time.Now().Add(timeout))
+}
+
+// CommitRound tells the new process, after a round's state and its late
+// bytes (Totals.More set), that this one has let go of that round's
+// sockets: they are the new process's from now on. The next round follows
+// on the same socket; the last round ends with Commit.
+func (c *Child) CommitRound(deadline time.Time) error {
+	if err := c.sock.send(Commit{Kind: kindCommit, Format: FormatVersion}, nil, deadline); err != nil {
+		return c.failure(fmt.Errorf("confirming a round: %w", err))
+	}
+	return nil
+}
+
+// Rounds reports whether the new process takes the state in rounds
+// (Reply.Rounds); if not, the whole state goes in one.
+func (c *Child) Rounds() bool { return c.rounds }
+
+// Alive reports whether the new process has not exited.
+func (c *Child) Alive() bool {
+	select {
+	case <-c.exited:
+		return false
+	default:
+		return true
+	}
 }
 
 // Kill ends the new process and reaps it (bounded by reapTimeout).

@@ -187,6 +187,9 @@ type Totals struct {
 	Kind     uint8             `cbor:"0,keyasint"`
 	Format   uint16            `cbor:"1,keyasint"`
 	Counters map[string]uint64 `cbor:"2,keyasint"`
+	// More: this Totals ends a round, not the handover (Reply.Rounds); its
+	// Counters are empty, the last round's carry them all.
+	More bool `cbor:"3,keyasint,omitempty"`
 }
 
 var stateDecMode cbor.DecMode

@@ -297,6 +297,9 @@ type Transfer struct {
 	Channels []*ChannelIn
 	Conns    []*ConnIn
 	Totals   map[string]uint64
+	// More: this is one round of the handover and another follows
+	// (Handover.NextRound) once this one is committed.
+	More bool
 
 	messages int // state messages received (ReadyForState), for the log and tests
 
@@ -324,7 +327,8 @@ func (h *Handover) OffersState() bool { return h != nil && h.Offer.States == Sta
 
 // ReadyForState reports ready, as Ready does, saying this process reads
 // the state, and receives it: channels, connections with their sockets,
-// up to the Totals that end it. Answer with Imported (or RefuseState).
+// up to the Totals that end it (or its first round: Transfer.More).
+// Answer with Imported (or RefuseState).
 func (h *Handover) ReadyForState(timeout time.Duration) (*Transfer, error) {
 	h.Close()
 	if timeout <= 0 {
@@ -332,10 +336,24 @@ func (h *Handover) ReadyForState(timeout time.Duration) (*Transfer, error) {
 	}
 	deadline := time.Now().Add(timeout)
 	err := h.sock.send(Reply{Kind: kindReply, Format: FormatVersion, Version: h.version, PID: os.Getpid(), Ready: true,
-		States: StateFormat, ConnsPerMessage: maxFilesPerMessage, ChannelBatches: true}, nil, deadline)
+		States: StateFormat, ConnsPerMessage: maxFilesPerMessage, ChannelBatches: true, Rounds: true}, nil, deadline)
 	if err != nil {
 		return nil, fmt.Errorf("reporting ready: %w", err)
 	}
+	return h.receiveState(deadline)
+}
+
+// NextRound receives the next round of the state, after Imported returned
+// for a Transfer with More set. Answer with Imported (or RefuseState).
+func (h *Handover) NextRound(timeout time.Duration) (*Transfer, error) {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return h.receiveState(time.Now().Add(timeout))
+}
+
+// receiveState reads state messages up to the Totals that end a round.
+func (h *Handover) receiveState(deadline time.Time) (*Transfer, error) {
 	t := &Transfer{byConn: map[uint64]*ConnIn{}, byChan: map[string]*ChannelIn{}, seq: map[any]uint32{}}
 	for {
 		b, files, err := h.sock.recv(deadline)
@@ -442,7 +460,7 @@ func (t *Transfer) add(b []byte, files []*os.File) (done bool, err error) {
 		if err != nil {
 			return false, err
 		}
-		t.Totals = tot.Counters
+		t.Totals, t.More = tot.Counters, tot.More
 		return true, nil
 	default:
 		if err := decodeState(b, kindConn, &ConnState{}); err != nil && errors.Is(err, ErrFormat) {
@@ -552,13 +570,18 @@ func (h *Handover) RefuseState(reason error) {
 // up to timeout for the inbound bytes read after it (added to t) and the
 // Commit. ErrNoCommit: the socket closed first; the sockets are this
 // process's regardless (an old process that gives up kills this one).
-func (h *Handover) Imported(t *Transfer, timeout time.Duration) error {
-	defer h.sock.close()
+// After a round (t.More) the handover socket stays open for NextRound.
+func (h *Handover) Imported(t *Transfer, timeout time.Duration) (err error) {
+	defer func() {
+		if !t.More || err != nil {
+			h.sock.close()
+		}
+	}()
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
 	deadline := time.Now().Add(timeout)
-	err := h.sock.send(Reply{Kind: kindReply, Format: FormatVersion, Version: h.version, PID: os.Getpid(), Ready: true,
+	err = h.sock.send(Reply{Kind: kindReply, Format: FormatVersion, Version: h.version, PID: os.Getpid(), Ready: true,
 		States: StateFormat, Imported: uint32(len(t.Conns))}, nil, deadline)
 	if err != nil {
 		return fmt.Errorf("reporting the import: %w", err)

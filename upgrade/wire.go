@@ -95,6 +95,12 @@ type Reply struct {
 	// messages (several channels, their history inline); absent, as
 	// from the first phase-2 builds: a ChannelState each.
 	ChannelBatches bool `cbor:"9,keyasint,omitempty"`
+	// Rounds, in the same reply: this process takes the state in rounds
+	// (a round's Totals says More, its Commit hands over that round's
+	// sockets, and the next round follows), so the old process can freeze
+	// and hand over a few channels at a time; absent, as from earlier
+	// builds: the whole state in one round.
+	Rounds bool `cbor:"10,keyasint,omitempty"`
 }
 
 // Commit tells the new process that the old one has stopped accepting:

@@ -90,6 +90,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("cannot serve on the handed-over listeners", slog.String("error", err.Error()))
 		return exitFailure
 	}
+	if ho.OffersState() {
+		// Nobody joins until the old process's channels are in: a joiner
+		// would miss their members and history (takeState lets go).
+		srv.HoldJoins(true)
+	}
 	logStart(o, ho, log)
 	u.srv, u.peers = srv, peers
 	return serve(o, srv, peers, u, log)

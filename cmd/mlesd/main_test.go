@@ -54,7 +54,7 @@ func TestHelpExplainsEveryFlagAndTheEnvironment(t *testing.T) {
 		"--cpuprofile", "--memprofile", "--pprof", "--ws-listen", "[::]:8077",
 		"--peer", "--peer-backoff", "--peer-backoff-max", "--peer-linger", "--peer-dial-timeout", "--cid", "--peer-tls", "--peer-tls-ca", "--peer-tls-cert", "--peer-tls-key", "Peering:",
 		"--ws-max-message-bytes", "--ws-max-unfinished-bytes", "--ws-max-sessions", "--ws-max-sessions-per-client",
-		"--ws-max-pairs", "--ws-max-pairs-per-client", "--ws-max-queued-bytes", "--pid-file", "--upgrade-timeout", "SIGUSR2"} {
+		"--ws-max-pairs", "--ws-max-pairs-per-client", "--ws-max-queued-bytes", "--pid-file", "--upgrade-timeout", "--upgrade-round-conns", "SIGUSR2"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("--help does not mention %s", want)
 		}
@@ -71,7 +71,7 @@ func TestBadFlagsExitWithUsageError(t *testing.T) {
 		{"--ws-max-message-bytes", "0"}, {"--ws-max-message-bytes", "16777216"},
 		{"--ws-max-unfinished-bytes", "1000", "--ws-max-message-bytes", "2000"}, {"--ws-max-sessions", "0"},
 		{"--ws-max-sessions-per-client", "-1"}, {"--ws-max-pairs", "0"}, {"--ws-max-pairs-per-client", "0"}, {"--ws-max-queued-bytes", "0"},
-		{"--tls-handshake-timeout", "0"}, {"--upgrade-timeout", "0"}, {"--tls-listen", "127.0.0.1:0", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.pem"}, {"--frame-timeout", "-1s"}, {"--frame-min-rate", "-1"}, {"--frame-rate-window", "0"}} {
+		{"--tls-handshake-timeout", "0"}, {"--upgrade-timeout", "0"}, {"--upgrade-round-conns", "-1"}, {"--tls-listen", "127.0.0.1:0", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.pem"}, {"--frame-timeout", "-1s"}, {"--frame-min-rate", "-1"}, {"--frame-rate-window", "0"}} {
 		err := exec.Command(mlesdBin, args...).Run()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 			t.Errorf("%v: exit %v, want 2", args, err)

@@ -61,6 +61,7 @@ type Options struct {
 	PprofAddr      string
 	PIDFile        string        // --pid-file: this process's PID, rewritten by a new process after an upgrade
 	UpgradeTimeout time.Duration // --upgrade-timeout: a new binary not serving by then is killed
+	UpgradeRound   int           // --upgrade-round-conns: joined connections one round of a handover freezes
 
 	TLSListen           string // --tls-listen: TLS next to the plain listeners
 	TLSCert, TLSKey     string
@@ -244,6 +245,7 @@ func defineFlags(o *Options, listen, peers *listFlag) *flag.FlagSet {
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close a joined connection that has sent nothing this long; 0 = never (receivers may be silent)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing; 0 = close at once.\nAfter an upgrade (SIGUSR2), how long the old process keeps serving the connections it still has")
 	fs.StringVar(&o.PIDFile, "pid-file", "", "write the PID to `file` once serving (atomically); a new process rewrites it after an upgrade")
+	fs.IntVar(&o.UpgradeRound, "upgrade-round-conns", defaultUpgradeRound, "on SIGUSR2 (upgrade), how many joined connections one round of the handover freezes:\nwhole channels at a time, the others forward meanwhile (a bigger channel is a round alone); 0 = all at once")
 	fs.DurationVar(&o.UpgradeTimeout, "upgrade-timeout", upgrade.DefaultTimeout, "on SIGUSR2 (upgrade), how long the new binary has to serve on the handed-over listeners;\npast it, or if it exits or refuses, it is killed and this process keeps serving")
 	fs.StringVar(&o.LogLevel, "log-level", defaultLogLevel, "log `level`: debug, info, warn, error")
 	fs.StringVar(&o.LogFormat, "log-format", defaultLogFormat, "log `format`: text or json")
@@ -323,6 +325,8 @@ func validate(o Options) error {
 		return errors.New("timeouts must be 0 or more")
 	case o.MaxConns < 0 || o.MaxConnsIP < 0 || o.MaxChannels < 0 || o.HistoryBytes < 0 || o.MaxHistBytes < 0 || o.SendBuffer < 0:
 		return errors.New("limits must be 0 (none) or more")
+	case o.UpgradeRound < 0:
+		return errors.New("--upgrade-round-conns must be 0 (all at once) or more")
 	case o.UpgradeTimeout <= 0:
 		return errors.New("--upgrade-timeout must be positive")
 	case o.TLSHandshakeTimeout == 0:

@@ -21,23 +21,74 @@ import (
 	"github.com/mlesd/mlesd/upgrade"
 )
 
-// transfer hands the live state to child (which reported ready) and
-// records what moved in a. On error the child has been killed and this
-// process thawed.
-func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
-	timeout := u.o.UpgradeTimeout
-	deadline := time.Now().Add(timeout)
+// defaultUpgradeRound is how many joined connections one round of a
+// handover freezes by default (--upgrade-round-conns; whole channels, a
+// bigger channel is a round alone). Why rounds:
+// a channel's forwarding pauses only while its own round moves, so the
+// pause stays that of about this many connections however many the
+// server has (issue 13: 10,000 frozen at once paused everything for about
+// 0.45 s; 2,000 at once took 40 ms frozen plus 40 ms to take over).
+const defaultUpgradeRound = 1000
+
+// transfer hands the live state to child (which reported ready), in
+// rounds of a few channels when it takes them, and records what moved in
+// a. On error the child has been killed and this process thawed.
+func (u *upgrader) transfer(child *upgrade.Child, a *attempt) error {
+	deadline := time.Now().Add(u.o.UpgradeTimeout)
+	rounds := []*engine.Round{nil} // one round of everything
+	if child.Rounds() {
+		rounds = u.srv.PlanRounds(u.o.UpgradeRound)
+	}
 	began := time.Now()
-	if err := u.srv.Freeze(timeout); err != nil {
-		child.Kill()
-		return fmt.Errorf("freezing for the handover: %w", err)
+	for i, r := range rounds {
+		last := i == len(rounds)-1
+		rs, err := u.round(child, r, last, deadline)
+		if err != nil {
+			// The new process reads nothing of a round before its commit,
+			// so killing it leaves this round's sockets to this process
+			// alone; those of the rounds before close with it.
+			child.Kill()
+			u.srv.Thaw()
+			if i > 0 {
+				return fmt.Errorf("round %d of %d of the handover (%d connections handed over before, which close with the new process): %w",
+					i+1, len(rounds), a.moved, err)
+			}
+			return fmt.Errorf("handing over the connections: %w", err)
+		}
+		a.moved += rs.moved
+		a.channels += rs.channels
+		a.frozen = max(a.frozen, rs.frozen)
+	}
+	a.rounds = len(rounds)
+	u.log.Info("connections handed over", slog.Int("connections", a.moved), slog.Int("rounds", len(rounds)),
+		slog.Duration("longest_freeze", a.frozen.Round(time.Microsecond)),
+		slog.Duration("took", time.Since(began).Round(time.Microsecond)))
+	return nil
+}
+
+// roundStats is what one round moved, and how long its connections were
+// frozen.
+type roundStats struct {
+	moved, channels int
+	frozen          time.Duration
+}
+
+// round freezes round r (nil: everything), hands its connections and
+// channels to child and lets go of them; the last round's Commit is
+// finished's. On error nothing of r has been let go: the caller kills
+// child and thaws.
+func (u *upgrader) round(child *upgrade.Child, r *engine.Round, last bool, deadline time.Time) (roundStats, error) {
+	var rs roundStats
+	began := time.Now()
+	if err := u.srv.FreezeRound(r, time.Until(deadline)); err != nil {
+		return rs, fmt.Errorf("freezing for the handover: %w", err)
 	}
 	frozen := time.Now()
 	ex, err := u.srv.Export(time.Until(deadline))
 	exported := time.Now()
 	var sent map[uint64]bool
 	if err == nil {
-		sent, err = sendState(child, ex, deadline)
+		sent, err = sendState(child, ex, !last, deadline)
 	}
 	stateSent := time.Now()
 	var reply upgrade.Reply
@@ -49,15 +100,11 @@ func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
 		err = fmt.Errorf("the new process imported %d of %d connections", reply.Imported, len(sent))
 	}
 	if err != nil {
-		// The new process reads nothing before the Commit, so killing it
-		// first leaves every socket to this process alone.
-		child.Kill()
-		u.srv.Thaw()
-		return fmt.Errorf("handing over the connections: %w", err)
+		return rs, err
 	}
 	// From here the connections are the new process's: no way back.
-	late, err := u.srv.Release(sent, time.Until(deadline))
-	a.frozen = time.Since(began)
+	late, err := u.srv.ReleaseRound(sent, !last, time.Until(deadline))
+	rs.frozen = time.Since(began)
 	if err != nil {
 		u.log.Warn("letting go of the handed-over connections took too long", slog.String("error", err.Error()))
 	}
@@ -68,20 +115,28 @@ func (u *upgrader) transfer(child *upgrade.Child, a *attempt) (err error) {
 			break
 		}
 	}
-	a.moved, a.channels = len(sent), len(ex.Channels)
-	u.log.Info("connections handed over", slog.Int("connections", a.moved),
+	if !last {
+		if err := child.CommitRound(deadline); err != nil {
+			// Its sockets are the new process's already (it takes a
+			// closed socket as a commit), so this cannot be undone: the
+			// next round fails and ends the new process.
+			u.log.Warn("cannot confirm a round of the handover", slog.String("error", err.Error()))
+		}
+	}
+	rs.moved, rs.channels = len(sent), len(ex.Channels)
+	u.log.Debug("round handed over", slog.Int("connections", rs.moved), slog.Int("channels", rs.channels),
 		slog.Duration("freeze", frozen.Sub(began).Round(time.Microsecond)),
 		slog.Duration("export", exported.Sub(frozen).Round(time.Microsecond)),
 		slog.Duration("send", stateSent.Sub(exported).Round(time.Microsecond)),
 		slog.Duration("import", imported.Sub(stateSent).Round(time.Microsecond)),
 		slog.Duration("release", time.Since(imported).Round(time.Microsecond)))
-	return nil
+	return rs, nil
 }
 
 // sendState sends the channels, then the connections with their sockets
 // (those whose client left since the export are left out), then the
 // totals; it returns the IDs of the connections it sent.
-func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) (map[uint64]bool, error) {
+func sendState(child *upgrade.Child, ex *engine.Export, more bool, deadline time.Time) (map[uint64]bool, error) {
 	chans := make([]upgrade.OutChannel, len(ex.Channels))
 	for i, ch := range ex.Channels {
 		chans[i] = upgrade.OutChannel{State: ch.State, History: ch.History}
@@ -125,40 +180,80 @@ func sendState(child *upgrade.Child, ex *engine.Export, deadline time.Time) (map
 	if err := send(); err != nil {
 		return nil, err
 	}
+	if more {
+		return sent, child.SendState(&upgrade.Totals{More: true}, deadline) // the counters go with the last round
+	}
 	return sent, child.SendState(&upgrade.Totals{Counters: ex.Totals}, deadline)
 }
 
 // takeState runs in the new process when the old one offers its state:
-// report ready, receive it, confirm, and once the old process has let go
-// (the Commit) register the connections with the engine.
+// report ready, receive it (a round at a time, if the old process sends
+// rounds), confirm each round, and once the old process has let go of a
+// round's sockets (its commit) register them with the engine. Joins wait
+// until the last round is in (engine.HoldJoins, set at start-up).
 func (u *upgrader) takeState(ho *upgrade.Handover) error {
-	t, err := ho.ReadyForState(u.o.UpgradeTimeout)
-	if err != nil {
-		ho.RefuseState(err)
-		return fmt.Errorf("receiving the old process's state: %w", err)
-	}
-	commitErr := ho.Imported(t, u.o.UpgradeTimeout)
-	if commitErr != nil && !errors.Is(commitErr, upgrade.ErrNoCommit) {
-		// The old process cannot go on without a Commit it never sent
-		// (it thaws and kills this one); nothing to import.
-		t.Close()
-		return commitErr
-	}
+	defer u.srv.HoldJoins(false)
 	began := time.Now()
-	n, err := u.srv.Import(t, u.o.UpgradeTimeout, u.adoptUplinks)
-	if err != nil {
-		u.log.Warn("some handed-over connections could not be taken", slog.String("error", err.Error()))
+	// A round is registered while the next one is received: the old
+	// process's next round then does not wait for this one's import (it
+	// did: the handover socket was not read meanwhile). Rounds register
+	// one after another, in order: a round's connections read only once
+	// all of its members are in (engine.Import).
+	type imported struct{ conns, chans, rounds int }
+	var took imported
+	rounds := make(chan *upgrade.Transfer, 1)
+	registered := make(chan struct{})
+	go func() {
+		defer close(registered)
+		for t := range rounds {
+			n, err := u.srv.Import(t, u.o.UpgradeTimeout, u.adoptUplinks)
+			if err != nil {
+				u.log.Warn("some handed-over connections could not be taken", slog.String("error", err.Error()))
+			}
+			took.conns, took.chans, took.rounds = took.conns+n, took.chans+len(t.Channels), took.rounds+1
+		}
+	}()
+	finish := func() {
+		close(rounds)
+		<-registered
 	}
-	u.log.Info(fmt.Sprintf("took over %d connections and %d channels in %d ms", n, len(t.Channels),
-		time.Since(began).Milliseconds()), slog.Int("pid", os.Getpid()))
-	// What the handover decoded (every state, history and owed byte) is
-	// garbage now, and the Go runtime would keep its pages for minutes:
-	// return them, so this process's RSS is what its connections need, as
-	// the old one's was (issue 13's soak: 72 MB against 43 MB before).
-	// Once per upgrade, after the connections were resumed.
-	t = nil
-	debug.FreeOSMemory()
-	return commitErr
+	t, err := ho.ReadyForState(u.o.UpgradeTimeout)
+	for received := 0; ; received++ {
+		if err != nil {
+			ho.RefuseState(err)
+			finish()
+			if received > 0 {
+				return fmt.Errorf("receiving round %d of the old process's state (%d connections taken before): %w",
+					received+1, took.conns, err)
+			}
+			return fmt.Errorf("receiving the old process's state: %w", err)
+		}
+		commitErr := ho.Imported(t, u.o.UpgradeTimeout)
+		if commitErr != nil && !errors.Is(commitErr, upgrade.ErrNoCommit) {
+			// The old process cannot go on without a commit it never sent
+			// (it thaws and kills this one); nothing to import.
+			t.Close()
+			finish()
+			return commitErr
+		}
+		more := t.More && commitErr == nil
+		rounds <- t
+		if !more {
+			t = nil
+			finish()
+			u.log.Info(fmt.Sprintf("took over %d connections and %d channels in %d ms", took.conns, took.chans,
+				time.Since(began).Milliseconds()), slog.Int("rounds", took.rounds), slog.Int("pid", os.Getpid()))
+			// What the handover decoded (every state, history and owed
+			// byte) is garbage now, and the Go runtime would keep its
+			// pages for minutes: return them, so this process's RSS is
+			// what its connections need, as the old one's was (issue
+			// 13's soak: 72 MB against 43 MB before). Once per upgrade,
+			// after the connections were resumed.
+			debug.FreeOSMemory()
+			return commitErr
+		}
+		t, err = ho.NextRound(u.o.UpgradeTimeout)
+	}
 }
 
 // adoptUplinks hands the moved uplinks to the peering manager, which

@@ -61,10 +61,10 @@ type attempt struct {
 	started time.Time
 	err     error
 	// Phase 2 (transfer.go): the connections and channels handed over,
-	// and how long this process was frozen for it.
-	moved, channels int
-	frozen          time.Duration
-	ready           time.Duration // from start until the new process reported ready
+	// in how many rounds, and the longest any connection was frozen.
+	moved, channels, rounds int
+	frozen                  time.Duration
+	ready                   time.Duration // from start until the new process reported ready
 }
 
 // newUpgrader resolves the path to start on an upgrade and catches SIGUSR2
@@ -272,7 +272,7 @@ func (u *upgrader) finished(a attempt) bool {
 	took := time.Since(a.started)
 	u.log.Info(fmt.Sprintf("handed over %d listeners, %d connections and %d channels in %d ms",
 		len(a.files), a.moved, a.channels, took.Milliseconds()),
-		slog.Duration("frozen", a.frozen.Round(time.Microsecond)),
+		slog.Duration("frozen", a.frozen.Round(time.Microsecond)), slog.Int("rounds", a.rounds),
 		slog.Int("new_pid", a.child.PID), slog.String("to_version", a.child.Version),
 		slog.Duration("new_process_ready_after", ready.Round(time.Millisecond)),
 		slog.Int64("connections_kept", st.OpenConns))

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -33,6 +34,9 @@ type traffic struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	sent    atomic.Int64
+	// measureFrom (Unix ns): frames sent before it count in no latency
+	// (the joins and first frames of 10,000 members are not an upgrade's).
+	measureFrom atomic.Int64
 }
 
 type trafficMember struct {
@@ -42,8 +46,19 @@ type trafficMember struct {
 	got  map[string]uint32 // sender → last number read (Lock: mu)
 	// latencies: from send to read, every frame (Lock: mu)
 	latencies []time.Duration
-	err       error // the first thing wrong (Lock: mu)
+	slow      []slowFrame // the frames that took longer than slowFrameLatency (Lock: mu)
+	err       error       // the first thing wrong (Lock: mu)
 }
+
+// slowFrame is a frame read slowerFrameLatency or later after it was sent.
+type slowFrame struct {
+	sent    time.Time
+	latency time.Duration
+}
+
+// slowFrameLatency is what the soak counts as a slow frame, to say when
+// in an upgrade the slow ones were sent.
+const slowFrameLatency = 50 * time.Millisecond
 
 // startTraffic joins per members on each of channels and starts them
 // sending, one frame every pace each, bounded by maxFrames each and 90 s.
@@ -126,9 +141,16 @@ func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.D
 					continue // a join, forwarded, or the rig's sync
 				}
 				n := mlestest.SeqOf(f.Message)
-				latency := time.Duration(time.Now().UnixNano() - int64(binary.BigEndian.Uint64(f.Message[4:])))
+				sentAt := int64(binary.BigEndian.Uint64(f.Message[4:]))
+				latency := time.Duration(time.Now().UnixNano() - sentAt)
+				measured := sentAt >= tr.measureFrom.Load()
 				m.mu.Lock()
-				m.latencies = append(m.latencies, latency)
+				if measured {
+					m.latencies = append(m.latencies, latency)
+				}
+				if measured && latency >= slowFrameLatency {
+					m.slow = append(m.slow, slowFrame{time.Now().Add(-latency), latency})
+				}
 				if want := m.got[f.UID] + 1; n != want && m.err == nil {
 					m.err = fmt.Errorf("%s got frame %d from %s, want %d", m.c.UID, n, f.UID, want)
 				}
@@ -198,6 +220,46 @@ func (tr *traffic) latency() (p99, most time.Duration, n int) {
 	return all[len(all)*99/100], all[len(all)-1], len(all)
 }
 
+// slowAfter says, for the slow frames, when they were sent after the
+// latest of starts (the upgrades' signals): their count and largest
+// latency per 100 ms from the signal on.
+func (tr *traffic) slowAfter(starts []time.Time) string {
+	type bucket struct {
+		n    int
+		most time.Duration
+	}
+	buckets := map[int]*bucket{}
+	for _, m := range tr.members {
+		m.mu.Lock()
+		for _, f := range m.slow {
+			var from time.Time
+			for _, s := range starts {
+				if !s.After(f.sent) {
+					from = s
+				}
+			}
+			k := -1 // before the first upgrade
+			if !from.IsZero() {
+				k = int(f.sent.Sub(from) / (100 * time.Millisecond))
+			}
+			b := buckets[k]
+			if b == nil {
+				b = &bucket{}
+				buckets[k] = b
+			}
+			b.n++
+			b.most = max(b.most, f.latency)
+		}
+		m.mu.Unlock()
+	}
+	keys := slices.Sorted(maps.Keys(buckets))
+	var out []string
+	for _, k := range keys {
+		out = append(out, fmt.Sprintf("+%d ms: %d (max %v)", k*100, buckets[k].n, buckets[k].most.Round(time.Millisecond)))
+	}
+	return strings.Join(out, "; ")
+}
+
 // waitSent waits until n more frames have been sent (traffic flows).
 func (tr *traffic) waitSent(t *testing.T, n int64) {
 	t.Helper()
@@ -208,36 +270,45 @@ func (tr *traffic) waitSent(t *testing.T, n int64) {
 // Numbered frames on several channels flow across three upgrades between
 // two builds (vA → vB → vA → vB): every connection moves, none sees EOF or
 // a reset, every receiver gets every frame exactly once and in order, the
-// served version changes each time and every old process exits 0.
+// served version changes each time and every old process exits 0. Once
+// with the whole state in one round, once in rounds of one channel (the
+// others forwarding meanwhile).
 func TestUpgradesMoveLiveConnectionsWithoutLosingAFrame(t *testing.T) {
-	a, b := versionedBuilds(t)
-	r := startRig(t, a, nil, "--drain-timeout", "60s")
-	tr := startTraffic(t, r.addr, 4, 3, 2*time.Millisecond, 20000)
-	tr.waitSent(t, 200)
-	pids := []int{r.first.Process.Pid}
-	for i, up := range []struct{ bin, version string }{{b, "vB"}, {a, "vA"}, {b, "vB"}} {
-		oldPID, newPID := r.upgradeTo(up.bin, up.version, i+1)
-		pids = append(pids, newPID)
-		mlestest.WaitUntil(t, fmt.Sprintf("old process %d exits after handing over", oldPID), 15*time.Second,
-			func() bool { return !alive(oldPID) })
-		tr.waitSent(t, 200)
-	}
-	tr.finish(t)
-	if !strings.Contains(r.Log(), "handed over 3 listeners, 12 connections") {
-		t.Fatalf("no line saying the 12 connections were handed over:\n%s", r.Log())
-	}
-	select {
-	case <-r.firstDone:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the first process did not exit")
-	}
-	if code := r.first.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("the first process exited %d, want 0:\n%s", code, r.Log())
-	}
-	for _, line := range strings.Split(r.Log(), "\n") {
-		if strings.Contains(line, "handed over") || strings.Contains(line, "took over") {
-			t.Log(line[strings.Index(line, "msg="):])
-		}
+	for _, mode := range []struct {
+		name, roundConns, rounds string
+	}{{"one round", "1000", "rounds=1 "}, {"a channel a round", "3", "rounds=4 "}} {
+		t.Run(mode.name, func(t *testing.T) {
+			a, b := versionedBuilds(t)
+			r := startRig(t, a, nil, "--drain-timeout", "60s", "--upgrade-round-conns", mode.roundConns)
+			tr := startTraffic(t, r.addr, 4, 3, 2*time.Millisecond, 20000)
+			tr.waitSent(t, 200)
+			for i, up := range []struct{ bin, version string }{{b, "vB"}, {a, "vA"}, {b, "vB"}} {
+				oldPID, _ := r.upgradeTo(up.bin, up.version, i+1)
+				mlestest.WaitUntil(t, fmt.Sprintf("old process %d exits after handing over", oldPID), 15*time.Second,
+					func() bool { return !alive(oldPID) })
+				tr.waitSent(t, 200)
+			}
+			tr.finish(t)
+			if !strings.Contains(r.Log(), "handed over 3 listeners, 12 connections") {
+				t.Fatalf("no line saying the 12 connections were handed over:\n%s", r.Log())
+			}
+			if n := strings.Count(r.Log(), mode.rounds); n != 3*3 { // three lines per upgrade say the rounds
+				t.Fatalf("%d lines say %q, want 9:\n%s", n, mode.rounds, r.Log())
+			}
+			select {
+			case <-r.firstDone:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the first process did not exit")
+			}
+			if code := r.first.ProcessState.ExitCode(); code != 0 {
+				t.Fatalf("the first process exited %d, want 0:\n%s", code, r.Log())
+			}
+			for _, line := range strings.Split(r.Log(), "\n") {
+				if strings.Contains(line, "handed over") || strings.Contains(line, "took over") {
+					t.Log(line[strings.Index(line, "msg="):])
+				}
+			}
+		})
 	}
 }
 
@@ -472,14 +543,19 @@ func TestUpgradeSoak(t *testing.T) {
 		// is not still growing with it.
 		args = append(args, "--history-limit", h)
 	}
+	// UPGRADE_SOAK_ARGS: more flags, e.g. "--upgrade-round-conns 500
+	// --log-level debug" (the log then shows each round's steps).
+	args = append(args, strings.Fields(os.Getenv("UPGRADE_SOAK_ARGS"))...)
 	r := startRig(t, a, nil, args...)
 	const per = 10
 	tr := startTraffic(t, r.addr, max(conns/per, 1), per, pace, 1<<20)
 	tr.waitSent(t, int64(conns))
+	tr.measureFrom.Store(time.Now().UnixNano())
 	baseFDs, baseRSS, baseG := fdCount(t, r.first.Process.Pid), rssKiB(r.first.Process.Pid), r.goroutines()
 	bins := []struct{ bin, version string }{{b, "vB"}, {a, "vA"}}
 	var last int
-	var rssSeries []int // each process's RSS in KiB, just before it hands over
+	var rssSeries []int    // each process's RSS in KiB, just before it hands over
+	var starts []time.Time // when each upgrade was signalled
 	// UPGRADE_SOAK_CONTROL=1: the same rounds without upgrading, to tell
 	// what the load alone does to RSS (history filling up) from what the
 	// upgrades leave.
@@ -488,6 +564,7 @@ func TestUpgradeSoak(t *testing.T) {
 	for i := range rounds {
 		rssSeries = append(rssSeries, rssKiB(r.pid()))
 		if !control {
+			starts = append(starts, time.Now())
 			oldPID, newPID := r.upgradeTo(bins[i%2].bin, bins[i%2].version, i+1)
 			mlestest.WaitUntil(t, fmt.Sprintf("old process %d exits", oldPID), 30*time.Second, func() bool { return !alive(oldPID) })
 			last = newPID
@@ -503,6 +580,8 @@ func TestUpgradeSoak(t *testing.T) {
 		len(tr.members), len(tr.members)/per, rounds, n, p99.Round(time.Microsecond), most.Round(time.Microsecond),
 		baseFDs, fdCount(t, last), baseRSS, lastRSS, baseG, lastG)
 	t.Logf("RSS of each process before it handed over, KiB: %v", rssSeries)
+	t.Logf("frames read %v or more after they were sent, by when they were sent after the latest upgrade's signal: %s",
+		slowFrameLatency, tr.slowAfter(starts))
 	// Back at the baseline: nothing of the handovers stays in the last
 	// process (a leak per upgrade would show as rounds times itself).
 	if fds := fdCount(t, last); fds > baseFDs {
