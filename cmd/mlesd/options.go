@@ -245,7 +245,7 @@ func defineFlags(o *Options, listen, peers *listFlag) *flag.FlagSet {
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close a joined connection that has sent nothing this long; 0 = never (receivers may be silent)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", engine.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to keep flushing backlogs to receivers before closing; 0 = close at once.\nAfter an upgrade (SIGUSR2), how long the old process keeps serving the connections it still has")
 	fs.StringVar(&o.PIDFile, "pid-file", "", "write the PID to `file` once serving (atomically); a new process rewrites it after an upgrade")
-	fs.IntVar(&o.UpgradeRound, "upgrade-round-conns", defaultUpgradeRound, "on SIGUSR2 (upgrade), how many joined connections one round of the handover freezes:\nwhole channels at a time, the others forward meanwhile (a bigger channel is a round alone); 0 = all at once")
+	fs.IntVar(&o.UpgradeRound, "upgrade-round-conns", defaultUpgradeRound, "on SIGUSR2 (upgrade), how many joined connections one round of the handover freezes:\nwhole channels at a time, the others forward meanwhile (a bigger channel is a round alone);\neach round within --upgrade-timeout; 0 = all at once")
 	fs.DurationVar(&o.UpgradeTimeout, "upgrade-timeout", upgrade.DefaultTimeout, "on SIGUSR2 (upgrade), how long the new binary has to serve on the handed-over listeners;\npast it, or if it exits or refuses, it is killed and this process keeps serving")
 	fs.StringVar(&o.LogLevel, "log-level", defaultLogLevel, "log `level`: debug, info, warn, error")
 	fs.StringVar(&o.LogFormat, "log-format", defaultLogFormat, "log `format`: text or json")

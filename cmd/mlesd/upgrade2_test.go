@@ -34,6 +34,7 @@ type traffic struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	sent    atomic.Int64
+	pace    time.Duration // each member sends a frame this often
 	// measureFrom (Unix ns): frames sent before it count in no latency
 	// (the joins and first frames of 10,000 members are not an upgrade's).
 	measureFrom atomic.Int64
@@ -61,7 +62,7 @@ type slowFrame struct {
 const slowFrameLatency = 50 * time.Millisecond
 
 // startTraffic joins per members on each of channels and starts them
-// sending, one frame every pace each, bounded by maxFrames each and 90 s.
+// sending, one frame every pace each, bounded by maxFrames each and 90 s plus four paces.
 func startTraffic(t *testing.T, addr string, channels, per int, pace time.Duration, maxFrames uint32) *traffic {
 	return startTrafficAt(t, []string{addr}, channels, per, pace, maxFrames)
 }
@@ -70,7 +71,7 @@ func startTraffic(t *testing.T, addr string, channels, per int, pace time.Durati
 // addrs[m%len(addrs)] (servers peered with each other).
 func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.Duration, maxFrames uint32) *traffic {
 	t.Helper()
-	tr := &traffic{stop: make(chan struct{})}
+	tr := &traffic{stop: make(chan struct{}), pace: pace}
 	for ch := range channels {
 		for m := range per {
 			c := mlestest.Join(t, addrs[m%len(addrs)], key, fmt.Sprintf("m%d-%d", ch, m), fmt.Sprintf("numbered-%d", ch))
@@ -85,7 +86,7 @@ func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.D
 			mlestest.Sync(t, tr.members[i].c, tr.members[i+j].c)
 		}
 	}
-	deadline := time.Now().Add(90 * time.Second)
+	deadline := time.Now().Add(90*time.Second + 4*pace) // a slow pace needs longer for the same rounds
 	for i, m := range tr.members {
 		tr.wg.Add(2)
 		go func() { // sender
@@ -264,7 +265,7 @@ func (tr *traffic) slowAfter(starts []time.Time) string {
 func (tr *traffic) waitSent(t *testing.T, n int64) {
 	t.Helper()
 	target := tr.sent.Load() + n
-	mlestest.WaitUntil(t, fmt.Sprintf("%d frames sent", target), 20*time.Second, func() bool { return tr.sent.Load() >= target })
+	mlestest.WaitUntil(t, fmt.Sprintf("%d frames sent", target), 20*time.Second+2*tr.pace, func() bool { return tr.sent.Load() >= target })
 }
 
 // Numbered frames on several channels flow across three upgrades between
@@ -276,7 +277,7 @@ func (tr *traffic) waitSent(t *testing.T, n int64) {
 func TestUpgradesMoveLiveConnectionsWithoutLosingAFrame(t *testing.T) {
 	for _, mode := range []struct {
 		name, roundConns, rounds string
-	}{{"one round", "1000", "rounds=1 "}, {"a channel a round", "3", "rounds=4 "}} {
+	}{{"one round", "0", "rounds=1 "}, {"a channel a round", "3", "rounds=4 "}} {
 		t.Run(mode.name, func(t *testing.T) {
 			a, b := versionedBuilds(t)
 			r := startRig(t, a, nil, "--drain-timeout", "60s", "--upgrade-round-conns", mode.roundConns)
@@ -514,7 +515,7 @@ func TestUpgradeKeepsAPeeredChannelFlowing(t *testing.T) {
 
 // The soak of issue 13's target, behind UPGRADE_SOAK=<connections> (not
 // MLESD_*: mlesd refuses settings variables it does not know)
-// (members in channels of 10, each sending every UPGRADE_SOAK_PACE,
+// (members in channels of 10 or UPGRADE_SOAK_PER, each sending every UPGRADE_SOAK_PACE,
 // default 500ms) and UPGRADE_SOAK_ROUNDS upgrades (default 10): every
 // frame arrives once and in order; it reports the p99 and largest latency
 // over the run (the largest includes the forwarding pause of the
@@ -547,7 +548,10 @@ func TestUpgradeSoak(t *testing.T) {
 	// --log-level debug" (the log then shows each round's steps).
 	args = append(args, strings.Fields(os.Getenv("UPGRADE_SOAK_ARGS"))...)
 	r := startRig(t, a, nil, args...)
-	const per = 10
+	per := 10 // UPGRADE_SOAK_PER: members per channel
+	if n, _ := strconv.Atoi(os.Getenv("UPGRADE_SOAK_PER")); n > 1 {
+		per = n
+	}
 	tr := startTraffic(t, r.addr, max(conns/per, 1), per, pace, 1<<20)
 	tr.waitSent(t, int64(conns))
 	tr.measureFrom.Store(time.Now().UnixNano())
@@ -582,6 +586,9 @@ func TestUpgradeSoak(t *testing.T) {
 	t.Logf("RSS of each process before it handed over, KiB: %v", rssSeries)
 	t.Logf("frames read %v or more after they were sent, by when they were sent after the latest upgrade's signal: %s",
 		slowFrameLatency, tr.slowAfter(starts))
+	for i, at := range starts {
+		t.Logf("upgrade %d signalled at %s", i+1, at.UTC().Format("15:04:05.000"))
+	}
 	// Back at the baseline: nothing of the handovers stays in the last
 	// process (a leak per upgrade would show as rounds times itself).
 	if fds := fdCount(t, last); fds > baseFDs {
@@ -600,8 +607,10 @@ func TestUpgradeSoak(t *testing.T) {
 		t.Errorf("the last process's RSS is %d KiB, the first's was %d KiB", lastRSS, baseRSS)
 	}
 	for _, line := range strings.Split(r.Log(), "\n") {
-		if strings.Contains(line, "handed over") || strings.Contains(line, "took over") {
-			t.Log(line[strings.Index(line, "msg="):])
+		if strings.Contains(line, "handed over") || strings.Contains(line, "took over") ||
+			strings.Contains(line, "upgrade started") || strings.Contains(line, "upgrade complete") ||
+			strings.Contains(line, "old process exiting") {
+			t.Log(strings.TrimSpace(line)) // with its time, to set beside the slow frames'
 		}
 	}
 }
@@ -653,4 +662,104 @@ func TestUpgradeMovesAnUplinkWithoutThePeerNoticing(t *testing.T) {
 	if !strings.Contains(r.Log(), "handed over 3 listeners, 4 connections") {
 		t.Fatalf("the uplinks were not handed over:\n%s", r.Log())
 	}
+}
+
+// A new process that dies between two rounds of the handover (killed once
+// some rounds have moved): the old process logs the failure, serves every
+// channel it still has, its acceptors accept again, and a later upgrade
+// moves what is left. The channels of the rounds before are closed with
+// the new process; none is half moved.
+func TestNewProcessDyingBetweenRoundsLeavesTheRestServed(t *testing.T) {
+	a, b := versionedBuilds(t)
+	// A round a channel (two members), so that the handover takes long
+	// enough to be caught in the middle.
+	r := startRig(t, a, nil, "--upgrade-round-conns", "2", "--log-level", "debug")
+	const channels = 300
+	type pair struct{ x, y *mlestest.Client }
+	pairs := make([]pair, channels)
+	for i := range pairs {
+		ch := fmt.Sprintf("ch%03d", i)
+		pairs[i] = pair{mlestest.Join(t, r.addr, key, "x", ch), mlestest.Join(t, r.addr, key, "y", ch)}
+	}
+	for _, p := range pairs {
+		mlestest.Sync(t, p.x, p.y)
+		mlestest.Sync(t, p.y, p.x)
+	}
+	r.install(b)
+	oldPID := r.signal(syscall.SIGUSR2)
+	r.waitLog("round handed over", 20)
+	var child int
+	mlestest.WaitUntil(t, "the new process is found", 5*time.Second, func() bool {
+		child = childOf(oldPID)
+		return child != 0
+	})
+	if err := syscall.Kill(child, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	r.waitLog("upgrade failed: still serving", 1)
+	if !strings.Contains(r.Log(), "which close with the new process") {
+		t.Fatalf("the failure does not say the rounds before are lost:\n%s", r.Log())
+	}
+	// Each channel is either served on by the old process (a frame gets
+	// through) or was moved and closed with the new one (both members see
+	// the end); never one member of each.
+	exchange := func(p pair, n uint32) bool {
+		if err := p.x.Send(mlestest.Seq(n, 16)); err != nil {
+			return false
+		}
+		for {
+			f, err := p.y.Read(3 * time.Second)
+			if err != nil {
+				return false
+			}
+			if len(f.Message) >= 4 && !mlestest.IsSync(f.Message) && mlestest.SeqOf(f.Message) == n {
+				return true
+			}
+		}
+	}
+	var kept []pair
+	moved := 0
+	for i, p := range pairs {
+		if exchange(p, uint32(i+1)) {
+			kept = append(kept, p)
+			continue
+		}
+		moved++
+		mlestest.ExpectClosed(t, p.x.NC)
+		mlestest.ExpectClosed(t, p.y.NC)
+	}
+	if moved < 20 || len(kept) == 0 {
+		t.Fatalf("%d channels closed with the new process, %d kept; want at least the 20 rounds seen, and some kept", moved, len(kept))
+	}
+	t.Logf("%d channels moved and closed with the killed process, %d kept by the old one", moved, len(kept))
+	mlestest.Exchange(t, r.addr, key) // accepting again
+	r.upgradeTo(b, "vB", 1)
+	for i, p := range kept {
+		if !exchange(p, uint32(1000+i)) {
+			t.Fatalf("channel %s lost its frames in the upgrade after the failed one", p.x.Ch)
+		}
+	}
+}
+
+// childOf is the PID of a child process of parent, 0 if none.
+func childOf(parent int) int {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so from its ')'.
+		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+		if f := strings.Fields(rest); len(f) > 1 {
+			if ppid, _ := strconv.Atoi(f[1]); ppid == parent {
+				return pid
+			}
+		}
+	}
+	return 0
 }
