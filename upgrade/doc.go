@@ -175,38 +175,30 @@
 // connection whose client left after the export is left out (its inode
 // tells, should its descriptor number name another file by then).
 //
-// Measured on the shared 2-core machine (go test -run TestUpgradeSoak
-// ./cmd/mlesd with UPGRADE_SOAK=<connections>, UPGRADE_SOAK_PACE,
-// UPGRADE_SOAK_ROUNDS; members in channels of 10, their sends spread over
-// the pace; UPGRADE_SOAK_CONTROL=1 for the same load without upgrades):
-//   - 2,000 connections, a frame a second each: frozen 36-41 ms, taken
-//     over by the new process in 35-42 ms; largest latency of a frame
-//     86 ms (2.6 ms without upgrades).
-//   - 10,000 connections on 1,000 channels, a frame every 5 s each, five
-//     runs: in the faster ones frozen 129-239 ms (export 31-54 ms, send
-//     72-127 ms, reply 3-11 ms, release 19-28 ms), taken over in 186-245
-//     ms, largest latency 435-495 ms; in two runs minutes later on a
-//     slower machine send 172-266 ms, taken over in 357-480 ms, largest
-//     latency 1.05-1.14 s. Without upgrades: 9 ms. Before batching: send
-//     420 ms and a largest latency of 0.8-1.65 s.
-//   - Ten upgrades in a row at 10,000 connections: descriptors (10,024)
-//     and goroutines (17) in the last process as in the first; RSS, with
-//     a history full before the baseline (UPGRADE_SOAK_HISTORY=5), 39 MB
-//     in the first process, 45 MB from the first upgrade on, flat after
-//     (the load alone: 39 to 42 MB in the same time).
+// Measured on the shared 2-core machine, the load generator on the same
+// cores (go test -run TestUpgradeSoak ./cmd/mlesd with
+// UPGRADE_SOAK=<connections>, UPGRADE_SOAK_PER members a channel,
+// UPGRADE_SOAK_PACE, UPGRADE_SOAK_ROUNDS, UPGRADE_SOAK_ARGS; their sends
+// spread over the pace; UPGRADE_SOAK_CONTROL=1 for the same load without
+// upgrades), 10,000 connections, one session:
+//   - 100 channels of 100, 20,000 deliveries/s, rounds of 100: handed
+//     over in 2.2-2.5 s, no channel frozen longer than 48-68 ms, frame
+//     latency p99 26.6 ms, largest 233 ms.
+//   - 1,000 channels of 10, 18,000 deliveries/s: rounds of 100, longest
+//     freeze 38-52 ms, p99 37-77 ms, largest 161-242 ms; rounds of 1,000,
+//     170-202 ms, 254 ms, 575 ms; all at once (one round), frozen 665-749
+//     ms, p99 2.2 s, largest 2.57 s. Without upgrades: 6.6 ms, 31 ms.
+//   - A round of 100 connections: freeze 0.1-10 ms, export 1-9 ms, send
+//     about 1 ms, reply 3-16 ms, release 2-14 ms (the loops serve the
+//     other channels meanwhile), about 20 ms a round in all.
+//   - Ten upgrades in a row (one round each, before rounds): descriptors
+//     (10,024) and goroutines (17) in the last process as in the first;
+//     RSS, with a history full before the baseline
+//     (UPGRADE_SOAK_HISTORY=5), 39 MB in the first process, 45 MB from
+//     the first upgrade on, flat after.
 //
-// Issue 13's target (at most 100 ms at 10,000 connections) is not met:
-// every phase grows with the connections; the new process's registration
-// (a dozen system calls per socket through gnet's Enroll) and the send are
-// the largest. Making the sockets net.Conns while the state arrives, so
-// that less is left after the Commit, moved the time from one phase to the
-// other on two cores (tried, not kept).
-//
-// Not yet done: a faster handover at 10,000 connections (exporting and
-// sending per loop in parallel; handing over a channel at a time, so that
-// the rest keeps flowing; registering sockets with an event loop without
-// a net.Conn each); a moved
-// uplink's replay filter (it starts empty in the new process, which
-// matters only for an uplink moved within its first frames after a
-// reconnect).
+// Not yet done: a moved uplink's replay filter (it starts empty in the
+// new process, which matters only for an uplink moved within its first
+// frames after a reconnect); a single channel bigger than a round still
+// pauses for as long as its members take to move (about 0.2 ms each).
 package upgrade

@@ -84,9 +84,13 @@ func TestBadFlagsExitWithUsageError(t *testing.T) {
 // publisher is disconnected, and the server's memory stays bounded.
 func TestSendOnlyPublishersAreServedWithBoundedMemory(t *testing.T) {
 	const pubs, frames, size = 50, 400, 1024
-	// A 4 MiB bound: the publishers, stalled as receivers, pass it within
-	// the 20 MB published, so they drop frames (what the test is about).
-	p := startMlesd(t, "--history-limit", "0", "--stall-timeout", "1s", "--max-pending", "4194304")
+	// A 12 MiB bound: the publishers, stalled as receivers, pass it within
+	// the 20 MB published, so they drop frames (what the test is about),
+	// while the collector, a reader, would have to fall 12 MiB behind to
+	// lose one. With 4 MiB it did, in a race-detector run of three
+	// packages at once on two cores ("dev19: frame 143 after 140"): the
+	// server kept its bound, the collector was too slow for it.
+	p := startMlesd(t, "--history-limit", "0", "--stall-timeout", "1s", "--max-pending", "12582912")
 	baseline := p.Status(t, "VmRSS")
 	collector := mlestest.Join(t, p.Addr, key, "collector", "telemetry")
 	probe := mlestest.Join(t, p.Addr, key, "probe", "telemetry")

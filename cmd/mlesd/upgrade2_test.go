@@ -32,7 +32,13 @@ import (
 type traffic struct {
 	members []*trafficMember
 	stop    chan struct{}
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // senders and readers
+	senders sync.WaitGroup
+	// sendersDone: closed once every sender has stopped, so that a reader checks
+	// it has read everything only against final counts (a reader that
+	// looked while a sender was between its send and counting it could
+	// stop one frame short).
+	sendersDone chan struct{}
 	sent    atomic.Int64
 	pace    time.Duration // each member sends a frame this often
 	// measureFrom (Unix ns): frames sent before it count in no latency
@@ -71,7 +77,7 @@ func startTraffic(t *testing.T, addr string, channels, per int, pace time.Durati
 // addrs[m%len(addrs)] (servers peered with each other).
 func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.Duration, maxFrames uint32) *traffic {
 	t.Helper()
-	tr := &traffic{stop: make(chan struct{}), pace: pace}
+	tr := &traffic{stop: make(chan struct{}), sendersDone: make(chan struct{}), pace: pace}
 	for ch := range channels {
 		for m := range per {
 			c := mlestest.Join(t, addrs[m%len(addrs)], key, fmt.Sprintf("m%d-%d", ch, m), fmt.Sprintf("numbered-%d", ch))
@@ -89,8 +95,10 @@ func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.D
 	deadline := time.Now().Add(90*time.Second + 4*pace) // a slow pace needs longer for the same rounds
 	for i, m := range tr.members {
 		tr.wg.Add(2)
+		tr.senders.Add(1)
 		go func() { // sender
 			defer tr.wg.Done()
+			defer tr.senders.Done()
 			// Spread over the pace: a steady flow, not every member's
 			// frame in one burst each pace (10,000 members sending at once
 			// made the harness's own latency p99 272 ms with no upgrade).
@@ -124,7 +132,7 @@ func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.D
 				var ne net.Error
 				if errors.As(err, &ne) && ne.Timeout() {
 					select {
-					case <-tr.stop:
+					case <-tr.sendersDone:
 						if tr.readAll(m) {
 							return
 						}
@@ -190,6 +198,8 @@ func (tr *traffic) readAll(m *trafficMember) bool {
 func (tr *traffic) finish(t *testing.T) {
 	t.Helper()
 	close(tr.stop)
+	tr.senders.Wait()
+	close(tr.sendersDone)
 	tr.wg.Wait()
 	for _, m := range tr.members {
 		m.mu.Lock()
