@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -53,6 +54,7 @@ type trafficMember struct {
 	got  map[string]uint32 // sender → last number read (Lock: mu)
 	// latencies: from send to read, every frame (Lock: mu)
 	latencies []time.Duration
+	sentAt    []int64 // each latency's frame's send time (Unix ns), in step with latencies (Lock: mu)
 	slow      []slowFrame // the frames that took longer than slowFrameLatency (Lock: mu)
 	err       error       // the first thing wrong (Lock: mu)
 }
@@ -156,6 +158,7 @@ func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.D
 				m.mu.Lock()
 				if measured {
 					m.latencies = append(m.latencies, latency)
+					m.sentAt = append(m.sentAt, sentAt)
 				}
 				if measured && latency >= slowFrameLatency {
 					m.slow = append(m.slow, slowFrame{time.Now().Add(-latency), latency})
@@ -229,6 +232,29 @@ func (tr *traffic) latency() (p99, most time.Duration, n int) {
 	}
 	slices.Sort(all)
 	return all[len(all)*99/100], all[len(all)-1], len(all)
+}
+
+// latencyWithin is the p99 and the largest latency of the frames sent
+// within one of the windows (from, to), and how many there were.
+func (tr *traffic) latencyWithin(windows [][2]time.Time) (p99, most time.Duration, n int) {
+	var in []time.Duration
+	for _, m := range tr.members {
+		m.mu.Lock()
+		for i, at := range m.sentAt {
+			for _, w := range windows {
+				if at >= w[0].UnixNano() && at <= w[1].UnixNano() {
+					in = append(in, m.latencies[i])
+					break
+				}
+			}
+		}
+		m.mu.Unlock()
+	}
+	if len(in) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(in)
+	return in[len(in)*99/100], in[len(in)-1], len(in)
 }
 
 // slowAfter says, for the slow frames, when they were sent after the
@@ -570,6 +596,7 @@ func TestUpgradeSoak(t *testing.T) {
 	var last int
 	var rssSeries []int    // each process's RSS in KiB, just before it hands over
 	var starts []time.Time // when each upgrade was signalled
+	var windows [][2]time.Time // from each signal until its "upgrade complete" was seen
 	// UPGRADE_SOAK_CONTROL=1: the same rounds without upgrading, to tell
 	// what the load alone does to RSS (history filling up) from what the
 	// upgrades leave.
@@ -578,8 +605,14 @@ func TestUpgradeSoak(t *testing.T) {
 	for i := range rounds {
 		rssSeries = append(rssSeries, rssKiB(r.pid()))
 		if !control {
+			// Installed first: the copy is the operator's, not the
+			// upgrade's (its 15 MB read and written by this process made
+			// the load generator's own frames late).
+			r.install(bins[i%2].bin)
+			runtime.GC() // and its garbage collected before, not during, the upgrade
 			starts = append(starts, time.Now())
-			oldPID, newPID := r.upgradeTo(bins[i%2].bin, bins[i%2].version, i+1)
+			oldPID, newPID := r.upgradeInstalled(bins[i%2].version, i+1)
+			windows = append(windows, [2]time.Time{starts[len(starts)-1], time.Now()})
 			mlestest.WaitUntil(t, fmt.Sprintf("old process %d exits", oldPID), 30*time.Second, func() bool { return !alive(oldPID) })
 			last = newPID
 		}
@@ -594,6 +627,9 @@ func TestUpgradeSoak(t *testing.T) {
 		len(tr.members), len(tr.members)/per, rounds, n, p99.Round(time.Microsecond), most.Round(time.Microsecond),
 		baseFDs, fdCount(t, last), baseRSS, lastRSS, baseG, lastG)
 	t.Logf("RSS of each process before it handed over, KiB: %v", rssSeries)
+	if wp99, wmost, wn := tr.latencyWithin(windows); wn > 0 {
+		t.Logf("frames sent from an upgrade's signal until its completion: %d, latency p99 %v, max %v", wn, wp99, wmost)
+	}
 	t.Logf("frames read %v or more after they were sent, by when they were sent after the latest upgrade's signal: %s",
 		slowFrameLatency, tr.slowAfter(starts))
 	for i, at := range starts {

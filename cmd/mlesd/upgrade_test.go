@@ -347,6 +347,12 @@ func (r *upgradeRig) servedVersion() string {
 func (r *upgradeRig) upgradeTo(bin, version string, nth int) (oldPID, newPID int) {
 	r.t.Helper()
 	r.install(bin)
+	return r.upgradeInstalled(version, nth)
+}
+
+// upgradeInstalled is upgradeTo once the binary is installed.
+func (r *upgradeRig) upgradeInstalled(version string, nth int) (oldPID, newPID int) {
+	r.t.Helper()
 	oldPID = r.signal(syscall.SIGUSR2)
 	r.waitLog("upgrade complete", nth)
 	mlestest.WaitUntil(r.t, "the pid file names the new process", 10*time.Second, func() bool {
