@@ -40,8 +40,8 @@ type traffic struct {
 	// looked while a sender was between its send and counting it could
 	// stop one frame short).
 	sendersDone chan struct{}
-	sent    atomic.Int64
-	pace    time.Duration // each member sends a frame this often
+	sent        atomic.Int64
+	pace        time.Duration // each member sends a frame this often
 	// measureFrom (Unix ns): frames sent before it count in no latency
 	// (the joins and first frames of 10,000 members are not an upgrade's).
 	measureFrom atomic.Int64
@@ -54,7 +54,7 @@ type trafficMember struct {
 	got  map[string]uint32 // sender → last number read (Lock: mu)
 	// latencies: from send to read, every frame (Lock: mu)
 	latencies []time.Duration
-	sentAt    []int64 // each latency's frame's send time (Unix ns), in step with latencies (Lock: mu)
+	sentAt    []int64     // each latency's frame's send time (Unix ns), in step with latencies (Lock: mu)
 	slow      []slowFrame // the frames that took longer than slowFrameLatency (Lock: mu)
 	err       error       // the first thing wrong (Lock: mu)
 }
@@ -594,8 +594,8 @@ func TestUpgradeSoak(t *testing.T) {
 	baseFDs, baseRSS, baseG := fdCount(t, r.first.Process.Pid), rssKiB(r.first.Process.Pid), r.goroutines()
 	bins := []struct{ bin, version string }{{b, "vB"}, {a, "vA"}}
 	var last int
-	var rssSeries []int    // each process's RSS in KiB, just before it hands over
-	var starts []time.Time // when each upgrade was signalled
+	var rssSeries []int        // each process's RSS in KiB, just before it hands over
+	var starts []time.Time     // when each upgrade was signalled
 	var windows [][2]time.Time // from each signal until its "upgrade complete" was seen
 	// UPGRADE_SOAK_CONTROL=1: the same rounds without upgrading, to tell
 	// what the load alone does to RSS (history filling up) from what the
