@@ -61,7 +61,9 @@ vet:
 $(STATICCHECK):
 	GOBIN=$(CURDIR)/bin/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-lint: vet $(STATICCHECK) ## go vet and staticcheck (installed into bin/tools)
+lint: vet $(STATICCHECK) ## gofmt, go vet and staticcheck (installed into bin/tools)
+	@unformatted=$$("$$($(GO) env GOROOT)/bin/gofmt" -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "not gofmt-formatted (run gofmt -w):"; echo "$$unformatted"; exit 1; fi
 	$(STATICCHECK) ./...
 
 test: lint ## vet, staticcheck, then every test with the race detector (and the bench module's unit tests); ends with the skipped tests and why
