@@ -10,6 +10,11 @@ package upgrade
 // registers the sockets only after the Commit: until the old process has
 // closed its descriptors both could read from a socket, and bytes split
 // between two readers cannot be put back in order.
+//
+// In rounds (Reply.Rounds, doc.go): each round is that sequence for a few
+// channels, its Totals saying More and its Commit leaving the socket open
+// for the next (Child.CommitRound, Handover.NextRound); the last round
+// ends as a handover in one round does.
 
 import (
 	"errors"

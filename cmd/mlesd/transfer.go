@@ -34,7 +34,8 @@ const defaultUpgradeRound = 100
 
 // transfer hands the live state to child (which reported ready), in
 // rounds of a few channels when it takes them (each within
-// --upgrade-timeout), and records what moved in a. On error the child has been killed and this process thawed.
+// --upgrade-timeout), and records what moved in a. On error the child
+// has been killed and this process thawed.
 func (u *upgrader) transfer(child *upgrade.Child, a *attempt) error {
 	rounds := []*engine.Round{nil} // one round of everything
 	if child.Rounds() {
