@@ -1,10 +1,13 @@
 package main
 
 // Hitless upgrade, phase 2 (upgrade/doc.go): once the new process serves
-// and says it reads state, this one freezes, hands over its plain-TCP
-// connections (sockets and state) and its channels' history and counters,
-// and lets go of the sockets once the new process has imported them. Any
-// failure before that thaws this process, which serves on as before.
+// and says it reads state, this one hands over its plain-TCP connections
+// (sockets and state) and its channels' history, a round of a few
+// channels at a time (each frozen only for its own round), then the
+// counters, and lets go of each round's sockets once the new process has
+// imported them. A failure in the first round thaws this process, which
+// serves on as before; in a later one, the rounds before are lost with
+// the new process.
 
 import (
 	"errors"
