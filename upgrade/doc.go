@@ -105,16 +105,18 @@
 // between its loops, until it stops accepting. A build without the field
 // sends or reads one round of everything.
 //
-// Sequence, old process (for each round, on its channels):
+// Sequence, old process (steps 2 to 5 once a round, on its channels):
 //  1. Offer, and the new process reports ready as in phase 1 (it serves
 //     new connections already).
-//  2. Freeze (engine/freeze.go): the acceptors park without closing their
-//     listeners (a deadline in the past wakes them) once the connections
-//     they accepted are open on their loops; every event loop, in a task,
-//     flushes what it holds for other loops and stops parsing and
-//     writing; then a second task per loop drains what other loops posted
-//     to it. Every frame read before the freeze is then in a receiver's
-//     queue or its set's log. Forwarding pauses from here.
+//  2. Freeze (engine/freeze.go FreezeRound): in the first round the
+//     acceptors park without closing their listeners (a deadline in the
+//     past wakes them) once the connections they accepted are open on
+//     their loops; every event loop, in a task, flushes what it holds for
+//     other loops and stops parsing and writing the round's connections;
+//     then a second task per loop drains what other loops posted to it.
+//     Every frame read before the freeze is then in a receiver's queue or
+//     its set's log. The round's channels pause from here; the others
+//     forward on.
 //  3. Export, on each loop (engine/export.go): each connection's ConnState
 //     with a duplicate of its descriptor: phase, uid, channel, CID; every
 //     inbound byte read and not parsed, exactly as read (an owned large
