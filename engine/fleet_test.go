@@ -76,23 +76,6 @@ func metric(t testing.TB, addr, name string) float64 {
 	return 0
 }
 
-// metricLines returns the samples whose line holds substr, joined.
-func metricLines(addr, substr string) string {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.Contains(line, substr) && !strings.HasPrefix(line, "#") {
-			out = append(out, line)
-		}
-	}
-	return strings.Join(out, "; ")
-}
-
 // Fan-in at fleet scale, against the real binary: a thousand devices that
 // publish and never read (each member receives the others' frames until its
 // socket is full, then reads its channel's log as a lagger) and one collector that reads: the
@@ -156,7 +139,7 @@ func TestThousandSendOnlyPublishersAndOneCollectorLoseNothing(t *testing.T) {
 	}
 	wg.Wait()
 	if err := <-done; err != nil {
-		t.Fatalf("%v (server counted %v frames in, %v dropped, busy %vs; closed: %s)", err, metric(t, metricsAddr, "mlesd_frames_in_total"), metric(t, metricsAddr, "mlesd_frames_dropped_total"), metric(t, metricsAddr, "mlesd_event_loop_busy_seconds_total"), metricLines(metricsAddr, "closed_by_server"))
+		t.Fatalf("%v (server counted %v frames in, %v dropped, busy %vs; closed: %s)", err, metric(t, metricsAddr, "mlesd_frames_in_total"), metric(t, metricsAddr, "mlesd_frames_dropped_total"), metric(t, metricsAddr, "mlesd_event_loop_busy_seconds_total"), mlestest.MetricLines(metricsAddr, "closed_by_server"))
 	}
 	dropped := metric(t, metricsAddr, "mlesd_frames_dropped_total")
 	t.Logf("collector got all %d frames; %v frames counted dropped for the devices", devs*frames, dropped)

@@ -67,17 +67,12 @@ type Round struct {
 // holds reports whether r freezes c.
 func (r *Round) holds(c *conn) bool {
 	switch {
-	case r.all:
-		return true
-	case c.state == awaitingJoin:
+	case r.all || c.state == awaitingJoin:
 		return true
 	case c.state != joined || c.ch == nil:
 		return false
-	case r.rest:
-		return !r.done[c.ch.Name()]
-	default:
-		return r.Channels[c.ch.Name()]
 	}
+	return r.hasChannel(c.ch.Name())
 }
 
 // hasChannel reports whether r exports channel name's history.
@@ -211,11 +206,6 @@ func (s *Server) HoldJoins(on bool) {
 	s.up.holdJoins.Store(on)
 	if on {
 		return
-	}
-	select {
-	case <-s.loopsUp:
-	default:
-		return // no loop yet: nothing held
 	}
 	_ = s.onLoops(time.Now().Add(thawTimeout), func(l *loop) {
 		for c := range l.conns {

@@ -222,16 +222,6 @@ func (c *Child) CommitRound(deadline time.Time) error {
 // (Reply.Rounds); if not, the whole state goes in one.
 func (c *Child) Rounds() bool { return c.rounds }
 
-// Alive reports whether the new process has not exited.
-func (c *Child) Alive() bool {
-	select {
-	case <-c.exited:
-		return false
-	default:
-		return true
-	}
-}
-
 // Kill ends the new process and reaps it (bounded by reapTimeout).
 func (c *Child) Kill() {
 	c.sock.close()

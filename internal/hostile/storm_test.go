@@ -3,12 +3,9 @@ package hostile
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -146,7 +143,7 @@ func TestJoinStormOfTenThousandEveryMemberReceivesAndADuplicateCIDIsRefused(t *t
 		if joined >= n+checkers {
 			break
 		}
-		if closed := metricLines(t, metricsAddr, `mlesd_connections_closed_by_server_total{reason="join-timeout"}`); closed != "" {
+		if closed := mlestest.MetricLines(metricsAddr, `mlesd_connections_closed_by_server_total{reason="join-timeout"}`); closed != "" {
 			t.Fatalf("the server closed a member for its join timeout, so not every join can come (%d of %d): %s\nserver log:\n%s",
 				joined, n+checkers, closed, tail(p.Log()))
 		}
@@ -154,7 +151,7 @@ func TestJoinStormOfTenThousandEveryMemberReceivesAndADuplicateCIDIsRefused(t *t
 			sockstat, _ := os.ReadFile("/proc/net/sockstat")
 			t.Fatalf("after 300 s, %d of %d joins; connections open %d, closed by the server: %s\n/proc/net/sockstat:\n%s\nserver log:\n%s",
 				joined, n+checkers, metricValue(t, metricsAddr, "mlesd_connections_open"),
-				metricLines(t, metricsAddr, "mlesd_connections_closed_by_server_total"), sockstat, tail(p.Log()))
+				mlestest.MetricLines(metricsAddr, "mlesd_connections_closed_by_server_total"), sockstat, tail(p.Log()))
 		}
 	}
 	probe := mlestest.Join(t, p.Addr, key, "probe", "storm")
@@ -197,22 +194,4 @@ func readUntil(nc net.Conn, buf, want []byte, dl time.Time) error {
 			return err
 		}
 	}
-}
-
-// metricLines is every line of the server's /metrics that begins with name.
-func metricLines(t *testing.T, metricsAddr, name string) string {
-	t.Helper()
-	resp, err := http.Get("http://" + metricsAddr + "/metrics")
-	if err != nil {
-		return err.Error()
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var out []string
-	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, name) {
-			out = append(out, line)
-		}
-	}
-	return strings.Join(out, "; ")
 }

@@ -463,3 +463,22 @@ func WaitUntil(t testing.TB, what string, timeout time.Duration, cond func() boo
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// MetricLines returns the samples of the /metrics served at addr whose
+// line holds substr, joined with "; " ("" when none; the error's text when
+// /metrics cannot be read): for a test's failure message.
+func MetricLines(addr, substr string) string {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, substr) && !strings.HasPrefix(line, "#") {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "; ")
+}
