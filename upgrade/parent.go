@@ -131,11 +131,16 @@ func (c *Child) handover(opts Options, deadline time.Time) error {
 	case <-c.exited:
 		return c.failure(nil)
 	case <-timer.C:
-		return fmt.Errorf("the new process (pid %d) was not ready within %v", c.PID, opts.timeout())
+		return c.notReady(opts)
 	case <-opts.Cancel:
 		return errors.New("cancelled: this process is stopping")
 	}
 	closeFiles(r.files) // a reply carries none
+	if errors.Is(r.err, os.ErrDeadlineExceeded) {
+		// The read's deadline is the timer's: whichever the select saw
+		// first, the new process was not ready in time.
+		return c.notReady(opts)
+	}
 	if errors.Is(r.err, io.EOF) {
 		return c.failure(nil)
 	}
@@ -156,6 +161,10 @@ func (c *Child) handover(opts Options, deadline time.Time) error {
 		return fmt.Errorf("the new process (pid %d) reads state format %d, which this build does not write", c.PID, c.states)
 	}
 	return nil
+}
+
+func (c *Child) notReady(opts Options) error {
+	return fmt.Errorf("the new process (pid %d) was not ready within %v", c.PID, opts.timeout())
 }
 
 func (o Options) timeout() time.Duration {
