@@ -12,6 +12,8 @@ package peering_test
 import (
 	"testing"
 	"time"
+
+	"github.com/mlesd/mlesd/internal/mlestest"
 )
 
 // crashedPair starts A (history limit hist) and B --peer A through a relay,
@@ -20,12 +22,12 @@ import (
 // sent..sent+outage while A is down, and restarts A empty on the same
 // address with the relay still cut, so that the test decides when B's
 // uplink (and its resync) come back.
-func crashedPair(t *testing.T, ch, hist string, sent, outage uint32) (A *server, r *relay, b1 *client, l ledger) {
+func crashedPair(t *testing.T, ch, hist string, sent, outage uint32) (A *server, r *mlestest.Relay, b1 *client, l ledger) {
 	t.Helper()
 	addrA := staticAddr(t, "127.0.0.1")
 	argsA := []string{"--listen", addrA, "--history-limit", hist}
 	A = startServer(t, "A", sharedEnv, argsA...)
-	r = startRelay(t, addrA)
+	r = mlestest.StartRelay(t, addrA)
 	B := startServer(t, "B", sharedEnv, "--peer", r.Addr(), "--history-limit", hist)
 	a1, a2 := join(t, addrA, "a1", ch), join(t, addrA, "a2", ch)
 	b1 = join(t, B.Addr, "b1", ch)
@@ -34,7 +36,7 @@ func crashedPair(t *testing.T, ch, hist string, sent, outage uint32) (A *server,
 	l.send(t, 0, sent, a1, a2, b1)
 	l.deliver(t, 10*time.Second, a1, a2, b1)
 
-	r.sever(true)
+	r.Sever(true)
 	B.waitUp(t, 0)
 	A.kill(t)
 	l.send(t, sent, sent+outage, b1) // B holds them; A is down
@@ -65,7 +67,7 @@ func TestPeeringRestartedServerKeepsEverySendersOrder(t *testing.T) {
 	newA1 := seqs(sent, sent+5)
 	ledger{}.send(t, sent, sent+5, a1)
 	waitArrived(t, ledger{"a1": newA1}, a2)
-	r.healAndWaitPiped(t)
+	r.HealAndWaitPiped(t)
 
 	// B's history held all of b1's frames (1000 is room enough): A's
 	// clients get them all, once, in order; of a1 and a2 nothing more.
@@ -104,7 +106,7 @@ func TestPeeringRestartedServerKeepsItsNewestFramesInHistory(t *testing.T) {
 	newA1 := seqs(sent, sent+5)
 	ledger{}.send(t, sent, sent+5, a1)
 	waitArrived(t, ledger{"a1": newA1}, a2)
-	r.healAndWaitPiped(t)
+	r.HealAndWaitPiped(t)
 	// b1 gets a1's new frames once A's history came down B's new uplink;
 	// by then A has merged B's resync.
 	l["a1"] = append(l["a1"], newA1...)
@@ -177,7 +179,7 @@ func TestPeeringRestartedUplinkServerKeepsEverySendersOrder(t *testing.T) {
 	const sent, outage = 200, 50
 	addrA := staticAddr(t, "127.0.0.1")
 	B := startServer(t, "B", sharedEnv, "--history-limit", "1000")
-	r := startRelay(t, B.Addr)
+	r := mlestest.StartRelay(t, B.Addr)
 	argsA := []string{"--listen", addrA, "--peer", r.Addr(), "--history-limit", "1000"}
 	A := startServer(t, "A", sharedEnv, argsA...)
 	a1, a2 := join(t, addrA, "a1", "upcrash"), join(t, addrA, "a2", "upcrash")
@@ -187,7 +189,7 @@ func TestPeeringRestartedUplinkServerKeepsEverySendersOrder(t *testing.T) {
 	l.send(t, 0, sent, a1, a2, b1)
 	l.deliver(t, 10*time.Second, a1, a2, b1)
 
-	r.sever(true)
+	r.Sever(true)
 	A.waitUp(t, 0)
 	A.kill(t)
 	l.send(t, sent, sent+outage, b1)
@@ -196,7 +198,7 @@ func TestPeeringRestartedUplinkServerKeepsEverySendersOrder(t *testing.T) {
 	newA1 := seqs(sent, sent+5)
 	ledger{}.send(t, sent, sent+5, a1)
 	waitArrived(t, ledger{"a1": newA1}, a2)
-	r.healAndWaitPiped(t)
+	r.HealAndWaitPiped(t)
 
 	onA2 := ledger{"a1": newA1, "b1": l["b1"]}
 	onA1 := ledger{"b1": l["b1"]}

@@ -252,7 +252,7 @@ func TestPeeringCutLinkResyncs(t *testing.T) {
 	sent.deliver(t, 10*time.Second, all...)
 
 	downs := A.countLog(`msg="peer uplink down"`)
-	r.sever(true)
+	r.Sever(true)
 	A.waitLogCount(t, downs+1, 5*time.Second, `msg="peer uplink down"`)
 	// Each side sends during the cut and sees its own side's frames.
 	sent.send(t, 50, 100, all...)
@@ -262,7 +262,7 @@ func TestPeeringCutLinkResyncs(t *testing.T) {
 	// Make sure at least one reconnect was refused by the cut.
 	A.waitLogCount(t, downs+2, 5*time.Second, `msg="peer uplink down"`)
 	ups := A.countLog(`msg="peer uplink up"`)
-	r.heal()
+	r.Heal()
 	A.waitLogCount(t, ups+1, 5*time.Second, `msg="peer uplink up"`)
 	sent.deliver(t, 10*time.Second, all...)
 	sent.send(t, 100, 120, all...)
@@ -272,10 +272,10 @@ func TestPeeringCutLinkResyncs(t *testing.T) {
 // relayedPair starts B and A peered to B through a relay, both with the
 // given --history-limit, and joins a1, a2 on A and b1, b2 on B to channel
 // ch (in that order), synced with each other.
-func relayedPair(t *testing.T, ch, history string) (A *server, r *relay, clients []*client) {
+func relayedPair(t *testing.T, ch, history string) (A *server, r *mlestest.Relay, clients []*client) {
 	t.Helper()
 	B := startServer(t, "B", sharedEnv, "--history-limit", history)
-	r = startRelay(t, B.Addr)
+	r = mlestest.StartRelay(t, B.Addr)
 	A = startServer(t, "A", sharedEnv, "--peer", r.Addr(), "--history-limit", history)
 	clients = []*client{join(t, A.Addr, "a1", ch), join(t, A.Addr, "a2", ch),
 		join(t, B.Addr, "b1", ch), join(t, B.Addr, "b2", ch)}
@@ -426,7 +426,7 @@ func TestPeeringRefusingPeer(t *testing.T) {
 // nothing twice.
 func TestPeeringReconnectWithoutLocalHistoryHasNoDuplicates(t *testing.T) {
 	B := startServer(t, "B", sharedEnv)
-	r := startRelay(t, B.Addr)
+	r := mlestest.StartRelay(t, B.Addr)
 	A := startServer(t, "A", sharedEnv, "--peer", r.Addr(), "--history-limit", "0")
 	a1, a2 := join(t, A.Addr, "a1", "nohist"), join(t, A.Addr, "a2", "nohist")
 	b1 := join(t, B.Addr, "b1", "nohist")
@@ -437,7 +437,7 @@ func TestPeeringReconnectWithoutLocalHistoryHasNoDuplicates(t *testing.T) {
 	sent.deliver(t, 10*time.Second, all...)
 
 	downs, ups := A.countLog(`msg="peer uplink down"`), A.countLog(`msg="peer uplink up"`)
-	r.sever(false)
+	r.Sever(false)
 	A.waitLogCount(t, downs+1, 5*time.Second, `msg="peer uplink down"`)
 	A.waitLogCount(t, ups+1, 5*time.Second, `msg="peer uplink up"`)
 	// B replayed up to 100 frames of its history to the new uplink: none of
@@ -474,7 +474,7 @@ func TestPeeringCutsUnderTraffic(t *testing.T) {
 	ups := A.countLog(`msg="peer uplink up"`)
 	for cut := 1; cut <= 3; cut++ {
 		time.Sleep(500 * time.Millisecond)
-		r.sever(false) // reconnects are let through: the back-off decides
+		r.Sever(false) // reconnects are let through: the back-off decides
 		A.waitLogCount(t, ups+cut, 10*time.Second, `msg="peer uplink up"`)
 	}
 	wg.Wait()

@@ -45,6 +45,10 @@ type traffic struct {
 	// measureFrom (Unix ns): frames sent before it count in no latency
 	// (the joins and first frames of 10,000 members are not an upgrade's).
 	measureFrom atomic.Int64
+	// measureUntil (Unix ns, 0: none): frames read after it count in no
+	// latency either (finish stopping 10,000 senders at once is the
+	// harness's burst, not the server's).
+	measureUntil atomic.Int64
 }
 
 type trafficMember struct {
@@ -79,6 +83,13 @@ func startTraffic(t *testing.T, addr string, channels, per int, pace time.Durati
 // addrs[m%len(addrs)] (servers peered with each other).
 func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.Duration, maxFrames uint32) *traffic {
 	t.Helper()
+	return startTrafficFor(t, addrs, channels, per, pace, maxFrames, 90*time.Second+4*pace) // a slow pace needs longer for the same rounds
+}
+
+// startTrafficFor is startTrafficAt with the senders bounded by runFor
+// (from when all are joined) instead.
+func startTrafficFor(t *testing.T, addrs []string, channels, per int, pace time.Duration, maxFrames uint32, runFor time.Duration) *traffic {
+	t.Helper()
 	tr := &traffic{stop: make(chan struct{}), sendersDone: make(chan struct{}), pace: pace}
 	for ch := range channels {
 		for m := range per {
@@ -94,7 +105,7 @@ func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.D
 			mlestest.Sync(t, tr.members[i].c, tr.members[i+j].c)
 		}
 	}
-	deadline := time.Now().Add(90*time.Second + 4*pace) // a slow pace needs longer for the same rounds
+	deadline := time.Now().Add(runFor)
 	for i, m := range tr.members {
 		tr.wg.Add(2)
 		tr.senders.Add(1)
@@ -130,7 +141,7 @@ func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.D
 		go func() { // reader
 			defer tr.wg.Done()
 			for time.Now().Before(deadline.Add(30 * time.Second)) {
-				f, err := m.c.Read(200 * time.Millisecond)
+				f, err := m.c.Read(readerIdle)
 				var ne net.Error
 				if errors.As(err, &ne) && ne.Timeout() {
 					select {
@@ -153,15 +164,17 @@ func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.D
 				}
 				n := mlestest.SeqOf(f.Message)
 				sentAt := int64(binary.BigEndian.Uint64(f.Message[4:]))
-				latency := time.Duration(time.Now().UnixNano() - sentAt)
-				measured := sentAt >= tr.measureFrom.Load()
+				now := time.Now().UnixNano()
+				latency := time.Duration(now - sentAt)
+				until := tr.measureUntil.Load()
+				measured := sentAt >= tr.measureFrom.Load() && (until == 0 || now < until)
 				m.mu.Lock()
 				if measured {
 					m.latencies = append(m.latencies, latency)
 					m.sentAt = append(m.sentAt, sentAt)
 				}
 				if measured && latency >= slowFrameLatency {
-					m.slow = append(m.slow, slowFrame{time.Now().Add(-latency), latency})
+					m.slow = append(m.slow, slowFrame{time.Unix(0, sentAt), latency})
 				}
 				if want := m.got[f.UID] + 1; n != want && m.err == nil {
 					m.err = fmt.Errorf("%s got frame %d from %s, want %d", m.c.UID, n, f.UID, want)
@@ -174,6 +187,13 @@ func startTrafficAt(t *testing.T, addrs []string, channels, per int, pace time.D
 	}
 	return tr
 }
+
+// readerIdle is how long a reader waits for a frame before it looks
+// whether the senders have stopped. Not shorter: 10,000 readers, each
+// timing out every 200 ms at a slow pace, were 50,000 wake-ups a second,
+// most of the load generator's core, on the two cores both servers share
+// with it (the soak measured the harness's contention, not the upgrade).
+const readerIdle = 2 * time.Second
 
 func (m *trafficMember) fail(err error) {
 	m.mu.Lock()
@@ -200,6 +220,7 @@ func (tr *traffic) readAll(m *trafficMember) bool {
 // sent (bounded), and fails t on anything wrong.
 func (tr *traffic) finish(t *testing.T) {
 	t.Helper()
+	tr.measureUntil.Store(time.Now().UnixNano())
 	close(tr.stop)
 	tr.senders.Wait()
 	close(tr.sendersDone)
@@ -234,15 +255,17 @@ func (tr *traffic) latency() (p99, most time.Duration, n int) {
 	return all[len(all)*99/100], all[len(all)-1], len(all)
 }
 
-// latencyWithin is the p99 and the largest latency of the frames sent
-// within one of the windows (from, to), and how many there were.
+// latencyWithin is the p99 and the largest latency of the frames in
+// flight during one of the windows (from, to): sent before its end and
+// read after its start, so that a frame sent just before an upgrade and
+// held up by it counts. And how many there were.
 func (tr *traffic) latencyWithin(windows [][2]time.Time) (p99, most time.Duration, n int) {
 	var in []time.Duration
 	for _, m := range tr.members {
 		m.mu.Lock()
 		for i, at := range m.sentAt {
 			for _, w := range windows {
-				if at >= w[0].UnixNano() && at <= w[1].UnixNano() {
+				if at <= w[1].UnixNano() && at+int64(m.latencies[i]) >= w[0].UnixNano() {
 					in = append(in, m.latencies[i])
 					break
 				}
@@ -588,7 +611,9 @@ func TestUpgradeSoak(t *testing.T) {
 	if n, _ := strconv.Atoi(os.Getenv("UPGRADE_SOAK_PER")); n > 1 {
 		per = n
 	}
-	tr := startTraffic(t, r.addr, max(conns/per, 1), per, pace, 1<<20)
+	// Each round waits for a pace's worth of frames after its upgrade.
+	runFor := time.Duration(rounds+2) * (pace + time.Minute)
+	tr := startTrafficFor(t, []string{r.addr}, max(conns/per, 1), per, pace, 1<<20, runFor)
 	tr.waitSent(t, int64(conns))
 	tr.measureFrom.Store(time.Now().UnixNano())
 	baseFDs, baseRSS, baseG := fdCount(t, r.first.Process.Pid), rssKiB(r.first.Process.Pid), r.goroutines()
@@ -610,6 +635,9 @@ func TestUpgradeSoak(t *testing.T) {
 			// the load generator's own frames late).
 			r.install(bins[i%2].bin)
 			runtime.GC() // and its garbage collected before, not during, the upgrade
+			// A second of traffic after both, so that no frame the copy or
+			// the collection held up is in flight at the signal.
+			tr.waitSent(t, max(int64(float64(len(tr.members))*float64(time.Second)/float64(pace)), 1))
 			starts = append(starts, time.Now())
 			oldPID, newPID := r.upgradeInstalled(bins[i%2].version, i+1)
 			windows = append(windows, [2]time.Time{starts[len(starts)-1], time.Now()})
@@ -628,7 +656,7 @@ func TestUpgradeSoak(t *testing.T) {
 		baseFDs, fdCount(t, last), baseRSS, lastRSS, baseG, lastG)
 	t.Logf("RSS of each process before it handed over, KiB: %v", rssSeries)
 	if wp99, wmost, wn := tr.latencyWithin(windows); wn > 0 {
-		t.Logf("frames sent from an upgrade's signal until its completion: %d, latency p99 %v, max %v", wn, wp99, wmost)
+		t.Logf("frames in flight between an upgrade's signal and its completion: %d, latency p99 %v, max %v", wn, wp99, wmost)
 	}
 	t.Logf("frames read %v or more after they were sent, by when they were sent after the latest upgrade's signal: %s",
 		slowFrameLatency, tr.slowAfter(starts))
@@ -708,6 +736,58 @@ func TestUpgradeMovesAnUplinkWithoutThePeerNoticing(t *testing.T) {
 	if !strings.Contains(r.Log(), "handed over 3 listeners, 4 connections") {
 		t.Fatalf("the uplinks were not handed over:\n%s", r.Log())
 	}
+}
+
+// An uplink moved by an upgrade keeps the log of the frames that crossed
+// it, which is what tells the peer's replay apart when the link reconnects
+// later: this server keeps no history (--history-limit 0), so without the
+// log the peer's history would reach its client a second time.
+func TestAnUplinkMovedByAnUpgradeStillRecognisesThePeersReplay(t *testing.T) {
+	a, b := versionedBuilds(t)
+	peer := startMlesd(t) // with the default history, which it replays to a reconnecting uplink
+	relay := mlestest.StartRelay(t, peer.Addr)
+	r := startRig(t, a, nil, "--peer", relay.Addr(), "--peer-backoff", "50ms", "--history-limit", "0")
+	here := mlestest.Join(t, r.addr, key, "here", "replayed")
+	there := mlestest.Join(t, peer.Addr, key, "there", "replayed")
+	mlestest.Sync(t, here, there)
+	mlestest.Sync(t, there, here)
+	// exchange sends first..last from one to the other, which must read
+	// exactly those, in order: a replayed frame shows as a number again.
+	exchange := func(from, to *mlestest.Client, first, last uint32) {
+		t.Helper()
+		for n := first; n <= last; n++ {
+			if err := from.Send(mlestest.Seq(n, 16)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for want := first; want <= last; {
+			f, err := to.Read(10 * time.Second)
+			if err != nil {
+				t.Fatalf("%s waiting for frame %d of %s: %v", to.UID, want, from.UID, err)
+			}
+			if len(f.Message) < 4 || mlestest.IsSync(f.Message) {
+				continue // a join, or a sync
+			}
+			if n := mlestest.SeqOf(f.Message); f.UID != from.UID || n != want {
+				t.Fatalf("%s got frame %d of %s, want %d of %s: the peer's replay reached a client again", to.UID, n, f.UID, want, from.UID)
+			}
+			want++
+		}
+	}
+	exchange(there, here, 1, 30)
+	exchange(here, there, 1, 30)
+	oldPID, _ := r.upgradeTo(b, "vB", 1)
+	mlestest.WaitUntil(t, "the old process exits", 15*time.Second, func() bool { return !alive(oldPID) })
+	if !strings.Contains(r.Log(), "handed over 3 listeners, 2 connections") {
+		t.Fatalf("the uplink was not handed over:\n%s", r.Log())
+	}
+	ups := strings.Count(r.Log(), `msg="peer uplink up"`)
+	relay.Sever(false)
+	mlestest.WaitUntil(t, "the uplink reconnects", 10*time.Second, func() bool {
+		return strings.Count(r.Log(), `msg="peer uplink up"`) > ups
+	})
+	exchange(there, here, 31, 40)
+	exchange(here, there, 31, 40)
 }
 
 // A new process that dies between two rounds of the handover (killed once
