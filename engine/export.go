@@ -224,6 +224,8 @@ func (s *Server) exportConn(c *conn, now int64) (*Moved, error) {
 		}
 		if c.up != nil {
 			st.Uplink = &upgrade.UplinkState{Peer: c.up.u.(peerNamer).Peer(), Resynced: true}
+			key, seen := c.up.seen.Export()
+			st.Uplink.SeenKey, st.Uplink.Seen = key, seen[max(len(seen)-upgrade.MaxSeen, 0):]
 			st.Local, st.Remote = c.up.ends.local.String(), c.up.ends.remote.String()
 		}
 	} else {

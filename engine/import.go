@@ -325,6 +325,10 @@ func (s *Server) openMovedUplink(c *conn, im *imported) gnet.Action {
 	}
 	c.up = &uplinkState{u: u, seen: u.Seen()}
 	c.up.seen.Init(2 * max(s.router.HistoryLimit(), router.DefaultHistoryLimit))
+	// What crossed it in the old process: the peer replays it when the
+	// link reconnects, and without its own history this server would not
+	// recognise it.
+	c.up.seen.Restore(st.Uplink.SeenKey, st.Uplink.Seen)
 	ch, hist, err := s.router.JoinUplink(st.Channel, c, nil)
 	for _, f := range hist {
 		f.Release()

@@ -576,7 +576,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		if c.up != nil {
 			c.up.received++
-			fp := router.Fingerprint(data)
+			fp := c.up.seen.Fingerprint(data)                          // the log's own key (router.SeenLog)
 			if c.up.replayLeft > 0 && c.up.skipReplayed(c, fp, data) { // engine/uplink.go
 				c.rd.done(in, spare)
 				continue

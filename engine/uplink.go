@@ -199,7 +199,7 @@ func (up *uplinkState) expectReplay(hist []*router.Frame, window int) {
 	up.replay = make(map[uint64]int32, up.seen.Len()+len(hist))
 	up.seen.Count(up.replay)
 	for _, f := range hist {
-		fp := router.Fingerprint(f.Bytes())
+		fp := up.seen.Fingerprint(f.Bytes())
 		if up.replay[fp] == 0 {
 			up.seen.AddFingerprint(fp)
 			up.replay[fp] = 1

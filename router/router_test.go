@@ -329,11 +329,11 @@ func TestSeenLogKeepsTheLastFrames(t *testing.T) {
 	}
 	counts := map[uint64]int32{}
 	l.Count(counts)
-	if l.Len() != 3 || counts[Fingerprint([]byte("a"))] != 0 || counts[Fingerprint([]byte("b"))] != 2 ||
-		counts[Fingerprint([]byte("c"))] != 1 {
+	if l.Len() != 3 || counts[l.Fingerprint([]byte("a"))] != 0 || counts[l.Fingerprint([]byte("b"))] != 2 ||
+		counts[l.Fingerprint([]byte("c"))] != 1 {
 		t.Fatalf("len %d counts %v: want the last 3 (b, b, c)", l.Len(), counts)
 	}
-	if Fingerprint([]byte("a")) == Fingerprint([]byte("b")) {
+	if l.Fingerprint([]byte("a")) == l.Fingerprint([]byte("b")) {
 		t.Fatal("fingerprints collide")
 	}
 
@@ -349,9 +349,49 @@ func TestSeenLogKeepsTheLastFrames(t *testing.T) {
 	counts = map[uint64]int32{}
 	g.Count(counts)
 	for i := range 100 {
-		if held := counts[Fingerprint([]byte(strconv.Itoa(i)))] == 1; held != (i >= 60) {
+		if held := counts[g.Fingerprint([]byte(strconv.Itoa(i)))] == 1; held != (i >= 60) {
 			t.Fatalf("frame %d held: %v; want the last 40 (60..99)", i, held)
 		}
+	}
+}
+
+// A SeenLog moves to another process (a hitless upgrade) as its key and
+// fingerprints: the restored log matches the same frames, and keeps the
+// newest as many as it holds.
+func TestSeenLogRestoredElsewhereMatchesTheSameFrames(t *testing.T) {
+	var old SeenLog
+	old.Init(40)
+	for i := range 100 {
+		old.Add([]byte(strconv.Itoa(i)))
+	}
+	key, fps := old.Export()
+	if len(fps) != 40 || fps[0] != old.Fingerprint([]byte("60")) || fps[39] != old.Fingerprint([]byte("99")) {
+		t.Fatalf("exported %d fingerprints, want 60..99 oldest first", len(fps))
+	}
+	var other SeenLog // another log, as in a new process: its own key
+	other.Init(40)
+	if other.Fingerprint([]byte("60")) == old.Fingerprint([]byte("60")) {
+		t.Fatal("two logs share a key")
+	}
+	var small SeenLog
+	small.Init(10)
+	small.Restore(key, fps)
+	counts := map[uint64]int32{}
+	small.Count(counts)
+	for i := range 100 {
+		if held := counts[small.Fingerprint([]byte(strconv.Itoa(i)))] == 1; held != (i >= 90) {
+			t.Fatalf("frame %d held after the restore: %v; want the newest 10 (90..99)", i, held)
+		}
+	}
+	small.Add([]byte("new"))
+	if small.Len() != 10 {
+		t.Fatalf("holds %d after one more, want 10", small.Len())
+	}
+	// A log that holds frames already keeps them and its key.
+	before := small.Fingerprint([]byte("x"))
+	small.Restore([2]uint64{1, 2}, []uint64{7})
+	if small.Fingerprint([]byte("x")) != before {
+		t.Fatal("a restore replaced the key of a log in use")
 	}
 }
 

@@ -39,6 +39,12 @@ const (
 	maxStateItems = 1 << 16
 )
 
+// MaxSeen is the most fingerprints an UplinkState carries (the newest):
+// 2,048 take about 18 KB of the 64 KiB message the connection's state
+// must fit in, and cover the replay of a peer whose history is up to
+// 2,048 frames (the default is 100).
+const MaxSeen = 2048
+
 // Phases of a connection.
 const (
 	PhaseAwaitingJoin = 0 // accepted; its join frame has not been read whole
@@ -142,6 +148,12 @@ type UplinkState struct {
 	Peer     string `cbor:"0,keyasint"` // the --peer it serves
 	Resynced bool   `cbor:"1,keyasint"` // its resync (if any) has been sent
 	Attempt  uint32 `cbor:"2,keyasint"` // reconnect backoff step
+	// The frames that crossed it lately (router.SeenLog: its key and
+	// fingerprints, oldest first), which tell the peer's replay apart when
+	// the link reconnects after the upgrade. Absent from an older build: the
+	// new process then starts the log empty.
+	SeenKey [2]uint64 `cbor:"3,keyasint,omitempty"`
+	Seen    []uint64  `cbor:"4,keyasint,omitempty"`
 }
 
 // ChannelState is one channel: its history, who is on it, and the CIDs
@@ -311,6 +323,8 @@ func checkConnState(c *ConnState) error {
 		return fmt.Errorf("connection %d: negative age", c.ID)
 	case c.Uplink != nil && (c.Uplink.Peer == "" || len(c.Uplink.Peer) > maxName):
 		return fmt.Errorf("connection %d: uplink without a peer", c.ID)
+	case c.Uplink != nil && len(c.Uplink.Seen) > MaxSeen:
+		return fmt.Errorf("connection %d: an uplink's log of %d frames, more than %d", c.ID, len(c.Uplink.Seen), MaxSeen)
 	}
 	return nil
 }
