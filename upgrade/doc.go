@@ -52,7 +52,9 @@
 // What moves: every open plain-TCP connection (joined, or still awaiting
 // its join) with its socket and state, every peering uplink over plain
 // TCP as the connection it is (the peer sees nothing: same socket, CID
-// and key, no new Hello), every channel's history, the duplicate-CID
+// and key, no new Hello) with the log of the frames that crossed it
+// (router.SeenLog, its newest MaxSeen fingerprints and their key), every
+// channel's history, the duplicate-CID
 // state (rebuilt from the moved members), the engine's counters behind
 // mlesd_*_total, and each channel's first join as peering keeps it. What
 // stays with the old process and drains as in phase 1: TLS and WebSocket
@@ -182,32 +184,31 @@
 // UPGRADE_SOAK=<connections>, UPGRADE_SOAK_PER members a channel,
 // UPGRADE_SOAK_PACE, UPGRADE_SOAK_ROUNDS, UPGRADE_SOAK_ARGS; their sends
 // spread over the pace; UPGRADE_SOAK_CONTROL=1 for the same load without
-// upgrades), 10,000 connections, one session:
-//   - 100 channels of 100, 20,000 deliveries/s, rounds of 100: handed
-//     over in 2.2-2.9 s, no channel frozen longer than 47-72 ms, frame
-//     latency p99 27-48 ms (143 ms for frames sent during an upgrade),
-//     largest 233-363 ms.
+// upgrades), 10,000 connections, one session. "In flight": the frames sent
+// before an upgrade's completion and read after its signal.
+//   - 100 channels of 100, 20,000 deliveries/s, rounds of 100, ten
+//     upgrades in a row (UPGRADE_SOAK_HISTORY=5, a history full before the
+//     baseline): each handed over in 1.9-2.7 s, no channel frozen longer
+//     than 40-57 ms; the 470,116 frames in flight: latency p99 22 ms,
+//     largest 51 ms (without upgrades the load generator's own p99 is 9.5
+//     ms and largest 57 ms). Descriptors (10,024) and goroutines (17) in
+//     the last process as in the first; RSS 40.2 MB in the first, 33.4-33.8
+//     MB in each after.
 //   - 1,000 channels of 10, 18,000 deliveries/s: rounds of 100, longest
-//     freeze 38-81 ms, p99 37-77 ms, largest 161-292 ms; rounds of 1,000,
-//     170-202 ms, 254 ms, 575 ms; all at once (one round), frozen 665-749
-//     ms, p99 2.2 s, largest 2.57 s. Without upgrades: 6.6 ms, 31 ms.
+//     freeze 44-58 ms, in flight p99 26 ms, largest 78 ms; all at once
+//     (one round), frozen 412-470 ms in the old process, every connection
+//     served by the new one 1.0-1.1 s after the signal, p99 1.49 s, largest
+//     1.65 s. Without upgrades: 2.8 ms, 17 ms.
 //   - A round of 100 connections: freeze 0.1-10 ms, export 1-9 ms, send
 //     about 1 ms, reply 3-16 ms, release 2-14 ms (the loops serve the
 //     other channels meanwhile), about 20 ms a round in all.
-//   - Ten upgrades in a row, 1,000 channels of 10, rounds of 100, a
-//     history full before the baseline (UPGRADE_SOAK_HISTORY=5): each
-//     handed over in 1.9-2.4 s, longest freeze 41-66 ms, p99 68 ms,
-//     largest 292 ms; descriptors (10,024) and goroutines (17) in the last
-//     process as in the first; RSS 40.5 MB in the first, 35.4-35.9 MB in
-//     each after.
 //
 // Issue 13's target (forwarding paused at most 100 ms at 10,000
-// connections) is met for each channel's pause, not for the largest frame
-// latency: the slow frames spread over the whole handover, on every
-// channel, while two processes and the load generator share two cores.
+// connections on 100 channels, 20,000 frames/s) is met.
 //
-// Not yet done: a moved uplink's replay filter (it starts empty in the
-// new process, which matters only for an uplink moved within its first
-// frames after a reconnect); a single channel bigger than a round still
+// Not moved: the replay filter of an uplink handed over while the peer's
+// replay after a reconnect is still arriving (its first frames after the
+// reconnect; the log of what crossed it does move, so a reconnect after
+// the upgrade is filtered as before). A single channel bigger than a round
 // pauses for as long as its members take to move (about 0.2 ms each).
 package upgrade
