@@ -226,6 +226,14 @@ func (s *Server) exportConn(c *conn, now int64) (*Moved, error) {
 			st.Uplink = &upgrade.UplinkState{Peer: c.up.u.(peerNamer).Peer(), Resynced: true}
 			key, seen := c.up.seen.Export()
 			st.Uplink.SeenKey, st.Uplink.Seen = key, seen[max(len(seen)-upgrade.MaxSeen, 0):]
+			if c.up.replayLeft > 0 { // the peer's replay may still be coming down
+				st.Uplink.ReplayLeft = uint32(c.up.replayLeft)
+				for fp, n := range c.up.replay {
+					for range min(int(n), upgrade.MaxSeen-len(st.Uplink.Replay)) {
+						st.Uplink.Replay = append(st.Uplink.Replay, fp)
+					}
+				}
+			}
 			st.Local, st.Remote = c.up.ends.local.String(), c.up.ends.remote.String()
 		}
 	} else {

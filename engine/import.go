@@ -328,7 +328,17 @@ func (s *Server) openMovedUplink(c *conn, im *imported) gnet.Action {
 	// What crossed it in the old process: the peer replays it when the
 	// link reconnects, and without its own history this server would not
 	// recognise it.
-	c.up.seen.Restore(st.Uplink.SeenKey, st.Uplink.Seen)
+	if c.up.seen.Restore(st.Uplink.SeenKey, st.Uplink.Seen) && st.Uplink.ReplayLeft > 0 {
+		// Handed over within its replay window: what the old process
+		// still expected of the peer's replay is skipped here (the same
+		// key, so the same fingerprints). The members' uids are taken
+		// anew at the next frame.
+		c.up.replayLeft = int(st.Uplink.ReplayLeft)
+		c.up.replay = make(map[uint64]int32, len(st.Uplink.Replay))
+		for _, fp := range st.Uplink.Replay {
+			c.up.replay[fp]++
+		}
+	}
 	ch, hist, err := s.router.JoinUplink(st.Channel, c, nil)
 	for _, f := range hist {
 		f.Release()

@@ -3,6 +3,7 @@ package engine
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/router"
+	"github.com/mlesd/mlesd/upgrade"
 )
 
 // fakeUplink is an engine.Uplink whose Hello is a fixed frame; it records
@@ -43,6 +45,7 @@ func (u *fakeUplink) Hello(local netip.AddrPort, hist []*router.Frame) ([]byte, 
 	return u.hello, nil
 }
 func (u *fakeUplink) Seen() *router.SeenLog { return &u.seen }
+func (u *fakeUplink) Peer() string          { return "peer:1" } // as peering's: a handover exports it
 func (u *fakeUplink) Up(closeFn func())     { u.mu.Lock(); u.closeFn = closeFn; u.mu.Unlock() }
 func (u *fakeUplink) Down(reason string, err error, received uint64) {
 	u.mu.Lock()
@@ -191,6 +194,71 @@ func TestUplinkRecognisesReplayAcrossReconnectsWithoutHistory(t *testing.T) {
 	fresh := remote.frame([]byte("new after the reconnect"))
 	peer2.write(append(append(append([]byte(nil), up...), down...), fresh...))
 	a.expect(fresh) // up and down were not forwarded again
+	a.expectNothing(100 * time.Millisecond)
+}
+
+// An uplink handed over within its replay window, the peer's replay half
+// down: the new server skips the rest of the replay, as the old one would
+// have (same log key, same fingerprints), and forwards what is new.
+func TestAnUplinkHandedOverMidReplaySkipsTheRestOfIt(t *testing.T) {
+	old := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
+	nw := startServer(t, Config{Keys: sharedKeys}, router.Config{HistoryLimit: router.Off})
+	a := old.join(t, sharedKeys, "alice", "ch", nil)
+	u, peer := openUplink(t, old, 1, 1<<32)
+	remote := &client{t: t, uid: "carol", channel: "ch", key: codec.Key("test-key", "carol", "ch")}
+	var crossed [][]byte
+	for i := range 3 {
+		f := remote.frame(fmt.Appendf(nil, "crossed %d", i))
+		peer.write(f)
+		a.expect(f)
+		crossed = append(crossed, f)
+	}
+	// The link drops and comes back; the peer replays the first frame, then
+	// a new one (which shows the first was skipped, not lost in flight).
+	peer.nc.Close()
+	<-u.down
+	peer2 := connectUplink(t, old, u)
+	fresh := remote.frame([]byte("new after the reconnect"))
+	peer2.write(append(append([]byte(nil), crossed[0]...), fresh...))
+	a.expect(fresh)
+
+	if err := old.srv.Freeze(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ex, err := old.srv.Export(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st *upgrade.UplinkState
+	for _, m := range ex.Conns {
+		if m.State.Uplink != nil {
+			st = m.State.Uplink
+		}
+	}
+	if st == nil || st.ReplayLeft == 0 || len(st.Replay) != 2 || len(st.Seen) == 0 {
+		t.Fatalf("the uplink's exported state %+v: want its log and the 2 frames of the replay it still expects", st)
+	}
+	tr := transferOf(t, ex)
+	sent := map[uint64]bool{}
+	for _, c := range tr.Conns {
+		sent[c.State.ID] = true
+	}
+	late, err := old.srv.Release(sent, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range tr.Conns {
+		c.Partial = append(c.Partial, late[c.State.ID]...)
+	}
+	adopted := &fakeUplink{channel: "ch", cid: 1, dupKey: 1 << 32, hello: u.hello, down: make(chan string, 1)}
+	adopt := func(moved []MovedUplink) []Uplink { return []Uplink{adopted} }
+	if n, err := nw.srv.Import(tr, 5*time.Second, adopt); err != nil || n != 2 {
+		t.Fatalf("imported %d of 2: %v", n, err)
+	}
+	// The rest of the replay comes down to the new server, then a new frame.
+	after := remote.frame([]byte("new after the handover"))
+	peer2.write(append(append(append([]byte(nil), crossed[1]...), crossed[2]...), after...))
+	a.expect(after)
 	a.expectNothing(100 * time.Millisecond)
 }
 

@@ -66,15 +66,17 @@ func (l *SeenLog) Export() (key [2]uint64, fps []uint64) {
 
 // Restore makes an initialised log that holds nothing yet the one Export
 // returned key and fps (oldest first) for: its newest fps, as many as it
-// keeps. A log that holds fingerprints already keeps them (and its key).
-func (l *SeenLog) Restore(key [2]uint64, fps []uint64) {
+// keeps. It reports whether it did: a log that holds fingerprints already
+// keeps them and its key.
+func (l *SeenLog) Restore(key [2]uint64, fps []uint64) bool {
 	if l.n != 0 || l.max == 0 || key == ([2]uint64{}) {
-		return
+		return false
 	}
 	l.key = key
 	for _, fp := range fps[max(len(fps)-l.max, 0):] {
 		l.AddFingerprint(fp)
 	}
+	return true
 }
 
 // Add records a frame that crossed the link. No allocation once the log

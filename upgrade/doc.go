@@ -53,7 +53,8 @@
 // its join) with its socket and state, every peering uplink over plain
 // TCP as the connection it is (the peer sees nothing: same socket, CID
 // and key, no new Hello) with the log of the frames that crossed it
-// (router.SeenLog, its newest MaxSeen fingerprints and their key), every
+// (router.SeenLog, its newest MaxSeen fingerprints and their key) and
+// its replay filter, every
 // channel's history, the duplicate-CID
 // state (rebuilt from the moved members), the engine's counters behind
 // mlesd_*_total, and each channel's first join as peering keeps it. What
@@ -206,9 +207,10 @@
 // Issue 13's target (forwarding paused at most 100 ms at 10,000
 // connections on 100 channels, 20,000 frames/s) is met.
 //
-// Not moved: the replay filter of an uplink handed over while the peer's
-// replay after a reconnect is still arriving (its first frames after the
-// reconnect; the log of what crossed it does move, so a reconnect after
-// the upgrade is filtered as before). A single channel bigger than a round
-// pauses for as long as its members take to move (about 0.2 ms each).
+// A moved uplink takes its replay filter along too: handed over within
+// the first frames after a reconnect, while the peer's replay may still be
+// coming down, the new process skips the rest of the replay as the old
+// one would have (UplinkState.ReplayLeft, Replay; the members' uids it
+// takes anew). Left: a single channel bigger than a round pauses for as
+// long as its members take to move (about 0.2 ms each).
 package upgrade

@@ -39,10 +39,10 @@ const (
 	maxStateItems = 1 << 16
 )
 
-// MaxSeen is the most fingerprints an UplinkState carries (the newest):
-// 2,048 take about 18 KB of the 64 KiB message the connection's state
-// must fit in, and cover the replay of a peer whose history is up to
-// 2,048 frames (the default is 100).
+// MaxSeen is the most fingerprints an UplinkState carries in Seen (the
+// newest) and in Replay: 2,048 each take about 18 KB of the 64 KiB message
+// the connection's state must fit in, and cover the replay of a peer whose
+// history is up to 2,048 frames (the default is 100).
 const MaxSeen = 2048
 
 // Phases of a connection.
@@ -154,6 +154,12 @@ type UplinkState struct {
 	// new process then starts the log empty.
 	SeenKey [2]uint64 `cbor:"3,keyasint,omitempty"`
 	Seen    []uint64  `cbor:"4,keyasint,omitempty"`
+	// Within the replay window after a reconnect (the peer's replay may
+	// still be coming down): how many frames the window has left, and the
+	// fingerprints (in the log's key, one per frame each absorbs) it still
+	// expects. 0 and none once the window has passed.
+	ReplayLeft uint32   `cbor:"5,keyasint,omitempty"`
+	Replay     []uint64 `cbor:"6,keyasint,omitempty"`
 }
 
 // ChannelState is one channel: its history, who is on it, and the CIDs
@@ -323,8 +329,9 @@ func checkConnState(c *ConnState) error {
 		return fmt.Errorf("connection %d: negative age", c.ID)
 	case c.Uplink != nil && (c.Uplink.Peer == "" || len(c.Uplink.Peer) > maxName):
 		return fmt.Errorf("connection %d: uplink without a peer", c.ID)
-	case c.Uplink != nil && len(c.Uplink.Seen) > MaxSeen:
-		return fmt.Errorf("connection %d: an uplink's log of %d frames, more than %d", c.ID, len(c.Uplink.Seen), MaxSeen)
+	case c.Uplink != nil && (len(c.Uplink.Seen) > MaxSeen || len(c.Uplink.Replay) > MaxSeen):
+		return fmt.Errorf("connection %d: an uplink's log of %d frames or replay of %d, more than %d", c.ID,
+			len(c.Uplink.Seen), len(c.Uplink.Replay), MaxSeen)
 	}
 	return nil
 }

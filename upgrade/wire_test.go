@@ -69,7 +69,8 @@ func TestStateRoundTrips(t *testing.T) {
 	conn := &ConnState{ID: 7, FD: 2, Remote: "192.0.2.1:5000", Local: "192.0.2.2:8077", Phase: PhaseJoined,
 		UID: "u", Channel: "c", CID: 0xdeadbeef, JoinFrame: frame, Partial: frame[:9], PartialAgeNs: 5,
 		Owed: append(frame[3:], frame...), OwedWhole: uint32(len(frame) - 3), IdleNs: 1, Dropped: 3,
-		Uplink: &UplinkState{Peer: "peer:8077", Resynced: true, Attempt: 2, SeenKey: [2]uint64{1, 1 << 63}, Seen: []uint64{3, 1 << 62}}}
+		Uplink: &UplinkState{Peer: "peer:8077", Resynced: true, Attempt: 2, SeenKey: [2]uint64{1, 1 << 63}, Seen: []uint64{3, 1 << 62},
+			ReplayLeft: 97, Replay: []uint64{3, 3}}}
 	ch := &ChannelState{Name: "c", History: [][]byte{frame, frame}, Members: []uint64{7, 8}, CIDs: []uint32{1, 0xdeadbeef},
 		FirstJoin: frame}
 	chunk := &Chunk{Conn: 7, Seq: 1, Owed: frame}
