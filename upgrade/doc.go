@@ -53,10 +53,9 @@
 // its join) with its socket and state, every peering uplink over plain
 // TCP as the connection it is (the peer sees nothing: same socket, CID
 // and key, no new Hello) with the log of the frames that crossed it
-// (router.SeenLog, its newest MaxSeen fingerprints and their key) and
-// its replay filter, every
-// channel's history, the duplicate-CID
-// state (rebuilt from the moved members), the engine's counters behind
+// (router.SeenLog, its newest MaxSeen fingerprints and their key) and its
+// replay filter, every channel's history, the duplicate-CID state
+// (rebuilt from the moved members), the engine's counters behind
 // mlesd_*_total, and each channel's first join as peering keeps it. What
 // stays with the old process and drains as in phase 1: TLS and WebSocket
 // sessions and uplinks over TLS (--peer-tls): their crypto and HTTP state
