@@ -33,6 +33,31 @@ func transferOf(t *testing.T, ex *Export) *upgrade.Transfer {
 	return tr
 }
 
+// handOver moves what old exported (ex) to nw as an upgrade does: old
+// releases it, the bytes that arrived meanwhile are appended, and nw
+// imports it (adopt: its uplinks' owner). It returns how many connections
+// nw took.
+func handOver(t *testing.T, old, nw *testServer, ex *Export, adopt AdoptUplinks) int {
+	t.Helper()
+	tr := transferOf(t, ex)
+	sent := map[uint64]bool{}
+	for _, c := range tr.Conns {
+		sent[c.State.ID] = true
+	}
+	late, err := old.srv.Release(sent, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range tr.Conns {
+		c.Partial = append(c.Partial, late[c.State.ID]...)
+	}
+	n, err := nw.srv.Import(tr, 5*time.Second, adopt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // One server hands its connections to another in the same process:
 // members keep exchanging frames, a half frame is finished whole, a
 // joiner gets the history, and every frame arrives once. Run with
@@ -61,21 +86,8 @@ func TestExportAndImportBetweenTwoServers(t *testing.T) {
 	if len(ex.Conns) != 2 {
 		t.Fatalf("exported %d connections, want 2", len(ex.Conns))
 	}
-	tr := transferOf(t, ex)
-	sent := map[uint64]bool{}
-	for _, c := range tr.Conns {
-		sent[c.State.ID] = true
-	}
-	late, err := old.srv.Release(sent, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range tr.Conns {
-		c.Partial = append(c.Partial, late[c.State.ID]...)
-	}
-	n, err := nw.srv.Import(tr, 5*time.Second, nil)
-	if err != nil || n != 2 {
-		t.Fatalf("imported %d of 2: %v", n, err)
+	if n := handOver(t, old, nw, ex, nil); n != 2 {
+		t.Fatalf("imported %d of 2", n)
 	}
 
 	a.expect(owed)

@@ -238,22 +238,10 @@ func TestAnUplinkHandedOverMidReplaySkipsTheRestOfIt(t *testing.T) {
 	if st == nil || st.ReplayLeft == 0 || len(st.Replay) != 2 || len(st.Seen) == 0 {
 		t.Fatalf("the uplink's exported state %+v: want its log and the 2 frames of the replay it still expects", st)
 	}
-	tr := transferOf(t, ex)
-	sent := map[uint64]bool{}
-	for _, c := range tr.Conns {
-		sent[c.State.ID] = true
-	}
-	late, err := old.srv.Release(sent, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range tr.Conns {
-		c.Partial = append(c.Partial, late[c.State.ID]...)
-	}
 	adopted := &fakeUplink{channel: "ch", cid: 1, dupKey: 1 << 32, hello: u.hello, down: make(chan string, 1)}
 	adopt := func(moved []MovedUplink) []Uplink { return []Uplink{adopted} }
-	if n, err := nw.srv.Import(tr, 5*time.Second, adopt); err != nil || n != 2 {
-		t.Fatalf("imported %d of 2: %v", n, err)
+	if n := handOver(t, old, nw, ex, adopt); n != 2 {
+		t.Fatalf("imported %d of 2", n)
 	}
 	// The rest of the replay comes down to the new server, then a new frame.
 	after := remote.frame([]byte("new after the handover"))
