@@ -29,10 +29,12 @@ import (
 // bigger channel is a round alone). Why rounds: a channel's forwarding
 // pauses only while its own round moves, so the pause stays that of about
 // this many connections however many the server has. Why 100: the soak of
-// issue 13 (10,000 connections on 1,000 channels, 2 vCPU), same session:
-// all at once, latency p99 2.2 s and max 2.6 s; rounds of 1,000, p99 254
-// ms, max 575 ms; of 300, p99 89 ms, max 231 ms; of 100, p99 37 ms, max
-// 161 ms, the whole handover taking 2.1-2.4 s (about 20 ms a round).
+// issue 13 (10,000 connections on 1,000 channels, 2 vCPU), frames in
+// flight during an upgrade: all at once, p99 1.49 s and largest 1.65 s;
+// in rounds of 100, p99 26 ms and largest 78 ms, the handover taking
+// 2.4-2.9 s (about 25 ms a round). Bigger rounds (300, 1,000) paused
+// longer in proportion in an earlier soak (p99 89 ms and 254 ms, against
+// 37 ms for 100 in that soak, whose own load inflated every figure).
 const defaultUpgradeRound = 100
 
 // transfer hands the live state to child (which reported ready), in
