@@ -33,6 +33,9 @@ type conn struct {
 	up     *uplinkState // nil unless an uplink to a peer
 	ch     *router.Channel
 	uid    string
+	// The router's record of c's place in ch, written only by the router
+	// under the channel's lock, from whichever loop joins or leaves.
+	router.Membership
 	// peerLink: joined with a CID that is not its key's, as another
 	// server's uplink with a static group CID does; its uid is not a
 	// sender here (see memberUIDs).

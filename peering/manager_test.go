@@ -85,7 +85,10 @@ func listenPeer(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-type member struct{ cid uint32 }
+type member struct {
+	cid uint32
+	router.Membership
+}
 
 func (m *member) DupKey() uint64                 { return uint64(m.cid) }
 func (m *member) Loop() int                      { return 0 }

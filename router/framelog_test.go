@@ -5,7 +5,10 @@ import (
 	"testing"
 )
 
-type logSub struct{ id int }
+type logSub struct {
+	id int
+	Membership
+}
 
 func (s *logSub) DupKey() uint64          { return uint64(s.id) }
 func (s *logSub) Loop() int               { return 0 }
@@ -16,7 +19,7 @@ func (s *logSub) String() string          { return fmt.Sprint(s.id) }
 // the memory its frames hold, and lets go of every reference it took.
 func TestFrameLogKeepsEntriesBySequenceThroughWrapAndGrowth(t *testing.T) {
 	var l FrameLog
-	sender := &logSub{1}
+	sender := &logSub{id: 1}
 	var frames []*Frame
 	push := func(i int) {
 		f := NewFrame([]byte(fmt.Sprintf("frame-%04d", i)))

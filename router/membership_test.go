@@ -199,3 +199,61 @@ func BenchmarkJoinLeave(b *testing.B) {
 		})
 	}
 }
+
+// The router's own member list (ForEachMember, Members) stays exact
+// through leaves in any order: a leave moves the last member into the
+// leaver's place, and that member must still leave from its new place.
+// A subscriber is a member of one channel: joining a second is refused.
+func TestLeavesInAnyOrderKeepTheMemberListExact(t *testing.T) {
+	r := New(Config{HistoryLimit: Off})
+	const n = 500
+	subs := make([]*fakeSub, n)
+	var ch *Channel
+	for i := range subs {
+		subs[i] = &fakeSub{cid: uint32(i + 1), loop: i % 2}
+		ch, _, _ = r.Join("ch", subs[i], nil)
+	}
+	if _, _, err := r.Join("other", subs[0], nil); !errors.Is(err, ErrOtherChannel) {
+		t.Fatalf("joining a second channel: %v, want ErrOtherChannel", err)
+	}
+	if r.Channels() != 1 {
+		t.Fatalf("%d channels after the refused join, want 1", r.Channels())
+	}
+	left := map[*fakeSub]bool{}
+	// Leave from the front, the back and the middle in turn, so that
+	// members moved by earlier leaves are among those that leave later.
+	order := make([]int, 0, n)
+	for lo, hi := 0, n-1; lo <= hi; lo, hi = lo+1, hi-1 {
+		order = append(order, lo)
+		if hi != lo {
+			order = append(order, hi)
+		}
+	}
+	for k, i := range order[:n-10] {
+		leave(ch, subs[i])
+		ch.Leave(subs[i]) // a second leave changes nothing
+		left[subs[i]] = true
+		if k%50 != 0 {
+			continue
+		}
+		listed := map[Subscriber]int{}
+		ch.ForEachMember(func(s Subscriber) { listed[s]++ })
+		if ch.Members() != n-len(left) || len(listed) != n-len(left) {
+			t.Fatalf("after %d leaves: Members %d, %d listed, want %d", len(left), ch.Members(), len(listed), n-len(left))
+		}
+		for s, times := range listed {
+			if times != 1 || left[s.(*fakeSub)] {
+				t.Fatalf("after %d leaves: member %d listed %d times, left %v", len(left), s.(*fakeSub).cid, times, left[s.(*fakeSub)])
+			}
+		}
+	}
+	for _, i := range order[n-10:] {
+		leave(ch, subs[i])
+	}
+	if ch.Members() != 0 || r.Channels() != 0 {
+		t.Fatalf("every member left: Members %d, channels %d", ch.Members(), r.Channels())
+	}
+	if _, _, err := r.Join("other", subs[0], nil); err != nil {
+		t.Fatalf("joining another channel after leaving: %v", err)
+	}
+}

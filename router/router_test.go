@@ -17,6 +17,7 @@ type fakeSub struct {
 	set  *LoopSet
 	idx  int
 	seq  uint64
+	Membership
 }
 
 // Joined lists the fake in its loop's set, as the engine does.
