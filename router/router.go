@@ -61,7 +61,7 @@ type Subscriber interface {
 // channel it is a member of and where in that channel's member list. A
 // join and a leave index the list through it instead of a map of every
 // member: on a channel of a million members those map probes were cache
-// misses that cost more than the rest of the join (BenchmarkMillionJoins).
+// misses that cost more than the rest of the join (BenchmarkMillionJoinsAndLeaves).
 // Embed one in each Subscriber; only the router reads or writes it, under
 // the channel's lock. A subscriber is a member of at most one channel at a
 // time (an Mles connection joins one channel).
