@@ -150,7 +150,7 @@ func (s *Server) FreezeRound(r *Round, timeout time.Duration) error {
 		})
 	}
 	if err == nil {
-		err = s.onLoops(deadline, func(l *loop) { _ = l.drainInbox(context.Background()) })
+		err = s.onLoops(deadline, (*loop).drainAll)
 	}
 	if err != nil {
 		s.Thaw()

@@ -38,6 +38,15 @@ type loop struct {
 	// flushArmed: a flush task is queued (flushSoon): everything read in
 	// this round of events is written with one writev per receiver.
 	flushArmed bool
+	// Work left for later steps (resume.go): pend is the inbox's batches
+	// not yet delivered, oldest first, from item pendAt of the first;
+	// resumer wakes the loop for them after its next epoll round; later is
+	// flush's scratch for the receivers it leaves dirty.
+	pend, pendTail *batch
+	pendAt         int
+	resumer        *resumer
+	resumeArmed    bool // a resume is due (a byte written, or a task queued)
+	later          []*conn
 	// freeze: a handover round is under way (freeze.go): the connections
 	// it holds (holds) are neither parsed nor written, nor closed by the
 	// sweep. nil: none.
@@ -54,7 +63,10 @@ type loop struct {
 	sweepRunnable gnet.Runnable
 	foldRunnable  gnet.Runnable // foldAllLaggers
 	flushRunnable gnet.Runnable
-	stats         loopStats
+	// resumeRunnable is resume as a task, for when the resume pair is
+	// missing (a task does not yield to epoll, resume.go).
+	resumeRunnable gnet.Runnable
+	stats          loopStats
 
 	// sweepIdle: the last sweep found nothing a later one could close (no
 	// connection awaiting its join, none with a frame arriving, none
@@ -154,6 +166,10 @@ func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
 	l.flushRunnable = gnet.RunnableFunc(func(context.Context) error {
 		l.flushArmed = false
 		l.flush()
+		return nil
+	})
+	l.resumeRunnable = gnet.RunnableFunc(func(context.Context) error {
+		l.resume()
 		return nil
 	})
 	return l
@@ -267,8 +283,11 @@ func (l *loop) leaveSet(c *conn) {
 }
 
 // flush sends every outbox to its loop (one task per loop, and none when
-// that loop already has a drain queued) and writes to every dirty receiver.
-// Loop-owned.
+// that loop already has a drain queued) and writes to every dirty receiver,
+// but to at most flushStepBigWrites members of big sets (bigSetMembers): the
+// rest stay dirty for the next step (resumeSoon), after the loop has read
+// its ready sockets, so a storm on a big channel does not hold a pair on
+// another channel for thousands of writes. Loop-owned.
 func (l *loop) flush() {
 	for i, b := range l.outbox {
 		if b == nil {
@@ -277,13 +296,26 @@ func (l *loop) flush() {
 		l.outbox[i] = nil
 		l.srv.loops[i].Load().post(b)
 	}
-	for i := 0; i < len(l.dirty); i++ {
+	big := 0
+	later := l.later[:0]
+	for i := 0; i < len(l.dirty); i++ { // a write may make others dirty
 		c := l.dirty[i]
 		l.dirty[i] = nil
+		if c.set != nil && len(c.set.Members) >= bigSetMembers {
+			if big >= flushStepBigWrites {
+				later = append(later, c) // stays dirty
+				continue
+			}
+			big++
+		}
 		c.dirty = false
 		l.write(c)
 	}
-	l.dirty = l.dirty[:0]
+	l.later = l.dirty[:0]
+	l.dirty = later
+	if len(later) > 0 {
+		l.resumeSoon()
+	}
 	if l.writable.armed.Load() {
 		// Sockets that drained while this loop was busy: write to them
 		// now rather than after every other ready event of this round
@@ -376,36 +408,85 @@ func recycle(b *batch) {
 	batchPool.Put(b)
 }
 
-// drainInbox runs on this loop: delivers every posted batch, in the order
-// posted, then flushes. Per source loop, order is preserved.
+// drainInbox runs on this loop: takes every posted batch, in the order
+// posted, and delivers them in steps (drainSome). Per source loop, order is
+// preserved.
 func (l *loop) drainInbox(context.Context) error {
 	defer l.stats.addBusy(time.Now())
+	l.takeInbox()
+	l.drainSome(drainStepDeliveries)
+	return nil
+}
+
+// takeInbox moves the posted batches to the end of l.pend, in posting
+// order. Loop-owned.
+func (l *loop) takeInbox() {
 	l.inboxArmed.Store(false)
 	head := l.inbox.Swap(nil)
-	var prev *batch
+	var prev, last *batch
 	var frames, bytes int64
 	for head != nil { // reverse the LIFO into posting order
 		next := head.next
 		head.next = prev
 		prev, head = head, next
+		if last == nil {
+			last = prev
+		}
 		frames += int64(len(prev.items))
 		bytes += prev.bytes
 	}
 	l.inboxFrames.Add(-frames)
 	l.inboxBytes.Add(-bytes)
-	for b := prev; b != nil; {
-		next := b.next
-		for i := range b.items {
-			it := &b.items[i]
+	if prev == nil {
+		return
+	}
+	if l.pend == nil {
+		l.pend = prev
+	} else {
+		l.pendTail.next = prev
+	}
+	l.pendTail = last
+}
+
+// drainSome delivers l.pend's frames, oldest first, until about budget
+// deliveries (a frame walked to a set of n members costs n) are done, then
+// flushes. What is left waits for the next step (resumeSoon), after the
+// loop has read its ready sockets: one task never walks an inbox of
+// thousands of frames to a channel of thousands. Loop-owned.
+func (l *loop) drainSome(budget int) {
+	for l.pend != nil && budget > 0 {
+		b := l.pend
+		for l.pendAt < len(b.items) && budget > 0 {
+			it := &b.items[l.pendAt]
+			l.pendAt++
+			budget -= len(it.set.Members) + 1
 			f := it.frame(b)
 			l.walk(f, it.set, nil)
 			f.Release()
 		}
+		if l.pendAt < len(b.items) {
+			break
+		}
+		l.pend, l.pendAt = b.next, 0
+		if l.pend == nil {
+			l.pendTail = nil
+		}
 		recycle(b)
-		b = next
 	}
 	l.flush()
-	return nil
+	if l.pend != nil {
+		l.resumeSoon()
+	}
+}
+
+// drainAll delivers everything posted to this loop in one step (a
+// handover's freeze needs every frame read before it in its receivers'
+// queues). Loop-owned.
+func (l *loop) drainAll() {
+	l.takeInbox()
+	for l.pend != nil {
+		l.drainSome(drainStepDeliveries)
+	}
 }
 
 // write writes as much of c's backlog as its socket takes now, with

@@ -291,6 +291,7 @@ func (s *Server) loopOf(gc gnet.Conn) *loop {
 	l := newLoop(idx, s, el, len(s.loops))
 	s.loops[idx].Store(l)
 	s.byEL[el] = l
+	l.startResumer()
 	return l
 }
 
@@ -322,6 +323,10 @@ func (s *Server) Adopt(nc net.Conn, local, remote netip.AddrPort) error {
 // OnOpen sets up a connection's state; it waits for its join frame.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := s.loopOf(gc)
+	if r, ok := gc.Context().(*resumer); ok { // the loop's own (resume.go)
+		r.gc = gc
+		return nil, gnet.None
+	}
 	if !l.writable.started {
 		// Made with the loop's first connection rather than its first
 		// backlog, so the loop's descriptors are all there from the start
@@ -396,6 +401,10 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 
 // OnClose leaves the channel and releases the connection's backlog.
 func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
+	if r, ok := gc.Context().(*resumer); ok {
+		r.onClose()
+		return gnet.None
+	}
 	c, _ := gc.Context().(*conn)
 	if c == nil || c.state == closed {
 		return gnet.None
@@ -528,6 +537,9 @@ func connAttrs(c *conn) []slog.Attr {
 // OnTraffic parses every whole frame buffered for c: the first is the join,
 // the rest are forwarded without decoding, in batches.
 func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
+	if r, ok := gc.Context().(*resumer); ok {
+		return r.onTraffic(gc)
+	}
 	c := gc.Context().(*conn)
 	l := c.loop
 	if c.state >= closing {

@@ -1,0 +1,127 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/mlesd/mlesd/router"
+)
+
+// step runs the tasks queued before it began and keeps the ones they queue
+// for the next step: as the resume pair makes gnet do (resume.go), where a
+// task queued again would otherwise run in the same pass.
+func (m *manualLoop) step() {
+	now := append([]gnet.Runnable(nil), m.tasks...)
+	m.tasks = m.tasks[:0]
+	for _, r := range now {
+		_ = r.Run(context.Background())
+	}
+}
+
+// A big channel's work is done in bounded steps, and a pair on another
+// channel of the same loop is served between them: a drain of the
+// cross-loop inbox stops after about drainStepDeliveries deliveries, a
+// flush writes to at most flushStepBigWrites members of a big set, and what
+// is left is done at later steps, every member getting every frame at the
+// end (their order over real sockets: TestJoinStormLeavesEveryJoinerAMember
+// and the fleet tests).
+func TestBigChannelWorkIsDoneInBoundedSteps(t *testing.T) {
+	srv, _ := New(Config{Loops: 2, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, router.New(router.Config{HistoryLimit: router.Off}))
+	els := []*manualLoop{{}, {}}
+	for i := range els {
+		srv.loops[i].Store(newLoop(i, srv, els[i], 2))
+	}
+	l0, l1 := srv.loops[0].Load(), srv.loops[1].Load()
+	cid := uint32(0)
+	mk := func(channel string, loop int) *conn {
+		cid++
+		c := &conn{gc: &sinkConn{fd: devNull}, loop: srv.loops[loop].Load(), cid: cid, dupKey: uint64(cid), state: joined}
+		ch, _, err := srv.router.Join(channel, c, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ch = ch
+		return c
+	}
+	const members, frames, size = 300, 1000, 64 // 300,000 deliveries on loop 1
+	sender := mk("big", 0)
+	var far []*conn
+	for range members {
+		mk("big", 0)
+		far = append(far, mk("big", 1))
+	}
+	pairSender, pairReceiver := mk("pair", 1), mk("pair", 1)
+
+	data := bytes.Repeat([]byte{0x5a}, size)
+	for range frames {
+		l0.frames = append(l0.frames, router.NewFrame(data))
+		srv.dispatch(sender, l0)
+	}
+	l0.flush()
+	els[0].run()
+	if l1.inboxFrames.Load() != frames {
+		t.Fatalf("loop 1's inbox holds %d frames, want %d", l1.inboxFrames.Load(), frames)
+	}
+
+	els[1].step() // the drain: one slice, one bounded flush
+	if l1.pend == nil {
+		t.Fatal("the first drain delivered all 300,000 deliveries in one step")
+	}
+	var written, queued int
+	for _, c := range far {
+		if c.sent > 0 {
+			written++
+		}
+		queued += c.q.len()
+	}
+	if written != flushStepBigWrites {
+		t.Fatalf("the first flush wrote to %d members of the big channel, want %d", written, flushStepBigWrites)
+	}
+	if delivered := queued + int(sumSent(far)/size); delivered > drainStepDeliveries+members || delivered < drainStepDeliveries-members {
+		t.Fatalf("the first drain made %d deliveries, want about %d", delivered, drainStepDeliveries)
+	}
+
+	// The pair's frame, read now, is written in this step's flush, before
+	// the big channel's rest.
+	l1.frames = append(l1.frames, router.NewFrame(data))
+	srv.dispatch(pairSender, l1)
+	l1.flushSoon()
+	els[1].step()
+	if pairReceiver.sent != size {
+		t.Fatalf("the pair's receiver has %d bytes after a step, want its frame (%d)", pairReceiver.sent, size)
+	}
+	if sumSent(far) == uint64(members*frames*size) {
+		t.Fatal("the big channel was done in two steps: nothing bounded them")
+	}
+
+	steps := 2
+	for len(els[1].tasks) > 0 {
+		if steps++; steps > 100 {
+			t.Fatal("the big channel's work did not end within 100 steps")
+		}
+		els[1].step()
+	}
+	for i, c := range far {
+		if c.sent != frames*size || c.dropped != 0 {
+			t.Fatalf("member %d on loop 1: %d bytes, %d dropped; want %d and 0", i, c.sent, c.dropped, frames*size)
+		}
+	}
+	if l1.pend != nil || len(l1.dirty) != 0 || l1.inboxFrames.Load() != 0 {
+		t.Fatalf("after the last step: inbox left %v, %d dirty, %d queued", l1.pend != nil, len(l1.dirty), l1.inboxFrames.Load())
+	}
+	if steps < 5 {
+		t.Fatalf("300,000 deliveries took %d steps, want at least 5 at %d a step", steps, drainStepDeliveries)
+	}
+}
+
+func sumSent(cs []*conn) (n uint64) {
+	for _, c := range cs {
+		n += c.sent
+	}
+	return n
+}
