@@ -30,10 +30,9 @@ import (
 
 // resumer is one loop's socket pair. Loop-owned once enrolled.
 type resumer struct {
-	l       *loop
-	wfd     int       // the end written to; gnet polls the other
-	gc      gnet.Conn // the enrolled end, once gnet has opened it (OnOpen)
-	pending bool      // a byte is written and not yet read
+	l   *loop
+	wfd int       // the end written to; gnet polls the other
+	gc  gnet.Conn // the enrolled end, once gnet has opened it (OnOpen)
 }
 
 var resumeByte = []byte{1}
