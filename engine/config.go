@@ -120,9 +120,10 @@ const (
 	// bigSetMembers, flushStepBigWrites and drainStepDeliveries bound one
 	// step of an event loop (resume.go): a flush writes to at most
 	// flushStepBigWrites receivers in sets of bigSetMembers or more on the
-	// loop, and a drain of the cross-loop inbox stops after about
-	// drainStepDeliveries deliveries; the rest is done after the loop has
-	// read its ready sockets. Measured (joinstorm, 5,000 joins to one
+	// loop; a drain of the cross-loop inbox stops after about
+	// drainStepDeliveries deliveries, and so do a round's walks of its own
+	// frames to such sets; the rest is done after the loop has read its
+	// ready sockets. Measured (joinstorm, 5,000 joins to one
 	// channel, 2 loops): single steps took up to 130 ms, and a pair on
 	// another channel had p99 190-220 ms; with these bounds a step takes a
 	// few ms and that pair's p99 fell to 47-63 ms. Small sets are never
@@ -130,6 +131,12 @@ const (
 	bigSetMembers       = 256
 	flushStepBigWrites  = 256
 	drainStepDeliveries = 64 << 10
+	// maxDeferredDeliveries bounds the walks of a loop's own frames left
+	// for later steps (fanout defers a big set's walks once a round has
+	// made drainStepDeliveries): past it the loop does them at once, as a
+	// busy loop did before, so its reads slow and TCP holds its senders
+	// back rather than the loop queueing without bound.
+	maxDeferredDeliveries = 4 * drainStepDeliveries
 	// copyFrameMax: frames up to this length travel to another loop as a
 	// copy in the batch rather than by reference (loop.go, item).
 	copyFrameMax = 1024

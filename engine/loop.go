@@ -44,9 +44,17 @@ type loop struct {
 	// flush's scratch for the receivers it leaves dirty.
 	pend, pendTail *batch
 	pendAt         int
-	resumer        *resumer
-	resumeArmed    bool // a resume is due (a byte written, or a task queued)
-	later          []*conn
+	// deferred is the walks of this loop's own frames left for a later
+	// step, oldest from deferredAt; stepLeft the deliveries this round's
+	// own walks may still make before big sets' walks are deferred (reset
+	// by flush, at the end of each round).
+	deferred     []deferredWalk
+	deferredAt   int
+	deferredCost int // deliveries those walks will make (members then)
+	stepLeft     int
+	resumer      *resumer
+	resumeArmed  bool // a resume is due (a byte written, or a task queued)
+	later        []*conn
 	// freeze: a handover round is under way (freeze.go): the connections
 	// it holds (holds) are neither parsed nor written, nor closed by the
 	// sweep. nil: none.
@@ -158,7 +166,7 @@ var batchPool = sync.Pool{New: func() any {
 func newLoop(idx int, srv *Server, el gnet.EventLoop, nloops int) *loop {
 	l := &loop{idx: idx, srv: srv, el: el, outbox: make([]*batch, nloops), conns: make(map[*conn]struct{}),
 		minCursor: make(map[*router.LoopSet]uint64),
-		inboxMax:  maxInboxFrames, inboxMaxBytes: maxInboxBytes}
+		inboxMax:  maxInboxFrames, inboxMaxBytes: maxInboxBytes, stepLeft: drainStepDeliveries}
 	l.drainRunnable = gnet.RunnableFunc(l.drainInbox)
 	l.writableRunnable = gnet.RunnableFunc(l.writeReady)
 	l.sweepRunnable = gnet.RunnableFunc(l.sweep)
@@ -182,7 +190,19 @@ func (l *loop) fanout(f *router.Frame, snap *router.Snapshot, sender *conn) {
 	for gi := range snap.Groups {
 		g := &snap.Groups[gi]
 		if g.Loop == l.idx {
-			l.walk(f, g.Set, sender)
+			set := g.Set
+			if set.Deferred > 0 || (l.stepLeft <= 0 && len(set.Members) >= bigSetMembers) {
+				if l.deferredCost < maxDeferredDeliveries {
+					l.deferWalk(f, set, sender) // after the sockets ready now (resume.go)
+					continue
+				}
+				// As much is deferred as a loop may hold: do it now, as
+				// the loop did before, which slows its reads and so its
+				// senders (TCP's back-pressure) instead of queueing more.
+				l.walkDeferred(l.deferredCost)
+			}
+			l.stepLeft -= len(set.Members)
+			l.walk(f, set, sender)
 			continue
 		}
 		b := l.outbox[g.Loop]
@@ -255,6 +275,26 @@ func (l *loop) walk(f *router.Frame, set *router.LoopSet, sender *conn) {
 	}
 }
 
+// deferredWalk is a walk of one of this loop's own frames to one of its
+// sets, left for a later step (fanout); it holds a reference to f.
+type deferredWalk struct {
+	f      *router.Frame
+	set    *router.LoopSet
+	sender *conn
+	cost   int // its share of loop.deferredCost
+}
+
+// deferWalk queues the walk of f to set for a later step: this round has
+// made stepLeft's deliveries already, or earlier frames for set wait
+// (set.Deferred), which f must not pass. Loop-owned.
+func (l *loop) deferWalk(f *router.Frame, set *router.LoopSet, sender *conn) {
+	f.Ref()
+	l.deferred = append(l.deferred, deferredWalk{f: f, set: set, sender: sender, cost: len(set.Members) + 1})
+	l.deferredCost += len(set.Members) + 1
+	set.Deferred++
+	l.resumeSoon()
+}
+
 // countLost counts, for every member of set, the frames another loop could
 // not post here (post). Laggers count them from set.Log.Lost.
 func (l *loop) countLost(set *router.LoopSet) {
@@ -313,6 +353,7 @@ func (l *loop) flush() {
 	}
 	l.later = l.dirty[:0]
 	l.dirty = later
+	l.stepLeft = drainStepDeliveries // the round is over
 	if len(later) > 0 {
 		l.resumeSoon()
 	}
@@ -424,7 +465,6 @@ func (l *loop) takeInbox() {
 	l.inboxArmed.Store(false)
 	head := l.inbox.Swap(nil)
 	var prev, last *batch
-	var frames, bytes int64
 	for head != nil { // reverse the LIFO into posting order
 		next := head.next
 		head.next = prev
@@ -432,11 +472,7 @@ func (l *loop) takeInbox() {
 		if last == nil {
 			last = prev
 		}
-		frames += int64(len(prev.items))
-		bytes += prev.bytes
 	}
-	l.inboxFrames.Add(-frames)
-	l.inboxBytes.Add(-bytes)
 	if prev == nil {
 		return
 	}
@@ -448,12 +484,14 @@ func (l *loop) takeInbox() {
 	l.pendTail = last
 }
 
-// drainSome delivers l.pend's frames, oldest first, until about budget
+// drainSome does the walks left for later: this loop's own deferred ones
+// (deferWalk), then l.pend's frames, oldest first, until about budget
 // deliveries (a frame walked to a set of n members costs n) are done, then
 // flushes. What is left waits for the next step (resumeSoon), after the
-// loop has read its ready sockets: one task never walks an inbox of
-// thousands of frames to a channel of thousands. Loop-owned.
+// loop has read its ready sockets: one task never walks thousands of
+// frames to a channel of thousands. Loop-owned.
 func (l *loop) drainSome(budget int) {
+	budget -= l.walkDeferred(budget)
 	for l.pend != nil && budget > 0 {
 		b := l.pend
 		for l.pendAt < len(b.items) && budget > 0 {
@@ -471,20 +509,46 @@ func (l *loop) drainSome(budget int) {
 		if l.pend == nil {
 			l.pendTail = nil
 		}
+		// Counted until delivered, so that post's bound covers what
+		// waits here as well as what waits in the inbox.
+		l.inboxFrames.Add(-int64(len(b.items)))
+		l.inboxBytes.Add(-b.bytes)
 		recycle(b)
 	}
 	l.flush()
-	if l.pend != nil {
+	if l.pending() {
 		l.resumeSoon()
 	}
 }
+
+// walkDeferred does this loop's own deferred walks, oldest first, until
+// about budget deliveries are made, and returns how many were. Loop-owned.
+func (l *loop) walkDeferred(budget int) (done int) {
+	for l.deferredAt < len(l.deferred) && done < budget {
+		d := l.deferred[l.deferredAt]
+		l.deferred[l.deferredAt] = deferredWalk{}
+		l.deferredAt++
+		done += d.cost
+		l.deferredCost -= d.cost
+		d.set.Deferred--
+		l.walk(d.f, d.set, d.sender)
+		d.f.Release()
+	}
+	if l.deferredAt == len(l.deferred) {
+		l.deferred, l.deferredAt = l.deferred[:0], 0
+	}
+	return done
+}
+
+// pending reports whether walks are left for a later step. Loop-owned.
+func (l *loop) pending() bool { return l.pend != nil || l.deferredAt < len(l.deferred) }
 
 // drainAll delivers everything posted to this loop in one step (a
 // handover's freeze needs every frame read before it in its receivers'
 // queues). Loop-owned.
 func (l *loop) drainAll() {
 	l.takeInbox()
-	for l.pend != nil {
+	for l.pending() {
 		l.drainSome(drainStepDeliveries)
 	}
 }

@@ -82,11 +82,12 @@ func (l *loop) resumeSoon() {
 	}
 }
 
-// resume does the next slice of the loop's deferred work: the rest of the
-// inbox, then the dirty receivers left by the last flush. Loop-owned.
+// resume does the next slice of the loop's deferred work: its own deferred
+// walks and the rest of the inbox, then the dirty receivers left by the
+// last flush. Loop-owned.
 func (l *loop) resume() {
 	l.resumeArmed = false
-	if l.pend != nil {
+	if l.pending() {
 		l.drainSome(drainStepDeliveries)
 		return
 	}

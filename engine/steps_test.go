@@ -3,11 +3,13 @@ package engine
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"io"
 	"log/slog"
 	"testing"
 
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/mlesd/mlesd/router"
 )
@@ -72,6 +74,9 @@ func TestBigChannelWorkIsDoneInBoundedSteps(t *testing.T) {
 	if l1.pend == nil {
 		t.Fatal("the first drain delivered all 300,000 deliveries in one step")
 	}
+	if n := l1.inboxFrames.Load(); n == 0 {
+		t.Fatal("after the first step the inbox counts no frame: those not yet delivered must count against post's bound")
+	}
 	var written, queued int
 	for _, c := range far {
 		if c.sent > 0 {
@@ -124,4 +129,106 @@ func sumSent(cs []*conn) (n uint64) {
 		n += c.sent
 	}
 	return n
+}
+
+// A loop's own frames to a big channel: once a round has made
+// drainStepDeliveries deliveries, the walks wait for later steps; later
+// frames for that channel wait behind them even after the round's budget is
+// back, so every member gets them in order; and no more than
+// maxDeferredDeliveries wait (past it the loop walks at once).
+func TestOwnFramesToABigChannelWaitInOrderAndBounded(t *testing.T) {
+	srv, _ := New(Config{Loops: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, router.New(router.Config{HistoryLimit: router.Off}))
+	el := &manualLoop{}
+	srv.loops[0].Store(newLoop(0, srv, el, 1))
+	l := srv.loops[0].Load()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	if err := unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	cid := uint32(0)
+	mk := func(fd int) *conn {
+		cid++
+		c := &conn{gc: &sinkConn{fd: fd}, loop: l, cid: cid, dupKey: uint64(cid), state: joined}
+		ch, _, err := srv.router.Join("big", c, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ch = ch
+		return c
+	}
+	const members, size = 300, 64
+	sender := mk(devNull)
+	recorder := mk(fds[0])
+	var rest []*conn
+	for range members - 1 {
+		rest = append(rest, mk(devNull))
+	}
+	sent := 0
+	round := func(n int) {
+		for range n {
+			data := make([]byte, size)
+			binary.BigEndian.PutUint64(data, uint64(sent))
+			sent++
+			l.frames = append(l.frames, router.NewFrame(data))
+		}
+		srv.dispatch(sender, l)
+		if l.deferredCost > maxDeferredDeliveries+members+1 {
+			t.Fatalf("%d deliveries deferred, past the bound %d", l.deferredCost, maxDeferredDeliveries)
+		}
+		l.flush() // the end of the round: its budget is back
+	}
+	waiting := func() int { return len(l.deferred) - l.deferredAt }
+
+	round(256)
+	first := waiting()
+	if first == 0 || first == 256 {
+		t.Fatalf("%d of the round's 256 walks to %d members deferred, want those past %d deliveries", first, members, drainStepDeliveries)
+	}
+	round(10)
+	if waiting() != first+10 {
+		t.Fatalf("%d walks wait after a second round, want %d: a frame passed those already waiting", waiting(), first+10)
+	}
+	for range 20 { // far more than maxDeferredDeliveries: bounded, checked in round
+		round(256)
+	}
+	for steps := 0; len(el.tasks) > 0 || l.pending(); steps++ {
+		if steps > 1000 {
+			t.Fatal("the deferred walks did not end within 1,000 steps")
+		}
+		if len(el.tasks) == 0 {
+			t.Fatal("walks wait and no step is due to do them")
+		}
+		el.step()
+	}
+
+	got := make([]byte, 0, sent*size)
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(fds[1], buf)
+		if n <= 0 || err != nil {
+			break
+		}
+		got = append(got, buf[:n]...)
+	}
+	if len(got) != sent*size {
+		t.Fatalf("the recorded member got %d bytes, want %d frames of %d", len(got), sent, size)
+	}
+	for i := 0; i < sent; i++ {
+		if seq := binary.BigEndian.Uint64(got[i*size:]); seq != uint64(i) {
+			t.Fatalf("frame %d is frame %d: reordered", i, seq)
+		}
+	}
+	for i, c := range rest {
+		if c.sent != uint64(sent*size) {
+			t.Fatalf("member %d got %d bytes, want %d", i, c.sent, sent*size)
+		}
+	}
+	if sender.sent != 0 || l.deferredCost != 0 || recorder.dropped != 0 {
+		t.Fatalf("sender got %d bytes of its own, %d deliveries still counted deferred, recorder dropped %d", sender.sent, l.deferredCost, recorder.dropped)
+	}
 }

@@ -116,6 +116,10 @@ type LoopSet struct {
 	// (the caller's bound on what may queue for a loop); unlike the other
 	// fields it is safe from any goroutine.
 	Lost atomic.Uint64
+	// Deferred is the caller's count of walks of this set queued on its
+	// loop for a later step (the router never reads it): while any is,
+	// later frames for the set queue behind them, in order.
+	Deferred int
 }
 
 // Add lists sub and returns its index (until a Remove moves it).
