@@ -62,7 +62,11 @@ func (l *loop) startResumer() {
 		return
 	}
 	l.resumer = r
-	go func() { <-res }() // the result is OnOpen's; the channel only needs draining
+	go func() { // gnet registers it on its worker pool; OnOpen sets r.gc
+		if rr := <-res; rr.Err != nil {
+			l.srv.log.Warn("no resume socket pair: big jobs on this loop run in one step", slog.Int("loop", l.idx), slog.Any("err", rr.Err))
+		}
+	}()
 }
 
 // resumeSoon makes the loop call resume once, after the sockets ready now
