@@ -30,9 +30,10 @@ import (
 
 // resumer is one loop's socket pair. Loop-owned once enrolled.
 type resumer struct {
-	l   *loop
-	wfd int       // the end written to; gnet polls the other
-	gc  gnet.Conn // the enrolled end, once gnet has opened it (OnOpen)
+	l      *loop
+	wfd    int    // the end written to; gnet polls the other
+	opened bool   // gnet has opened the enrolled end (OnOpen)
+	wakes  uint64 // resumes it has made (for tests, read on the loop)
 }
 
 var resumeByte = []byte{1}
@@ -43,7 +44,7 @@ var resumeByte = []byte{1}
 func (l *loop) startResumer() {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		l.srv.log.Warn("no resume socket pair: big jobs on this loop run in one step", slog.Int("loop", l.idx), slog.Any("err", err))
+		l.warnNoResumer(err)
 		return
 	}
 	f := os.NewFile(uintptr(fds[0]), "mlesd-resume")
@@ -51,7 +52,7 @@ func (l *loop) startResumer() {
 	_ = f.Close()
 	if err != nil {
 		_ = unix.Close(fds[1])
-		l.srv.log.Warn("no resume socket pair: big jobs on this loop run in one step", slog.Int("loop", l.idx), slog.Any("err", err))
+		l.warnNoResumer(err)
 		return
 	}
 	r := &resumer{l: l, wfd: fds[1]}
@@ -59,14 +60,22 @@ func (l *loop) startResumer() {
 	if err != nil {
 		_ = nc.Close()
 		_ = unix.Close(fds[1])
+		l.warnNoResumer(err)
 		return
 	}
 	l.resumer = r
-	go func() { // gnet registers it on its worker pool; OnOpen sets r.gc
+	go func() { // gnet registers it on its worker pool; OnOpen sets r.opened
 		if rr := <-res; rr.Err != nil {
-			l.srv.log.Warn("no resume socket pair: big jobs on this loop run in one step", slog.Int("loop", l.idx), slog.Any("err", rr.Err))
+			l.warnNoResumer(rr.Err)
 		}
 	}()
+}
+
+// warnNoResumer logs why l has no resume pair: its big jobs then continue
+// in tasks, which gnet runs before it reads again.
+func (l *loop) warnNoResumer(err error) {
+	l.srv.log.Warn("no resume socket pair: this loop's big jobs are not interleaved with its reads",
+		slog.Int("loop", l.idx), slog.Any("err", err))
 }
 
 // resumeSoon makes the loop call resume once, after the sockets ready now
@@ -76,7 +85,7 @@ func (l *loop) resumeSoon() {
 		return
 	}
 	l.resumeArmed = true
-	if r := l.resumer; r != nil && r.gc != nil {
+	if r := l.resumer; r != nil && r.opened {
 		if _, err := unix.Write(r.wfd, resumeByte); err == nil {
 			return
 		}
@@ -101,11 +110,12 @@ func (l *loop) resume() {
 // onTraffic is OnTraffic for the resume pair. Loop-owned.
 func (r *resumer) onTraffic(gc gnet.Conn) gnet.Action {
 	_, _ = gc.Discard(-1)
+	r.wakes++
 	r.l.resume()
 	return gnet.None
 }
 
-// onResumerClose is OnClose for the resume pair (the engine stopping).
+// onClose is OnClose for the resume pair (the engine stopping).
 func (r *resumer) onClose() {
 	if r.l.resumer == r {
 		r.l.resumer = nil

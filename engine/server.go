@@ -324,7 +324,7 @@ func (s *Server) Adopt(nc net.Conn, local, remote netip.AddrPort) error {
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := s.loopOf(gc)
 	if r, ok := gc.Context().(*resumer); ok { // the loop's own (resume.go)
-		r.gc = gc
+		r.opened = true
 		return nil, gnet.None
 	}
 	if !l.writable.started {

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/mlesd/mlesd/codec"
 	"github.com/mlesd/mlesd/router"
 )
 
@@ -230,5 +233,68 @@ func TestOwnFramesToABigChannelWaitInOrderAndBounded(t *testing.T) {
 	}
 	if sender.sent != 0 || l.deferredCost != 0 || recorder.dropped != 0 {
 		t.Fatalf("sender got %d bytes of its own, %d deliveries still counted deferred, recorder dropped %d", sender.sent, l.deferredCost, recorder.dropped)
+	}
+}
+
+// Over real sockets, a burst into a channel of 300 on one loop is done in
+// steps that the loop's resume pair wakes (not tasks, which gnet would run
+// before reading again), and every member gets every frame, in order.
+func TestResumePairWakesTheStepsOfABigChannelOverTCP(t *testing.T) {
+	ts := startServer(t, Config{Loops: 1}, router.Config{HistoryLimit: router.Off})
+	const members, frames = 300, 2000
+	keys := codec.KeyConfig{}
+	recv := make([]*client, members)
+	for i := range recv {
+		recv[i] = ts.join(t, keys, fmt.Sprintf("r%d", i), "big", nil)
+	}
+	pub := ts.join(t, keys, "pub", "big", nil)
+
+	errs := make(chan error, members)
+	for _, c := range recv {
+		go func() {
+			next := uint64(0)
+			for next < frames {
+				f, err := c.readFrame(20 * time.Second)
+				if err != nil {
+					errs <- fmt.Errorf("%s after %d frames: %v", c.uid, next, err)
+					return
+				}
+				tr, err := codec.DecodeTriplet(f[codec.HeaderLen:])
+				if err != nil || len(tr.Message) == 0 {
+					continue // a later member's join
+				}
+				if seq := binary.BigEndian.Uint64(tr.Message); seq != next {
+					errs <- fmt.Errorf("%s: frame %d where %d was due", c.uid, seq, next)
+					return
+				}
+				next++
+			}
+			errs <- nil
+		}()
+	}
+	// One write, so that the server reads hundreds of frames a round: 256
+	// of them to 301 members are past one step's deliveries.
+	var burst []byte
+	for i := range frames {
+		msg := make([]byte, 16)
+		binary.BigEndian.PutUint64(msg, uint64(i))
+		burst = append(burst, pub.frame(msg)...)
+	}
+	pub.write(burst)
+	for range members {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wakes uint64
+	if err := ts.srv.onLoops(time.Now().Add(5*time.Second), func(l *loop) {
+		if l.resumer != nil {
+			wakes += l.resumer.wakes
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if wakes == 0 {
+		t.Fatal("the burst was delivered without a step woken by the resume pair")
 	}
 }
