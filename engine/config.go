@@ -125,8 +125,8 @@ const (
 	// frames to such sets; the rest is done after the loop has read its
 	// ready sockets. Measured (joinstorm, 5,000 joins to one
 	// channel, 2 loops): single steps took up to 130 ms, and a pair on
-	// another channel had p99 122-408 ms; with these bounds a step takes a
-	// few ms and that pair's p99 is 43-64 ms (BENCHMARKS.md). Small sets are never
+	// another channel had p99 207-408 ms; with these bounds a step takes a
+	// few ms and that pair's p99 is 43-68 ms (BENCHMARKS.md). Small sets are never
 	// deferred, so ordinary traffic is written in the round it arrives.
 	bigSetMembers       = 256
 	flushStepBigWrites  = 256
